@@ -1,0 +1,236 @@
+"""The catalog: the system of record (SQLAlchemy 2 Core; SQLite with WAL by default).
+
+Tables are declared here for queries; their schema is created and changed only by the Alembic
+migrations in `corpus/migrations` (a test proves the two agree). Facts are appended: a label
+is a row and is never updated.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("kind", sa.String(32), nullable=False),  # ingest, dedupe, rebuild, ...
+    sa.Column("status", sa.String(16), nullable=False),  # running, ok, failed, interrupted
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("stats", sa.JSON),
+)
+
+sources = sa.Table(
+    "sources",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(1024), nullable=False, unique=True),  # the normalized spec
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("uri", sa.Text, nullable=False),
+    sa.Column("options", sa.JSON),
+    sa.Column("cursor", sa.JSON),  # source-level incremental state (e.g. a dataset fingerprint)
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_ingested_at", sa.DateTime(timezone=True)),
+)
+
+images = sa.Table(
+    "images",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("sha256", sa.String(64), nullable=False, unique=True),  # of the original bytes
+    sa.Column("blob_key", sa.String(200)),  # null for rejected content (not stored)
+    sa.Column("byte_size", sa.Integer, nullable=False),
+    sa.Column("format", sa.String(16)),
+    sa.Column("mode", sa.String(16)),  # Pillow mode as decoded, before normalization
+    sa.Column("width", sa.Integer),
+    sa.Column("height", sa.Integer),
+    sa.Column("frames", sa.Integer),
+    sa.Column("has_alpha", sa.Boolean),
+    sa.Column("pixel_scale", sa.Integer),  # detected integer upscale (1 = native)
+    sa.Column("scale_offset_x", sa.Integer),
+    sa.Column("scale_offset_y", sa.Integer),
+    sa.Column("canonical_width", sa.Integer),
+    sa.Column("canonical_height", sa.Integer),
+    sa.Column("palette_size", sa.Integer),
+    sa.Column("canonical_sha256", sa.String(64), index=True),
+    sa.Column("canon_version", sa.String(16)),  # which canonicalization produced the above
+    sa.Column("phash", sa.BigInteger),  # 64-bit hashes stored as signed int64
+    sa.Column("dhash", sa.BigInteger),
+    sa.Column("status", sa.String(16), nullable=False),  # candidate, duplicate, rejected
+    sa.Column("reject_reason", sa.String(64)),
+    sa.Column("reject_detail", sa.Text),
+    sa.Column("duplicate_of", sa.Integer, sa.ForeignKey("images.id")),
+    sa.Column("cluster_id", sa.Integer, index=True),  # = id of the cluster's representative
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("run_id", sa.String(36)),
+    sa.Index("ix_images_status_cluster", "status", "cluster_id"),
+)
+
+source_items = sa.Table(
+    "source_items",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("source_id", sa.Integer, sa.ForeignKey("sources.id"), nullable=False),
+    sa.Column("locator", sa.Text, nullable=False),  # path, path!member, url, sheet#x,y,w,h, ...
+    sa.Column("fingerprint", sa.String(200)),  # unchanged fingerprint => skipped on re-runs
+    sa.Column("etag", sa.String(200)),
+    sa.Column("last_modified", sa.String(64)),
+    sa.Column("image_id", sa.Integer, sa.ForeignKey("images.id")),
+    sa.Column("status", sa.String(16), nullable=False),  # ok, rejected, container
+    sa.Column("reason", sa.String(64)),
+    sa.Column("detail", sa.Text),
+    sa.Column("first_seen_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("run_id", sa.String(36)),
+    sa.UniqueConstraint("source_id", "locator"),
+    sa.Index("ix_source_items_image_id", "image_id"),
+    sa.Index("ix_source_items_status_reason", "status", "reason"),
+)
+
+labels = sa.Table(
+    "labels",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("image_id", sa.Integer, sa.ForeignKey("images.id"), nullable=False),
+    sa.Column("labeler", sa.String(32), nullable=False),  # ollama, teacher, human, ...
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("model_digest", sa.String(100), nullable=False),
+    sa.Column("rubric_version", sa.String(64), nullable=False),
+    sa.Column("score_safe", sa.Float),
+    sa.Column("score_suggestive", sa.Float),
+    sa.Column("score_explicit", sa.Float),
+    sa.Column("category", sa.String(16)),
+    sa.Column("rationale", sa.Text),
+    sa.Column("raw", sa.JSON),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("run_id", sa.String(36)),
+    sa.Index("ix_labels_key", "image_id", "labeler", "model_digest", "rubric_version"),
+)
+
+IMAGE_STATUSES = ("candidate", "duplicate", "rejected")
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let us issue BEGIN ourselves (pysqlite's implicit BEGIN is deferred and can fail with
+        # "database is locked" on upgrade without waiting); see _on_begin.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # Writers take the lock up front so concurrent writers queue on busy_timeout.
+        immediate = conn.get_execution_options().get("catalog_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def create_catalog_engine(url: str) -> Engine:
+    sa_url = sa.make_url(url)
+    if sa_url.get_backend_name() == "sqlite":
+        if sa_url.database and sa_url.database != ":memory:":
+            Path(sa_url.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(sa_url, connect_args={"timeout": 60})
+        _configure_sqlite(engine)
+        return engine
+    return sa.create_engine(sa_url, pool_pre_ping=True)
+
+
+class Catalog:
+    """A migrated catalog database. `read()` and `write()` hand out transactions."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @property
+    def url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(catalog_write=True)
+            with conn.begin():
+                yield conn
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # Runs: every stage invocation is recorded, with its figures, even when it fails.
+    def start_run(self, kind: str) -> str:
+        run_id = str(uuid.uuid4())
+        with self.write() as conn:
+            conn.execute(
+                runs.insert().values(id=run_id, kind=kind, status="running", started_at=utcnow())
+            )
+        return run_id
+
+    def finish_run(self, run_id: str, status: str, stats: dict[str, Any]) -> None:
+        with self.write() as conn:
+            conn.execute(
+                runs.update()
+                .where(runs.c.id == run_id)
+                .values(status=status, finished_at=utcnow(), stats=stats)
+            )
+
+
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema to `revision` with Alembic (idempotent)."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    with engine.connect() as conn:
+        config.attributes["connection"] = conn.execution_options(catalog_write=True)
+        command.upgrade(config, revision)
+        conn.commit()
+
+
+def open_catalog(url: str, *, upgrade: bool = True) -> Catalog:
+    engine = create_catalog_engine(url)
+    if upgrade:
+        migrate(engine)
+    return Catalog(engine)
+
+
+def to_signed64(value: int) -> int:
+    """64-bit unsigned hash -> signed int64 for BIGINT columns."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def to_unsigned64(value: int) -> int:
+    return value + (1 << 64) if value < 0 else value

@@ -1,0 +1,164 @@
+"""One typed settings object, read from `spritesafe.toml` and `SPRITESAFE_*` environment.
+
+Precedence, strongest first: keyword arguments, environment (nested fields with `__`, e.g.
+`SPRITESAFE_DEDUPE__PHASH_RADIUS=4`), the TOML file, defaults. The TOML file is the one named
+by `SPRITESAFE_CONFIG`, else `./spritesafe.toml` if present. Relative paths in it resolve
+against the file's folder, so a run from another directory writes to the same catalog.
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_ENV = "SPRITESAFE_CONFIG"
+DEFAULT_CONFIG_NAME = "spritesafe.toml"
+
+_toml_path: ContextVar[Path | None] = ContextVar("spritesafe_toml_path", default=None)
+
+
+class ImageLimits(BaseModel):
+    """What an input may be before we decode it; anything beyond is rejected with a reason."""
+
+    max_bytes: int = Field(32 * 2**20, gt=0, description="largest file accepted")
+    max_pixels: int = Field(
+        40_000_000, gt=0, description="width x height above this is refused before decoding"
+    )
+    max_side: int = Field(16_384, gt=0, description="longest side accepted")
+    animated: Literal["first_frame", "reject"] = "first_frame"
+
+
+class CanonicalSettings(BaseModel):
+    """Pixel-art canonicalization: alpha onto one fixed background, then the native grid."""
+
+    background: tuple[int, int, int] = (255, 255, 255)
+    max_scale: int = Field(32, ge=1, description="largest integer pixel scale detected")
+    reject_blank: bool = Field(True, description="single-colour images are rejected as blank")
+
+    @field_validator("background", mode="before")
+    @classmethod
+    def _parse_hex(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.lstrip("#")
+            if len(text) != 6:
+                raise ValueError(f"background must be #rrggbb, got {value!r}")
+            return tuple(int(text[i : i + 2], 16) for i in (0, 2, 4))
+        return value
+
+    @field_validator("background")
+    @classmethod
+    def _check_range(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
+        if not all(0 <= c <= 255 for c in value):
+            raise ValueError(f"background channels must be 0..255, got {value}")
+        return value
+
+
+class DedupeSettings(BaseModel):
+    # The multi-index finds every pair within radius 6 (8 bands, pairs of bands as keys).
+    phash_radius: int = Field(6, ge=0, le=6)
+    dhash_radius: int = Field(10, ge=0, le=64)
+    chunk_size: int = Field(50_000, gt=0, description="new images deduped per transaction")
+
+
+class IngestSettings(BaseModel):
+    batch_size: int = Field(512, gt=0, description="items committed per transaction")
+    workers: int = Field(0, ge=0, description="decode processes; 0 = one per CPU, 1 = inline")
+    follow_symlinks: bool = True
+    read_archives: bool = True
+
+
+class HttpSettings(BaseModel):
+    concurrency: int = Field(8, gt=0)
+    per_host_rps: float = Field(4.0, gt=0, description="requests per second to any one host")
+    timeout_s: float = Field(20.0, gt=0)
+    retries: int = Field(3, ge=0)
+    backoff_s: float = Field(0.5, ge=0)
+    max_bytes: int = Field(16 * 2**20, gt=0)
+    user_agent: str = "spritesafe/0.1 (+https://github.com/spritesafe/spritesafe)"
+    respect_robots: bool = True
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SPRITESAFE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    data_dir: Path = Path("data")
+    db_url: str = Field("", description="SQLAlchemy URL; empty = SQLite at data_dir/catalog.db")
+    blob_url: str = Field("", description="fsspec URL or folder; empty = data_dir/blobs")
+    sources: list[str] = Field(default_factory=list, description="source specs, as on the CLI")
+    image: ImageLimits = Field(default_factory=ImageLimits)
+    canonical: CanonicalSettings = Field(default_factory=CanonicalSettings)
+    dedupe: DedupeSettings = Field(default_factory=DedupeSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    # Folder that relative paths (data_dir, sources) resolve against; set by load_settings.
+    base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = _toml_path.get()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
+    # Derived locations: one place decides where things live.
+    @property
+    def data_path(self) -> Path:
+        path = self.data_dir if self.data_dir.is_absolute() else self.base_dir / self.data_dir
+        return path.resolve()
+
+    @property
+    def catalog_url(self) -> str:
+        return self.db_url or f"sqlite:///{self.data_path / 'catalog.db'}"
+
+    @property
+    def blob_root(self) -> str:
+        return self.blob_url or str(self.data_path / "blobs")
+
+    @property
+    def index_path(self) -> Path:
+        return self.data_path / "index"
+
+
+def find_config(explicit: str | Path | None = None) -> Path | None:
+    """The TOML file to read: explicit path, $SPRITESAFE_CONFIG, or ./spritesafe.toml."""
+    candidate = explicit or os.environ.get(CONFIG_ENV)
+    if candidate:
+        path = Path(candidate).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        return path.resolve()
+    local = Path.cwd() / DEFAULT_CONFIG_NAME
+    return local.resolve() if local.is_file() else None
+
+
+def load_settings(config: str | Path | None = None, **overrides: Any) -> Settings:
+    """Read settings; `overrides` win over everything (used by tests and the CLI)."""
+    path = find_config(config)
+    token = _toml_path.set(path)
+    try:
+        base = path.parent if path is not None else Path.cwd()
+        return Settings(base_dir=base, **overrides)
+    finally:
+        _toml_path.reset(token)
