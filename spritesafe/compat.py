@@ -32,7 +32,7 @@ def ensure_torchvision() -> None:
     import torch
 
     try:
-        import torchvision  # noqa: F401
+        import torchvision
     except RuntimeError as exc:
         if "torchvision::" not in str(exc) or _library is not None:
             raise

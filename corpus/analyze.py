@@ -1,0 +1,80 @@
+"""Everything the catalog records about one image's bytes, in one picklable call.
+
+`analyze` is the per-image work of ingest (decode, canonicalize, hash); it is pure and runs
+in worker processes. Rejections come back as facts, never as exceptions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from corpus.canonical import canon_version, canonicalize
+from corpus.decode import Rejected, decode
+from corpus.hashing import perceptual_hashes
+from spritesafe.config import CanonicalSettings, ImageLimits
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    sha256: str
+    byte_size: int
+    status: str  # candidate or rejected
+    reject_reason: str | None = None
+    reject_detail: str | None = None
+    format: str | None = None
+    mode: str | None = None
+    width: int | None = None
+    height: int | None = None
+    frames: int | None = None
+    has_alpha: bool | None = None
+    pixel_scale: int | None = None
+    scale_offset_x: int | None = None
+    scale_offset_y: int | None = None
+    canonical_width: int | None = None
+    canonical_height: int | None = None
+    palette_size: int | None = None
+    canonical_sha256: str | None = None
+    canon_version: str | None = None
+    phash: int | None = None
+    dhash: int | None = None
+
+
+def analyze(
+    data: bytes, limits: ImageLimits, canon: CanonicalSettings, sha256: str | None = None
+) -> ImageFacts:
+    sha = sha256 or hashlib.sha256(data).hexdigest()
+    try:
+        decoded = decode(data, limits)
+    except Rejected as rej:
+        return ImageFacts(sha, len(data), "rejected", rej.reason, rej.detail)
+    base = {
+        "format": decoded.format,
+        "mode": decoded.mode,
+        "width": decoded.width,
+        "height": decoded.height,
+        "frames": decoded.frames,
+        "has_alpha": bool((decoded.rgba[..., 3] < 255).any()),
+    }
+    result = canonicalize(decoded.rgba, canon.background, canon.max_scale)
+    if canon.reject_blank and result.blank:
+        return ImageFacts(
+            sha, len(data), "rejected", "blank_image", "a single colour after compositing", **base
+        )
+    phash, dhash = perceptual_hashes(result.pixels)
+    return ImageFacts(
+        sha,
+        len(data),
+        "candidate",
+        pixel_scale=result.scale,
+        scale_offset_x=result.offset_x,
+        scale_offset_y=result.offset_y,
+        canonical_width=int(result.pixels.shape[1]),
+        canonical_height=int(result.pixels.shape[0]),
+        palette_size=result.palette_size,
+        canonical_sha256=result.sha256,
+        canon_version=canon_version(canon.background, canon.max_scale),
+        phash=phash,
+        dhash=dhash,
+        **base,  # type: ignore[arg-type]
+    )
