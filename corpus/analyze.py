@@ -7,7 +7,8 @@ in worker processes. Rejections come back as facts, never as exceptions.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 from corpus.canonical import canon_version, canonicalize
 from corpus.decode import Rejected, decode
@@ -38,6 +39,13 @@ class ImageFacts:
     canon_version: str | None = None
     phash: int | None = None
     dhash: int | None = None
+
+    def as_row(self) -> dict[str, Any]:
+        """Column values for the images table (dataclasses.asdict deep-copies: too slow)."""
+        return {name: getattr(self, name) for name in _FIELDS}
+
+
+_FIELDS = tuple(f.name for f in fields(ImageFacts))
 
 
 def analyze(

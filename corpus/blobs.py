@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import fsspec
@@ -24,6 +23,7 @@ class BlobStore:
         self.fs, path = fsspec.core.url_to_fs(root)
         self.root = path.rstrip("/")
         self._local = isinstance(self.fs, LocalFileSystem)
+        self._folders: set[str] = set()  # local folders known to exist
         if self._local:
             Path(self.root).mkdir(parents=True, exist_ok=True)
 
@@ -43,10 +43,12 @@ class BlobStore:
         path = self._path(key)
         if self._local:
             # Write then rename: a crash never leaves a partial blob under a valid key.
-            folder = Path(path).parent
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-            with os.fdopen(fd, "wb") as handle:
+            folder = path.rsplit("/", 1)[0]
+            if folder not in self._folders:
+                Path(folder).mkdir(parents=True, exist_ok=True)
+                self._folders.add(folder)
+            tmp = f"{path}.tmp-{os.getpid()}"
+            with open(tmp, "wb") as handle:
                 handle.write(data)
             Path(tmp).replace(path)
         else:

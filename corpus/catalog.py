@@ -234,3 +234,41 @@ def to_signed64(value: int) -> int:
 
 def to_unsigned64(value: int) -> int:
     return value + (1 << 64) if value < 0 else value
+
+
+def _dialect_insert(conn: Connection, table: sa.Table) -> Any:
+    name = conn.dialect.name
+    if name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table)
+    if name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table)
+    raise NotImplementedError(f"upserts are implemented for sqlite and postgresql, not {name}")
+
+
+def insert_ignore(
+    conn: Connection, table: sa.Table, rows: list[dict[str, Any]], keys: list[str]
+) -> None:
+    """INSERT ... ON CONFLICT (keys) DO NOTHING: safe when another writer got there first."""
+    if rows:
+        conn.execute(_dialect_insert(conn, table).on_conflict_do_nothing(index_elements=keys), rows)
+
+
+def upsert(
+    conn: Connection,
+    table: sa.Table,
+    rows: list[dict[str, Any]],
+    keys: list[str],
+    update: list[str],
+) -> None:
+    """INSERT ... ON CONFLICT (keys) DO UPDATE SET the `update` columns."""
+    if not rows:
+        return
+    stmt = _dialect_insert(conn, table)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=keys, set_={column: stmt.excluded[column] for column in update}
+    )
+    conn.execute(stmt, rows)
