@@ -10,7 +10,7 @@ import hashlib
 from dataclasses import dataclass, fields
 from typing import Any
 
-from corpus.canonical import canon_version, canonicalize
+from corpus.canonical import canon_version, canonicalize, content_box
 from corpus.decode import Rejected, decode
 from corpus.hashing import perceptual_hashes
 from spritesafe.config import CanonicalSettings, ImageLimits
@@ -69,7 +69,7 @@ def analyze(
         return ImageFacts(
             sha, len(data), "rejected", "blank_image", "a single colour after compositing", **base
         )
-    phash, dhash = perceptual_hashes(result.pixels)
+    phash, dhash = perceptual_hashes(content_box(result.pixels, canon.background))
     return ImageFacts(
         sha,
         len(data),

@@ -9,6 +9,10 @@
 3. The image is reduced to one pixel per block (partial edge blocks count as pixels), so the
    same sprite at 1x and 4x canonicalizes to identical pixels. The reduction is lossless:
    enlarging the canonical image by s with the offset gives back the input.
+4. Perceptual hashes are taken of the content box (the canonical pixels cropped to what
+   differs from the background). Sprites are small things in mostly empty tiles; hashed
+   whole, every small item on white looks alike to pHash and unrelated sprites chain into
+   giant clusters. Cropped, near-duplicates are recolours and small edits of one shape.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-ALGORITHM = "grid-gcd-1"
+ALGORITHM = "grid-gcd-1/bbox-hash-1"
 
 
 def canon_version(background: tuple[int, int, int], max_scale: int) -> str:
@@ -111,6 +115,16 @@ def pixels_sha256(rgb: NDArray[np.uint8]) -> str:
     digest = hashlib.sha256(f"{rgb.shape[0]}x{rgb.shape[1]}:".encode())
     digest.update(np.ascontiguousarray(rgb).tobytes())
     return digest.hexdigest()
+
+
+def content_box(rgb: NDArray[np.uint8], background: tuple[int, int, int]) -> NDArray[np.uint8]:
+    """The smallest rectangle holding every pixel that differs from the background."""
+    mask = (rgb != np.asarray(background, dtype=np.uint8)).any(axis=2)
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return rgb
+    cols = np.flatnonzero(mask.any(axis=0))
+    return rgb[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
 
 def canonicalize(

@@ -64,9 +64,10 @@ class CanonicalSettings(BaseModel):
 
 
 class DedupeSettings(BaseModel):
-    # The multi-index finds every pair within radius 6 (8 bands, pairs of bands as keys).
+    # A pair is near-duplicate when both hashes are within their radius. The multi-index
+    # finds every pair within phash radius <= 6 (8 bands, pairs of bands as keys).
     phash_radius: int = Field(6, ge=0, le=6)
-    dhash_radius: int = Field(10, ge=0, le=64)
+    dhash_radius: int = Field(6, ge=0, le=64)
     chunk_size: int = Field(50_000, gt=0, description="new images deduped per transaction")
 
 
