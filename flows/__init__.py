@@ -1,0 +1,1 @@
+"""Prefect flows: they compose the stages (plain functions over the catalog), never compute."""

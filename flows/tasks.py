@@ -1,0 +1,63 @@
+"""Each stage wrapped as a Prefect task. Tasks take plain values (a config path, overrides,
+source specs), open the workspace themselves and return the stage's report as a dict.
+
+Caching is off for now: stages are idempotent over the catalog, so a re-run is cheap and
+correct; content-keyed caching comes with the growth flow.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from corpus.dedupe import dedupe
+from corpus.ingest import ingest
+from corpus.sources import parse_source
+from corpus.workspace import open_workspace
+from spritesafe.config import load_settings
+
+
+@task(name="ingest", cache_policy=NO_CACHE)
+def ingest_task(
+    config: str | None, overrides: dict[str, Any], specs: list[str] | None
+) -> dict[str, Any]:
+    settings = load_settings(config, **overrides)
+    specs = specs if specs is not None else settings.sources
+    base = settings.base_dir
+    sources = [parse_source(spec, settings, base) for spec in specs]
+    workspace = open_workspace(settings)
+    try:
+        report = ingest(workspace.catalog, workspace.blobs, sources, settings)
+    finally:
+        workspace.close()
+    summary = report.as_dict()
+    get_run_logger().info(
+        "ingest: %s processed, %s new, %s unchanged, rejected %s in %.1fs",
+        summary["processed"],
+        summary["new_images"],
+        summary["unchanged"],
+        summary["rejected"],
+        summary["seconds"],
+    )
+    return summary
+
+
+@task(name="dedupe", cache_policy=NO_CACHE)
+def dedupe_task(config: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    settings = load_settings(config, **overrides)
+    workspace = open_workspace(settings)
+    try:
+        report = dedupe(workspace.catalog, settings)
+    finally:
+        workspace.close()
+    get_run_logger().info(
+        "dedupe: %s images, %s exact duplicates, %s near links, %s clusters merged in %.1fs",
+        report.processed,
+        report.exact_duplicates,
+        report.near_links,
+        report.clusters_merged,
+        report.seconds,
+    )
+    return report.as_dict()

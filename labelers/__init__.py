@@ -1,0 +1,1 @@
+"""Labelers: the Ollama vision LLM and the teacher model (see issue "Labelers")."""

@@ -1,0 +1,1 @@
+"""Disagreement mining and the review page (see issue "The feedback loop")."""

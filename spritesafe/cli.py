@@ -1,0 +1,270 @@
+"""The `spritesafe` command line. Commands call stages or flows; they compute nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from spritesafe.config import Settings, load_settings
+
+app = typer.Typer(
+    help="Grow the training set for a tiny pixel-art SFW/NSFW classifier, and ship it.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console(stderr=True)
+out = Console()
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="spritesafe.toml to read (default: ./spritesafe.toml)"),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print the report as JSON on stdout")]
+
+
+def _settings(config: Path | None, **overrides: Any) -> Settings:
+    try:
+        return load_settings(config, **overrides)
+    except (FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]config error:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _interrupted() -> typer.Exit:
+    console.print(
+        "[yellow]Interrupted.[/] Committed batches are kept; run the same command again to "
+        "finish without duplicates."
+    )
+    return typer.Exit(130)
+
+
+@app.command()
+def ingest(
+    sources: Annotated[
+        list[str] | None,
+        typer.Argument(help="source specs (folder, URL, urls:, sheet:, tileset:, hf:)"),
+    ] = None,
+    config: ConfigOpt = None,
+    workers: Annotated[
+        int | None, typer.Option(help="decode processes (0 = one per CPU, 1 = inline)")
+    ] = None,
+    retry_rejected: Annotated[
+        bool, typer.Option(help="try again items rejected before, even if unchanged")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add candidate images from SOURCES (default: the configured sources) to the catalog."""
+    from corpus.ingest import IngestReport, SourceReport, ingest
+    from corpus.sources import SourceSpecError, parse_source
+    from corpus.workspace import open_workspace
+
+    overrides: dict[str, Any] = {}
+    if workers is not None:
+        overrides["ingest"] = {"workers": workers}
+    settings = _settings(config, **overrides)
+    specs = sources or settings.sources
+    if not specs:
+        console.print("[red]No sources.[/] Name some (spritesafe ingest DIR) or set `sources`.")
+        raise typer.Exit(2)
+    base = Path.cwd() if sources else settings.base_dir
+    try:
+        parsed = [parse_source(spec, settings, base) for spec in specs]
+    except SourceSpecError as exc:
+        console.print(f"[red]bad source:[/] {exc}")
+        raise typer.Exit(2) from None
+    workspace = open_workspace(settings)
+    report: IngestReport
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=as_json,
+    ) as progress:
+        task = progress.add_task("ingest", total=None)
+
+        def show(r: SourceReport) -> None:
+            progress.update(
+                task,
+                description=f"{r.name[-60:]}: {r.processed} read, {r.new_images} new, "
+                f"{r.unchanged} unchanged, {sum(r.rejected.values())} rejected",
+            )
+
+        try:
+            report = ingest(
+                workspace.catalog,
+                workspace.blobs,
+                parsed,
+                settings,
+                retry_rejected=retry_rejected,
+                progress=show,
+            )
+        except KeyboardInterrupt:
+            raise _interrupted() from None
+        finally:
+            workspace.close()
+    if as_json:
+        out.print_json(json.dumps(report.as_dict()))
+    else:
+        _print_ingest(report)
+    if report.status != "ok":
+        raise typer.Exit(1)
+
+
+def _print_ingest(report: Any) -> None:
+    table = Table(title=f"ingest {report.run_id[:8]} ({report.seconds:.1f}s)")
+    for column in ("source", "read", "new", "linked", "unchanged", "rejected"):
+        table.add_column(column, justify="left" if column == "source" else "right")
+    for s in report.sources:
+        rejected = ", ".join(f"{k} {v}" for k, v in s.rejected.most_common()) or "0"
+        name = s.name if len(s.name) < 70 else "…" + s.name[-69:]
+        table.add_row(
+            name, str(s.processed), str(s.new_images), str(s.linked), str(s.unchanged), rejected
+        )
+    out.print(table)
+    rate = report.processed / report.seconds if report.seconds else 0.0
+    out.print(f"{report.processed} items read ({rate:.0f}/s), {report.new_images} new images")
+    for s in report.sources:
+        if s.error:
+            console.print(f"[red]source failed:[/] {s.name}: {s.error}")
+
+
+@app.command()
+def dedupe(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Mark exact duplicates and group near-duplicates into clusters (incremental)."""
+    from corpus.dedupe import dedupe as run_dedupe
+    from corpus.workspace import open_workspace
+
+    settings = _settings(config)
+    workspace = open_workspace(settings)
+    try:
+        report = run_dedupe(workspace.catalog, settings)
+    except KeyboardInterrupt:
+        raise _interrupted() from None
+    finally:
+        workspace.close()
+    if as_json:
+        out.print_json(json.dumps(report.as_dict()))
+        return
+    out.print(
+        f"dedupe: {report.processed} images checked, {report.exact_duplicates} exact duplicates, "
+        f"{report.near_links} near-duplicate links, {report.clusters_merged} clusters merged; "
+        f"index {report.index_entries} entries"
+        f"{' (rebuilt from the catalog)' if report.index_rebuilt else ''}; {report.seconds:.2f}s"
+    )
+
+
+@app.command()
+def status(
+    config: ConfigOpt = None,
+    rejects: Annotated[
+        bool, typer.Option("--rejects", help="list rejected items (source, locator, reason)")
+    ] = False,
+    reason: Annotated[str | None, typer.Option(help="only rejects with this reason")] = None,
+    limit: Annotated[int, typer.Option(help="how many rejects to list")] = 50,
+    as_json: JsonOpt = False,
+) -> None:
+    """Counts by status, rejects by reason, clusters, sources and recent runs."""
+    from corpus.status import catalog_status, list_rejects
+    from corpus.workspace import open_workspace
+
+    settings = _settings(config)
+    workspace = open_workspace(settings)
+    try:
+        state = catalog_status(workspace.catalog)
+        listed = list_rejects(workspace.catalog, reason, limit) if (rejects or reason) else []
+    finally:
+        workspace.close()
+    if as_json:
+        out.print_json(json.dumps(state.as_dict() | {"rejects": listed}, default=str))
+        return
+    out.print(f"catalog: {workspace.catalog.url}")
+    images = ", ".join(f"{k} {v}" for k, v in sorted(state.images_by_status.items())) or "none"
+    out.print(f"images: {images}")
+    out.print(
+        f"clusters: {state.clusters} ({state.multi_member_clusters} with near-duplicates, "
+        f"largest {state.largest_cluster}); pending dedupe: {state.pending_dedupe}"
+    )
+    out.print(f"labels: {state.labels}")
+    if state.rejects_by_reason:
+        table = Table(title="rejected items by reason")
+        table.add_column("reason")
+        table.add_column("items", justify="right")
+        for key, value in state.rejects_by_reason.items():
+            table.add_row(key, str(value))
+        out.print(table)
+    if state.sources:
+        table = Table(title="sources")
+        for column in ("source", "kind", "items", "last ingested"):
+            table.add_column(column)
+        for src in state.sources:
+            table.add_row(src["name"], src["kind"], str(src["items"]), str(src["last_ingested_at"]))
+        out.print(table)
+    if listed:
+        table = Table(title="rejects")
+        for column in ("source", "locator", "reason", "detail"):
+            table.add_column(column, overflow="fold")
+        for row in listed:
+            table.add_row(row["name"], row["locator"], row["reason"], row["detail"] or "")
+        out.print(table)
+
+
+@app.command()
+def rebuild(
+    sources: Annotated[
+        list[str] | None, typer.Argument(help="source specs (default: configured)")
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """One-shot full rebuild as a Prefect flow (no server needed): ingest, then dedupe."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    settings = _settings(config)
+    if not (sources or settings.sources):
+        console.print("[red]No sources.[/] Name some or set `sources` in spritesafe.toml.")
+        raise typer.Exit(2)
+    from flows.rebuild import rebuild as rebuild_flow
+
+    specs = (
+        [str(Path(s).absolute()) if Path(s).exists() else s for s in sources] if sources else None
+    )
+    config_path = str(config.absolute()) if config else None
+    try:
+        result = rebuild_flow(sources=specs, config=config_path)
+    except KeyboardInterrupt:
+        raise _interrupted() from None
+    ingested, deduped = result["ingest"], result["dedupe"]
+    out.print(
+        f"rebuild: {ingested['processed']} items read, {ingested['new_images']} new images, "
+        f"{ingested['unchanged']} unchanged, rejected {ingested['rejected'] or 0}; "
+        f"dedupe: {deduped['exact_duplicates']} exact duplicates, "
+        f"{deduped['near_links']} near-duplicate links"
+    )
+    out.print(f"catalog: {settings.catalog_url}")
+    if ingested["status"] != "ok":
+        raise typer.Exit(1)
+
+
+@app.command("config")
+def show_config(config: ConfigOpt = None) -> None:
+    """Print the effective settings (after spritesafe.toml and SPRITESAFE_* variables)."""
+    settings = _settings(config)
+    data = settings.model_dump(mode="json")
+    data.update(catalog_url=settings.catalog_url, blob_root=settings.blob_root)
+    out.print_json(json.dumps(data))
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    sys.exit(app())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
