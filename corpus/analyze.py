@@ -56,7 +56,7 @@ def analyze(
         decoded = decode(data, limits)
     except Rejected as rej:
         return ImageFacts(sha, len(data), "rejected", rej.reason, rej.detail)
-    base = {
+    common: dict[str, Any] = {
         "format": decoded.format,
         "mode": decoded.mode,
         "width": decoded.width,
@@ -66,9 +66,8 @@ def analyze(
     }
     result = canonicalize(decoded.rgba, canon.background, canon.max_scale)
     if canon.reject_blank and result.blank:
-        return ImageFacts(
-            sha, len(data), "rejected", "blank_image", "a single colour after compositing", **base
-        )
+        detail = "a single colour after compositing"
+        return ImageFacts(sha, len(data), "rejected", "blank_image", detail, **common)
     phash, dhash = perceptual_hashes(content_box(result.pixels, canon.background))
     return ImageFacts(
         sha,
@@ -84,5 +83,5 @@ def analyze(
         canon_version=canon_version(canon.background, canon.max_scale),
         phash=phash,
         dhash=dhash,
-        **base,  # type: ignore[arg-type]
+        **common,
     )

@@ -211,7 +211,7 @@ class Fetcher:
         if response is None or response.status_code >= 500:
             return None
         if response.status_code >= 400:
-            parser.allow_all = True
+            parser.parse([])  # no rules: everything allowed
             return parser
         parser.parse(response.text.splitlines())
         delay = parser.crawl_delay(self.settings.user_agent)

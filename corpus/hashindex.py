@@ -50,7 +50,7 @@ def _owned_by(xor: U64, pair: tuple[int, int]) -> NDArray[np.bool_]:
     masked = equal.copy()
     masked[first, np.arange(equal.shape[1])] = False
     second = np.argmax(masked, axis=0)
-    return (first == pair[0]) & (second == pair[1])
+    return np.asarray((first == pair[0]) & (second == pair[1]), dtype=bool)
 
 
 def _close(a: U64, b: U64, radius: int) -> tuple[NDArray[np.bool_], NDArray[np.uint8]]:

@@ -255,8 +255,13 @@ class _Batch:
             row.update(blob_key=blob, created_at=utcnow(), run_id=self.run_id)
             new_rows.append(row)
 
-        columns = (images.c.id, images.c.sha256, images.c.status)
-        columns += (images.c.reject_reason, images.c.reject_detail)
+        columns = (
+            images.c.id,
+            images.c.sha256,
+            images.c.status,
+            images.c.reject_reason,
+            images.c.reject_detail,
+        )
         with catalog.write() as conn:
             insert_ignore(conn, images, new_rows, ["sha256"])
             query = sa.select(*columns).where(images.c.sha256.in_(list(self.payload)))

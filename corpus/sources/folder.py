@@ -82,7 +82,7 @@ class FolderSource(SourceBase):
             try:
                 is_link = entry.is_symlink()
                 if is_link and not self.follow_symlinks:
-                    yield Skip(locator, "symlink_not_followed", path.readlink())
+                    yield Skip(locator, "symlink_not_followed", str(path.readlink()))
                     continue
                 st = path.stat()  # follows links
             except OSError as exc:

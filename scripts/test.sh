@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Install (with test tools) and run everything CI runs: ruff, mypy, the pytest suite.
+# Extra arguments go to pytest (e.g. scripts/test.sh -k canonical).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh --dev
+export PREFECT_SERVER_ANALYTICS_ENABLED=false
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
+.venv/bin/python -m pytest "$@"
