@@ -56,6 +56,10 @@ def analyze(
         decoded = decode(data, limits)
     except Rejected as rej:
         return ImageFacts(sha, len(data), "rejected", rej.reason, rej.detail)
+    except Exception as exc:  # a decoder bug must cost one image, never the run
+        return ImageFacts(
+            sha, len(data), "rejected", "decode_error", f"{type(exc).__name__}: {exc}"
+        )
     common: dict[str, Any] = {
         "format": decoded.format,
         "mode": decoded.mode,

@@ -58,6 +58,13 @@ def composite(rgba: NDArray[np.uint8], background: tuple[int, int, int]) -> NDAr
     return rgb.astype(np.uint8)
 
 
+def grid_determined(rgb: NDArray[np.uint8]) -> bool:
+    """True when some axis has two or more colour boundaries, so the grid does not depend on
+    where the image was cropped. With at most one boundary per axis (a plain rectangle) only
+    the image edges fix the grid, and a mid-block crop makes the scale ambiguous."""
+    return max(_change_positions(rgb, 0).size, _change_positions(rgb, 1).size) >= 2
+
+
 def _change_positions(rgb: NDArray[np.uint8], axis: int) -> NDArray[np.intp]:
     """Indices i where line i differs from line i-1 (columns for axis=1, rows for axis=0)."""
     if axis == 1:

@@ -42,7 +42,9 @@ class CanonicalSettings(BaseModel):
     """Pixel-art canonicalization: alpha onto one fixed background, then the native grid."""
 
     background: tuple[int, int, int] = (255, 255, 255)
-    max_scale: int = Field(32, ge=1, description="largest integer pixel scale detected")
+    # No practical cap: the reduction is lossless whatever the scale; a cap only makes coarse
+    # sprites (a native 8x tile enlarged 10x) canonicalize differently from their originals.
+    max_scale: int = Field(256, ge=1, description="largest integer pixel scale detected")
     reject_blank: bool = Field(True, description="single-colour images are rejected as blank")
 
     @field_validator("background", mode="before")

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from spritesafe.config import load_settings
+
+
+def test_defaults_live_under_data_dir(tmp_path: Path) -> None:
+    settings = load_settings()
+    assert settings.data_path == tmp_path / "data"
+    assert settings.catalog_url == f"sqlite:///{tmp_path / 'data' / 'catalog.db'}"
+    assert settings.blob_root == str(tmp_path / "data" / "blobs")
+
+
+def test_toml_then_env_then_kwargs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "conf" / "spritesafe.toml"
+    config.parent.mkdir()
+    config.write_text(
+        'data_dir = "store"\nsources = ["a", "b"]\n'
+        "[dedupe]\nphash_radius = 4\ndhash_radius = 9\n"
+        '[canonical]\nbackground = "#102030"\n'
+    )
+    settings = load_settings(config)
+    # Relative paths resolve against the config file's folder, not the cwd.
+    assert settings.data_path == config.parent / "store"
+    assert settings.dedupe.phash_radius == 4
+    assert settings.canonical.background == (16, 32, 48)
+    assert settings.sources == ["a", "b"]
+
+    monkeypatch.setenv("SPRITESAFE_DEDUPE__PHASH_RADIUS", "2")
+    monkeypatch.setenv("SPRITESAFE_DB_URL", "sqlite:////tmp/x.db")
+    settings = load_settings(config)
+    assert settings.dedupe.phash_radius == 2
+    assert settings.dedupe.dhash_radius == 9  # the rest of the table still comes from TOML
+    assert settings.catalog_url == "sqlite:////tmp/x.db"
+
+    assert load_settings(config, dedupe={"phash_radius": 1}).dedupe.phash_radius == 1
+
+
+def test_local_spritesafe_toml_is_found(tmp_path: Path) -> None:
+    (tmp_path / "spritesafe.toml").write_text('data_dir = "elsewhere"\n')
+    assert load_settings().data_path == tmp_path / "elsewhere"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[dedupe]\nphash_radius = 7\n",  # beyond what the 8-band multi-index guarantees
+        '[canonical]\nbackground = "#12345"\n',
+        "unknown_key = 1\n",
+    ],
+)
+def test_invalid_config_is_refused(tmp_path: Path, text: str) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(text)
+    with pytest.raises(ValidationError):
+        load_settings(config)
+
+
+def test_missing_explicit_config(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        load_settings(tmp_path / "nope.toml")
