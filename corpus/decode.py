@@ -93,7 +93,7 @@ def decode(data: bytes, limits: ImageLimits) -> Decoded:
         try:
             image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
         except Image.DecompressionBombError as exc:
-            raise Rejected("decompression_bomb", str(exc)) from None
+            raise Rejected("decompression_bomb", f"{exc}; refused before decoding") from None
         except UnidentifiedImageError:
             raise Rejected("not_an_image", "no supported image signature") from None
         except Exception as exc:

@@ -106,7 +106,12 @@ class Fetcher:
         return list(await asyncio.gather(*tasks))
 
     async def fetch(self, url: str, previous: Previous = Previous()) -> FetchResult:
-        parts = urlsplit(url)
+        try:  # a malformed URL must reject that URL, not crash the whole batch
+            parts = urlsplit(url)
+            _ = parts.port  # raises ValueError when out of range
+            httpx.URL(url)
+        except (ValueError, httpx.InvalidURL) as exc:
+            return FetchResult(url, "rejected", reason="bad_url", detail=str(exc))
         if parts.scheme not in ("http", "https") or not parts.netloc:
             return FetchResult(url, "rejected", reason="bad_url", detail="not an http(s) URL")
         if self.settings.respect_robots and not await self._allowed(url):
@@ -132,8 +137,8 @@ class Fetcher:
                 result = FetchResult(url, "rejected", reason="timeout", detail=repr(exc))
             except httpx.TransportError as exc:
                 result = FetchResult(url, "rejected", reason="connection_error", detail=repr(exc))
-            except httpx.TooManyRedirects as exc:
-                return FetchResult(url, "rejected", reason="http_error", detail=str(exc))
+            except (httpx.TooManyRedirects, httpx.DecodingError) as exc:
+                return FetchResult(url, "rejected", reason="http_error", detail=repr(exc))
             if result.reason not in ("timeout", "connection_error", "retryable_status"):
                 return _with_attempts(result, attempt)
             last = result
@@ -203,7 +208,7 @@ class Fetcher:
             await self._limiter.wait(host)
             try:
                 response = await self.client.get(f"{origin}/robots.txt")
-            except httpx.TransportError:
+            except httpx.RequestError:  # transport, redirect loop, bad Content-Encoding
                 response = None
             if response is not None and response.status_code < 500:
                 break

@@ -9,7 +9,7 @@ from __future__ import annotations
 import tarfile
 import zipfile
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Mapping
 from pathlib import Path, PurePosixPath
 
 from corpus.decode import Rejected
@@ -40,23 +40,27 @@ def _member_locators(prefix: str, names: list[str]) -> list[str]:
     return out
 
 
+Scan = Generator[Entry, None, bool]
+
+
 def scan_archive(
-    path: Path, prefix: str, known: Mapping[str, Known], max_bytes: int
-) -> Iterator[Entry]:
+    path: Path, prefix: str, known: Mapping[str, Known], max_bytes: int, archive_fp: str
+) -> Scan:
+    """Yield the members; return False when the archive itself is unreadable or corrupt
+    (then it was yielded as a Skip and must not be recorded as a finished container)."""
     if path.name.lower().endswith(".zip"):
-        yield from _scan_zip(path, prefix, known, max_bytes)
-    else:
-        yield from _scan_tar(path, prefix, known, max_bytes)
+        return (yield from _scan_zip(path, prefix, known, max_bytes, archive_fp))
+    return (yield from _scan_tar(path, prefix, known, max_bytes, archive_fp))
 
 
 def _scan_zip(
-    path: Path, prefix: str, known: Mapping[str, Known], max_bytes: int
-) -> Iterator[Entry]:
+    path: Path, prefix: str, known: Mapping[str, Known], max_bytes: int, archive_fp: str
+) -> Scan:
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        yield Skip(prefix, "bad_archive", f"{type(exc).__name__}: {exc}")
-        return
+        yield Skip(prefix, "bad_archive", f"{type(exc).__name__}: {exc}", archive_fp)
+        return False
     with archive:
         infos = [info for info in archive.infolist() if not info.is_dir()]
         for info, locator in zip(
@@ -84,16 +88,17 @@ def _scan_zip(
                 yield Skip(locator, "bad_archive_member", f"{type(exc).__name__}: {exc}")
                 continue
             yield Item(locator, fingerprint, Preloaded(data))
+    return True
 
 
 def _scan_tar(
-    path: Path, prefix: str, known: Mapping[str, Known], max_bytes: int
-) -> Iterator[Entry]:
+    path: Path, prefix: str, known: Mapping[str, Known], max_bytes: int, archive_fp: str
+) -> Scan:
     try:
         archive = tarfile.open(path, mode="r:*")  # noqa: SIM115 (closed below)
     except (tarfile.TarError, OSError, EOFError) as exc:
-        yield Skip(prefix, "bad_archive", f"{type(exc).__name__}: {exc}")
-        return
+        yield Skip(prefix, "bad_archive", f"{type(exc).__name__}: {exc}", archive_fp)
+        return False
     seen: Counter[str] = Counter()
     with archive:
         try:
@@ -128,4 +133,6 @@ def _scan_tar(
                     data = handle.read(max_bytes + 1)
                 yield Item(locator, fingerprint, Preloaded(data))
         except (tarfile.TarError, OSError, EOFError) as exc:
-            yield Skip(prefix, "bad_archive", f"truncated or corrupt: {exc}")
+            yield Skip(prefix, "bad_archive", f"truncated or corrupt: {exc}", archive_fp)
+            return False
+    return True

@@ -79,30 +79,33 @@ class FolderSource(SourceBase):
                 continue
             locator = f"{prefix}{entry.name}"
             path = Path(entry.path)
+            is_link = entry.is_symlink()
+            # Links and special files get a fingerprint too, so unchanged ones are skipped.
+            link_fp = f"link:{_readlink(path)}" if is_link else None
             try:
-                is_link = entry.is_symlink()
                 if is_link and not self.follow_symlinks:
-                    yield Skip(locator, "symlink_not_followed", str(path.readlink()))
+                    yield Skip(locator, "symlink_not_followed", _readlink(path), link_fp)
                     continue
                 st = path.stat()  # follows links
             except OSError as exc:
                 if exc.errno == errno.ELOOP:
-                    yield Skip(locator, "symlink_loop", "symlink chain loops")
+                    yield Skip(locator, "symlink_loop", "symlink chain loops", link_fp)
                 elif is_link and exc.errno == errno.ENOENT:
-                    yield Skip(locator, "broken_symlink", f"-> {path.readlink()}")
+                    yield Skip(locator, "broken_symlink", f"-> {_readlink(path)}", link_fp)
                 else:
-                    yield Skip(locator, "unreadable", exc.strerror or str(exc))
+                    yield Skip(locator, "unreadable", exc.strerror or str(exc), link_fp)
                 continue
             if stat.S_ISDIR(st.st_mode):
                 key = (st.st_dev, st.st_ino)
                 if key in ancestors:
-                    yield Skip(locator, "symlink_loop", f"-> {path.readlink()}")
+                    yield Skip(locator, "symlink_loop", f"-> {_readlink(path)}", link_fp)
                     continue
                 yield from self._walk(path, f"{locator}/", known, (*ancestors, key))
             elif stat.S_ISREG(st.st_mode):
                 yield from self._file(path, locator, known, st)
             else:
-                yield Skip(locator, "not_a_regular_file", _file_kind(st.st_mode))
+                kind = _file_kind(st.st_mode)
+                yield Skip(locator, "not_a_regular_file", kind, stat_fingerprint(st))
 
     def _file(
         self,
@@ -118,13 +121,20 @@ class FolderSource(SourceBase):
             if entry is not None and entry.fingerprint == fingerprint:
                 yield Unchanged(locator)
                 return
-            yield from scan_archive(path, locator, known, self.max_bytes)
-            yield Container(locator, fingerprint)
+            if (yield from scan_archive(path, locator, known, self.max_bytes, fingerprint)):
+                yield Container(locator, fingerprint)
             return
         if st.st_size > self.max_bytes:
             yield Skip(locator, "file_too_large", f"{st.st_size} bytes", fingerprint)
             return
         yield Item(locator, fingerprint, _FileReader(path, self.max_bytes))
+
+
+def _readlink(path: Path) -> str:
+    try:
+        return str(path.readlink())
+    except OSError:
+        return "?"
 
 
 def _file_kind(mode: int) -> str:
