@@ -97,7 +97,7 @@ def decode(data: bytes, limits: ImageLimits) -> Decoded:
         except UnidentifiedImageError:
             raise Rejected("not_an_image", "no supported image signature") from None
         except Exception as exc:
-            raise Rejected("decode_error", f"{type(exc).__name__}: {exc}") from None
+            raise _broken(exc) from None
 
         width, height = image.size
         if width <= 0 or height <= 0:
@@ -125,10 +125,13 @@ def decode(data: bytes, limits: ImageLimits) -> Decoded:
         except Rejected:
             raise
         except Exception as exc:
-            message = f"{type(exc).__name__}: {exc}"
-            reason = "truncated" if "truncat" in message.lower() else "decode_error"
-            raise Rejected(reason, message) from None
+            raise _broken(exc) from None
     return Decoded(rgba=rgba, format=str(image.format), mode=image.mode, frames=frames)
+
+
+def _broken(exc: Exception) -> Rejected:
+    message = f"{type(exc).__name__}: {exc}"
+    return Rejected("truncated" if "truncat" in message.lower() else "decode_error", message)
 
 
 def _to_rgba(image: Image.Image) -> NDArray[np.uint8]:

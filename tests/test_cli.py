@@ -1,0 +1,103 @@
+"""The installed `spritesafe` command, as a user runs it (real entry point, subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.helpers import png, sprite, upscale
+
+SPRITESAFE = str(Path(sys.executable).with_name("spritesafe"))
+
+
+def cli(*args: str, data: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = os.environ | {"SPRITESAFE_DATA_DIR": str(data), "COLUMNS": "200"}
+    done = subprocess.run([SPRITESAFE, *args], env=env, capture_output=True, text=True)
+    if check:
+        assert done.returncode == 0, done.stderr
+    return done
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    root = tmp_path / "sprites"
+    root.mkdir()
+    for i in range(12):
+        tile = sprite(rng, 16)
+        (root / f"{i}.png").write_bytes(png(tile))
+        if i < 3:
+            (root / f"{i}_x3.png").write_bytes(png(upscale(tile, 3)))
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (root / "readme.txt").write_text("hello")
+    return root
+
+
+def test_ingest_dedupe_status(tmp_path: Path, folder: Path) -> None:
+    data = tmp_path / "data"
+    report = json.loads(cli("ingest", str(folder), "--json", data=data).stdout)
+    assert report["processed"] == 17 and report["new_images"] == 17
+    assert report["rejected"] == {"not_an_image": 1, "truncated": 1}
+    deduped = json.loads(cli("dedupe", "--json", data=data).stdout)
+    assert deduped["exact_duplicates"] == 3
+    status = json.loads(cli("status", "--json", "--rejects", data=data).stdout)
+    assert status["images_by_status"]["candidate"] == 12
+    assert status["images_by_status"]["duplicate"] == 3
+    assert sum(status["rejects_by_reason"].values()) == 2
+    assert {r["locator"] for r in status["rejects"]} == {"broken.png", "readme.txt"}
+    assert status["pending_dedupe"] == 0 and status["clusters"] == 12
+
+    human = cli("status", "--rejects", data=data).stdout
+    assert "rejected items by reason" in human and "readme.txt" in human
+    again = cli("ingest", str(folder), data=data).stdout
+    assert "0 items read" in again
+
+
+def test_errors_are_explained(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    bad = cli("ingest", "sheet:x.png?tile=abc", data=data, check=False)
+    assert bad.returncode == 2 and "tile must look like" in bad.stderr
+    none = cli("ingest", data=data, check=False)
+    assert none.returncode == 2 and "No sources" in none.stderr
+    missing = cli("ingest", str(tmp_path / "nope"), data=data, check=False)
+    assert missing.returncode == 1 and "not found" in missing.stderr
+    broken_config = tmp_path / "c.toml"
+    broken_config.write_text("[dedupe]\nphash_radius = 9\n")
+    refused = cli("status", "--config", str(broken_config), data=data, check=False)
+    assert refused.returncode == 2 and "phash_radius" in refused.stderr
+
+
+def test_config_command_shows_effective_settings(tmp_path: Path) -> None:
+    shown = json.loads(cli("config", data=tmp_path / "d").stdout)
+    assert shown["data_dir"] == str(tmp_path / "d")
+    assert shown["catalog_url"].endswith("/d/catalog.db")
+
+
+@pytest.mark.slow
+def test_rebuild_flow_runs_without_a_prefect_server(tmp_path: Path, folder: Path) -> None:
+    """The flow skeleton: ingest then dedupe as Prefect tasks, on Prefect's temporary local
+    API (no server started by anyone), PREFECT_HOME isolated per test."""
+    assert "PREFECT_API_URL" not in os.environ
+    config = tmp_path / "spritesafe.toml"
+    config.write_text(f'data_dir = "flowdata"\nsources = ["{folder}"]\n')
+    done = subprocess.run(
+        [SPRITESAFE, "rebuild", "--config", str(config)],
+        env=os.environ | {"PREFECT_HOME": str(tmp_path / "prefect")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rebuild: 17 items read, 17 new images" in done.stdout
+    assert "3 exact duplicates" in done.stdout
+    assert "Finished in state Completed" in done.stderr
+    status = json.loads(
+        cli("status", "--json", "--config", str(config), data=tmp_path / "flowdata").stdout
+    )
+    assert status["images_by_status"] == {"candidate": 12, "duplicate": 3, "rejected": 2}
