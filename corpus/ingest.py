@@ -34,7 +34,16 @@ from corpus.catalog import (
     utcnow,
 )
 from corpus.decode import Rejected
-from corpus.sources.base import Container, Entry, Item, Known, Skip, Source, Unchanged
+from corpus.sources.base import (
+    Container,
+    Entry,
+    Item,
+    Known,
+    Skip,
+    Source,
+    Unchanged,
+    is_unchanged,
+)
 from spritesafe.config import CanonicalSettings, ImageLimits, Settings
 
 INLINE_BELOW = 64  # batches smaller than this are analyzed in-process (no IPC overhead)
@@ -394,7 +403,4 @@ def _ingest_source(
 
 
 def _unchanged(entry: Entry, known: Mapping[str, Known]) -> bool:
-    if isinstance(entry, Item | Skip) and entry.fingerprint is not None:
-        previous = known.get(entry.locator)
-        return previous is not None and previous.fingerprint == entry.fingerprint
-    return False
+    return isinstance(entry, Item | Skip) and is_unchanged(known, entry.locator, entry.fingerprint)

@@ -33,6 +33,7 @@ def items_by_locator(ws: Workspace) -> dict[str, sa.Row]:  # type: ignore[type-a
     return {row.locator: row for row in rows}
 
 
+@pytest.mark.filterwarnings("ignore:Duplicate name:UserWarning")  # the zip case is deliberate
 def test_bad_input_is_recorded_and_the_run_goes_on(tmp_path: Path, ws: Workspace) -> None:
     rng = np.random.default_rng(0)
     root = tmp_path / "zoo"

@@ -13,7 +13,16 @@ from collections.abc import Generator, Mapping
 from pathlib import Path, PurePosixPath
 
 from corpus.decode import Rejected
-from corpus.sources.base import Entry, Item, Known, Preloaded, Skip, Unchanged, read_limited
+from corpus.sources.base import (
+    Entry,
+    Item,
+    Known,
+    Preloaded,
+    Skip,
+    Unchanged,
+    is_unchanged,
+    read_limited,
+)
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 
@@ -27,6 +36,24 @@ def unsafe_member_name(name: str) -> bool:
     if normalized.startswith("/") or (len(normalized) > 1 and normalized[1] == ":"):
         return True
     return ".." in PurePosixPath(normalized).parts
+
+
+def _check_member(
+    locator: str,
+    name: str,
+    size: int,
+    fingerprint: str,
+    known: Mapping[str, Known],
+    max_bytes: int,
+) -> Entry | None:
+    """A Skip or Unchanged for a member that must not be read, else None."""
+    if unsafe_member_name(name):
+        return Skip(locator, "unsafe_archive_path", name, fingerprint)
+    if size > max_bytes:
+        return Skip(locator, "file_too_large", f"{size} bytes", fingerprint)
+    if is_unchanged(known, locator, fingerprint):
+        return Unchanged(locator)
+    return None
 
 
 def _member_locators(prefix: str, names: list[str]) -> list[str]:
@@ -67,15 +94,11 @@ def _scan_zip(
             infos, _member_locators(prefix, [i.filename for i in infos]), strict=True
         ):
             fingerprint = f"{info.file_size}:{info.CRC:08x}"
-            if unsafe_member_name(info.filename):
-                yield Skip(locator, "unsafe_archive_path", info.filename, fingerprint)
-                continue
-            if info.file_size > max_bytes:
-                yield Skip(locator, "file_too_large", f"{info.file_size} bytes", fingerprint)
-                continue
-            entry = known.get(locator)
-            if entry is not None and entry.fingerprint == fingerprint:
-                yield Unchanged(locator)
+            verdict = _check_member(
+                locator, info.filename, info.file_size, fingerprint, known, max_bytes
+            )
+            if verdict is not None:
+                yield verdict
                 continue
             try:
                 with archive.open(info) as handle:
@@ -109,21 +132,17 @@ def _scan_tar(
                 suffix = f"#{seen[member.name]}" if seen[member.name] > 1 else ""
                 locator = f"{prefix}!{member.name}{suffix}"
                 fingerprint = f"{member.size}:{member.mtime}:{member.chksum}"
-                if unsafe_member_name(member.name):
-                    yield Skip(locator, "unsafe_archive_path", member.name, fingerprint)
-                    continue
                 if member.issym() or member.islnk():
                     yield Skip(locator, "archive_link", f"link to {member.linkname}", fingerprint)
                     continue
                 if not member.isfile():
                     yield Skip(locator, "not_a_regular_file", "device or fifo in archive")
                     continue
-                if member.size > max_bytes:
-                    yield Skip(locator, "file_too_large", f"{member.size} bytes", fingerprint)
-                    continue
-                entry = known.get(locator)
-                if entry is not None and entry.fingerprint == fingerprint:
-                    yield Unchanged(locator)
+                verdict = _check_member(
+                    locator, member.name, member.size, fingerprint, known, max_bytes
+                )
+                if verdict is not None:
+                    yield verdict
                     continue
                 handle = archive.extractfile(member)
                 if handle is None:

@@ -77,6 +77,14 @@ class SourceBase:
     stats: Counter[str] = field(default_factory=Counter)
 
 
+def is_unchanged(known: Mapping[str, Known], locator: str, fingerprint: str | None) -> bool:
+    """True when the catalog already holds `locator` with this (non-empty) fingerprint."""
+    if fingerprint is None:
+        return False
+    previous = known.get(locator)
+    return previous is not None and previous.fingerprint == fingerprint
+
+
 def read_limited(read: Callable[[int], bytes], max_bytes: int, what: str) -> bytes:
     """Read at most max_bytes (+1 to detect overflow) from a file-like `read`."""
     from corpus.decode import Rejected

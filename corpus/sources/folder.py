@@ -24,6 +24,7 @@ from corpus.sources.base import (
     Skip,
     SourceBase,
     Unchanged,
+    is_unchanged,
     read_limited,
 )
 
@@ -117,8 +118,7 @@ class FolderSource(SourceBase):
         st = st or path.stat()
         fingerprint = stat_fingerprint(st)
         if self.read_archives and is_archive(path):
-            entry = known.get(locator)
-            if entry is not None and entry.fingerprint == fingerprint:
+            if is_unchanged(known, locator, fingerprint):
                 yield Unchanged(locator)
                 return
             if (yield from scan_archive(path, locator, known, self.max_bytes, fingerprint)):

@@ -20,6 +20,7 @@ from corpus.sources.base import (
     Skip,
     SourceBase,
     Unchanged,
+    is_unchanged,
 )
 
 ROWS_PER_READ = 1024
@@ -93,8 +94,7 @@ class DatasetSource(SourceBase):
 
         for split, dataset in self._load().items():
             fingerprint = str(dataset._fingerprint)
-            previous = known.get(split)
-            if previous is not None and previous.fingerprint == fingerprint:
+            if is_unchanged(known, split, fingerprint):
                 yield Unchanged(split)
                 continue
             column = self._image_column(dataset)

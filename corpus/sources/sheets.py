@@ -30,6 +30,7 @@ from corpus.sources.base import (
     Skip,
     SourceBase,
     Unchanged,
+    is_unchanged,
     read_limited,
 )
 from corpus.sources.folder import stat_fingerprint
@@ -105,8 +106,7 @@ def scan_sheet(
     except OSError as exc:
         yield Skip(locator, "unreadable", exc.strerror or str(exc))
         return
-    previous = known.get(locator)
-    if previous is not None and previous.fingerprint == fingerprint:
+    if is_unchanged(known, locator, fingerprint):
         yield Unchanged(locator)
         return
     try:
