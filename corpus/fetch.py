@@ -212,7 +212,8 @@ class Fetcher:
                 response = None
             if response is not None and response.status_code < 500:
                 break
-            await asyncio.sleep(self.settings.backoff_s * 2**attempt)
+            if attempt < self.settings.retries:
+                await asyncio.sleep(self.settings.backoff_s * 2**attempt)
         if response is None or response.status_code >= 500:
             return None
         if response.status_code >= 400:
