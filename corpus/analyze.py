@@ -35,6 +35,8 @@ class ImageFacts:
     canonical_width: int | None = None
     canonical_height: int | None = None
     palette_size: int | None = None
+    content_width: int | None = None
+    content_height: int | None = None
     canonical_sha256: str | None = None
     canon_version: str | None = None
     phash: int | None = None
@@ -72,7 +74,8 @@ def analyze(
     if canon.reject_blank and result.blank:
         detail = "a single colour after compositing"
         return ImageFacts(sha, len(data), "rejected", "blank_image", detail, **common)
-    phash, dhash = perceptual_hashes(content_box(result.pixels, canon.background))
+    content = content_box(result.pixels, canon.background)
+    phash, dhash = perceptual_hashes(content)
     return ImageFacts(
         sha,
         len(data),
@@ -83,6 +86,8 @@ def analyze(
         canonical_width=int(result.pixels.shape[1]),
         canonical_height=int(result.pixels.shape[0]),
         palette_size=result.palette_size,
+        content_width=int(content.shape[1]),
+        content_height=int(content.shape[0]),
         canonical_sha256=result.sha256,
         canon_version=canon_version(canon.background, canon.max_scale),
         phash=phash,

@@ -75,6 +75,8 @@ images = sa.Table(
     sa.Column("canonical_width", sa.Integer),
     sa.Column("canonical_height", sa.Integer),
     sa.Column("palette_size", sa.Integer),
+    sa.Column("content_width", sa.Integer),  # the content box that the hashes are taken of
+    sa.Column("content_height", sa.Integer),
     sa.Column("canonical_sha256", sa.String(64), index=True),
     sa.Column("canon_version", sa.String(16)),  # which canonicalization produced the above
     sa.Column("phash", sa.BigInteger),  # 64-bit hashes stored as signed int64

@@ -22,12 +22,19 @@ import numpy as np
 import sqlalchemy as sa
 from numpy.typing import NDArray
 
-from corpus.catalog import Catalog, images, to_signed64, to_unsigned64
+from corpus.catalog import Catalog, images, to_signed64
 from corpus.hashindex import HashIndex, self_join
 from spritesafe.config import Settings
 
 _CANDIDATE = images.c.status == "candidate"
 _DONE = images.c.cluster_id.is_not(None)
+
+
+def _hashable(min_pixels: int) -> sa.ColumnElement[bool]:
+    """Images whose content box is large enough for near-duplicate search (rows written
+    before the content box was recorded count as large enough)."""
+    area = images.c.content_width * images.c.content_height
+    return sa.or_(images.c.content_width.is_(None), area >= min_pixels)
 
 
 @dataclass
@@ -64,19 +71,21 @@ class _UnionFind:
 
 
 def _u64(values: list[int]) -> NDArray[np.uint64]:
-    return np.array([to_unsigned64(v) for v in values], dtype=np.uint64)
+    """Signed int64 column values -> the unsigned 64-bit hashes (same bits)."""
+    return np.array(values, dtype=np.int64).view(np.uint64)
 
 
-def _catalog_token(catalog: Catalog, settings: Settings) -> dict[str, Any]:
-    """What the saved index must match: which catalog, radius-independent contents."""
+def _catalog_token(catalog: Catalog, min_pixels: int) -> dict[str, Any]:
+    """What the saved index must match: which catalog, and which images are in it."""
     with catalog.read() as conn:
         count, max_id, id_sum = conn.execute(
             sa.select(sa.func.count(), sa.func.max(images.c.id), sa.func.sum(images.c.id)).where(
-                _CANDIDATE & _DONE
+                _CANDIDATE & _DONE & _hashable(min_pixels)
             )
         ).one()
     return {
         "catalog": hashlib.sha256(catalog.url.encode()).hexdigest()[:16],
+        "min_content_pixels": min_pixels,
         "count": int(count),
         "max_id": int(max_id or 0),
         "id_sum": int(id_sum or 0),
@@ -85,14 +94,14 @@ def _catalog_token(catalog: Catalog, settings: Settings) -> dict[str, Any]:
 
 def load_index(catalog: Catalog, settings: Settings) -> tuple[HashIndex, bool]:
     """The saved index if it matches the catalog, else one rebuilt from it (and True)."""
-    token = _catalog_token(catalog, settings)
+    token = _catalog_token(catalog, settings.dedupe.min_content_pixels)
     saved = HashIndex.load(settings.index_path)
     if saved is not None and saved[1].get("token") == token:
         return saved[0], False
     with catalog.read() as conn:
         rows = conn.execute(
             sa.select(images.c.id, images.c.phash, images.c.dhash)
-            .where(_CANDIDATE & _DONE)
+            .where(_CANDIDATE & _DONE & _hashable(settings.dedupe.min_content_pixels))
             .order_by(images.c.id)
         ).all()
     index = HashIndex(
@@ -109,9 +118,12 @@ def dedupe(catalog: Catalog, settings: Settings) -> DedupeReport:
     started = time.perf_counter()
     try:
         index, report.index_rebuilt = load_index(catalog, settings)
-        if report.index_rebuilt:
-            _save(index, catalog, settings)
+        changed = report.index_rebuilt
         while _dedupe_chunk(catalog, settings, index, report):
+            changed = True
+        if changed:
+            # Saved once per run: after a crash the token no longer matches and the index is
+            # rebuilt from the catalog, so a missed save costs time, never correctness.
             _save(index, catalog, settings)
         report.index_entries = len(index)
         report.status = "ok"
@@ -128,7 +140,9 @@ def dedupe(catalog: Catalog, settings: Settings) -> DedupeReport:
 
 
 def _save(index: HashIndex, catalog: Catalog, settings: Settings) -> None:
-    index.save(settings.index_path, {"token": _catalog_token(catalog, settings)})
+    index.save(
+        settings.index_path, {"token": _catalog_token(catalog, settings.dedupe.min_content_pixels)}
+    )
 
 
 def _dedupe_chunk(
@@ -137,8 +151,11 @@ def _dedupe_chunk(
     """Dedupe the next chunk of pending images; False when none are pending."""
     cfg = settings.dedupe
     with catalog.read() as conn:
+        hashable = _hashable(cfg.min_content_pixels).label("hashable")
         pending = conn.execute(
-            sa.select(images.c.id, images.c.canonical_sha256, images.c.phash, images.c.dhash)
+            sa.select(
+                images.c.id, images.c.canonical_sha256, images.c.phash, images.c.dhash, hashable
+            )
             .where(_CANDIDATE & ~_DONE)
             .order_by(images.c.id)
             .limit(cfg.chunk_size)
@@ -165,13 +182,15 @@ def _dedupe_chunk(
         else:
             fresh.append(row)
 
-    # 2. Near: new originals against the index, and among themselves.
+    # 2. Near: new originals with enough content, against the index and among themselves.
+    uf = _UnionFind()
+    originals = [row.id for row in fresh]
+    for image_id in originals:
+        uf.find(image_id)
+    fresh = [row for row in fresh if row.hashable]
     ids = np.array([r.id for r in fresh], dtype=np.int64)
     phash = _u64([r.phash for r in fresh])
     dhash = _u64([r.dhash for r in fresh])
-    uf = _UnionFind()
-    for image_id in ids.tolist():
-        uf.find(image_id)
     q, pos, _ = index.query(phash, cfg.phash_radius)
     near = np.bitwise_count(dhash[q] ^ index.dhash[pos]) <= cfg.dhash_radius
     q, pos = q[near], pos[near]
@@ -197,7 +216,7 @@ def _dedupe_chunk(
     merges = {c: uf.find(c) for c in old_clusters if uf.find(c) != c}
     report.clusters_merged += len(merges)
 
-    updates = [{"_id": i, "_cluster": uf.find(i)} for i in ids.tolist()]
+    updates = [{"_id": i, "_cluster": uf.find(i)} for i in originals]
     dup_updates = []
     for image_id, original in duplicates.items():
         root = cluster_of.get(original) or original

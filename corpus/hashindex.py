@@ -19,6 +19,7 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -130,7 +131,7 @@ def brute_force_pairs(hashes: U64, radius: int) -> set[tuple[int, int]]:
 @dataclass
 class _Table:
     keys: NDArray[np.uint16]  # sorted
-    order: NDArray[np.int64]  # positions into the index arrays, in key order
+    order: NDArray[np.integer[Any]]  # positions into the index arrays, in key order
 
 
 class HashIndex:
@@ -209,7 +210,9 @@ class HashIndex:
         np.save(tmp / "phash.npy", self.phash)
         np.save(tmp / "dhash.npy", self.dhash)
         np.save(tmp / "keys.npy", np.stack([t.keys for t in self.tables]))
-        np.save(tmp / "order.npy", np.stack([t.order for t in self.tables]))
+        # int32 positions halve the largest file (1M entries: 112 MiB instead of 224).
+        order_dtype = np.int32 if len(self) < 2**31 else np.int64
+        np.save(tmp / "order.npy", np.stack([t.order for t in self.tables]).astype(order_dtype))
         (tmp / "meta.json").write_text(json.dumps({**meta, "entries": len(self)}))
         shutil.rmtree(folder, ignore_errors=True)
         tmp.replace(folder)
@@ -219,8 +222,11 @@ class HashIndex:
         """The saved index and its meta, or None if missing or unreadable."""
         try:
             meta = json.loads((folder / "meta.json").read_text())
-            keys = np.load(folder / "keys.npy")
-            order = np.load(folder / "order.npy")
+            keys = np.load(folder / "keys.npy", mmap_mode="r")
+            order = np.load(folder / "order.npy", mmap_mode="r")
+            entries = meta.get("entries")
+            if keys.shape != (len(BAND_PAIRS), entries) or order.shape != keys.shape:
+                return None
             index = cls(
                 np.load(folder / "ids.npy"),
                 np.load(folder / "phash.npy"),

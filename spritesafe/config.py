@@ -70,6 +70,9 @@ class DedupeSettings(BaseModel):
     # finds every pair within phash radius <= 6 (8 bands, pairs of bands as keys).
     phash_radius: int = Field(6, ge=0, le=6)
     dhash_radius: int = Field(6, ge=0, le=64)
+    # A 64-bit hash of a 3x5 glyph says little: below this many content pixels only exact
+    # duplicates count (measured: tiny glyph tiles otherwise chain into clusters of ~900).
+    min_content_pixels: int = Field(64, ge=0)
     chunk_size: int = Field(50_000, gt=0, description="new images deduped per transaction")
 
 

@@ -223,3 +223,34 @@ def test_saved_index_is_used_and_rebuilt_when_stale(tmp_path: Path, ws: Workspac
         conn.execute(images.update().where(images.c.id == 1).values(status="rejected"))
     stale = dedupe(ws.catalog, ws.settings)
     assert stale.index_rebuilt is True and stale.index_entries == 29
+
+
+@pytest.mark.parametrize(("min_pixels", "linked"), [(64, False), (0, True)])
+def test_tiny_content_is_only_deduped_exactly(
+    tmp_path: Path, min_pixels: int, linked: bool
+) -> None:
+    """Two different 2x2 glyphs with identical hashes: near-linked only when the threshold
+    allows hashes of so few pixels."""
+    settings = load_settings(data_dir=tmp_path / "d", dedupe={"min_content_pixels": min_pixels})
+    ws = open_workspace(settings)
+    with ws.catalog.write() as conn:
+        for n in range(2):
+            conn.execute(
+                images.insert().values(
+                    sha256=f"{n:064}",
+                    byte_size=1,
+                    status="candidate",
+                    canonical_sha256=f"c{n}",
+                    phash=5,
+                    dhash=5,
+                    content_width=2,
+                    content_height=2,
+                    created_at=sa.func.now(),
+                )
+            )
+    report = dedupe(ws.catalog, settings)
+    with ws.catalog.read() as conn:
+        clusters = set(conn.execute(sa.select(images.c.cluster_id)).scalars())
+    assert (len(clusters) == 1) is linked
+    assert report.index_entries == (2 if linked else 0)
+    ws.close()
