@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import sys
 import tempfile
 import time
@@ -29,6 +27,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from bench.common import machine, report_machine
 from corpus.hashindex import MAX_RADIUS, HashIndex, brute_force_pairs, self_join
 
 U64 = NDArray[np.uint64]
@@ -89,12 +88,6 @@ def match_codes(query: I64, target: I64, n: int) -> I64:
     return np.asarray(query * np.int64(n) + target, dtype=np.int64)
 
 
-def peak_rss_mb() -> float:
-    # ru_maxrss is in KiB on Linux, bytes on macOS.
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (2**20 if sys.platform == "darwin" else 2**10)
-
-
 def timed(label: str, figures: dict[str, Any], key: str, seconds: float, extra: str = "") -> None:
     figures[key] = round(seconds, 4)
     print(f"{label:<44} {seconds:9.3f} s{extra}")
@@ -113,10 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         "subset": args.subset,
         "queries": args.queries,
         "threads": args.threads or os.cpu_count(),
-        "cpus": os.cpu_count(),
         "seed": args.seed,
-        "python": platform.python_version(),
-        "load_average_start": [round(x, 2) for x in os.getloadavg()],
+        **machine(),
         "numpy": np.__version__,
     }
     print(
@@ -234,13 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         failures.append("HashIndex.add: added hashes are not all findable")
 
     # Summary.
-    figures["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-    print(
-        f"load average at start {figures['load_average_start']}, at end "
-        f"{figures['load_average_end']} (others' work on this machine skews the timings)"
-    )
-    figures["peak_rss_mb"] = round(peak_rss_mb(), 1)
-    print(f"peak RSS: {figures['peak_rss_mb']:,.1f} MB")
+    report_machine(figures)
     at_target = n >= TARGET_N and radius >= TARGET_RADIUS
     passed = best <= TARGET_SECONDS
     figures["target"] = {

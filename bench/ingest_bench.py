@@ -20,8 +20,6 @@ import argparse
 import itertools
 import json
 import os
-import platform
-import resource
 import shutil
 import sys
 import tempfile
@@ -35,6 +33,7 @@ import sqlalchemy as sa
 from numpy.typing import NDArray
 from PIL import Image
 
+from bench.common import machine, report_machine
 from corpus.analyze import analyze
 from corpus.catalog import images
 from corpus.dedupe import dedupe
@@ -136,14 +135,6 @@ def build_sprites(gfx_root: Path, folder: Path, n: int) -> dict[str, Any]:
     }
 
 
-def peak_rss_mb() -> float:
-    # ru_maxrss is in KiB on Linux, bytes on macOS; children = the ingest worker processes.
-    scale = 2**20 if sys.platform == "darwin" else 2**10
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
-    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / scale
-    return max(own, workers)
-
-
 def run_ingest(settings: Settings, folder: Path, label: str) -> tuple[IngestReport, float]:
     """One timed `ingest` call (opening the workspace, which migrates, is not timed)."""
     ws = open_workspace(settings)
@@ -211,9 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         "bench": "ingest",
         "n": args.n,
         "workers_flag": args.workers,
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "load_average_start": [round(x, 2) for x in os.getloadavg()],
+        **machine(),
     }
     tmp = Path(tempfile.mkdtemp(prefix="spritesafe-ingest-bench-", dir=args.tmp_dir))
     try:
@@ -291,13 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"(first {min(args.analyze_sample, args.n):,} files; not a target)"
             )
 
-        figures["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-        print(
-            f"load average at start {figures['load_average_start']}, at end "
-            f"{figures['load_average_end']} (others' work on this machine skews the timings)"
-        )
-        figures["peak_rss_mb"] = round(peak_rss_mb(), 1)
-        print(f"peak RSS (largest process): {figures['peak_rss_mb']:,.1f} MB")
+        report_machine(figures, children=True)
         rate = first.processed / first_s if first_s else 0.0
         passed = rate >= TARGET_RATE
         figures["target"] = {"images_per_s_min": TARGET_RATE, "pass": passed}

@@ -1,0 +1,38 @@
+"""What every benchmark records besides its own figures: the machine and how busy it was."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import sys
+from typing import Any
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_average_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def peak_rss_mb(children: bool = False) -> float:
+    """Peak resident memory of this process (or of its largest child, if larger)."""
+    scale = 2**20 if sys.platform == "darwin" else 2**10  # ru_maxrss: bytes on macOS, KiB here
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if children:
+        peak = max(peak, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    return peak / scale
+
+
+def report_machine(figures: dict[str, Any], children: bool = False) -> None:
+    """Record and print the load average at the end and the peak memory."""
+    figures["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    print(
+        f"load average at start {figures['load_average_start']}, at end "
+        f"{figures['load_average_end']} (others' work on this machine skews the timings)"
+    )
+    figures["peak_rss_mb"] = round(peak_rss_mb(children), 1)
+    which = " (largest process)" if children else ""
+    print(f"peak RSS{which}: {figures['peak_rss_mb']:,.1f} MB")
