@@ -1,0 +1,86 @@
+"""The rubric: the policy text for the LLM, the categories, and the JSON schema of an answer,
+in one TOML file whose content hash is the rubric version stored with every label."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+DEFAULT_RUBRIC = Path(__file__).parent / "rubrics" / "default.toml"
+CATEGORIES = ("safe", "suggestive", "explicit")
+
+
+class AnswerError(ValueError):
+    """A reply that is not a valid answer; `kind` is `not_json` or `invalid`."""
+
+    def __init__(self, kind: str, message: str, raw: str) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+        self.raw = raw
+
+
+@dataclass(frozen=True)
+class Answer:
+    category: str
+    scores: dict[str, float]
+    rationale: str
+
+
+@dataclass(frozen=True)
+class Rubric:
+    name: str
+    version: str  # first 16 hex digits of the file's sha256
+    policy: str
+    instructions: str
+    categories: tuple[str, ...]
+    schema: dict[str, Any]
+    path: Path
+
+    def parse(self, text: str) -> Answer:
+        """Parse and validate a reply; never guesses: anything off raises AnswerError."""
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise AnswerError("not_json", str(exc), text) from None
+        try:
+            jsonschema.validate(data, self.schema)
+        except jsonschema.ValidationError as exc:
+            raise AnswerError("invalid", exc.message, text) from None
+        scores = {name: float(data["scores"][name]) for name in self.categories}
+        return Answer(str(data["category"]), scores, str(data["rationale"]).strip())
+
+
+def load_rubric(path: Path | None = None) -> Rubric:
+    path = path or DEFAULT_RUBRIC
+    raw = path.read_bytes()
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"rubric {path}: {exc}") from None
+    missing = {"name", "categories", "policy", "instructions", "schema"} - set(data)
+    if missing:
+        raise ValueError(f"rubric {path} lacks {sorted(missing)}")
+    categories = tuple(data["categories"])
+    if categories != CATEGORIES:
+        # Labels, snapshots and the model all speak these three; a rubric may not rename them.
+        raise ValueError(f"rubric categories must be {list(CATEGORIES)}, got {list(categories)}")
+    schema = data["schema"]
+    jsonschema.Draft202012Validator.check_schema(schema)
+    enum = schema.get("properties", {}).get("category", {}).get("enum")
+    if enum is not None and tuple(enum) != categories:
+        raise ValueError(f"rubric {path}: schema category enum {enum} != categories")
+    return Rubric(
+        name=str(data["name"]),
+        version=hashlib.sha256(raw).hexdigest()[:16],
+        policy=str(data["policy"]).strip(),
+        instructions=str(data["instructions"]).strip(),
+        categories=categories,
+        schema=schema,
+        path=path,
+    )
