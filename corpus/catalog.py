@@ -127,9 +127,31 @@ labels = sa.Table(
     sa.Column("category", sa.String(16)),
     sa.Column("rationale", sa.Text),
     sa.Column("raw", sa.JSON),
+    sa.Column("selection", sa.String(32)),  # which part of the budget chose it (audit, ...)
+    sa.Column("sample", sa.Integer),  # self-consistency sample number (0 = first)
+    sa.Column("latency_ms", sa.Float),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("run_id", sa.String(36)),
     sa.Index("ix_labels_key", "image_id", "labeler", "model_digest", "rubric_version"),
+)
+
+# A labelling attempt that produced no label (unparseable reply, host errors): recorded with
+# the raw text so it can be inspected, never guessed into a label.
+label_errors = sa.Table(
+    "label_errors",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("image_id", sa.Integer, sa.ForeignKey("images.id"), nullable=False),
+    sa.Column("labeler", sa.String(32), nullable=False),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("model_digest", sa.String(100), nullable=False),
+    sa.Column("rubric_version", sa.String(64), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),  # not_json, invalid, http_error, ...
+    sa.Column("detail", sa.Text),
+    sa.Column("raw", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("run_id", sa.String(36)),
+    sa.Index("ix_label_errors_image_id", "image_id"),
 )
 
 IMAGE_STATUSES = ("candidate", "duplicate", "rejected")

@@ -11,17 +11,19 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
 
 CONFIG_ENV = "SPRITESAFE_CONFIG"
+OLLAMA_HOSTS_ENV = "SPRITESAFE_OLLAMA_HOSTS"  # comma-separated; same as SPRITESAFE_OLLAMA__HOSTS
 DEFAULT_CONFIG_NAME = "spritesafe.toml"
 
 _toml_path: ContextVar[Path | None] = ContextVar("spritesafe_toml_path", default=None)
@@ -94,6 +96,33 @@ class HttpSettings(BaseModel):
     respect_robots: bool = True
 
 
+class OllamaSettings(BaseModel):
+    """The vision LLM labeler. Hosts share the work; each takes `per_host_concurrency`."""
+
+    hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["http://127.0.0.1:11434"]
+    )
+    model: str = "qwen2.5vl:3b"
+    per_host_concurrency: int = Field(2, gt=0)
+    timeout_s: float = Field(120.0, gt=0)
+    retries: int = Field(2, ge=0, description="further attempts after a host or server error")
+    backoff_s: float = Field(1.0, ge=0)
+    breaker_failures: int = Field(3, gt=0, description="consecutive failures that open a host")
+    breaker_cooldown_s: float = Field(30.0, ge=0)
+    keep_alive: str = "10m"
+    seed: int = 1
+    samples: int = Field(1, ge=1, description="self-consistency: answers per image")
+    image_size: int = Field(384, ge=32, description="sprites are enlarged (nearest) to about this")
+
+    @field_validator("hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        # SPRITESAFE_OLLAMA__HOSTS="http://a:11434,http://b:11434" as well as a TOML list.
+        if isinstance(value, str) and not value.lstrip().startswith("["):
+            return [h.strip() for h in value.split(",") if h.strip()]
+        return value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SPRITESAFE_",
@@ -110,6 +139,7 @@ class Settings(BaseSettings):
     dedupe: DedupeSettings = Field(default_factory=DedupeSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    ollama: OllamaSettings = Field(default_factory=OllamaSettings)
     # Folder that relative paths (data_dir, sources) resolve against; set by load_settings.
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
 
@@ -162,6 +192,9 @@ def find_config(explicit: str | Path | None = None) -> Path | None:
 def load_settings(config: str | Path | None = None, **overrides: Any) -> Settings:
     """Read settings; `overrides` win over everything (used by tests and the CLI)."""
     path = find_config(config)
+    hosts = os.environ.get(OLLAMA_HOSTS_ENV)
+    if hosts and "ollama" not in overrides:
+        overrides["ollama"] = {"hosts": hosts}
     token = _toml_path.set(path)
     try:
         base = path.parent if path is not None else Path.cwd()

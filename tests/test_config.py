@@ -63,3 +63,18 @@ def test_invalid_config_is_refused(tmp_path: Path, text: str) -> None:
 def test_missing_explicit_config(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         load_settings(tmp_path / "nope.toml")
+
+
+def test_ollama_hosts_from_env_merge_with_toml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "spritesafe.toml"
+    config.write_text('[ollama]\nmodel = "llava:7b"\nhosts = ["http://x:1"]\n')
+    assert load_settings(config).ollama.hosts == ["http://x:1"]
+    monkeypatch.setenv("SPRITESAFE_OLLAMA_HOSTS", "http://a:11434, http://b:11434")
+    settings = load_settings(config)
+    assert settings.ollama.hosts == ["http://a:11434", "http://b:11434"]
+    assert settings.ollama.model == "llava:7b"
+    monkeypatch.delenv("SPRITESAFE_OLLAMA_HOSTS")
+    monkeypatch.setenv("SPRITESAFE_OLLAMA__HOSTS", "http://c:1")
+    assert load_settings(config).ollama.hosts == ["http://c:1"]
