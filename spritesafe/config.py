@@ -112,6 +112,8 @@ class OllamaSettings(BaseModel):
     keep_alive: str = "10m"
     seed: int = 1
     samples: int = Field(1, ge=1, description="self-consistency: answers per image")
+    # One answer: temperature 0 (reproducible). Several: sampled, or they would all agree.
+    sample_temperature: float = Field(0.7, ge=0)
     image_size: int = Field(384, ge=32, description="sprites are enlarged (nearest) to about this")
 
     @field_validator("hosts", mode="before")

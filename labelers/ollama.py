@@ -1,0 +1,241 @@
+"""The vision-LLM labeler: the official `ollama` client (async) against one or more hosts.
+
+Work is a queue of (image, sample) jobs; every host runs `per_host_concurrency` workers that
+pull from it, so concurrency is bounded per host and a host that fails mid-run simply stops
+taking work: its job goes back on the queue for the others. A host that fails
+`breaker_failures` times in a row is left alone for `breaker_cooldown_s` (circuit breaker).
+A reply that is not valid JSON for the rubric's schema is asked again once (another seed),
+then recorded as an error with the raw text: never guessed into a label.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import ollama
+
+from labelers.rubric import Answer, AnswerError, Rubric
+from spritesafe.config import OllamaSettings
+
+HOW_TO_START = (
+    "Start Ollama (https://ollama.com: `ollama serve`) and pull a vision model, e.g. "
+    "`ollama pull qwen2.5vl:3b`; point SPRITESAFE_OLLAMA_HOSTS at it (comma-separated for "
+    "several). Without one, `--labeler teacher` labels offline with the open_nsfw model."
+)
+
+
+class NoHostError(RuntimeError):
+    """No configured host can serve the model; says what was tried and what to do."""
+
+    def __init__(self, model: str, tried: dict[str, str]) -> None:
+        lines = "\n".join(f"  {url}: {why}" for url, why in tried.items())
+        super().__init__(f"no Ollama host can serve {model!r}:\n{lines}\n{HOW_TO_START}")
+        self.tried = tried
+
+
+@dataclass
+class Job:
+    image_id: int
+    png: bytes
+    sample: int = 0
+    host_failures: int = 0  # host or server errors so far
+    bad_replies: int = 0  # unparseable or invalid answers so far
+    last_error: tuple[str, str, str] = ("", "", "")  # kind, detail, raw
+
+
+@dataclass(frozen=True)
+class Outcome:
+    image_id: int
+    sample: int
+    answer: Answer | None
+    error_kind: str | None
+    detail: str
+    raw: str
+    latency_ms: float
+    host: str
+
+
+@dataclass
+class Host:
+    url: str
+    client: ollama.AsyncClient
+    failures: int = 0  # consecutive
+    open_until: float = 0.0
+    served: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+
+
+class _HostFailure(Exception):
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+
+
+def _model_digest(listing: Any, model: str) -> str | None:
+    wanted = {model, model if ":" in model else f"{model}:latest"}
+    for entry in listing.models:
+        if entry.model in wanted:
+            return str(entry.digest)
+    return None
+
+
+class OllamaLabeler:
+    name = "ollama"
+
+    def __init__(self, settings: OllamaSettings, rubric: Rubric) -> None:
+        self.settings = settings
+        self.rubric = rubric
+        self.model = settings.model
+        self.digest: str | None = None
+        self.hosts: list[Host] = []
+
+    async def connect(self) -> str:
+        """Find the hosts that have the model; returns its digest (all hosts must agree)."""
+        tried: dict[str, str] = {}
+        candidates: list[tuple[Host, str]] = []
+        for url in self.settings.hosts:
+            client = ollama.AsyncClient(host=url, timeout=self.settings.timeout_s)
+            try:
+                digest = _model_digest(await client.list(), self.model)
+            except (ConnectionError, httpx.HTTPError, ollama.ResponseError) as exc:
+                tried[url] = f"no answer ({type(exc).__name__}: {exc})"
+                continue
+            if digest is None:
+                tried[url] = f"answers, but has no model {self.model!r} (ollama pull {self.model})"
+                continue
+            candidates.append((Host(url, client), digest))
+        if not candidates:
+            raise NoHostError(self.model, tried)
+        digests = Counter(d for _, d in candidates)
+        self.digest = digests.most_common(1)[0][0]
+        for host, digest in candidates:
+            if digest == self.digest:
+                self.hosts.append(host)
+            else:
+                tried[host.url] = f"has another build of {self.model} ({digest})"
+        self.skipped_hosts = tried
+        return self.digest
+
+    async def label(
+        self, jobs: Sequence[Job], on_outcome: Callable[[Outcome], None] | None = None
+    ) -> list[Outcome]:
+        if not self.hosts:
+            await self.connect()
+        queue: asyncio.Queue[Job] = asyncio.Queue()
+        for job in jobs:
+            queue.put_nowait(job)
+        outcomes: list[Outcome] = []
+        remaining = len(jobs)
+        done = asyncio.Event()
+        if remaining == 0:
+            return outcomes
+
+        def finish(outcome: Outcome) -> None:
+            nonlocal remaining
+            outcomes.append(outcome)
+            if on_outcome is not None:
+                on_outcome(outcome)
+            remaining -= 1
+            if remaining == 0:
+                done.set()
+
+        async def worker(host: Host) -> None:
+            while not done.is_set():
+                wait = host.open_until - time.monotonic()
+                if wait > 0:  # breaker open: let the other hosts take the work
+                    await asyncio.sleep(min(wait, 0.5))
+                    continue
+                try:
+                    job = await asyncio.wait_for(queue.get(), timeout=0.5)
+                except TimeoutError:
+                    continue
+                result = await self._attempt(host, job)
+                if isinstance(result, Outcome):
+                    finish(result)
+                else:
+                    queue.put_nowait(result)  # try again, on whichever host takes it
+
+        async def all_hosts_down() -> None:
+            # Every host's breaker open and jobs left: wait out one cooldown, then give up on
+            # jobs that exhausted their retries (they are recorded as errors by _attempt).
+            while not done.is_set():
+                await asyncio.sleep(0.2)
+
+        workers = [
+            asyncio.create_task(worker(host))
+            for host in self.hosts
+            for _ in range(self.settings.per_host_concurrency)
+        ]
+        watchdog = asyncio.create_task(all_hosts_down())
+        try:
+            await done.wait()
+        finally:
+            for task in [*workers, watchdog]:
+                task.cancel()
+            await asyncio.gather(*workers, watchdog, return_exceptions=True)
+        return outcomes
+
+    async def _attempt(self, host: Host, job: Job) -> Outcome | Job:
+        cfg = self.settings
+        started = time.perf_counter()
+        seed = cfg.seed + job.sample + 1000 * job.bad_replies
+        temperature = 0.0 if cfg.samples == 1 else cfg.sample_temperature
+        try:
+            raw = await self._chat(host, job.png, seed, temperature)
+        except _HostFailure as failure:
+            host.errors[failure.kind] += 1
+            host.failures += 1
+            if host.failures >= cfg.breaker_failures:
+                host.open_until = time.monotonic() + cfg.breaker_cooldown_s
+            job.host_failures += 1
+            job.last_error = (failure.kind, f"{host.url}: {failure.detail}", "")
+            if job.host_failures > cfg.retries:
+                return self._error(job, host, started)
+            await asyncio.sleep(cfg.backoff_s * 2 ** (job.host_failures - 1))
+            return job
+        host.failures = 0
+        host.served += 1
+        try:
+            answer = self.rubric.parse(raw)
+        except AnswerError as bad:
+            job.bad_replies += 1
+            job.last_error = (bad.kind, str(bad), raw)
+            if job.bad_replies > 1:
+                return self._error(job, host, started)
+            return job
+        latency = (time.perf_counter() - started) * 1000
+        return Outcome(job.image_id, job.sample, answer, None, "", raw, latency, host.url)
+
+    def _error(self, job: Job, host: Host, started: float) -> Outcome:
+        kind, detail, raw = job.last_error
+        latency = (time.perf_counter() - started) * 1000
+        return Outcome(job.image_id, job.sample, None, kind, detail, raw, latency, host.url)
+
+    async def _chat(self, host: Host, png: bytes, seed: int, temperature: float) -> str:
+        messages: list[dict[str, Any]] = [
+            {"role": "system", "content": self.rubric.policy},
+            {"role": "user", "content": self.rubric.instructions, "images": [png]},
+        ]
+        try:
+            response = await host.client.chat(
+                model=self.model,
+                messages=messages,
+                format=self.rubric.schema,
+                options={"temperature": temperature, "seed": seed},
+                keep_alive=self.settings.keep_alive,
+                stream=False,
+            )
+        except ollama.ResponseError as exc:
+            raise _HostFailure(f"http_{exc.status_code}", str(exc.error)) from None
+        except httpx.TimeoutException as exc:
+            raise _HostFailure("timeout", repr(exc)) from None
+        except (ConnectionError, httpx.HTTPError) as exc:
+            raise _HostFailure("connection", f"{type(exc).__name__}: {exc}") from None
+        return str(response.message.content or "")
