@@ -1,4 +1,4 @@
-"""The one-shot full rebuild. For now: ingest every configured source, then dedupe.
+"""The one-shot full rebuild. For now: ingest every configured source, dedupe, label.
 
 Later stages (label, snapshot, train, export, verify) are appended here as they land.
 Runs without a Prefect server (Prefect starts a temporary local API for the run).
@@ -10,7 +10,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows.tasks import dedupe_task, ingest_task
+from flows.tasks import dedupe_task, ingest_task, label_task
 
 
 @flow(name="rebuild", log_prints=True)
@@ -23,7 +23,8 @@ def rebuild(
     overrides = overrides or {}
     ingested = ingest_task(config, overrides, sources)
     deduped = dedupe_task(config, overrides, wait_for=[ingested])
-    return {"ingest": ingested, "dedupe": deduped}
+    labelled = label_task(config, overrides, wait_for=[deduped])
+    return {"ingest": ingested, "dedupe": deduped, "label": labelled}
 
 
 if __name__ == "__main__":

@@ -44,6 +44,35 @@ def ingest_task(
     return summary
 
 
+@task(name="label", cache_policy=NO_CACHE)
+def label_task(config: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The configured labeler; the teacher when no Ollama host can serve the model."""
+    from labelers.ollama import NoHostError
+    from labelers.stage import label
+
+    settings = load_settings(config, **overrides)
+    workspace = open_workspace(settings)
+    logger = get_run_logger()
+    try:
+        try:
+            report = label(workspace.catalog, workspace.blobs, settings)
+        except NoHostError as exc:
+            logger.warning("%s\nFalling back to the teacher labeler.", exc)
+            report = label(workspace.catalog, workspace.blobs, settings, labeler="teacher")
+    finally:
+        workspace.close()
+    summary = report.as_dict()
+    logger.info(
+        "label (%s): %s labelled, selected %s, errors %s in %.1fs",
+        summary["labeler"],
+        summary["labelled"],
+        summary["selected"],
+        summary["errors"],
+        summary["seconds"],
+    )
+    return summary
+
+
 @task(name="dedupe", cache_policy=NO_CACHE)
 def dedupe_task(config: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
     settings = load_settings(config, **overrides)

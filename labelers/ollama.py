@@ -128,6 +128,8 @@ class OllamaLabeler:
     ) -> list[Outcome]:
         if not self.hosts:
             await self.connect()
+        for host in self.hosts:  # httpx clients belong to one event loop: new loop, new client
+            host.client = ollama.AsyncClient(host=host.url, timeout=self.settings.timeout_s)
         queue: asyncio.Queue[Job] = asyncio.Queue()
         for job in jobs:
             queue.put_nowait(job)
@@ -162,24 +164,17 @@ class OllamaLabeler:
                 else:
                     queue.put_nowait(result)  # try again, on whichever host takes it
 
-        async def all_hosts_down() -> None:
-            # Every host's breaker open and jobs left: wait out one cooldown, then give up on
-            # jobs that exhausted their retries (they are recorded as errors by _attempt).
-            while not done.is_set():
-                await asyncio.sleep(0.2)
-
         workers = [
             asyncio.create_task(worker(host))
             for host in self.hosts
             for _ in range(self.settings.per_host_concurrency)
         ]
-        watchdog = asyncio.create_task(all_hosts_down())
         try:
             await done.wait()
         finally:
-            for task in [*workers, watchdog]:
+            for task in workers:
                 task.cancel()
-            await asyncio.gather(*workers, watchdog, return_exceptions=True)
+            await asyncio.gather(*workers, return_exceptions=True)
         return outcomes
 
     async def _attempt(self, host: Host, job: Job) -> Outcome | Job:

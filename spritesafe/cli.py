@@ -10,7 +10,15 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from spritesafe.config import Settings, load_settings
@@ -218,6 +226,64 @@ def status(
         out.print(table)
 
 
+@app.command("label")
+def label_command(
+    config: ConfigOpt = None,
+    labeler: Annotated[
+        str | None, typer.Option(help="ollama (vision LLM, default) or teacher (offline)")
+    ] = None,
+    budget: Annotated[int | None, typer.Option(help="labelling calls to spend")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Label candidates within a budget (audit sample + likely positives + uncertain)."""
+    from corpus.workspace import open_workspace
+    from labelers.ollama import NoHostError
+    from labelers.stage import label
+
+    settings = _settings(config)
+    if labeler not in (None, "ollama", "teacher"):
+        console.print(f"[red]unknown labeler {labeler!r}[/]: use ollama or teacher")
+        raise typer.Exit(2)
+    workspace = open_workspace(settings)
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=as_json,
+    ) as progress:
+        task = progress.add_task("label", total=None)
+        try:
+            report = label(
+                workspace.catalog,
+                workspace.blobs,
+                settings,
+                labeler=labeler,
+                budget=budget,
+                progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+        except NoHostError as exc:
+            console.print(f"[red]{exc}[/]")
+            raise typer.Exit(3) from None
+        except KeyboardInterrupt:
+            raise _interrupted() from None
+        finally:
+            workspace.close()
+    if as_json:
+        out.print_json(json.dumps(report.as_dict()))
+        return
+    rate = report.labelled / report.seconds if report.seconds else 0.0
+    out.print(
+        f"label ({report.labeler} {report.model}): {report.labelled} labelled "
+        f"({rate:.1f}/s), selected {dict(report.selected)}, {report.skipped_done} already done, "
+        f"errors {dict(report.errors) or 0}, teacher pre-screen {report.teacher_scored}"
+    )
+
+
 @app.command()
 def rebuild(
     sources: Annotated[
@@ -241,12 +307,13 @@ def rebuild(
         result = rebuild_flow(sources=specs, config=config_path)
     except KeyboardInterrupt:
         raise _interrupted() from None
-    ingested, deduped = result["ingest"], result["dedupe"]
+    ingested, deduped, labelled = result["ingest"], result["dedupe"], result["label"]
     out.print(
         f"rebuild: {ingested['processed']} items read, {ingested['new_images']} new images, "
         f"{ingested['unchanged']} unchanged, rejected {ingested['rejected'] or 0}; "
         f"dedupe: {deduped['exact_duplicates']} exact duplicates, "
-        f"{deduped['near_links']} near-duplicate links"
+        f"{deduped['near_links']} near-duplicate links; label ({labelled['labeler']}): "
+        f"{labelled['labelled']} labelled, errors {labelled['errors'] or 0}"
     )
     out.print(f"catalog: {settings.catalog_url}")
     if ingested["status"] != "ok":

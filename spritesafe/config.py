@@ -125,6 +125,15 @@ class OllamaSettings(BaseModel):
         return value
 
 
+class LabelSettings(BaseModel):
+    labeler: Literal["ollama", "teacher"] = "ollama"
+    budget: int = Field(500, ge=0, description="labelling calls per run")
+    audit_share: float = Field(0.2, ge=0, le=1, description="uniform sample, for base rates")
+    batch_size: int = Field(32, gt=0, description="labels committed per transaction")
+    teacher_pool: int = Field(10, ge=1, description="teacher pre-screens budget x this")
+    rubric: Path | None = Field(None, description="rubric TOML; default labelers/rubrics")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SPRITESAFE_",
@@ -142,6 +151,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     ollama: OllamaSettings = Field(default_factory=OllamaSettings)
+    label: LabelSettings = Field(default_factory=LabelSettings)
     # Folder that relative paths (data_dir, sources) resolve against; set by load_settings.
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
 

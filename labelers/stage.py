@@ -1,0 +1,387 @@
+"""The label stage: budgeted, resumable labelling of candidates, appended to the catalog.
+
+Budget (the base-rate problem: NSFW is rare, so a uniform sample wastes the LLM): of N calls,
+`audit_share` go to a uniform random sample of unlabelled candidates (flagged `audit`, for
+unbiased base-rate estimates); the rest go half to the candidates most likely positive and
+half to the most uncertain, by the best score available (the teacher's P(nsfw); the teacher
+first pre-screens a random pool of `teacher_pool` x budget candidates it has not scored).
+Idempotent: an image labelled for (labeler, model digest, rubric version) is not sent again,
+and labels are committed in batches, so a killed run loses at most one batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from corpus.blobs import BlobStore
+from corpus.canonical import canonicalize
+from corpus.catalog import Catalog, images, label_errors, labels, utcnow
+from corpus.decode import decode
+from labelers.ollama import Job, OllamaLabeler, Outcome
+from labelers.rubric import Rubric, load_rubric
+from labelers.views import llm_view
+from spritesafe.config import Settings
+
+TEACHER_RUBRIC = "-"  # the teacher reads no rubric; its labels are valid for any
+
+
+@dataclass
+class LabelReport:
+    run_id: str
+    labeler: str
+    model: str = ""
+    model_digest: str = ""
+    rubric_version: str = ""
+    selected: Counter[str] = field(default_factory=Counter)  # by part of the budget
+    labelled: int = 0
+    skipped_done: int = 0  # candidates already labelled for this key
+    errors: Counter[str] = field(default_factory=Counter)
+    teacher_scored: int = 0  # pre-screen labels written on the way
+    seconds: float = 0.0
+    status: str = "running"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "labeler": self.labeler,
+            "model": self.model,
+            "model_digest": self.model_digest,
+            "rubric_version": self.rubric_version,
+            "selected": dict(self.selected),
+            "labelled": self.labelled,
+            "skipped_done": self.skipped_done,
+            "errors": dict(self.errors),
+            "teacher_scored": self.teacher_scored,
+            "seconds": round(self.seconds, 3),
+            "per_s": round(self.labelled / self.seconds, 2) if self.seconds else None,
+            "status": self.status,
+        }
+
+
+Progress = Callable[[int, int], None]  # done, total
+
+
+def _pending(
+    catalog: Catalog, labeler: str, digest: str, rubric_version: str
+) -> tuple[list[int], int]:
+    """Candidate image ids not yet labelled for the key, and how many already are."""
+    done = (
+        sa.select(labels.c.image_id)
+        .where(
+            labels.c.labeler == labeler,
+            labels.c.model_digest == digest,
+            labels.c.rubric_version == rubric_version,
+        )
+        .scalar_subquery()
+    )
+    with catalog.read() as conn:
+        todo = (
+            conn.execute(
+                sa.select(images.c.id)
+                .where(images.c.status == "candidate", images.c.id.not_in(done))
+                .order_by(images.c.id)
+            )
+            .scalars()
+            .all()
+        )
+        total = conn.execute(
+            sa.select(sa.func.count()).where(images.c.status == "candidate")
+        ).scalar_one()
+    return list(todo), int(total) - len(todo)
+
+
+def _blob_keys(catalog: Catalog, ids: list[int]) -> dict[int, str]:
+    keys: dict[int, str] = {}
+    with catalog.read() as conn:
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            rows = conn.execute(
+                sa.select(images.c.id, images.c.blob_key).where(images.c.id.in_(chunk))
+            )
+            keys.update({row.id: row.blob_key for row in rows})
+    return keys
+
+
+def _teacher_scores(catalog: Catalog, digest: str, ids: list[int]) -> dict[int, float]:
+    scores: dict[int, float] = {}
+    with catalog.read() as conn:
+        for start in range(0, len(ids), 500):
+            rows = conn.execute(
+                sa.select(labels.c.image_id, labels.c.score_explicit).where(
+                    labels.c.labeler == "teacher",
+                    labels.c.model_digest == digest,
+                    labels.c.image_id.in_(ids[start : start + 500]),
+                )
+            )
+            scores.update({row.image_id: float(row.score_explicit) for row in rows})
+    return scores
+
+
+def run_teacher(
+    catalog: Catalog,
+    blobs: BlobStore,
+    settings: Settings,
+    ids: list[int],
+    run_id: str,
+    selection: str,
+    progress: Progress | None = None,
+) -> int:
+    """Score `ids` with the teacher and append its labels; returns how many were written."""
+    from labelers.teacher import TeacherModel
+
+    teacher = TeacherModel()
+    keys = _blob_keys(catalog, ids)
+    canon = settings.canonical
+    written = 0
+    step = settings.label.batch_size * 4
+    for start in range(0, len(ids), step):
+        chunk = ids[start : start + step]
+        pixels = [
+            canonicalize(
+                decode(blobs.get(keys[i]), settings.image).rgba, canon.background, canon.max_scale
+            ).pixels
+            for i in chunk
+        ]
+        started = time.perf_counter()
+        p = teacher.score(pixels)
+        latency = (time.perf_counter() - started) * 1000 / max(len(chunk), 1)
+        now = utcnow()
+        rows = [
+            {
+                "image_id": image_id,
+                "labeler": "teacher",
+                "model": teacher.name,
+                "model_digest": teacher.digest,
+                "rubric_version": TEACHER_RUBRIC,
+                "score_safe": 1.0 - float(score),
+                "score_suggestive": None,
+                "score_explicit": float(score),
+                "category": None,
+                "rationale": None,
+                "raw": {"p_nsfw": float(score)},
+                "selection": selection,
+                "sample": 0,
+                "latency_ms": latency,
+                "created_at": now,
+                "run_id": run_id,
+            }
+            for image_id, score in zip(chunk, p.tolist(), strict=True)
+        ]
+        with catalog.write() as conn:
+            conn.execute(labels.insert(), rows)
+        written += len(rows)
+        if progress is not None:
+            progress(written, len(ids))
+    return written
+
+
+def select_budget(
+    pending: list[int], budget: int, audit_share: float, scores: dict[int, float], seed: int
+) -> dict[int, str]:
+    """image id -> selection reason, at most `budget` of them."""
+    rng = np.random.default_rng(seed)
+    budget = min(budget, len(pending))
+    n_audit = round(budget * audit_share)
+    order = rng.permutation(len(pending))
+    chosen = {pending[i]: "audit" for i in order[:n_audit]}
+    rest = [i for i in pending if i not in chosen and i in scores]
+    left = budget - len(chosen)
+    by_score = sorted(rest, key=lambda i: -scores[i])
+    by_doubt = sorted(rest, key=lambda i: abs(scores[i] - 0.5))
+    take_top, take_doubt = (left + 1) // 2, left // 2
+    for image_id in by_score:
+        if take_top == 0:
+            break
+        if image_id not in chosen:
+            chosen[image_id] = "likely_positive"
+            take_top -= 1
+    for image_id in by_doubt:
+        if take_doubt == 0:
+            break
+        if image_id not in chosen:
+            chosen[image_id] = "uncertain"
+            take_doubt -= 1
+    # Not enough scored candidates: fill with random ones so the budget is spent.
+    for i in order[n_audit:]:
+        if len(chosen) >= budget:
+            break
+        chosen.setdefault(pending[i], "random")
+    return chosen
+
+
+def label(
+    catalog: Catalog,
+    blobs: BlobStore,
+    settings: Settings,
+    *,
+    labeler: str | None = None,
+    budget: int | None = None,
+    progress: Progress | None = None,
+) -> LabelReport:
+    which = labeler or settings.label.labeler
+    budget = settings.label.budget if budget is None else budget
+    run_id = catalog.start_run(f"label-{which}")
+    report = LabelReport(run_id=run_id, labeler=which)
+    started = time.perf_counter()
+    try:
+        if which == "teacher":
+            _label_teacher(catalog, blobs, settings, budget, report, progress)
+        else:
+            rubric = load_rubric(settings.label.rubric)
+            _label_ollama(catalog, blobs, settings, rubric, budget, report, progress)
+        report.status = "ok"
+    except KeyboardInterrupt:
+        report.status = "interrupted"
+        raise
+    except BaseException:
+        report.status = "failed"
+        raise
+    finally:
+        report.seconds = time.perf_counter() - started
+        catalog.finish_run(run_id, report.status, report.as_dict())
+    return report
+
+
+def _seed(run_id: str) -> int:
+    return int(hashlib.sha256(run_id.encode()).hexdigest()[:8], 16)
+
+
+def _label_teacher(
+    catalog: Catalog,
+    blobs: BlobStore,
+    settings: Settings,
+    budget: int,
+    report: LabelReport,
+    progress: Progress | None,
+) -> None:
+    from labelers.teacher import TeacherModel
+
+    digest = TeacherModel().digest
+    report.model, report.model_digest, report.rubric_version = "open_nsfw", digest, TEACHER_RUBRIC
+    pending, report.skipped_done = _pending(catalog, "teacher", digest, TEACHER_RUBRIC)
+    rng = np.random.default_rng(_seed(report.run_id))
+    chosen = [pending[i] for i in sorted(rng.permutation(len(pending))[:budget])]
+    report.selected["random"] = len(chosen)
+    report.labelled = run_teacher(
+        catalog, blobs, settings, chosen, report.run_id, "random", progress
+    )
+
+
+def _label_ollama(
+    catalog: Catalog,
+    blobs: BlobStore,
+    settings: Settings,
+    rubric: Rubric,
+    budget: int,
+    report: LabelReport,
+    progress: Progress | None,
+) -> None:
+    from labelers.teacher import TeacherModel
+
+    cfg = settings.ollama
+    llm = OllamaLabeler(cfg, rubric)
+    digest = asyncio.run(llm.connect())
+    report.model, report.model_digest, report.rubric_version = cfg.model, digest, rubric.version
+    pending, report.skipped_done = _pending(catalog, "ollama", digest, rubric.version)
+    if not pending or budget == 0:
+        return
+    # Pre-screen: the teacher scores a random pool it has not scored yet.
+    teacher_digest = TeacherModel().digest
+    rng = np.random.default_rng(_seed(report.run_id))
+    pool = [
+        pending[i] for i in rng.permutation(len(pending))[: budget * settings.label.teacher_pool]
+    ]
+    scores = _teacher_scores(catalog, teacher_digest, pool)
+    unscored = [i for i in pool if i not in scores]
+    if unscored:
+        report.teacher_scored = run_teacher(
+            catalog, blobs, settings, unscored, report.run_id, "prescreen"
+        )
+        scores.update(_teacher_scores(catalog, teacher_digest, unscored))
+    chosen = select_budget(
+        pending, budget, settings.label.audit_share, scores, _seed(report.run_id)
+    )
+    report.selected.update(chosen.values())
+
+    keys = _blob_keys(catalog, list(chosen))
+    jobs = [
+        Job(image_id, llm_view(blobs.get(keys[image_id]), settings), sample)
+        for image_id in chosen
+        for sample in range(cfg.samples)
+    ]
+    buffer: list[Outcome] = []
+    total = len(jobs)
+    done = 0
+
+    def flush() -> None:
+        label_rows, error_rows = [], []
+        now = utcnow()
+        common = {
+            "model": cfg.model,
+            "model_digest": digest,
+            "rubric_version": rubric.version,
+            "created_at": now,
+            "run_id": report.run_id,
+        }
+        for out in buffer:
+            if out.answer is None:
+                report.errors[out.error_kind or "error"] += 1
+                error_rows.append(
+                    {
+                        "image_id": out.image_id,
+                        "labeler": "ollama",
+                        "kind": out.error_kind or "error",
+                        "detail": out.detail,
+                        "raw": out.raw,
+                        **common,
+                    }
+                )
+                continue
+            report.labelled += 1
+            scores_ = out.answer.scores
+            label_rows.append(
+                {
+                    "image_id": out.image_id,
+                    "labeler": "ollama",
+                    "score_safe": scores_["safe"],
+                    "score_suggestive": scores_["suggestive"],
+                    "score_explicit": scores_["explicit"],
+                    "category": out.answer.category,
+                    "rationale": out.answer.rationale,
+                    "raw": {"content": out.raw, "host": out.host},
+                    "selection": chosen[out.image_id],
+                    "sample": out.sample,
+                    "latency_ms": out.latency_ms,
+                    **common,
+                }
+            )
+        with catalog.write() as conn:
+            if label_rows:
+                conn.execute(labels.insert(), label_rows)
+            if error_rows:
+                conn.execute(label_errors.insert(), error_rows)
+        buffer.clear()
+
+    def on_outcome(outcome: Outcome) -> None:
+        nonlocal done
+        buffer.append(outcome)
+        done += 1
+        if len(buffer) >= settings.label.batch_size:
+            flush()
+        if progress is not None:
+            progress(done, total)
+
+    try:
+        asyncio.run(llm.label(jobs, on_outcome))
+    finally:
+        if buffer:
+            flush()
