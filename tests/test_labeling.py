@@ -1,0 +1,214 @@
+"""The label stage: budget selection, the teacher, and the Ollama labeler driven by the real
+`ollama` client against the protocol-faithful test server (tests/ollama_server.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from PIL import Image
+
+from corpus.catalog import label_errors, labels
+from corpus.ingest import ingest
+from corpus.sources import parse_source
+from corpus.workspace import Workspace, open_workspace
+from labelers.ollama import Job, NoHostError, OllamaLabeler
+from labelers.rubric import load_rubric
+from labelers.stage import label, select_budget
+from spritesafe.config import OllamaSettings, Settings, load_settings
+from tests.helpers import png, sprite
+from tests.ollama_server import ChatRequestInfo, FakeOllama
+
+MODEL = "qwen2.5vl:3b"
+
+
+def answer(category: str) -> str:
+    scores = {"safe": 0.05, "suggestive": 0.05, "explicit": 0.05}
+    scores[category] = 0.9
+    return json.dumps({"category": category, "scores": scores, "rationale": f"looks {category}"})
+
+
+def reddish(info: ChatRequestInfo) -> str:
+    """Stand-in concept for the positive class: mostly red sprites are 'explicit'."""
+    rgb = np.asarray(Image.open(io.BytesIO(info.images[0])).convert("RGB"), dtype=np.int32)
+    red = (rgb == (220, 30, 30)).all(axis=2).mean()
+    if (rgb == (30, 220, 30)).all(axis=2).mean() > 0.3:
+        return "I am not sure what this green thing is."  # never valid: an error every time
+    return answer("explicit" if red > 0.3 else "safe")
+
+
+def ollama_settings(*urls: str, **kw: object) -> OllamaSettings:
+    base: dict[str, object] = {
+        "hosts": list(urls),
+        "model": MODEL,
+        "backoff_s": 0.01,
+        "timeout_s": 5.0,
+        "breaker_cooldown_s": 60.0,
+    }
+    return OllamaSettings(**(base | kw))  # type: ignore[arg-type]
+
+
+def jobs(n: int, seed: int = 0) -> list[Job]:
+    rng = np.random.default_rng(seed)
+    return [Job(i, png(sprite(rng, 16))) for i in range(n)]
+
+
+def run(labeler: OllamaLabeler, work: list[Job]):  # type: ignore[no-untyped-def]
+    return asyncio.run(labeler.label(work))
+
+
+def test_requests_are_what_ollama_expects() -> None:
+    rubric = load_rubric()
+    with FakeOllama({MODEL: "sha256:" + "ab" * 32}, responder=lambda i: answer("safe")) as server:
+        labeler = OllamaLabeler(ollama_settings(server.url), rubric)
+        assert asyncio.run(labeler.connect()) == "ab" * 32  # /api/tags gives bare hex
+        work = jobs(3)
+        outcomes = run(labeler, work)
+        assert sorted(o.image_id for o in outcomes) == [0, 1, 2]
+        assert all(o.answer is not None and o.answer.category == "safe" for o in outcomes)
+        chats = server.chat_requests
+        assert len(chats) == 3
+        body = chats[0].body
+        assert body["model"] == MODEL and body["stream"] is False
+        assert body["format"] == rubric.schema
+        assert body["options"] == {"temperature": 0.0, "seed": 1}
+        assert body["keep_alive"] == "10m" and "think" not in body
+        system, user = body["messages"]
+        assert system["role"] == "system" and system["content"] == rubric.policy
+        assert user["content"] == rubric.instructions
+        assert {bytes(r.images[0]) for r in chats} == {j.png for j in work}
+
+
+def test_concurrency_is_bounded_per_host() -> None:
+    with FakeOllama({MODEL: "sha256:" + "cd" * 32}, latency_s=0.15) as server:
+        labeler = OllamaLabeler(ollama_settings(server.url, per_host_concurrency=2), load_rubric())
+        outcomes = run(labeler, jobs(8))
+        assert len(outcomes) == 8 and server.max_in_flight == 2
+
+
+def test_a_host_going_away_moves_work_to_the_others() -> None:
+    digest = "sha256:" + "ef" * 32
+    with (
+        FakeOllama({MODEL: digest}, latency_s=0.05) as a,
+        FakeOllama({MODEL: digest}, latency_s=0.05) as b,
+    ):
+        labeler = OllamaLabeler(ollama_settings(a.url, b.url, breaker_failures=1), load_rubric())
+        asyncio.run(labeler.connect())
+        b.down()  # gone before the work starts: every job it takes fails over
+        outcomes = run(labeler, jobs(12))
+        assert len(outcomes) == 12 and all(o.answer is not None for o in outcomes)
+        assert a.chat_count == 12
+        assert {o.host for o in outcomes} == {a.url}
+
+
+def test_bad_replies_are_retried_once_then_recorded_not_guessed() -> None:
+    with FakeOllama({MODEL: "sha256:" + "01" * 32}) as server:
+        labeler = OllamaLabeler(ollama_settings(server.url, per_host_concurrency=1), load_rubric())
+        server.garbage_next(1)
+        (first,) = run(labeler, jobs(1))
+        assert first.answer is not None  # one bad reply, then a good one
+        server.garbage_next(2)
+        (second,) = run(labeler, jobs(1))
+        assert second.answer is None and second.error_kind == "not_json"
+        assert second.raw and not second.raw.lstrip().startswith("{")
+        server.invalid_next(2)
+        (third,) = run(labeler, jobs(1))
+        assert third.answer is None and third.error_kind == "invalid"
+        server.fail_next(3, status=500, error="runner crashed")
+        (fourth,) = run(labeler, jobs(1))
+        assert fourth.answer is None and fourth.error_kind == "http_500"
+
+
+def test_no_host_says_what_to_do() -> None:
+    with FakeOllama({"llava:7b": "sha256:" + "02" * 32}) as server:
+        labeler = OllamaLabeler(ollama_settings("http://127.0.0.1:9", server.url), load_rubric())
+        with pytest.raises(NoHostError) as caught:
+            asyncio.run(labeler.connect())
+    message = str(caught.value)
+    assert "http://127.0.0.1:9" in message and "no answer" in message
+    assert f"has no model '{MODEL}'" in message
+    assert "ollama pull" in message and "--labeler teacher" in message
+
+
+def test_budget_selection() -> None:
+    pending = list(range(100))
+    scores = {i: i / 100 for i in range(60)}  # 60 pre-screened, 40 not
+    chosen = select_budget(pending, 20, 0.2, scores, seed=1)
+    reasons = list(chosen.values())
+    assert len(chosen) == 20
+    assert reasons.count("audit") == 4
+    assert reasons.count("likely_positive") == 8 and reasons.count("uncertain") == 8
+    top = sorted((i for i, r in chosen.items() if r == "likely_positive"))
+    assert all(scores[i] >= 0.45 for i in top)
+    doubt = [i for i, r in chosen.items() if r == "uncertain"]
+    assert all(abs(scores[i] - 0.5) <= 0.15 for i in doubt)
+    assert len(select_budget(pending[:5], 20, 0.2, {}, seed=1)) == 5
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Settings:
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "sprites"
+    folder.mkdir()
+    for i in range(24):
+        tile = sprite(rng, 16)
+        if i % 6 == 0:
+            tile[..., :3] = (220, 30, 30)  # the positive concept
+        if i == 5:
+            tile[..., :3] = (30, 220, 30)  # the model cannot read this one
+        (folder / f"{i}.png").write_bytes(png(tile))
+    settings = load_settings(data_dir=tmp_path / "data", ingest={"workers": 1})
+    ws = open_workspace(settings)
+    ingest(ws.catalog, ws.blobs, [parse_source(str(folder), settings)], settings)
+    ws.close()
+    return settings
+
+
+def _count(ws: Workspace, table: sa.Table, **where: str) -> int:
+    query = sa.select(sa.func.count()).select_from(table)
+    for column, value in where.items():
+        query = query.where(table.c[column] == value)
+    with ws.catalog.read() as conn:
+        return int(conn.execute(query).scalar_one())
+
+
+def test_teacher_stage_is_budgeted_and_idempotent(corpus: Settings) -> None:
+    ws = open_workspace(corpus)
+    first = label(ws.catalog, ws.blobs, corpus, labeler="teacher", budget=10)
+    assert first.labelled == 10 and first.skipped_done == 0
+    second = label(ws.catalog, ws.blobs, corpus, labeler="teacher", budget=100)
+    assert second.labelled == 14 and second.skipped_done == 10
+    third = label(ws.catalog, ws.blobs, corpus, labeler="teacher", budget=100)
+    assert third.labelled == 0 and third.skipped_done == 24
+    assert _count(ws, labels, labeler="teacher") == 24
+    ws.close()
+
+
+def test_ollama_stage_labels_within_budget_and_never_twice(corpus: Settings) -> None:
+    with FakeOllama({MODEL: "sha256:" + "03" * 32}, responder=reddish) as server:
+        settings = corpus.model_copy(update={"ollama": ollama_settings(server.url)})
+        ws = open_workspace(settings)
+        report = label(ws.catalog, ws.blobs, settings, budget=10)
+        assert report.labelled + sum(report.errors.values()) == 10
+        assert set(report.errors) <= {"not_json"}
+        assert report.selected["audit"] == 2 and sum(report.selected.values()) == 10
+        assert report.teacher_scored == 24  # pre-screen pool: all unlabelled candidates
+        again = label(ws.catalog, ws.blobs, settings, budget=100)
+        assert again.skipped_done == report.labelled
+        assert again.labelled + report.labelled == 23 and again.errors["not_json"] == 1
+        last = label(ws.catalog, ws.blobs, settings, budget=100)
+        assert last.labelled == 0 and last.errors == {"not_json": 1}  # asked again, never guessed
+        with ws.catalog.read() as conn:
+            rows = conn.execute(
+                sa.select(labels.c.image_id, labels.c.category).where(labels.c.labeler == "ollama")
+            ).all()
+            errors = conn.execute(sa.select(label_errors.c.kind, label_errors.c.raw)).all()
+        assert len({r.image_id for r in rows}) == len(rows) == 23  # each image once
+        assert sum(r.category == "explicit" for r in rows) == 4  # the red ones
+        assert errors and all(e.kind == "not_json" and "green" in e.raw for e in errors)
+        ws.close()
