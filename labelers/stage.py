@@ -70,17 +70,40 @@ class LabelReport:
 Progress = Callable[[int, int], None]  # done, total
 
 
+def _key(labeler: str, digest: str, rubric_version: str) -> sa.ColumnElement[bool]:
+    return sa.and_(
+        labels.c.labeler == labeler,
+        labels.c.model_digest == digest,
+        labels.c.rubric_version == rubric_version,
+    )
+
+
+def _samples_done(
+    catalog: Catalog, key: sa.ColumnElement[bool], ids: list[int]
+) -> dict[int, set[int]]:
+    done: dict[int, set[int]] = {}
+    with catalog.read() as conn:
+        for start in range(0, len(ids), 500):
+            rows = conn.execute(
+                sa.select(labels.c.image_id, labels.c.sample).where(
+                    key, labels.c.image_id.in_(ids[start : start + 500])
+                )
+            )
+            for row in rows:
+                done.setdefault(row.image_id, set()).add(row.sample or 0)
+    return done
+
+
 def _pending(
-    catalog: Catalog, labeler: str, digest: str, rubric_version: str
+    catalog: Catalog, labeler: str, digest: str, rubric_version: str, samples: int = 1
 ) -> tuple[list[int], int]:
-    """Candidate image ids not yet labelled for the key, and how many already are."""
+    """Candidate image ids still missing some of their `samples` labels for the key, and
+    how many candidates have them all."""
     done = (
         sa.select(labels.c.image_id)
-        .where(
-            labels.c.labeler == labeler,
-            labels.c.model_digest == digest,
-            labels.c.rubric_version == rubric_version,
-        )
+        .where(_key(labeler, digest, rubric_version))
+        .group_by(labels.c.image_id)
+        .having(sa.func.count(sa.distinct(labels.c.sample)) >= samples)
         .scalar_subquery()
     )
     with catalog.read() as conn:
@@ -291,7 +314,7 @@ def _label_ollama(
     llm = OllamaLabeler(cfg, rubric)
     digest = asyncio.run(llm.connect())
     report.model, report.model_digest, report.rubric_version = cfg.model, digest, rubric.version
-    pending, report.skipped_done = _pending(catalog, "ollama", digest, rubric.version)
+    pending, report.skipped_done = _pending(catalog, "ollama", digest, rubric.version, cfg.samples)
     if not pending or budget == 0:
         return
     # Pre-screen: the teacher scores a random pool it has not scored yet.
@@ -313,11 +336,13 @@ def _label_ollama(
     report.selected.update(chosen.values())
 
     keys = _blob_keys(catalog, list(chosen))
-    jobs = [
-        Job(image_id, llm_view(blobs.get(keys[image_id]), settings), sample)
-        for image_id in chosen
-        for sample in range(cfg.samples)
-    ]
+    # Resume: samples an interrupted run already stored are not asked again.
+    have = _samples_done(catalog, _key("ollama", digest, rubric.version), list(chosen))
+    jobs: list[Job] = []
+    for image_id in chosen:
+        view = llm_view(blobs.get(keys[image_id]), settings)
+        missing = [s for s in range(cfg.samples) if s not in have.get(image_id, set())]
+        jobs.extend(Job(image_id, view, sample) for sample in missing)
     buffer: list[Outcome] = []
     total = len(jobs)
     done = 0

@@ -212,3 +212,69 @@ def test_ollama_stage_labels_within_budget_and_never_twice(corpus: Settings) -> 
         assert sum(r.category == "explicit" for r in rows) == 4  # the red ones
         assert errors and all(e.kind == "not_json" and "green" in e.raw for e in errors)
         ws.close()
+
+
+def test_self_consistency_samples_vote(corpus: Settings) -> None:
+    from labelers.effective import LabelRow, effective_label
+
+    with FakeOllama({MODEL: "sha256:" + "04" * 32}, responder=reddish) as server:
+        settings = corpus.model_copy(update={"ollama": ollama_settings(server.url, samples=3)})
+        ws = open_workspace(settings)
+        report = label(ws.catalog, ws.blobs, settings, budget=4)
+        assert report.labelled == 12 and sum(report.selected.values()) == 4
+        bodies = [r.body for r in server.chat_requests]
+        assert {b["options"]["temperature"] for b in bodies} == {0.7}
+        assert {b["options"]["seed"] for b in bodies} == {1, 2, 3}
+        with ws.catalog.read() as conn:
+            rows = conn.execute(sa.select(labels).where(labels.c.labeler == "ollama")).all()
+        by_image: dict[int, list[LabelRow]] = {}
+        for r in rows:
+            by_image.setdefault(r.image_id, []).append(
+                LabelRow(r.labeler, r.category, r.created_at, r.rubric_version)
+            )
+        for votes in by_image.values():
+            result = effective_label(votes)
+            assert sum(result.votes.values()) == 3 and result.agreement == 1.0
+        assert label(ws.catalog, ws.blobs, settings, budget=4).skipped_done == 4
+        ws.close()
+
+
+@pytest.mark.slow
+def test_killed_label_run_resumes_without_labelling_twice(corpus: Settings, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    spritesafe = str(Path(sys.executable).with_name("spritesafe"))
+    with FakeOllama({MODEL: "sha256:" + "05" * 32}, responder=reddish, latency_s=0.15) as server:
+        env = os.environ | {
+            "SPRITESAFE_DATA_DIR": str(corpus.data_path),
+            "SPRITESAFE_OLLAMA_HOSTS": server.url,
+            "SPRITESAFE_OLLAMA__MODEL": MODEL,
+            "SPRITESAFE_OLLAMA__PER_HOST_CONCURRENCY": "1",
+            "SPRITESAFE_LABEL__BATCH_SIZE": "2",
+        }
+        command = [spritesafe, "label", "--budget", "24", "--json"]
+        proc = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        ws = open_workspace(corpus)
+        deadline = time.monotonic() + 60
+        while _count(ws, labels, labeler="ollama") < 4:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        before = _count(ws, labels, labeler="ollama")
+        assert 4 <= before < 23
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+        report = json.loads(done.stdout)
+        assert report["skipped_done"] == before
+        with ws.catalog.read() as conn:
+            rows = conn.execute(
+                sa.select(labels.c.image_id).where(labels.c.labeler == "ollama")
+            ).all()
+        assert len(rows) == len({r.image_id for r in rows}) == 23  # the green one never labels
+        ws.close()
