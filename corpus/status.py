@@ -7,7 +7,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from corpus.catalog import Catalog, images, labels, runs, source_items, sources
+from corpus.catalog import Catalog, images, label_errors, labels, runs, source_items, sources
 
 
 @dataclass
@@ -19,6 +19,8 @@ class CatalogStatus:
     largest_cluster: int
     pending_dedupe: int
     labels: int
+    labels_by_labeler: dict[str, int] = field(default_factory=dict)
+    label_errors_by_kind: dict[str, int] = field(default_factory=dict)
     sources: list[dict[str, Any]] = field(default_factory=list)
     last_runs: list[dict[str, Any]] = field(default_factory=list)
 
@@ -62,6 +64,12 @@ def catalog_status(catalog: Catalog) -> CatalogStatus:
             )
         ).scalar_one()
         label_count = conn.execute(sa.select(sa.func.count()).select_from(labels)).scalar_one()
+        by_labeler = conn.execute(
+            sa.select(labels.c.labeler, sa.func.count()).group_by(labels.c.labeler)
+        ).all()
+        by_error = conn.execute(
+            sa.select(label_errors.c.kind, sa.func.count()).group_by(label_errors.c.kind)
+        ).all()
         source_rows = conn.execute(
             sa.select(
                 sources.c.name,
@@ -86,6 +94,8 @@ def catalog_status(catalog: Catalog) -> CatalogStatus:
         largest_cluster=int(largest),
         pending_dedupe=int(pending),
         labels=int(label_count),
+        labels_by_labeler={str(k): int(v) for k, v in by_labeler},
+        label_errors_by_kind={str(k): int(v) for k, v in by_error},
         sources=[
             {
                 "name": r.name,

@@ -202,7 +202,12 @@ def status(
         f"clusters: {state.clusters} ({state.multi_member_clusters} with near-duplicates, "
         f"largest {state.largest_cluster}); pending dedupe: {state.pending_dedupe}"
     )
-    out.print(f"labels: {state.labels}")
+    per_labeler = ", ".join(f"{k} {v}" for k, v in state.labels_by_labeler.items())
+    errors = ", ".join(f"{k} {v}" for k, v in state.label_errors_by_kind.items())
+    out.print(
+        f"labels: {state.labels}{f' ({per_labeler})' if per_labeler else ''}"
+        f"{f'; labelling errors: {errors}' if errors else ''}"
+    )
     if state.rejects_by_reason:
         table = Table(title="rejected items by reason")
         table.add_column("reason")
