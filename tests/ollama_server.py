@@ -850,7 +850,6 @@ class FakeOllama:
                 h.write_chunk(_ndjson(_chunk(requested, piece, done=False)))
             h.write_chunk(_ndjson(_chunk(requested, "", done=True) | stats))
             h.end_chunked()
-            return
         finally:
             with self._slots:
                 self._in_flight -= 1
@@ -862,10 +861,13 @@ class FakeOllama:
         with self._slots:
             limit, queue = self._parallelism, self._max_queue
             busy = limit is not None and self._in_flight >= limit
-            if busy and queue is not None and self._waiting >= queue:
-                h.send_error_json(503, MAX_QUEUE_ERROR)
-                return False
-            self._waiting += 1
+            full = busy and queue is not None and self._waiting >= queue
+            if not full:
+                self._waiting += 1
+        if full:
+            h.send_error_json(503, MAX_QUEUE_ERROR)
+            return False
+        with self._slots:
             try:
                 while True:
                     if stopping.is_set() or h.client_gone():
