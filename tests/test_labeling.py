@@ -278,3 +278,26 @@ def test_killed_label_run_resumes_without_labelling_twice(corpus: Settings, tmp_
             ).all()
         assert len(rows) == len({r.image_id for r in rows}) == 23  # the green one never labels
         ws.close()
+
+
+def test_a_host_dying_mid_run_loses_no_work() -> None:
+    import threading
+
+    digest = "sha256:" + "06" * 32
+    with (
+        FakeOllama({MODEL: digest}, latency_s=0.05) as a,
+        FakeOllama({MODEL: digest}, latency_s=0.05) as b,
+    ):
+        settings = ollama_settings(a.url, b.url, breaker_failures=2, timeout_s=2.0)
+        labeler = OllamaLabeler(settings, load_rubric())
+        asyncio.run(labeler.connect())
+        # B answers for a while, then disappears with requests in flight.
+        timer = threading.Timer(0.3, b.down)
+        timer.start()
+        outcomes = run(labeler, jobs(40))
+        timer.join()
+        assert b.chat_count > 0 and not b.is_up
+        assert len(outcomes) == 40 and all(o.answer is not None for o in outcomes)
+        assert sorted(o.image_id for o in outcomes) == list(range(40))
+        served_by_b = sum(o.host == b.url for o in outcomes)
+        assert 0 < served_by_b < 40 and a.chat_count >= 40 - served_by_b
