@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import resource
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -36,3 +38,14 @@ def report_machine(figures: dict[str, Any], children: bool = False) -> None:
     figures["peak_rss_mb"] = round(peak_rss_mb(children), 1)
     which = " (largest process)" if children else ""
     print(f"peak RSS{which}: {figures['peak_rss_mb']:,.1f} MB")
+
+
+def write_figures(figures: dict[str, Any], path: Path, failures: list[str]) -> int:
+    """Write the figures as JSON, report failed checks; the process exit status."""
+    figures["failures"] = failures
+    for failure in failures:
+        print(f"CHECK FAILED: {failure}", file=sys.stderr)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"figures written to {path}")
+    return 1 if failures else 0

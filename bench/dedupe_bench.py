@@ -16,7 +16,6 @@ Figures are printed and written to bench/out/dedupe_bench.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from bench.common import machine, report_machine
+from bench.common import machine, report_machine, write_figures
 from corpus.hashindex import MAX_RADIUS, HashIndex, brute_force_pairs, self_join
 
 U64 = NDArray[np.uint64]
@@ -236,13 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     note = "" if at_target else f"  (run at n={n:,}, radius {radius}: not the target's size)"
     verdict = "PASS" if passed and at_target else "FAIL"
     print(f"target: all-pairs <= {TARGET_SECONDS:g} s: {verdict} ({best:.2f} s){note}")
-    figures["failures"] = failures
-    for failure in failures:
-        print(f"CHECK FAILED: {failure}", file=sys.stderr)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(figures, indent=2) + "\n")
-    print(f"figures written to {args.out}")
-    return 1 if failures else 0
+    return write_figures(figures, args.out, failures)
 
 
 def check_exact(

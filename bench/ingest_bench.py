@@ -33,7 +33,7 @@ import sqlalchemy as sa
 from numpy.typing import NDArray
 from PIL import Image
 
-from bench.common import machine, report_machine
+from bench.common import machine, report_machine, write_figures
 from corpus.analyze import analyze
 from corpus.catalog import images
 from corpus.dedupe import dedupe
@@ -295,13 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    figures["failures"] = failures
-    for failure in failures:
-        print(f"CHECK FAILED: {failure}", file=sys.stderr)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(figures, indent=2) + "\n")
-    print(f"figures written to {args.out}")
-    return 1 if failures else 0
+    return write_figures(figures, args.out, failures)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from bench.common import machine, report_machine
+from bench.common import machine, report_machine, write_figures
 from labelers.ollama import Job, OllamaLabeler, Outcome
 from labelers.rubric import Rubric, load_rubric
 from labelers.views import llm_view
@@ -497,13 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     figures["targets"] = targets
 
-    figures["failures"] = failures
-    for failure in failures:
-        print(f"CHECK FAILED: {failure}", file=sys.stderr)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(figures, indent=2) + "\n")
-    print(f"figures written to {args.out}")
-    return 1 if failures else 0
+    return write_figures(figures, args.out, failures)
 
 
 if __name__ == "__main__":

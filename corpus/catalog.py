@@ -7,12 +7,13 @@ is a row and is never updated.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -229,6 +230,34 @@ class Catalog:
                 .where(runs.c.id == run_id)
                 .values(status=status, finished_at=utcnow(), stats=stats)
             )
+
+
+class RunReport(Protocol):
+    run_id: str
+    status: str
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]: ...
+
+
+@contextmanager
+def recorded(catalog: Catalog, report: RunReport) -> Iterator[None]:
+    """Time the block and record the run's end: ok (unless the stage set another status),
+    interrupted on Ctrl-C, failed on any error; the figures are stored either way."""
+    started = time.perf_counter()
+    try:
+        yield
+        if report.status == "running":
+            report.status = "ok"
+    except KeyboardInterrupt:
+        report.status = "interrupted"
+        raise
+    except BaseException:
+        report.status = "failed"
+        raise
+    finally:
+        report.seconds = time.perf_counter() - started
+        catalog.finish_run(report.run_id, report.status, report.as_dict())
 
 
 def migrate(engine: Engine, revision: str = "head") -> None:

@@ -14,7 +14,6 @@ Splits later keep every cluster on one side (no copy of a test image is trained 
 from __future__ import annotations
 
 import hashlib
-import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -22,7 +21,7 @@ import numpy as np
 import sqlalchemy as sa
 from numpy.typing import NDArray
 
-from corpus.catalog import Catalog, images, to_signed64
+from corpus.catalog import Catalog, images, recorded, to_signed64
 from corpus.hashindex import HashIndex, self_join
 from spritesafe.config import Settings
 
@@ -113,10 +112,8 @@ def load_index(catalog: Catalog, settings: Settings) -> tuple[HashIndex, bool]:
 
 
 def dedupe(catalog: Catalog, settings: Settings) -> DedupeReport:
-    run_id = catalog.start_run("dedupe")
-    report = DedupeReport(run_id=run_id)
-    started = time.perf_counter()
-    try:
+    report = DedupeReport(run_id=catalog.start_run("dedupe"))
+    with recorded(catalog, report):
         index, report.index_rebuilt = load_index(catalog, settings)
         changed = report.index_rebuilt
         while _dedupe_chunk(catalog, settings, index, report):
@@ -126,16 +123,6 @@ def dedupe(catalog: Catalog, settings: Settings) -> DedupeReport:
             # rebuilt from the catalog, so a missed save costs time, never correctness.
             _save(index, catalog, settings)
         report.index_entries = len(index)
-        report.status = "ok"
-    except KeyboardInterrupt:
-        report.status = "interrupted"
-        raise
-    except BaseException:
-        report.status = "failed"
-        raise
-    finally:
-        report.seconds = time.perf_counter() - started
-        catalog.finish_run(run_id, report.status, report.as_dict())
     return report
 
 

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 
 from corpus.blobs import BlobStore
 from corpus.canonical import canonicalize
-from corpus.catalog import Catalog, images, label_errors, labels, utcnow
+from corpus.catalog import Catalog, images, label_errors, labels, recorded, utcnow
 from corpus.decode import decode
 from labelers.ollama import Job, OllamaLabeler, Outcome
 from labelers.rubric import Rubric, load_rubric
@@ -252,25 +252,13 @@ def label(
 ) -> LabelReport:
     which = labeler or settings.label.labeler
     budget = settings.label.budget if budget is None else budget
-    run_id = catalog.start_run(f"label-{which}")
-    report = LabelReport(run_id=run_id, labeler=which)
-    started = time.perf_counter()
-    try:
+    report = LabelReport(run_id=catalog.start_run(f"label-{which}"), labeler=which)
+    with recorded(catalog, report):
         if which == "teacher":
             _label_teacher(catalog, blobs, settings, budget, report, progress)
         else:
             rubric = load_rubric(settings.label.rubric)
             _label_ollama(catalog, blobs, settings, rubric, budget, report, progress)
-        report.status = "ok"
-    except KeyboardInterrupt:
-        report.status = "interrupted"
-        raise
-    except BaseException:
-        report.status = "failed"
-        raise
-    finally:
-        report.seconds = time.perf_counter() - started
-        catalog.finish_run(run_id, report.status, report.as_dict())
     return report
 
 

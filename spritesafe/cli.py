@@ -14,12 +14,15 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     SpinnerColumn,
+    Task,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from spritesafe.config import Settings, load_settings
 
@@ -36,6 +39,13 @@ ConfigOpt = Annotated[
     typer.Option("--config", "-c", help="spritesafe.toml to read (default: ./spritesafe.toml)"),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the report as JSON on stdout")]
+
+
+class RateColumn(ProgressColumn):
+    """Items per second, as rich measures it over the last seconds."""
+
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:.1f}/s" if task.speed else "-/s")
 
 
 def _settings(config: Path | None, **overrides: Any) -> Settings:
@@ -255,6 +265,7 @@ def label_command(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        RateColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
