@@ -1,0 +1,105 @@
+"""The one preprocessing of the model, torch-free: training, classify() and verify all use it.
+
+An image becomes the model's input in three steps:
+1. canonical pixels (corpus.canonical): alpha on the fixed background, native pixel grid;
+2. fit into size x size without blurring pixel art: enlarge by the largest integer factor
+   that fits (nearest: every sprite pixel an exact block); shrink larger images by area
+   averaging (Pillow BOX); then centre on a square of the background colour;
+3. normalize: (x / 255 - mean) / std, channels first (C, H, W), float32.
+The spec is a small dict stamped into every checkpoint and ONNX file and read back, like
+timm's pretrained_cfg, so a consumer never guesses how the model was fed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+from corpus.canonical import canonicalize
+from corpus.decode import decode
+from spritesafe.config import ImageLimits, Settings
+
+VERSION = "pixel-fit-1"
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    size: int = 160
+    background: tuple[int, int, int] = (255, 255, 255)
+    max_scale: int = 256
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    version: str = VERSION
+
+    @classmethod
+    def from_settings(cls, settings: Settings, size: int = 160) -> PreprocessSpec:
+        canon = settings.canonical
+        return cls(size=size, background=canon.background, max_scale=canon.max_scale)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> PreprocessSpec:
+        data: dict[str, Any] = json.loads(text)
+        if data.get("version") != VERSION:
+            raise ValueError(f"preprocessing {data.get('version')!r} is not {VERSION!r}")
+        return cls(
+            size=int(data["size"]),
+            background=(
+                int(data["background"][0]),
+                int(data["background"][1]),
+                int(data["background"][2]),
+            ),
+            max_scale=int(data["max_scale"]),
+            mean=(float(data["mean"][0]), float(data["mean"][1]), float(data["mean"][2])),
+            std=(float(data["std"][0]), float(data["std"][1]), float(data["std"][2])),
+        )
+
+
+def fit(pixels: NDArray[np.uint8], spec: PreprocessSpec) -> NDArray[np.uint8]:
+    """Canonical RGB pixels -> size x size x 3 uint8 (integer nearest up, area down, padded)."""
+    height, width = pixels.shape[:2]
+    longest = max(height, width)
+    if longest <= spec.size:
+        k = spec.size // longest
+        scaled = np.repeat(np.repeat(pixels, k, axis=0), k, axis=1) if k > 1 else pixels
+    else:
+        ratio = spec.size / longest
+        target = (max(1, round(width * ratio)), max(1, round(height * ratio)))
+        scaled = np.asarray(Image.fromarray(pixels, "RGB").resize(target, Image.Resampling.BOX))
+    out = np.empty((spec.size, spec.size, 3), dtype=np.uint8)
+    out[...] = np.asarray(spec.background, dtype=np.uint8)
+    top = (spec.size - scaled.shape[0]) // 2
+    left = (spec.size - scaled.shape[1]) // 2
+    out[top : top + scaled.shape[0], left : left + scaled.shape[1]] = scaled
+    return out
+
+
+def normalize(fitted: NDArray[np.uint8], spec: PreprocessSpec) -> NDArray[np.float32]:
+    mean = np.asarray(spec.mean, dtype=np.float32)
+    std = np.asarray(spec.std, dtype=np.float32)
+    values = (fitted.astype(np.float32) / 255.0 - mean) / std
+    return np.ascontiguousarray(values.transpose(2, 0, 1))
+
+
+def from_pixels(pixels: NDArray[np.uint8], spec: PreprocessSpec) -> NDArray[np.float32]:
+    return normalize(fit(pixels, spec), spec)
+
+
+def from_bytes(
+    data: bytes, spec: PreprocessSpec, limits: ImageLimits | None = None
+) -> NDArray[np.float32]:
+    """Image file bytes -> model input (raises corpus.decode.Rejected for bad input)."""
+    decoded = decode(data, limits or ImageLimits())
+    canonical = canonicalize(decoded.rgba, spec.background, spec.max_scale)
+    return from_pixels(canonical.pixels, spec)
+
+
+def batch(arrays: list[NDArray[np.float32]]) -> NDArray[np.float32]:
+    return np.stack(arrays).astype(np.float32, copy=False)
