@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor
@@ -27,6 +26,7 @@ from corpus.catalog import (
     Catalog,
     images,
     insert_ignore,
+    recorded,
     source_items,
     sources,
     to_signed64,
@@ -315,40 +315,34 @@ def ingest(
     run_id = catalog.start_run("ingest")
     report = IngestReport(run_id=run_id, sources=[])
     analyzer = Analyzer(settings.ingest.workers, settings.image, settings.canonical)
-    started = time.perf_counter()
-    try:
-        for source in source_list:
-            source_report = SourceReport(name=source.name, kind=source.kind)
-            report.sources.append(source_report)
-            try:
-                _ingest_source(
-                    catalog,
-                    blobs,
-                    source,
-                    settings,
-                    analyzer,
-                    source_report,
-                    run_id,
-                    retry_rejected,
-                    progress,
-                )
-            except (OSError, ValueError) as exc:
-                # The source as a whole is unusable (missing folder, bad dataset); others go on.
-                source_report.error = f"{type(exc).__name__}: {exc}"
-            source_report.stats = dict(source.stats)
-        report.status = "failed" if any(s.error for s in report.sources) else "ok"
-    except KeyboardInterrupt:
-        report.status = "interrupted"
-        analyzer.close(cancel=True)
-        raise
-    except BaseException:
-        report.status = "failed"
-        analyzer.close(cancel=True)
-        raise
-    finally:
-        analyzer.close()
-        report.seconds = time.perf_counter() - started
-        catalog.finish_run(run_id, report.status, report.as_dict())
+    with recorded(catalog, report):
+        try:
+            for source in source_list:
+                source_report = SourceReport(name=source.name, kind=source.kind)
+                report.sources.append(source_report)
+                try:
+                    _ingest_source(
+                        catalog,
+                        blobs,
+                        source,
+                        settings,
+                        analyzer,
+                        source_report,
+                        run_id,
+                        retry_rejected,
+                        progress,
+                    )
+                except (OSError, ValueError) as exc:
+                    # The source as a whole is unusable (missing folder, bad dataset); others go on.
+                    source_report.error = f"{type(exc).__name__}: {exc}"
+                source_report.stats = dict(source.stats)
+            if any(s.error for s in report.sources):
+                report.status = "failed"
+        except BaseException:
+            analyzer.close(cancel=True)  # Ctrl-C or a crash: do not wait for queued analysis
+            raise
+        finally:
+            analyzer.close()
     return report
 
 

@@ -18,6 +18,12 @@ class Workspace:
     def close(self) -> None:
         self.catalog.dispose()
 
+    def __enter__(self) -> Workspace:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def open_workspace(settings: Settings) -> Workspace:
     return Workspace(settings, open_catalog(settings.catalog_url), BlobStore(settings.blob_root))

@@ -27,11 +27,8 @@ def ingest_task(
     specs = specs if specs is not None else settings.sources
     base = settings.base_dir
     sources = [parse_source(spec, settings, base) for spec in specs]
-    workspace = open_workspace(settings)
-    try:
+    with open_workspace(settings) as workspace:
         report = ingest(workspace.catalog, workspace.blobs, sources, settings)
-    finally:
-        workspace.close()
     summary = report.as_dict()
     get_run_logger().info(
         "ingest: %s processed, %s new, %s unchanged, rejected %s in %.1fs",
@@ -51,16 +48,13 @@ def label_task(config: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
     from labelers.stage import label
 
     settings = load_settings(config, **overrides)
-    workspace = open_workspace(settings)
     logger = get_run_logger()
-    try:
+    with open_workspace(settings) as workspace:
         try:
             report = label(workspace.catalog, workspace.blobs, settings)
         except NoHostError as exc:
             logger.warning("%s\nFalling back to the teacher labeler.", exc)
             report = label(workspace.catalog, workspace.blobs, settings, labeler="teacher")
-    finally:
-        workspace.close()
     summary = report.as_dict()
     logger.info(
         "label (%s): %s labelled, selected %s, errors %s in %.1fs",
@@ -76,11 +70,8 @@ def label_task(config: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
 @task(name="dedupe", cache_policy=NO_CACHE)
 def dedupe_task(config: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
     settings = load_settings(config, **overrides)
-    workspace = open_workspace(settings)
-    try:
+    with open_workspace(settings) as workspace:
         report = dedupe(workspace.catalog, settings)
-    finally:
-        workspace.close()
     get_run_logger().info(
         "dedupe: %s images, %s exact duplicates, %s near links, %s clusters merged in %.1fs",
         report.processed,

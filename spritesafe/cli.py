@@ -98,16 +98,18 @@ def ingest(
     except SourceSpecError as exc:
         console.print(f"[red]bad source:[/] {exc}")
         raise typer.Exit(2) from None
-    workspace = open_workspace(settings)
     report: IngestReport
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-        disable=as_json,
-    ) as progress:
+    with (
+        open_workspace(settings) as workspace,
+        Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+            disable=as_json,
+        ) as progress,
+    ):
         task = progress.add_task("ingest", total=None)
 
         def show(r: SourceReport) -> None:
@@ -128,8 +130,6 @@ def ingest(
             )
         except KeyboardInterrupt:
             raise _interrupted() from None
-        finally:
-            workspace.close()
     if as_json:
         out.print_json(json.dumps(report.as_dict()))
     else:
@@ -163,13 +163,11 @@ def dedupe(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     from corpus.workspace import open_workspace
 
     settings = _settings(config)
-    workspace = open_workspace(settings)
     try:
-        report = run_dedupe(workspace.catalog, settings)
+        with open_workspace(settings) as workspace:
+            report = run_dedupe(workspace.catalog, settings)
     except KeyboardInterrupt:
         raise _interrupted() from None
-    finally:
-        workspace.close()
     if as_json:
         out.print_json(json.dumps(report.as_dict()))
         return
@@ -196,12 +194,9 @@ def status(
     from corpus.workspace import open_workspace
 
     settings = _settings(config)
-    workspace = open_workspace(settings)
-    try:
+    with open_workspace(settings) as workspace:
         state = catalog_status(workspace.catalog)
         listed = list_rejects(workspace.catalog, reason, limit) if (rejects or reason) else []
-    finally:
-        workspace.close()
     if as_json:
         out.print_json(json.dumps(state.as_dict() | {"rejects": listed}, default=str))
         return
@@ -259,19 +254,21 @@ def label_command(
     if labeler not in (None, "ollama", "teacher"):
         console.print(f"[red]unknown labeler {labeler!r}[/]: use ollama or teacher")
         raise typer.Exit(2)
-    workspace = open_workspace(settings)
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        RateColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-        disable=as_json,
-    ) as progress:
+    with (
+        open_workspace(settings) as workspace,
+        Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            RateColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+            disable=as_json,
+        ) as progress,
+    ):
         task = progress.add_task("label", total=None)
         try:
             report = label(
@@ -287,8 +284,6 @@ def label_command(
             raise typer.Exit(3) from None
         except KeyboardInterrupt:
             raise _interrupted() from None
-        finally:
-            workspace.close()
     if as_json:
         out.print_json(json.dumps(report.as_dict()))
         return
