@@ -24,6 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from corpus.decode import decode
+from spritesafe.config import ImageLimits
+
 ALGORITHM = "grid-gcd-1/bbox-hash-1"
 
 
@@ -148,3 +151,17 @@ def canonicalize(
         palette_size=palette_size(pixels),
         sha256=pixels_sha256(pixels),
     )
+
+
+def from_bytes(
+    data: bytes, limits: ImageLimits, background: tuple[int, int, int], max_scale: int
+) -> Canonical:
+    """Image file bytes -> canonical image (raises corpus.decode.Rejected for bad input)."""
+    return canonicalize(decode(data, limits).rgba, background, max_scale)
+
+
+def enlarge_to(pixels: NDArray[np.uint8], target: int) -> NDArray[np.uint8]:
+    """Enlarge by the largest integer factor keeping the longest side <= target (at least
+    1x): nearest neighbour, so every pixel becomes an exact k x k block."""
+    k = max(1, target // max(pixels.shape[:2]))
+    return np.repeat(np.repeat(pixels, k, axis=0), k, axis=1) if k > 1 else pixels

@@ -23,11 +23,11 @@ import numpy as np
 import sqlalchemy as sa
 
 from corpus.blobs import BlobStore
-from corpus.canonical import canonicalize
+from corpus.canonical import from_bytes
 from corpus.catalog import Catalog, images, label_errors, labels, recorded, utcnow
-from corpus.decode import decode
 from labelers.ollama import Job, OllamaLabeler, Outcome
 from labelers.rubric import Rubric, load_rubric
+from labelers.teacher import TeacherModel
 from labelers.views import llm_view
 from spritesafe.config import Settings
 
@@ -153,15 +153,13 @@ def run_teacher(
     catalog: Catalog,
     blobs: BlobStore,
     settings: Settings,
+    teacher: TeacherModel,
     ids: list[int],
     run_id: str,
     selection: str,
     progress: Progress | None = None,
 ) -> int:
     """Score `ids` with the teacher and append its labels; returns how many were written."""
-    from labelers.teacher import TeacherModel
-
-    teacher = TeacherModel()
     keys = _blob_keys(catalog, ids)
     canon = settings.canonical
     written = 0
@@ -169,9 +167,7 @@ def run_teacher(
     for start in range(0, len(ids), step):
         chunk = ids[start : start + step]
         pixels = [
-            canonicalize(
-                decode(blobs.get(keys[i]), settings.image).rgba, canon.background, canon.max_scale
-            ).pixels
+            from_bytes(blobs.get(keys[i]), settings.image, canon.background, canon.max_scale).pixels
             for i in chunk
         ]
         started = time.perf_counter()
@@ -274,16 +270,15 @@ def _label_teacher(
     report: LabelReport,
     progress: Progress | None,
 ) -> None:
-    from labelers.teacher import TeacherModel
-
-    digest = TeacherModel().digest
+    teacher = TeacherModel()
+    digest = teacher.digest
     report.model, report.model_digest, report.rubric_version = "open_nsfw", digest, TEACHER_RUBRIC
     pending, report.skipped_done = _pending(catalog, "teacher", digest, TEACHER_RUBRIC)
     rng = np.random.default_rng(_seed(report.run_id))
     chosen = [pending[i] for i in sorted(rng.permutation(len(pending))[:budget])]
     report.selected["random"] = len(chosen)
     report.labelled = run_teacher(
-        catalog, blobs, settings, chosen, report.run_id, "random", progress
+        catalog, blobs, settings, teacher, chosen, report.run_id, "random", progress
     )
 
 
@@ -296,8 +291,6 @@ def _label_ollama(
     report: LabelReport,
     progress: Progress | None,
 ) -> None:
-    from labelers.teacher import TeacherModel
-
     cfg = settings.ollama
     llm = OllamaLabeler(cfg, rubric)
     digest = asyncio.run(llm.connect())
@@ -306,18 +299,18 @@ def _label_ollama(
     if not pending or budget == 0:
         return
     # Pre-screen: the teacher scores a random pool it has not scored yet.
-    teacher_digest = TeacherModel().digest
+    teacher = TeacherModel()
     rng = np.random.default_rng(_seed(report.run_id))
     pool = [
         pending[i] for i in rng.permutation(len(pending))[: budget * settings.label.teacher_pool]
     ]
-    scores = _teacher_scores(catalog, teacher_digest, pool)
+    scores = _teacher_scores(catalog, teacher.digest, pool)
     unscored = [i for i in pool if i not in scores]
     if unscored:
         report.teacher_scored = run_teacher(
-            catalog, blobs, settings, unscored, report.run_id, "prescreen"
+            catalog, blobs, settings, teacher, unscored, report.run_id, "prescreen"
         )
-        scores.update(_teacher_scores(catalog, teacher_digest, unscored))
+        scores.update(_teacher_scores(catalog, teacher.digest, unscored))
     chosen = select_budget(
         pending, budget, settings.label.audit_share, scores, _seed(report.run_id)
     )

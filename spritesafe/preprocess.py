@@ -20,8 +20,8 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from corpus.canonical import canonicalize
-from corpus.decode import decode
+from corpus.canonical import enlarge_to
+from corpus.canonical import from_bytes as canonical_from_bytes
 from spritesafe.config import ImageLimits, Settings
 
 VERSION = "pixel-fit-1"
@@ -67,8 +67,7 @@ def fit(pixels: NDArray[np.uint8], spec: PreprocessSpec) -> NDArray[np.uint8]:
     height, width = pixels.shape[:2]
     longest = max(height, width)
     if longest <= spec.size:
-        k = spec.size // longest
-        scaled = np.repeat(np.repeat(pixels, k, axis=0), k, axis=1) if k > 1 else pixels
+        scaled = enlarge_to(pixels, spec.size)
     else:
         ratio = spec.size / longest
         target = (max(1, round(width * ratio)), max(1, round(height * ratio)))
@@ -96,8 +95,7 @@ def from_bytes(
     data: bytes, spec: PreprocessSpec, limits: ImageLimits | None = None
 ) -> NDArray[np.float32]:
     """Image file bytes -> model input (raises corpus.decode.Rejected for bad input)."""
-    decoded = decode(data, limits or ImageLimits())
-    canonical = canonicalize(decoded.rgba, spec.background, spec.max_scale)
+    canonical = canonical_from_bytes(data, limits or ImageLimits(), spec.background, spec.max_scale)
     return from_pixels(canonical.pixels, spec)
 
 
