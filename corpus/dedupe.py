@@ -21,7 +21,7 @@ import numpy as np
 import sqlalchemy as sa
 from numpy.typing import NDArray
 
-from corpus.catalog import Catalog, images, recorded, to_signed64
+from corpus.catalog import Catalog, images, recorded
 from corpus.hashindex import HashIndex, self_join
 from spritesafe.config import Settings
 
@@ -233,6 +233,3 @@ def _dedupe_chunk(
     report.processed += len(pending)
     report.exact_duplicates += len(duplicates)
     return True
-
-
-__all__ = ["DedupeReport", "dedupe", "load_index", "to_signed64"]

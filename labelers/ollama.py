@@ -95,6 +95,7 @@ class OllamaLabeler:
         self.model = settings.model
         self.digest: str | None = None
         self.hosts: list[Host] = []
+        self.skipped_hosts: dict[str, str] = {}  # url -> why it is not used
 
     async def connect(self) -> str:
         """Find the hosts that have the model; returns its digest (all hosts must agree)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -340,9 +339,5 @@ def show_config(config: ConfigOpt = None) -> None:
     out.print_json(json.dumps(data))
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    sys.exit(app())
-
-
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    app()

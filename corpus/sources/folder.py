@@ -14,7 +14,6 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from corpus.decode import Rejected
 from corpus.sources.archives import is_archive, scan_archive
 from corpus.sources.base import (
     Container,
@@ -145,6 +144,3 @@ def _file_kind(mode: int) -> str:
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return "device"
     return "special file"
-
-
-__all__ = ["FolderSource", "Rejected", "stat_fingerprint"]
