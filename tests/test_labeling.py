@@ -33,6 +33,12 @@ def answer(category: str) -> str:
     return json.dumps({"category": category, "scores": scores, "rationale": f"looks {category}"})
 
 
+def by_colour(info: ChatRequestInfo) -> str:
+    """Always a valid answer: explicit for the red concept, safe otherwise."""
+    rgb = np.asarray(Image.open(io.BytesIO(info.images[0])).convert("RGB"), dtype=np.int32)
+    return answer("explicit" if (rgb == (220, 30, 30)).all(axis=2).mean() > 0.3 else "safe")
+
+
 def reddish(info: ChatRequestInfo) -> str:
     """Stand-in concept for the positive class: mostly red sprites are 'explicit'."""
     rgb = np.asarray(Image.open(io.BytesIO(info.images[0])).convert("RGB"), dtype=np.int32)
@@ -217,7 +223,8 @@ def test_ollama_stage_labels_within_budget_and_never_twice(corpus: Settings) -> 
 def test_self_consistency_samples_vote(corpus: Settings) -> None:
     from labelers.effective import LabelRow, effective_label
 
-    with FakeOllama({MODEL: "sha256:" + "04" * 32}, responder=reddish) as server:
+    # Every image must answer here (the budget draw is random): not the unreadable one.
+    with FakeOllama({MODEL: "sha256:" + "04" * 32}, responder=by_colour) as server:
         settings = corpus.model_copy(update={"ollama": ollama_settings(server.url, samples=3)})
         ws = open_workspace(settings)
         report = label(ws.catalog, ws.blobs, settings, budget=4)
