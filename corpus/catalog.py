@@ -155,6 +155,39 @@ label_errors = sa.Table(
     sa.Index("ix_label_errors_image_id", "image_id"),
 )
 
+# A frozen dataset version: which labels (rubric, labelers) at which base rate, where on disk.
+snapshots = sa.Table(
+    "snapshots",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),  # content hash: same data, same id
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("rubric_version", sa.String(64), nullable=False),
+    sa.Column("labelers", sa.JSON),  # [{labeler, model, model_digest}, ...]
+    sa.Column("base_rate", sa.Float, nullable=False),  # of validation and test
+    sa.Column("base_rate_source", sa.String(32), nullable=False),  # audit, configured, labelled
+    sa.Column("counts", sa.JSON),
+    sa.Column("settings", sa.JSON),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("run_id", sa.String(36)),
+)
+
+# A training run and what came of it (a checkpoint folder with its report).
+models = sa.Table(
+    "models",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("snapshot_id", sa.String(32), sa.ForeignKey("snapshots.id"), nullable=False),
+    sa.Column("arch", sa.String(100), nullable=False),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # training, trained, failed, interrupted
+    sa.Column("epochs_done", sa.Integer),
+    sa.Column("threshold", sa.Float),
+    sa.Column("metrics", sa.JSON),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Index("ix_models_snapshot_id", "snapshot_id"),
+)
+
 IMAGE_STATUSES = ("candidate", "duplicate", "rejected")
 
 

@@ -294,6 +294,114 @@ def label_command(
     )
 
 
+@app.command("snapshot")
+def snapshot_command(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Freeze the effective labels into a versioned dataset (cluster-grouped splits)."""
+    from corpus.workspace import open_workspace
+    from training.snapshot import snapshot
+
+    settings = _settings(config)
+    with open_workspace(settings) as workspace:
+        try:
+            report = snapshot(workspace.catalog, workspace.blobs, settings)
+        except KeyboardInterrupt:
+            raise _interrupted() from None
+    if as_json:
+        out.print_json(json.dumps(report.as_dict()))
+    if report.status == "refused":
+        console.print(f"[red]snapshot refused:[/] {report.reason}")
+        raise typer.Exit(1)
+    if as_json:
+        return
+    table = Table(
+        title=f"snapshot {report.snapshot_id}{' (unchanged, reused)' if report.reused else ''}"
+    )
+    for column in ("split", "sfw", "nsfw", "nsfw share"):
+        table.add_column(column, justify="left" if column == "split" else "right")
+    for name, counts in report.counts.items():
+        total = counts["sfw"] + counts["nsfw"]
+        share = f"{counts['nsfw'] / total:.3f}" if total else "-"
+        table.add_row(name, str(counts["sfw"]), str(counts["nsfw"]), share)
+    out.print(table)
+    out.print(
+        f"base rate {report.base_rate:.4f} ({report.base_rate_source}"
+        f"{f', {report.audited} audited' if report.audited else ''}) for validation and test; "
+        f"training: {report.train_dropped} negatives downsampled away, pos_weight "
+        f"{report.pos_weight:.2f}; left out: {dict(report.excluded) or 0}"
+    )
+    out.print(f"written to {report.path}")
+
+
+@app.command("train")
+def train_command(
+    snapshot_id: Annotated[
+        str | None, typer.Argument(help="snapshot id or prefix (default: the latest)")
+    ] = None,
+    config: ConfigOpt = None,
+    epochs: Annotated[int | None, typer.Option(help="epochs (default: train.epochs)")] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="continue the last unfinished training")
+    ] = False,
+    pretrained: Annotated[
+        Path | None, typer.Option(help="a local timm checkpoint to start from")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda")] = None,
+    seed: Annotated[int | None, typer.Option(help="random seed (default: train.seed)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train the MobileNetV4 student on a snapshot; writes checkpoints and a report."""
+    from corpus.workspace import open_workspace
+    from training.train import TrainError, train
+
+    overrides: dict[str, Any] = {}
+    if device is not None:
+        overrides["device"] = device
+    if seed is not None:
+        overrides["seed"] = seed
+    settings = _settings(config, **({"train": overrides} if overrides else {}))
+
+    def show(entry: dict[str, Any]) -> None:
+        if not as_json:
+            console.print(
+                f"epoch {entry['epoch']}: train loss {entry['train_loss']:.4f}, "
+                f"val loss {entry['val_loss']:.4f}, val PR-AUC {entry['val_pr_auc']:.4f} "
+                f"({entry['seconds']}s)"
+            )
+
+    with open_workspace(settings) as workspace:
+        try:
+            report = train(
+                workspace.catalog,
+                settings,
+                snapshot_id,
+                resume=resume,
+                pretrained=pretrained,
+                epochs=epochs,
+                progress=show,
+            )
+        except (TrainError, FileNotFoundError, ValueError) as exc:
+            console.print(f"[red]cannot train:[/] {exc}")
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print("[yellow]Interrupted.[/] `spritesafe train --resume` continues.")
+            raise typer.Exit(130) from None
+    if as_json:
+        out.print_json(json.dumps(report.as_dict(), default=float))
+        return
+    test = report.test
+    at = test["at_threshold"]
+    out.print(
+        f"model {report.model_id}: {report.epochs_done} epochs (best {report.best_epoch}), "
+        f"{report.train_images_per_s} img/s on {report.device}"
+    )
+    out.print(
+        f"test at base rate {report.base_rate:.4f}: PR-AUC {test['pr_auc']:.4f}; threshold "
+        f"{report.threshold:.4f}: precision {at['precision']:.3f}, recall {at['recall']:.3f} "
+        f"(TP {at['tp']}, FP {at['fp']}, TN {at['tn']}, FN {at['fn']})"
+    )
+    out.print(f"report: {Path(report.path) / 'report.md'}")
+
+
 @app.command()
 def rebuild(
     sources: Annotated[

@@ -134,6 +134,51 @@ class LabelSettings(BaseModel):
     rubric: Path | None = Field(None, description="rubric TOML; default labelers/rubrics")
 
 
+class SnapshotSettings(BaseModel):
+    """Freezing effective labels into a dataset version: target, splits, balance."""
+
+    # The binary target: explicit is always positive; suggestive counts when this is true.
+    suggestive_is_positive: bool = False
+    # The weakest label a snapshot accepts: human > llm > teacher (photo-trained pre-screen).
+    min_label_source: Literal["human", "llm", "teacher"] = "llm"
+    min_agreement: float = Field(2 / 3, gt=0, le=1, description="LLM votes needed, as a share")
+    # Realistic share of positives for validation and test; empty = estimated from the
+    # uniform audit sample of the label stage.
+    target_base_rate: float | None = Field(None, gt=0, lt=1)
+    val_share: float = Field(0.15, gt=0, lt=0.5, description="of negative clusters")
+    test_share: float = Field(0.15, gt=0, lt=0.5, description="of negative clusters")
+    # Training split only: downsample negatives to this many per positive, weight the loss
+    # by the class ratio instead, or keep it as labelled.
+    balance: Literal["downsample", "weights", "none"] = "downsample"
+    negatives_per_positive: float = Field(4.0, gt=0)
+    min_positives: int = Field(20, ge=3, description="refuse to snapshot with fewer")
+    min_negatives: int = Field(60, ge=3, description="refuse to snapshot with fewer")
+    seed: int = 0
+
+
+class TrainSettings(BaseModel):
+    """The student: timm MobileNetV4-conv-small-050, one logit, at `size` px."""
+
+    arch: str = "mobilenetv4_conv_small_050"
+    size: int = Field(160, ge=32)
+    epochs: int = Field(40, ge=1)
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_epochs: float = Field(3.0, ge=0)
+    patience: int = Field(10, ge=1, description="epochs without a better val PR-AUC")
+    seed: int = 0
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    threads: int = Field(0, ge=0, description="CPU threads for torch; 0 = torch's default")
+    # Augmentations that keep pixel art pixel art (no blur, no bilinear resampling).
+    flip: bool = True
+    max_shift: int = Field(8, ge=0, description="integer-offset crop, output pixels")
+    hue_jitter: float = Field(0.05, ge=0, le=0.5, description="palette hue turn, of a circle")
+    # The deployment threshold, chosen on validation for a target at the realistic base rate.
+    threshold_for: Literal["precision", "recall"] = "precision"
+    threshold_target: float = Field(0.9, gt=0, le=1)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SPRITESAFE_",
@@ -152,6 +197,8 @@ class Settings(BaseSettings):
     http: HttpSettings = Field(default_factory=HttpSettings)
     ollama: OllamaSettings = Field(default_factory=OllamaSettings)
     label: LabelSettings = Field(default_factory=LabelSettings)
+    snapshot: SnapshotSettings = Field(default_factory=SnapshotSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
     # Folder that relative paths (data_dir, sources) resolve against; set by load_settings.
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
 
@@ -187,6 +234,14 @@ class Settings(BaseSettings):
     @property
     def index_path(self) -> Path:
         return self.data_path / "index"
+
+    @property
+    def snapshots_path(self) -> Path:
+        return self.data_path / "snapshots"
+
+    @property
+    def models_path(self) -> Path:
+        return self.data_path / "models"
 
 
 def find_config(explicit: str | Path | None = None) -> Path | None:

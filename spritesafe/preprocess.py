@@ -91,12 +91,20 @@ def from_pixels(pixels: NDArray[np.uint8], spec: PreprocessSpec) -> NDArray[np.f
     return normalize(fit(pixels, spec), spec)
 
 
+def canonical_pixels(
+    data: bytes, spec: PreprocessSpec, limits: ImageLimits | None = None
+) -> NDArray[np.uint8]:
+    """Image file bytes -> canonical RGB pixels, step 1 (raises corpus.decode.Rejected).
+    Training augments these before `from_pixels`; everything else goes on directly."""
+    limits = limits or ImageLimits()
+    return canonical_from_bytes(data, limits, spec.background, spec.max_scale).pixels
+
+
 def from_bytes(
     data: bytes, spec: PreprocessSpec, limits: ImageLimits | None = None
 ) -> NDArray[np.float32]:
     """Image file bytes -> model input (raises corpus.decode.Rejected for bad input)."""
-    canonical = canonical_from_bytes(data, limits or ImageLimits(), spec.background, spec.max_scale)
-    return from_pixels(canonical.pixels, spec)
+    return from_pixels(canonical_pixels(data, spec, limits), spec)
 
 
 def batch(arrays: list[NDArray[np.float32]]) -> NDArray[np.float32]:

@@ -1,0 +1,240 @@
+"""Snapshots: cluster-grouped splits at the realistic base rate, rebalancing, refusal, reuse."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from corpus.catalog import images, snapshots
+from corpus.dedupe import dedupe
+from corpus.ingest import ingest
+from corpus.sources import parse_source
+from corpus.workspace import open_workspace
+from labelers.stage import label
+from spritesafe.config import Settings, load_settings
+from tests.helpers import png, sprite
+from tests.ollama_server import ChatRequestInfo, FakeOllama
+from training.snapshot import load_snapshot, snapshot
+from training.splits import TEST, TRAIN, VALIDATION, Item, assign_splits, downsample_negatives
+
+MODEL = "qwen2.5vl:3b"
+RED = (220, 30, 30)
+GREY = (128, 128, 128)
+
+
+def _items(spec: list[tuple[int, int]]) -> list[Item]:
+    """One cluster per (positives, negatives) pair."""
+    items: list[Item] = []
+    for c, (pos, neg) in enumerate(spec):
+        for k in range(pos + neg):
+            items.append(Item(len(items), f"c{c}", k < pos))
+    return items
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 3), st.integers(0, 6)).filter(lambda t: sum(t) > 0),
+        min_size=1,
+        max_size=120,
+    ),
+    st.floats(0.01, 0.4),
+    st.integers(0, 3),
+)
+def test_no_cluster_spans_two_splits(spec: list[tuple[int, int]], rate: float, seed: int) -> None:
+    items = _items(spec)
+    split_of = assign_splits(items, rate, 0.15, 0.15, seed)
+    assert set(split_of) == {i.id for i in items}
+    seen: dict[str, set[str]] = defaultdict(set)
+    for item in items:
+        seen[item.cluster].add(split_of[item.id])
+    assert all(len(s) == 1 for s in seen.values())
+    assert split_of == assign_splits(items, rate, 0.15, 0.15, seed)  # deterministic
+
+
+def _share(items: list[Item], split_of: dict[int, str], name: str) -> tuple[int, int]:
+    members = [i for i in items if split_of[i.id] == name]
+    return sum(i.positive for i in members), len(members)
+
+
+def test_evaluation_splits_hold_the_base_rate_and_spare_positives_train() -> None:
+    # Labelled data enriched to 30% positives; the real rate is 5%.
+    items = _items([(1, 0)] * 300 + [(0, 1)] * 700)
+    split_of = assign_splits(items, 0.05, 0.15, 0.15, seed=1)
+    for name in (VALIDATION, TEST):
+        pos, total = _share(items, split_of, name)
+        assert total > 100 and abs(pos / total - 0.05) < 0.01, (name, pos, total)
+    pos, total = _share(items, split_of, TRAIN)
+    assert pos > 270  # positives not needed for the rate train the model
+
+
+def test_too_few_positives_moves_negatives_to_training_instead() -> None:
+    items = _items([(1, 0)] * 6 + [(0, 1)] * 994)
+    split_of = assign_splits(items, 0.05, 0.15, 0.15, seed=0)
+    for name in (VALIDATION, TEST):
+        pos, total = _share(items, split_of, name)
+        assert pos >= 1 and abs(pos / total - 0.05) < 0.02, (name, pos, total)
+    assert _share(items, split_of, TRAIN)[0] >= 2
+
+
+def test_downsampling_keeps_every_positive() -> None:
+    items = _items([(1, 0)] * 10 + [(0, 1)] * 100)
+    kept, dropped = downsample_negatives(items, 4.0, seed=0)
+    assert sum(i.positive for i in kept) == 10 and len(kept) == 50 and len(dropped) == 60
+
+
+# --- the stage, over a real catalog labelled through the Ollama test server ---------------
+
+
+def _responder(info: ChatRequestInfo) -> str:
+    """explicit for mostly red sprites, suggestive for grey ones, safe otherwise."""
+    rgb = np.asarray(Image.open(io.BytesIO(info.images[0])).convert("RGB"))
+    share = {c: float((rgb == c).all(axis=2).mean()) for c in (RED, GREY)}
+    category = "explicit" if share[RED] > 0.2 else "suggestive" if share[GREY] > 0.2 else "safe"
+    scores = {"safe": 0.1, "suggestive": 0.1, "explicit": 0.1} | {category: 0.8}
+    return json.dumps({"category": category, "scores": scores, "rationale": "test"})
+
+
+def _corpus(tmp_path: Path, positives: int, negatives: int, grey: int = 0) -> Path:
+    """Sprites with near-duplicate variants (one pixel changed) so clusters have members."""
+    rng = np.random.default_rng(7)
+    folder = tmp_path / "sprites"
+    folder.mkdir()
+    kinds = ["red"] * positives + ["grey"] * grey + ["plain"] * negatives
+    for i, kind in enumerate(kinds):
+        tile = sprite(rng, 16, colors=6)
+        tile[..., 3] = 255
+        if kind != "plain":
+            tile[2:14, 2:14, :3] = RED if kind == "red" else GREY
+        (folder / f"{i}.png").write_bytes(png(tile))
+        if i % 5 == 0:  # a near-duplicate: one pixel changed
+            variant = tile.copy()
+            variant[0, 0, :3] = 255 - variant[0, 0, :3]
+            (folder / f"{i}v.png").write_bytes(png(variant))
+    return folder
+
+
+def _prepared(tmp_path: Path, folder: Path, **overrides: object) -> tuple[Settings, FakeOllama]:
+    server = FakeOllama({MODEL: "sha256:" + "0c" * 32}, responder=_responder)
+    server.start()
+    base: dict[str, object] = {
+        "data_dir": tmp_path / "data",
+        "ingest": {"workers": 1},
+        "ollama": {"hosts": [server.url], "model": MODEL},
+        "label": {"budget": 10_000},
+    }
+    settings = load_settings(**(base | overrides))
+    with open_workspace(settings) as ws:
+        ingest(ws.catalog, ws.blobs, [parse_source(str(folder), settings)], settings)
+        dedupe(ws.catalog, settings)
+        label(ws.catalog, ws.blobs, settings)
+    return settings, server
+
+
+def test_snapshot_is_cluster_grouped_balanced_and_reused(tmp_path: Path) -> None:
+    folder = _corpus(tmp_path, positives=40, negatives=360, grey=20)
+    settings, server = _prepared(tmp_path, folder, snapshot={"target_base_rate": 0.05})
+    try:
+        with open_workspace(settings) as ws:
+            first = snapshot(ws.catalog, ws.blobs, settings)
+            assert first.status == "ok", first.reason
+            data, manifest = load_snapshot(Path(first.path))
+            assert manifest["base_rate"] == 0.05 and manifest["base_rate_source"] == "configured"
+            assert manifest["labelers"][0]["model"] == MODEL
+            rows = {
+                name: data[name].remove_columns("image").to_list()
+                for name in (TRAIN, VALIDATION, TEST)
+            }
+            # No near-duplicate cluster has members in two splits, and clusters are real.
+            cluster_splits: dict[str, set[str]] = defaultdict(set)
+            for name, members in rows.items():
+                for r in members:
+                    cluster_splits[r["cluster"]].add(name)
+            assert all(len(s) == 1 for s in cluster_splits.values())
+            sizes = Counter(r["cluster"] for members in rows.values() for r in members)
+            assert max(sizes.values()) >= 2
+            # Suggestive is a negative by default; training is 4 negatives per positive.
+            train = Counter(r["label"] for r in rows[TRAIN])
+            assert train[0] == 4 * train[1]
+            assert {r["category"] for r in rows[TRAIN] if r["label"] == 0} >= {"safe"}
+            for name in (VALIDATION, TEST):
+                labels = [r["label"] for r in rows[name]]
+                assert 0.02 < sum(labels) / len(labels) < 0.1, (name, sum(labels), len(labels))
+            # The image bytes are embedded and decode.
+            image = data[TEST][0]["image"]
+            assert image.size == (16, 16)
+
+            again = snapshot(ws.catalog, ws.blobs, settings)
+            assert again.snapshot_id == first.snapshot_id and again.reused
+            with ws.catalog.read() as conn:
+                assert conn.execute(sa.select(sa.func.count()).select_from(snapshots)).scalar() == 1
+
+            wider = settings.model_copy(
+                update={
+                    "snapshot": settings.snapshot.model_copy(
+                        update={"suggestive_is_positive": True}
+                    )
+                }
+            )
+            other = snapshot(ws.catalog, ws.blobs, wider)
+            assert other.snapshot_id != first.snapshot_id
+            total_pos = sum(c["nsfw"] for c in other.counts.values())
+            assert total_pos > sum(c["nsfw"] for c in first.counts.values())
+    finally:
+        server.stop()
+
+
+def test_snapshot_refuses_with_counts_when_labels_are_too_few(tmp_path: Path) -> None:
+    folder = _corpus(tmp_path, positives=5, negatives=80)
+    settings, server = _prepared(tmp_path, folder)
+    try:
+        with open_workspace(settings) as ws:
+            report = snapshot(ws.catalog, ws.blobs, settings)
+            assert report.status == "refused"
+            assert "6 positives" in report.reason and "at least 20" in report.reason
+            with ws.catalog.read() as conn:
+                status = conn.execute(
+                    sa.text("select status from runs where kind = 'snapshot'")
+                ).scalar()
+            assert status == "refused"
+            # A labelled image that is not deduped yet could leak: refused too.
+            with ws.catalog.write() as conn:
+                conn.execute(images.update().values(cluster_id=None))
+            report = snapshot(ws.catalog, ws.blobs, settings)
+            assert report.status == "refused" and "spritesafe dedupe" in report.reason
+    finally:
+        server.stop()
+
+
+def test_teacher_only_labels_are_left_out_by_default(tmp_path: Path) -> None:
+    folder = _corpus(tmp_path, positives=5, negatives=20)
+    settings = load_settings(data_dir=tmp_path / "data", ingest={"workers": 1})
+    with open_workspace(settings) as ws:
+        ingest(ws.catalog, ws.blobs, [parse_source(str(folder), settings)], settings)
+        dedupe(ws.catalog, settings)
+        label(ws.catalog, ws.blobs, settings, labeler="teacher", budget=1000)
+        report = snapshot(ws.catalog, ws.blobs, settings)
+    assert report.status == "refused"
+    assert report.excluded["teacher_only"] == 30
+    assert "0 positives" in report.reason
+
+
+def test_base_rate_comes_from_the_audit_sample(tmp_path: Path) -> None:
+    folder = _corpus(tmp_path, positives=30, negatives=270)
+    settings, server = _prepared(tmp_path, folder, label={"budget": 10_000, "audit_share": 0.5})
+    try:
+        with open_workspace(settings) as ws:
+            report = snapshot(ws.catalog, ws.blobs, settings)
+        assert report.base_rate_source == "audit" and report.audited > 100
+        # 36 of 360 images are red (30 + 6 variants): the audit estimate is near 0.1.
+        assert 0.05 < report.base_rate < 0.16
+    finally:
+        server.stop()

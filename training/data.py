@@ -1,0 +1,87 @@
+"""A snapshot split in memory, as canonical pixels, and the batches the trainer reads.
+
+Images are decoded and canonicalized once (spritesafe.preprocess, the one implementation);
+each epoch re-augments them. Canonical sprites are tiny, so a split of tens of thousands of
+images fits in memory easily; fitting to 160 px happens per batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from corpus.decode import Rejected
+from spritesafe.config import TrainSettings
+from spritesafe.preprocess import PreprocessSpec, batch, canonical_pixels, from_pixels
+from training.augment import augment
+
+
+@dataclass
+class SplitData:
+    pixels: list[NDArray[np.uint8]]
+    labels: NDArray[np.float32]
+    image_ids: NDArray[np.int64]
+    clusters: list[str]
+    rejected: int = 0  # records whose bytes no longer decode (counted, not fatal)
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    @property
+    def positives(self) -> int:
+        return int(self.labels.sum())
+
+
+def load_split(records: Any, spec: PreprocessSpec) -> SplitData:
+    """A `datasets` split (image bytes embedded) -> canonical pixels with labels."""
+    pixels: list[NDArray[np.uint8]] = []
+    labels: list[float] = []
+    ids: list[int] = []
+    clusters: list[str] = []
+    rejected = 0
+    images = records.cast_column("image", records.features["image"].__class__(decode=False))
+    for row in images:
+        try:
+            pixels.append(canonical_pixels(row["image"]["bytes"], spec))
+        except Rejected:
+            rejected += 1
+            continue
+        labels.append(float(row["label"]))
+        ids.append(int(row["image_id"]))
+        clusters.append(str(row["cluster"]))
+    return SplitData(
+        pixels,
+        np.asarray(labels, dtype=np.float32),
+        np.asarray(ids, dtype=np.int64),
+        clusters,
+        rejected,
+    )
+
+
+def train_batches(
+    data: SplitData,
+    spec: PreprocessSpec,
+    config: TrainSettings,
+    rng: np.random.Generator,
+) -> Iterator[tuple[NDArray[np.float32], NDArray[np.float32]]]:
+    """One epoch of shuffled, augmented batches. The last short batch is dropped when it
+    would hold a single image (batch norm cannot train on one)."""
+    order = rng.permutation(len(data))
+    for start in range(0, len(order), config.batch_size):
+        part = order[start : start + config.batch_size]
+        if len(part) < 2:
+            break
+        inputs = batch([augment(data.pixels[i], spec, config, rng) for i in part])
+        yield inputs, data.labels[part]
+
+
+def eval_batches(
+    data: SplitData, spec: PreprocessSpec, size: int = 256
+) -> Iterator[NDArray[np.float32]]:
+    """Unaugmented inputs, in order, a chunk at a time (memory stays flat for big splits)."""
+    for start in range(0, len(data), size):
+        yield batch([from_pixels(p, spec) for p in data.pixels[start : start + size]])

@@ -1,0 +1,134 @@
+"""Metrics for a rare positive class, in numpy: PR curve, average precision, a threshold
+chosen for a target, counts at a threshold, calibration. Scores are P(positive); an image
+is called positive when its score is >= the threshold."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+def pr_curve(
+    y: NDArray[Any], p: NDArray[Any]
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """(precision, recall, threshold) at every distinct score, highest threshold first."""
+    y = np.asarray(y, dtype=bool)
+    order = np.argsort(-np.asarray(p, dtype=np.float64), kind="stable")
+    scores = np.asarray(p, dtype=np.float64)[order]
+    hits = y[order]
+    tp = np.cumsum(hits)
+    fp = np.cumsum(~hits)
+    last = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]  # end of each score tie
+    positives = max(int(y.sum()), 1)
+    return tp[last] / (tp[last] + fp[last]), tp[last] / positives, scores[last]
+
+
+def average_precision(y: NDArray[Any], p: NDArray[Any]) -> float:
+    """Area under the PR curve as the step sum of precision x recall gained (sklearn's AP).
+    Its value for a random scorer is the positive share, so read it against the base rate."""
+    if not np.asarray(y, dtype=bool).any():
+        return float("nan")
+    precision, recall, _ = pr_curve(y, p)
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+@dataclass(frozen=True)
+class AtThreshold:
+    threshold: float
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+
+    @property
+    def precision(self) -> float:
+        called = self.tp + self.fp
+        return self.tp / called if called else float("nan")
+
+    @property
+    def recall(self) -> float:
+        actual = self.tp + self.fn
+        return self.tp / actual if actual else float("nan")
+
+    @property
+    def false_positive_rate(self) -> float:
+        actual = self.fp + self.tn
+        return self.fp / actual if actual else float("nan")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {
+            "precision": self.precision,
+            "recall": self.recall,
+            "false_positive_rate": self.false_positive_rate,
+        }
+
+
+def at_threshold(y: NDArray[Any], p: NDArray[Any], threshold: float) -> AtThreshold:
+    y = np.asarray(y, dtype=bool)
+    called = np.asarray(p) >= threshold
+    return AtThreshold(
+        threshold=float(threshold),
+        tp=int((called & y).sum()),
+        fp=int((called & ~y).sum()),
+        tn=int((~called & ~y).sum()),
+        fn=int((~called & y).sum()),
+    )
+
+
+def choose_threshold(
+    y: NDArray[Any],
+    p: NDArray[Any],
+    target: Literal["precision", "recall"],
+    value: float,
+) -> tuple[float, bool]:
+    """(threshold, target met). precision >= value: the threshold with the most recall among
+    those that reach it; recall >= value: the one with the most precision. When no threshold
+    reaches the target, the one with the best F1."""
+    if not np.asarray(y, dtype=bool).any():
+        return 0.5, False
+    precision, recall, thresholds = pr_curve(y, p)
+    if target == "precision":
+        ok = np.flatnonzero(precision >= value)
+        if ok.size:
+            best = ok[np.argmax(recall[ok])]  # first max: the highest such threshold
+            return float(thresholds[best]), True
+    else:
+        ok = np.flatnonzero(recall >= value)
+        if ok.size:
+            best = ok[np.argmax(precision[ok])]
+            return float(thresholds[best]), True
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    return float(thresholds[int(np.argmax(f1))]), False
+
+
+def calibration(y: NDArray[Any], p: NDArray[Any], bins: int = 10) -> list[dict[str, float]]:
+    """Reliability table: per equal-width score bin, mean score, observed positive share, count."""
+    y = np.asarray(y, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    index = np.minimum((p * bins).astype(int), bins - 1)
+    table = []
+    for b in range(bins):
+        mask = index == b
+        if mask.any():
+            table.append(
+                {
+                    "low": b / bins,
+                    "high": (b + 1) / bins,
+                    "mean_score": float(p[mask].mean()),
+                    "positive_share": float(y[mask].mean()),
+                    "count": int(mask.sum()),
+                }
+            )
+    return table
+
+
+def expected_calibration_error(table: list[dict[str, float]]) -> float:
+    total = sum(row["count"] for row in table)
+    if not total:
+        return float("nan")
+    return sum(
+        row["count"] / total * abs(row["mean_score"] - row["positive_share"]) for row in table
+    )

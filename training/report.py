@@ -1,0 +1,133 @@
+"""The training report: JSON for machines, Markdown for people, PNG plots for both."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training import metrics
+
+Scored = tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]  # labels, scores
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.4f}"
+    return str(value)
+
+
+def write_report(
+    folder: Path,
+    summary: dict[str, Any],
+    history: list[dict[str, Any]],
+    validation: Scored,
+    test: Scored,
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display needed
+    import matplotlib.pyplot as plt
+
+    (folder / "report.json").write_text(
+        json.dumps(summary | {"history": history}, indent=2, default=float) + "\n"
+    )
+    epochs = [h["epoch"] for h in history]
+    fig, loss_ax = plt.subplots(figsize=(6, 4))
+    loss_ax.plot(epochs, [h["train_loss"] for h in history], label="train loss (balanced)")
+    loss_ax.plot(epochs, [h["val_loss"] for h in history], label="validation loss")
+    loss_ax.set_xlabel("epoch")
+    loss_ax.set_ylabel("BCE")
+    ap_ax = loss_ax.twinx()
+    ap_ax.plot(epochs, [h["val_pr_auc"] for h in history], "g:", label="validation PR-AUC")
+    ap_ax.set_ylabel("PR-AUC")
+    ap_ax.set_ylim(0, 1)
+    fig.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(folder / "loss.png", dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, (y, p) in (("validation", validation), ("test", test)):
+        if y.any():
+            precision, recall, _ = metrics.pr_curve(y, p)
+            ap = metrics.average_precision(y, p)
+            ax.step(recall, precision, where="post", label=f"{name} (PR-AUC {ap:.3f})")
+    ax.axhline(summary["base_rate"], color="grey", ls="--", label="base rate (random)")
+    ax.plot(
+        summary["test"]["at_threshold"]["recall"],
+        summary["test"]["at_threshold"]["precision"],
+        "ro",
+        label=f"threshold {summary['threshold']:.3f} on test",
+    )
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.legend(loc="lower left")
+    ax.set_title("precision-recall at the realistic base rate")
+    fig.tight_layout()
+    fig.savefig(folder / "pr.png", dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    table = summary["test"]["calibration"]
+    ax.plot([0, 1], [0, 1], color="grey", ls="--", label="perfect")
+    ax.plot(
+        [r["mean_score"] for r in table],
+        [r["positive_share"] for r in table],
+        "o-",
+        label=f"test (ECE {summary['test']['expected_calibration_error']:.3f})",
+    )
+    ax.set_xlabel("mean predicted P(nsfw)")
+    ax.set_ylabel("observed share of nsfw")
+    ax.legend(loc="upper left")
+    ax.set_title("calibration (test split)")
+    fig.tight_layout()
+    fig.savefig(folder / "calibration.png", dpi=100)
+    plt.close(fig)
+
+    (folder / "report.md").write_text(_markdown(summary, history))
+
+
+def _markdown(summary: dict[str, Any], history: list[dict[str, Any]]) -> str:
+    lines = [
+        f"# Training {summary['model_id']}",
+        "",
+        f"Snapshot `{summary['snapshot_id']}`, device {summary['device']}, "
+        f"{summary['epochs_done']} epochs (best {summary['best_epoch']}"
+        f"{', stopped early' if summary['stopped_early'] else ''}), "
+        f"{summary['train_images_per_s']} training images/s.",
+        f"Validation and test hold the realistic base rate {summary['base_rate']:.4f}: "
+        "a random scorer's PR-AUC equals it.",
+        "",
+        f"Threshold {summary['threshold']:.4f}, chosen on validation"
+        f"{'' if summary['threshold_met'] else ' (target not reached: best F1 instead)'}.",
+        "",
+        "| split | images | nsfw | PR-AUC | precision | recall | FPR | TP | FP | TN | FN |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in ("validation", "test"):
+        s = summary[name]
+        at = s["at_threshold"]
+        lines.append(
+            f"| {name} | {s['images']} | {s['positives']} | {_fmt(s['pr_auc'])} | "
+            f"{_fmt(at['precision'])} | {_fmt(at['recall'])} | {_fmt(at['false_positive_rate'])} "
+            f"| {at['tp']} | {at['fp']} | {at['tn']} | {at['fn']} |"
+        )
+    lines += [
+        "",
+        "![losses](loss.png) ![precision-recall](pr.png) ![calibration](calibration.png)",
+        "",
+        "| epoch | train loss | val loss | val PR-AUC | lr | s |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {h['epoch']} | {h['train_loss']:.4f} | {h['val_loss']:.4f} | "
+        f"{_fmt(h['val_pr_auc'])} | {h['lr']:.2e} | {h['seconds']} |"
+        for h in history
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,411 @@
+"""The snapshot stage: freeze the effective labels into a versioned `datasets` dataset on disk.
+
+One snapshot = the candidates whose effective label (labelers.effective) is certain and at
+least `min_label_source` strong, turned into a binary target, split by near-duplicate
+cluster with validation and test at the realistic base rate (training.splits), the training
+split optionally rebalanced, image bytes embedded. The id is a hash of the content, so
+running it again with nothing new returns the same snapshot and writes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from corpus.blobs import BlobStore
+from corpus.catalog import Catalog, images, labels, recorded, snapshots, source_items, utcnow
+from corpus.catalog import sources as sources_table
+from labelers.effective import HUMAN, LLM, TEACHER, EffectiveLabel, LabelRow, effective_label
+from labelers.rubric import load_rubric
+from spritesafe.config import Settings
+from training.splits import SPLITS, TEST, TRAIN, VALIDATION, Item, assign_splits
+from training.splits import downsample_negatives as downsample
+
+CLASS_NAMES = ("sfw", "nsfw")  # label 0, 1: the model's single logit is P(nsfw)
+SOURCE_RANK = {"none": 0, "teacher": 1, "llm": 2, "human": 3}
+MANIFEST = "snapshot.json"
+
+
+class NotEnoughLabels(RuntimeError):
+    """Too few certain positives or negatives to train; the message says how many."""
+
+
+@dataclass
+class SnapshotReport:
+    run_id: str
+    snapshot_id: str = ""
+    path: str = ""
+    reused: bool = False
+    base_rate: float = 0.0
+    base_rate_source: str = ""
+    audited: int = 0  # certain labels in the uniform audit sample
+    excluded: Counter[str] = field(default_factory=Counter)  # why labelled images were left out
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> sfw/nsfw
+    train_dropped: int = 0  # negatives downsampled away from training
+    pos_weight: float = 1.0
+    reason: str = ""  # why it refused, when status is "refused"
+    seconds: float = 0.0
+    status: str = "running"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "snapshot_id": self.snapshot_id,
+            "path": self.path,
+            "reused": self.reused,
+            "base_rate": round(self.base_rate, 5),
+            "base_rate_source": self.base_rate_source,
+            "audited": self.audited,
+            "excluded": dict(self.excluded),
+            "counts": self.counts,
+            "train_dropped": self.train_dropped,
+            "pos_weight": round(self.pos_weight, 4),
+            "reason": self.reason,
+            "seconds": round(self.seconds, 3),
+            "status": self.status,
+        }
+
+
+@dataclass
+class _Candidate:
+    id: int
+    sha256: str
+    blob_key: str
+    cluster: str
+    source: str
+    locator: str
+    rows: list[LabelRow] = field(default_factory=list)
+    audit: bool = False
+    llm_explicit: list[float] = field(default_factory=list)
+    teacher: float | None = None
+    label: EffectiveLabel | None = None
+
+    @property
+    def category(self) -> str | None:
+        return self.label.category if self.label else None
+
+
+def _load(
+    catalog: Catalog, rubric_version: str
+) -> tuple[list[_Candidate], int, set[tuple[str, ...]]]:
+    """Labelled candidates with their label rows; how many are not deduped yet; labelers."""
+    rep = images.alias("rep")
+    with catalog.read() as conn:
+        rows = conn.execute(
+            sa.select(
+                images.c.id,
+                images.c.sha256,
+                images.c.blob_key,
+                images.c.cluster_id,
+                rep.c.sha256.label("cluster_sha"),
+            )
+            .outerjoin(rep, rep.c.id == images.c.cluster_id)
+            .where(images.c.status == "candidate")
+            .where(images.c.id.in_(sa.select(labels.c.image_id)))
+        ).all()
+        first_item = (
+            sa.select(
+                source_items.c.image_id,
+                sa.func.min(source_items.c.id).label("item_id"),
+            )
+            .where(source_items.c.image_id.in_(sa.select(labels.c.image_id)))
+            .group_by(source_items.c.image_id)
+            .subquery()
+        )
+        origin = {
+            r.image_id: (r.name, r.locator)
+            for r in conn.execute(
+                sa.select(first_item.c.image_id, sources_table.c.name, source_items.c.locator)
+                .join(source_items, source_items.c.id == first_item.c.item_id)
+                .join(sources_table, sources_table.c.id == source_items.c.source_id)
+            )
+        }
+        label_rows = conn.execute(
+            sa.select(
+                labels.c.image_id,
+                labels.c.labeler,
+                labels.c.model,
+                labels.c.model_digest,
+                labels.c.category,
+                labels.c.created_at,
+                labels.c.rubric_version,
+                labels.c.score_explicit,
+                labels.c.selection,
+            ).order_by(labels.c.id)
+        ).all()
+    undeduped = sum(r.cluster_id is None for r in rows)
+    by_id = {
+        r.id: _Candidate(r.id, r.sha256, r.blob_key, r.cluster_sha, *origin.get(r.id, ("", "")))
+        for r in rows
+        if r.cluster_id is not None and r.blob_key
+    }
+    used: set[tuple[str, ...]] = set()
+    for row in label_rows:
+        cand = by_id.get(row.image_id)
+        if cand is None:
+            continue
+        cand.rows.append(
+            LabelRow(
+                row.labeler, row.category, row.created_at, row.rubric_version, row.score_explicit
+            )
+        )
+        if row.labeler == LLM and row.rubric_version == rubric_version:
+            cand.audit = cand.audit or row.selection == "audit"
+            if row.score_explicit is not None:
+                cand.llm_explicit.append(float(row.score_explicit))
+            used.add((row.labeler, row.model, row.model_digest))
+        elif row.labeler == TEACHER and row.score_explicit is not None:
+            cand.teacher = float(row.score_explicit)
+            used.add((row.labeler, row.model, row.model_digest))
+        elif row.labeler == HUMAN:
+            used.add((row.labeler, row.model, row.model_digest))
+            cand.audit = cand.audit or row.selection == "audit"
+    return list(by_id.values()), undeduped, used
+
+
+def estimate_base_rate(
+    candidates: list[_Candidate], positive: set[str], configured: float | None
+) -> tuple[float, str, int]:
+    """(rate, where it came from, audited): configured, else the uniform audit sample (with
+    add-one smoothing so a sample without positives does not claim 0), else the labelled
+    share (biased towards positives by the label budget; said so in the source)."""
+    certain = [c for c in candidates if c.label and not c.label.uncertain and c.category]
+    audited = [c for c in certain if c.audit]
+    if configured is not None:
+        return configured, "configured", len(audited)
+    if audited:
+        hits = sum(c.category in positive for c in audited)
+        return (hits + 0.5) / (len(audited) + 1), "audit", len(audited)
+    hits = sum(c.category in positive for c in certain)
+    return max(hits, 1) / max(len(certain), 2), "labelled (biased)", 0
+
+
+def _snapshot_id(rubric_version: str, settings: dict[str, Any], rows: list[tuple[Any, ...]]) -> str:
+    digest = hashlib.sha256()
+    digest.update(json.dumps([rubric_version, settings], sort_keys=True).encode())
+    for row in sorted(rows):
+        digest.update(repr(row).encode())
+    return digest.hexdigest()[:16]
+
+
+def snapshot(catalog: Catalog, blobs: BlobStore, settings: Settings) -> SnapshotReport:
+    """Freeze the current effective labels; reuse the existing snapshot if nothing changed.
+    With too few usable labels the report's status is `refused` and `reason` says why."""
+    report = SnapshotReport(run_id=catalog.start_run("snapshot"))
+    with recorded(catalog, report):
+        try:
+            _snapshot(catalog, blobs, settings, report)
+        except NotEnoughLabels as exc:
+            report.status, report.reason = "refused", str(exc)
+    return report
+
+
+def _snapshot(
+    catalog: Catalog, blobs: BlobStore, settings: Settings, report: SnapshotReport
+) -> None:
+    config = settings.snapshot
+    rubric = load_rubric(settings.label.rubric)
+    candidates, undeduped, used = _load(catalog, rubric.version)
+    if undeduped:
+        raise NotEnoughLabels(
+            f"{undeduped} labelled images are not deduped yet, so their near-duplicates "
+            "are unknown and could leak across splits: run `spritesafe dedupe` first"
+        )
+    positive = {"explicit"} | ({"suggestive"} if config.suggestive_is_positive else set())
+    min_rank = SOURCE_RANK[config.min_label_source]
+    kept: list[_Candidate] = []
+    for cand in candidates:
+        cand.label = effective_label(
+            cand.rows, rubric_version=rubric.version, min_agreement=config.min_agreement
+        )
+        if SOURCE_RANK[cand.label.source] < min_rank:
+            report.excluded[f"{cand.label.source}_only"] += 1
+        elif cand.label.uncertain or cand.category is None:
+            report.excluded["uncertain"] += 1
+        else:
+            kept.append(cand)
+    rate, rate_source, audited = estimate_base_rate(kept, positive, config.target_base_rate)
+    report.base_rate, report.base_rate_source, report.audited = rate, rate_source, audited
+    n_pos = sum(c.category in positive for c in kept)
+    n_neg = len(kept) - n_pos
+    if n_pos < config.min_positives or n_neg < config.min_negatives:
+        raise NotEnoughLabels(
+            f"too few labels to train: {n_pos} positives ({'/'.join(sorted(positive))}) "
+            f"and {n_neg} negatives are usable, at least {config.min_positives} and "
+            f"{config.min_negatives} are needed ({dict(report.excluded)} left out). "
+            "Label more (`spritesafe label --budget N`) or lower snapshot.min_positives / "
+            "snapshot.min_negatives."
+        )
+    items = [Item(c.id, c.cluster, c.category in positive) for c in kept]
+    split_of = assign_splits(items, rate, config.val_share, config.test_share, config.seed)
+    train_items = [i for i in items if split_of[i.id] == TRAIN]
+    n_train_pos = sum(i.positive for i in train_items)
+    if config.balance == "downsample":
+        _, dropped = downsample(train_items, config.negatives_per_positive, config.seed)
+        for item in dropped:
+            del split_of[item.id]
+        report.train_dropped = len(dropped)
+    elif config.balance == "weights":
+        report.pos_weight = (len(train_items) - n_train_pos) / max(n_train_pos, 1)
+    for name in SPLITS:
+        members = [i for i in items if split_of.get(i.id) == name]
+        pos = sum(i.positive for i in members)
+        report.counts[name] = {"sfw": len(members) - pos, "nsfw": pos}
+
+    snapshot_settings = config.model_dump(mode="json") | {"base_rate": round(rate, 6)}
+    rows = [
+        (
+            c.sha256,
+            c.category,
+            c.category in positive,
+            split_of[c.id],
+            c.label.source if c.label else "",
+        )
+        for c in kept
+        if c.id in split_of
+    ]
+    report.snapshot_id = _snapshot_id(rubric.version, snapshot_settings, rows)
+    path = settings.snapshots_path / report.snapshot_id
+    report.path = str(path)
+    with catalog.read() as conn:
+        known = conn.execute(
+            sa.select(snapshots.c.id).where(snapshots.c.id == report.snapshot_id)
+        ).first()
+    if known is not None and (path / MANIFEST).is_file():
+        report.reused = True
+        return
+    manifest = {
+        "id": report.snapshot_id,
+        "created_at": utcnow().isoformat(),
+        "rubric_version": rubric.version,
+        "labelers": [
+            dict(zip(("labeler", "model", "model_digest"), u, strict=True)) for u in sorted(used)
+        ],
+        "class_names": list(CLASS_NAMES),
+        "positive_categories": sorted(positive),
+        "base_rate": rate,
+        "base_rate_source": rate_source,
+        "audited": audited,
+        "pos_weight": report.pos_weight,
+        "counts": report.counts,
+        "excluded": dict(report.excluded),
+        "settings": snapshot_settings,
+    }
+    _write_dataset(path, [c for c in kept if c.id in split_of], split_of, positive, blobs, manifest)
+    with catalog.write() as conn:
+        if known is None:
+            conn.execute(
+                snapshots.insert().values(
+                    id=report.snapshot_id,
+                    path=str(path),
+                    rubric_version=rubric.version,
+                    labelers=manifest["labelers"],
+                    base_rate=rate,
+                    base_rate_source=rate_source,
+                    counts=report.counts,
+                    settings=snapshot_settings,
+                    created_at=utcnow(),
+                    run_id=report.run_id,
+                )
+            )
+
+
+def _write_dataset(
+    path: Path,
+    kept: list[_Candidate],
+    split_of: dict[int, str],
+    positive: set[str],
+    blobs: BlobStore,
+    manifest: dict[str, Any],
+) -> None:
+    """Write the DatasetDict and its manifest into a temporary folder, then rename: a
+    snapshot folder either is complete or does not exist."""
+    import datasets
+
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "label": datasets.ClassLabel(names=list(CLASS_NAMES)),
+            "category": datasets.Value("string"),
+            "label_source": datasets.Value("string"),
+            "agreement": datasets.Value("float32"),
+            "llm_explicit": datasets.Value("float32"),
+            "teacher_score": datasets.Value("float32"),
+            "audit": datasets.Value("bool"),
+            "source": datasets.Value("string"),
+            "locator": datasets.Value("string"),
+            "cluster": datasets.Value("string"),
+            "image_id": datasets.Value("int64"),
+            "sha256": datasets.Value("string"),
+        }
+    )
+    columns: dict[str, dict[str, list[Any]]] = {s: defaultdict(list) for s in SPLITS}
+    for cand in sorted(kept, key=lambda c: c.id):
+        assert cand.label is not None and cand.category is not None
+        col = columns[split_of[cand.id]]
+        col["image"].append({"bytes": blobs.get(cand.blob_key), "path": None})
+        col["label"].append(int(cand.category in positive))
+        col["category"].append(cand.category)
+        col["label_source"].append(cand.label.source)
+        col["agreement"].append(cand.label.agreement)
+        explicit = cand.llm_explicit
+        col["llm_explicit"].append(sum(explicit) / len(explicit) if explicit else None)
+        col["teacher_score"].append(cand.teacher)
+        col["audit"].append(cand.audit)
+        col["source"].append(cand.source)
+        col["locator"].append(cand.locator)
+        col["cluster"].append(cand.cluster)
+        col["image_id"].append(cand.id)
+        col["sha256"].append(cand.sha256)
+    data = datasets.DatasetDict(
+        {
+            name: datasets.Dataset.from_dict(
+                {k: columns[name].get(k, []) for k in features}, features=features
+            )
+            for name in SPLITS
+        }
+    )
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    data.save_to_disk(str(tmp))
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+
+
+def latest_snapshot(catalog: Catalog) -> str | None:
+    with catalog.read() as conn:
+        row = conn.execute(
+            sa.select(snapshots.c.id).order_by(snapshots.c.created_at.desc()).limit(1)
+        ).first()
+    return None if row is None else str(row.id)
+
+
+def load_snapshot(path: Path) -> tuple[Any, dict[str, Any]]:
+    """(DatasetDict, manifest) of a snapshot folder."""
+    import datasets
+
+    if not (path / MANIFEST).is_file():
+        raise FileNotFoundError(f"no snapshot at {path} (missing {MANIFEST})")
+    manifest = json.loads((path / MANIFEST).read_text())
+    return datasets.load_from_disk(str(path)), manifest
+
+
+__all__ = [
+    "CLASS_NAMES",
+    "TEST",
+    "TRAIN",
+    "VALIDATION",
+    "NotEnoughLabels",
+    "SnapshotReport",
+    "latest_snapshot",
+    "load_snapshot",
+    "snapshot",
+]

@@ -1,0 +1,117 @@
+"""Leak-free, base-rate-faithful splits: pure functions over (image, cluster, label) items.
+
+1. A near-duplicate cluster is the unit: all its members land in one split, so no copy of a
+   validation or test image is ever trained on.
+2. Validation and test hold the realistic base rate. Labelled data is enriched in positives
+   (the label budget goes after likely positives), so each evaluation split takes its share
+   of negative clusters and then only as many positive clusters as the base rate calls for;
+   the remaining positives train the model instead of being thrown away. When positives are
+   too few for that, negatives move to training instead, so the rate still holds.
+3. Everything is ordered by a seeded hash of the cluster key: deterministic, and a cluster
+   keeps its place in the order when others are added.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+TRAIN, VALIDATION, TEST = "train", "validation", "test"
+SPLITS = (TRAIN, VALIDATION, TEST)
+
+
+@dataclass(frozen=True)
+class Item:
+    id: int
+    cluster: str  # stable cluster key (e.g. the representative's sha256)
+    positive: bool
+
+
+def _order(seed: int, key: str) -> str:
+    return hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()
+
+
+@dataclass
+class _Cluster:
+    key: str
+    members: list[Item]
+
+    @property
+    def positives(self) -> int:
+        return sum(i.positive for i in self.members)
+
+    @property
+    def negatives(self) -> int:
+        return len(self.members) - self.positives
+
+
+def assign_splits(
+    items: list[Item],
+    base_rate: float,
+    val_share: float,
+    test_share: float,
+    seed: int = 0,
+    max_eval_positive_share: float = 0.5,
+) -> dict[int, str]:
+    """Item id -> split. `*_share` are shares of the negative clusters; at most
+    `max_eval_positive_share` of the positive clusters go to validation and test together."""
+    if not 0 < base_rate < 1:
+        raise ValueError(f"base rate must be in (0, 1), got {base_rate}")
+    grouped: dict[str, list[Item]] = defaultdict(list)
+    for item in items:
+        grouped[item.cluster].append(item)
+    clusters = sorted(
+        (_Cluster(k, v) for k, v in grouped.items()), key=lambda c: _order(seed, c.key)
+    )
+    negative = [c for c in clusters if c.positives == 0]
+    positive = [c for c in clusters if c.positives > 0]  # mixed clusters count as positive
+
+    split_of: dict[str, str] = {}
+    pos_budget = math.floor(len(positive) * max_eval_positive_share)
+    start_neg = 0
+    start_pos = 0
+    for name, share in ((TEST, test_share), (VALIDATION, val_share)):
+        neg = negative[start_neg : start_neg + round(len(negative) * share)]
+        neg_images = sum(c.negatives for c in neg)
+        wanted = base_rate / (1 - base_rate) * neg_images  # positives for the base rate
+        # Each evaluation split gets at least one positive cluster when there are any.
+        allowed = max(1, pos_budget // 2) if positive else 0
+        pos: list[_Cluster] = []
+        got = 0
+        for cluster in positive[start_pos : start_pos + allowed]:
+            if got >= wanted and pos:
+                break
+            pos.append(cluster)
+            got += cluster.positives
+        if got < wanted and got > 0:
+            # Too few positives for the rate: drop negatives (to training) instead.
+            keep = got * (1 - base_rate) / base_rate
+            kept: list[_Cluster] = []
+            count = 0
+            for cluster in neg:
+                if count >= keep:
+                    break
+                kept.append(cluster)
+                count += cluster.negatives
+            neg_taken = len(neg)
+            neg = kept
+        else:
+            neg_taken = len(neg)
+        for cluster in neg + pos:
+            split_of[cluster.key] = name
+        start_neg += neg_taken
+        start_pos += len(pos)
+    return {item.id: split_of.get(item.cluster, TRAIN) for item in items}
+
+
+def downsample_negatives(
+    items: list[Item], per_positive: float, seed: int = 0
+) -> tuple[list[Item], list[Item]]:
+    """Training items with negatives cut to `per_positive` x positives (by seeded hash order):
+    (kept, dropped)."""
+    positives = [i for i in items if i.positive]
+    negatives = sorted((i for i in items if not i.positive), key=lambda i: _order(seed, str(i.id)))
+    keep = math.ceil(len(positives) * per_positive)
+    return positives + negatives[:keep], negatives[keep:]
