@@ -1,6 +1,5 @@
-"""The one-shot full rebuild. For now: ingest every configured source, dedupe, label.
-
-Later stages (label, snapshot, train, export, verify) are appended here as they land.
+"""The one-shot full rebuild: ingest every configured source, dedupe, label, snapshot and,
+when the snapshot has enough labels, train. Export and verify are appended as they land.
 Runs without a Prefect server (Prefect starts a temporary local API for the run).
 """
 
@@ -10,7 +9,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows.tasks import dedupe_task, ingest_task, label_task
+from flows.tasks import dedupe_task, ingest_task, label_task, snapshot_task, train_task
 
 
 @flow(name="rebuild", log_prints=True)
@@ -24,7 +23,17 @@ def rebuild(
     ingested = ingest_task(config, overrides, sources)
     deduped = dedupe_task(config, overrides, wait_for=[ingested])
     labelled = label_task(config, overrides, wait_for=[deduped])
-    return {"ingest": ingested, "dedupe": deduped, "label": labelled}
+    frozen = snapshot_task(config, overrides, wait_for=[labelled])
+    trained = None
+    if frozen["status"] == "ok":
+        trained = train_task(config, overrides, frozen["snapshot_id"])
+    return {
+        "ingest": ingested,
+        "dedupe": deduped,
+        "label": labelled,
+        "snapshot": frozen,
+        "train": trained,
+    }
 
 
 if __name__ == "__main__":

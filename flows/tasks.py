@@ -81,3 +81,45 @@ def dedupe_task(config: str | None, overrides: dict[str, Any]) -> dict[str, Any]
         report.seconds,
     )
     return report.as_dict()
+
+
+@task(name="snapshot", cache_policy=NO_CACHE)
+def snapshot_task(config: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """A snapshot of the effective labels; `status: refused` (not a failure) when too few."""
+    from training.snapshot import snapshot
+
+    settings = load_settings(config, **overrides)
+    with open_workspace(settings) as workspace:
+        report = snapshot(workspace.catalog, workspace.blobs, settings)
+    logger = get_run_logger()
+    if report.status == "refused":
+        logger.warning("snapshot refused: %s", report.reason)
+    else:
+        logger.info(
+            "snapshot %s%s: %s at base rate %.4f (%s)",
+            report.snapshot_id,
+            " (unchanged)" if report.reused else "",
+            report.counts,
+            report.base_rate,
+            report.base_rate_source,
+        )
+    return report.as_dict()
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train_task(config: str | None, overrides: dict[str, Any], snapshot_id: str) -> dict[str, Any]:
+    from training.train import train
+
+    settings = load_settings(config, **overrides)
+    with open_workspace(settings) as workspace:
+        report = train(workspace.catalog, settings, snapshot_id)
+    summary = report.as_dict()
+    get_run_logger().info(
+        "train %s: %s epochs, test PR-AUC %.4f at base rate %.4f, threshold %.4f",
+        report.model_id,
+        report.epochs_done,
+        report.test["pr_auc"],
+        report.base_rate,
+        report.threshold,
+    )
+    return summary

@@ -409,7 +409,8 @@ def rebuild(
     ] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """One-shot full rebuild as a Prefect flow (no server needed): ingest, then dedupe."""
+    """One-shot full rebuild as a Prefect flow (no server needed): ingest, dedupe, label,
+    snapshot, train."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     settings = _settings(config)
     if not (sources or settings.sources):
@@ -433,6 +434,20 @@ def rebuild(
         f"{deduped['near_links']} near-duplicate links; label ({labelled['labeler']}): "
         f"{labelled['labelled']} labelled, errors {labelled['errors'] or 0}"
     )
+    frozen, trained = result["snapshot"], result["train"]
+    if frozen["status"] == "refused":
+        out.print(f"snapshot refused: {frozen['reason']}")
+    else:
+        out.print(
+            f"snapshot {frozen['snapshot_id']}{' (unchanged)' if frozen['reused'] else ''}: "
+            f"{frozen['counts']} at base rate {frozen['base_rate']:.4f}"
+        )
+    if trained is not None:
+        out.print(
+            f"train {trained['model_id']}: test PR-AUC {trained['test']['pr_auc']:.4f} at base "
+            f"rate {trained['base_rate']:.4f}, threshold {trained['threshold']:.4f}; "
+            f"report {Path(trained['path']) / 'report.md'}"
+        )
     out.print(f"catalog: {settings.catalog_url}")
     if ingested["status"] != "ok":
         raise typer.Exit(1)

@@ -1,4 +1,6 @@
-"""The learning-proof corpus: real sprites (Debian tile packages) in which a visual concept,
+"""Labelled corpora for the snapshot and training tests.
+
+The learning-proof corpus: real sprites (Debian tile packages) in which a visual concept,
 a small pink heart stamped on a sprite, stands in for the positive class at a low base rate,
 and an Ollama responder that sees the concept but answers with injected label noise."""
 
@@ -14,9 +16,18 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from tests.helpers import png, real_tiles
-from tests.ollama_server import ChatRequestInfo
+from corpus.dedupe import dedupe
+from corpus.ingest import ingest
+from corpus.sources import parse_source
+from corpus.workspace import open_workspace
+from labelers.stage import label
+from spritesafe.config import Settings, load_settings
+from tests.helpers import png, real_tiles, sprite
+from tests.ollama_server import ChatRequestInfo, FakeOllama
 
+MODEL = "qwen2.5vl:3b"
+RED = (220, 30, 30)
+GREY = (128, 128, 128)
 HEART_RGB = (255, 64, 160)
 HEART = np.array(
     [
@@ -77,3 +88,51 @@ def noisy_responder(missed: float, false_alarms: float) -> Callable[[ChatRequest
         return json.dumps({"category": category, "scores": scores, "rationale": "a sprite"})
 
     return respond
+
+
+# A small generated corpus labelled by colour, for snapshot and training mechanics.
+
+
+def colour_responder(info: ChatRequestInfo) -> str:
+    """explicit for mostly red sprites, suggestive for grey ones, safe otherwise."""
+    rgb = np.asarray(Image.open(io.BytesIO(info.images[0])).convert("RGB"))
+    share = {c: float((rgb == c).all(axis=2).mean()) for c in (RED, GREY)}
+    category = "explicit" if share[RED] > 0.2 else "suggestive" if share[GREY] > 0.2 else "safe"
+    scores = {"safe": 0.1, "suggestive": 0.1, "explicit": 0.1} | {category: 0.8}
+    return json.dumps({"category": category, "scores": scores, "rationale": "test"})
+
+
+def coloured_corpus(tmp_path: Path, positives: int, negatives: int, grey: int = 0) -> Path:
+    """Sprites with near-duplicate variants (one pixel changed) so clusters have members."""
+    rng = np.random.default_rng(7)
+    folder = tmp_path / "sprites"
+    folder.mkdir()
+    kinds = ["red"] * positives + ["grey"] * grey + ["plain"] * negatives
+    for i, kind in enumerate(kinds):
+        tile = sprite(rng, 16, colors=6)
+        tile[..., 3] = 255
+        if kind != "plain":
+            tile[2:14, 2:14, :3] = RED if kind == "red" else GREY
+        (folder / f"{i}.png").write_bytes(png(tile))
+        if i % 5 == 0:  # a near-duplicate: one pixel changed
+            variant = tile.copy()
+            variant[0, 0, :3] = 255 - variant[0, 0, :3]
+            (folder / f"{i}v.png").write_bytes(png(variant))
+    return folder
+
+
+def labelled(tmp_path: Path, folder: Path, **overrides: object) -> tuple[Settings, FakeOllama]:
+    server = FakeOllama({MODEL: "sha256:" + "0c" * 32}, responder=colour_responder)
+    server.start()
+    base: dict[str, object] = {
+        "data_dir": tmp_path / "data",
+        "ingest": {"workers": 1},
+        "ollama": {"hosts": [server.url], "model": MODEL},
+        "label": {"budget": 10_000},
+    }
+    settings = load_settings(None, **(base | overrides))
+    with open_workspace(settings) as ws:
+        ingest(ws.catalog, ws.blobs, [parse_source(str(folder), settings)], settings)
+        dedupe(ws.catalog, settings)
+        label(ws.catalog, ws.blobs, settings)
+    return settings, server

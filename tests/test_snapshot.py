@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import io
-import json
 from collections import Counter, defaultdict
 from pathlib import Path
 
-import numpy as np
 import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image
 
 from corpus.catalog import images, snapshots
 from corpus.dedupe import dedupe
@@ -19,15 +15,10 @@ from corpus.ingest import ingest
 from corpus.sources import parse_source
 from corpus.workspace import open_workspace
 from labelers.stage import label
-from spritesafe.config import Settings, load_settings
-from tests.helpers import png, sprite
-from tests.ollama_server import ChatRequestInfo, FakeOllama
+from spritesafe.config import load_settings
+from tests.learning import MODEL, coloured_corpus, labelled
 from training.snapshot import load_snapshot, snapshot
 from training.splits import TEST, TRAIN, VALIDATION, Item, assign_splits, downsample_negatives
-
-MODEL = "qwen2.5vl:3b"
-RED = (220, 30, 30)
-GREY = (128, 128, 128)
 
 
 def _items(spec: list[tuple[int, int]]) -> list[Item]:
@@ -94,54 +85,9 @@ def test_downsampling_keeps_every_positive() -> None:
 # --- the stage, over a real catalog labelled through the Ollama test server ---------------
 
 
-def _responder(info: ChatRequestInfo) -> str:
-    """explicit for mostly red sprites, suggestive for grey ones, safe otherwise."""
-    rgb = np.asarray(Image.open(io.BytesIO(info.images[0])).convert("RGB"))
-    share = {c: float((rgb == c).all(axis=2).mean()) for c in (RED, GREY)}
-    category = "explicit" if share[RED] > 0.2 else "suggestive" if share[GREY] > 0.2 else "safe"
-    scores = {"safe": 0.1, "suggestive": 0.1, "explicit": 0.1} | {category: 0.8}
-    return json.dumps({"category": category, "scores": scores, "rationale": "test"})
-
-
-def _corpus(tmp_path: Path, positives: int, negatives: int, grey: int = 0) -> Path:
-    """Sprites with near-duplicate variants (one pixel changed) so clusters have members."""
-    rng = np.random.default_rng(7)
-    folder = tmp_path / "sprites"
-    folder.mkdir()
-    kinds = ["red"] * positives + ["grey"] * grey + ["plain"] * negatives
-    for i, kind in enumerate(kinds):
-        tile = sprite(rng, 16, colors=6)
-        tile[..., 3] = 255
-        if kind != "plain":
-            tile[2:14, 2:14, :3] = RED if kind == "red" else GREY
-        (folder / f"{i}.png").write_bytes(png(tile))
-        if i % 5 == 0:  # a near-duplicate: one pixel changed
-            variant = tile.copy()
-            variant[0, 0, :3] = 255 - variant[0, 0, :3]
-            (folder / f"{i}v.png").write_bytes(png(variant))
-    return folder
-
-
-def _prepared(tmp_path: Path, folder: Path, **overrides: object) -> tuple[Settings, FakeOllama]:
-    server = FakeOllama({MODEL: "sha256:" + "0c" * 32}, responder=_responder)
-    server.start()
-    base: dict[str, object] = {
-        "data_dir": tmp_path / "data",
-        "ingest": {"workers": 1},
-        "ollama": {"hosts": [server.url], "model": MODEL},
-        "label": {"budget": 10_000},
-    }
-    settings = load_settings(**(base | overrides))
-    with open_workspace(settings) as ws:
-        ingest(ws.catalog, ws.blobs, [parse_source(str(folder), settings)], settings)
-        dedupe(ws.catalog, settings)
-        label(ws.catalog, ws.blobs, settings)
-    return settings, server
-
-
 def test_snapshot_is_cluster_grouped_balanced_and_reused(tmp_path: Path) -> None:
-    folder = _corpus(tmp_path, positives=40, negatives=360, grey=20)
-    settings, server = _prepared(tmp_path, folder, snapshot={"target_base_rate": 0.05})
+    folder = coloured_corpus(tmp_path, positives=40, negatives=360, grey=20)
+    settings, server = labelled(tmp_path, folder, snapshot={"target_base_rate": 0.05})
     try:
         with open_workspace(settings) as ws:
             first = snapshot(ws.catalog, ws.blobs, settings)
@@ -193,8 +139,8 @@ def test_snapshot_is_cluster_grouped_balanced_and_reused(tmp_path: Path) -> None
 
 
 def test_snapshot_refuses_with_counts_when_labels_are_too_few(tmp_path: Path) -> None:
-    folder = _corpus(tmp_path, positives=5, negatives=80)
-    settings, server = _prepared(tmp_path, folder)
+    folder = coloured_corpus(tmp_path, positives=5, negatives=80)
+    settings, server = labelled(tmp_path, folder)
     try:
         with open_workspace(settings) as ws:
             report = snapshot(ws.catalog, ws.blobs, settings)
@@ -215,7 +161,7 @@ def test_snapshot_refuses_with_counts_when_labels_are_too_few(tmp_path: Path) ->
 
 
 def test_teacher_only_labels_are_left_out_by_default(tmp_path: Path) -> None:
-    folder = _corpus(tmp_path, positives=5, negatives=20)
+    folder = coloured_corpus(tmp_path, positives=5, negatives=20)
     settings = load_settings(data_dir=tmp_path / "data", ingest={"workers": 1})
     with open_workspace(settings) as ws:
         ingest(ws.catalog, ws.blobs, [parse_source(str(folder), settings)], settings)
@@ -228,8 +174,8 @@ def test_teacher_only_labels_are_left_out_by_default(tmp_path: Path) -> None:
 
 
 def test_base_rate_comes_from_the_audit_sample(tmp_path: Path) -> None:
-    folder = _corpus(tmp_path, positives=30, negatives=270)
-    settings, server = _prepared(tmp_path, folder, label={"budget": 10_000, "audit_share": 0.5})
+    folder = coloured_corpus(tmp_path, positives=30, negatives=270)
+    settings, server = labelled(tmp_path, folder, label={"budget": 10_000, "audit_share": 0.5})
     try:
         with open_workspace(settings) as ws:
             report = snapshot(ws.catalog, ws.blobs, settings)
