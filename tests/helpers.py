@@ -73,7 +73,7 @@ def real_tiles(limit: int, seed: int = 0) -> list[NDArray[np.uint8]]:
 
         for name, grid in tileset_grids(json.loads(config.read_text()))[:3]:
             sheets.append((config.parent / name, grid))
-    tiles = []
+    tiles: list[NDArray[np.uint8]] = []
     for path, grid in sheets:
         assert path.exists(), f"{path} missing: run scripts/install.sh --dev"
         rgba = np.array(Image.open(path).convert("RGBA"))

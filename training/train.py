@@ -79,11 +79,12 @@ def train_step(
     inputs: np.ndarray[Any, Any],
     targets: np.ndarray[Any, Any],
     device: torch.device,
+    memory_format: torch.memory_format = torch.channels_last,
 ) -> float:
     """One optimizer step on a batch; the loss. Shared with bench/train_bench.py."""
     model.train()
     x = torch.from_numpy(inputs).to(device, non_blocking=True)
-    x = x.contiguous(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=memory_format)
     y = torch.from_numpy(targets).to(device, non_blocking=True)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         logits = model(x).squeeze(1)
