@@ -31,7 +31,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console(stderr=True)
-out = Console()
+out = Console(soft_wrap=True)  # long paths stay whole, so they can be copied
 
 ConfigOpt = Annotated[
     Path | None,

@@ -71,6 +71,11 @@ def test_errors_are_explained(tmp_path: Path) -> None:
     broken_config.write_text("[dedupe]\nphash_radius = 9\n")
     refused = cli("status", "--config", str(broken_config), data=data, check=False)
     assert refused.returncode == 2 and "phash_radius" in refused.stderr
+    no_labels = cli("snapshot", data=data, check=False)
+    assert no_labels.returncode == 1 and "snapshot refused" in no_labels.stderr
+    assert "0 positives" in no_labels.stderr and "spritesafe label" in no_labels.stderr
+    untrained = cli("train", data=data, check=False)
+    assert untrained.returncode == 2 and "run `spritesafe snapshot` first" in untrained.stderr
 
 
 def test_config_command_shows_effective_settings(tmp_path: Path) -> None:
@@ -97,7 +102,39 @@ def test_rebuild_flow_runs_without_a_prefect_server(tmp_path: Path, folder: Path
     assert "rebuild: 17 items read, 17 new images" in done.stdout
     assert "3 exact duplicates" in done.stdout
     assert "Finished in state Completed" in done.stderr
+    # No LLM here: the teacher's pre-screen labels alone are not enough to train on.
+    assert "snapshot refused: too few labels" in done.stdout and "teacher_only" in done.stdout
     status = json.loads(
         cli("status", "--json", "--config", str(config), data=tmp_path / "flowdata").stdout
     )
     assert status["images_by_status"] == {"candidate": 12, "duplicate": 3, "rejected": 2}
+
+
+@pytest.mark.slow
+def test_rebuild_labels_snapshots_and_trains(tmp_path: Path) -> None:
+    """The whole rebuild chain through the CLI: the LLM (the Ollama test server) labels, the
+    snapshot freezes, the student trains (tiny settings, so it is quick) and reports."""
+    from tests.learning import MODEL, colour_responder, coloured_corpus
+    from tests.ollama_server import FakeOllama
+
+    folder = coloured_corpus(tmp_path, positives=30, negatives=150)
+    with FakeOllama({MODEL: "sha256:" + "2f" * 32}, responder=colour_responder) as server:
+        config = tmp_path / "spritesafe.toml"
+        config.write_text(
+            f'data_dir = "flowdata"\nsources = ["{folder}"]\n'
+            f'[ollama]\nhosts = ["{server.url}"]\nmodel = "{MODEL}"\n'
+            "[label]\nbudget = 1000\n[snapshot]\ntarget_base_rate = 0.1\n"
+            "[train]\nepochs = 2\nsize = 64\n"
+        )
+        done = subprocess.run(
+            [SPRITESAFE, "rebuild", "--config", str(config)],
+            env=os.environ | {"PREFECT_HOME": str(tmp_path / "prefect")},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "label (ollama): 216 labelled" in done.stdout
+    assert "at base rate 0.1000" in done.stdout
+    report = Path(done.stdout.split("report ")[1].split()[0])
+    assert report.is_file() and (report.parent / "model.pt").is_file()
