@@ -268,3 +268,25 @@ def test_student_learns_a_rare_concept_from_noisy_llm_labels(
     assert within.any()
     assert {r["sha256"] for r in splits["test"]}.isdisjoint(r["sha256"] for r in splits["train"])
     assert manifest["counts"]["test"]["nsfw"] == test["positives"]
+
+
+def test_pretrained_weights_come_from_a_local_checkpoint(tmp_path: Path) -> None:
+    import torch
+
+    from training.model import create_model
+
+    source = create_model("mobilenetv4_conv_small_050")
+    state = {k: v for k, v in source.state_dict().items() if "classifier" not in k}
+    torch.save({"state_dict": state}, tmp_path / "local.pth")
+    model = create_model("mobilenetv4_conv_small_050", tmp_path / "local.pth", prior=0.2)
+    for name, tensor in model.state_dict().items():
+        if name in state:
+            assert torch.equal(tensor, state[name]), name
+    head = model.get_classifier()
+    assert float(head.weight.detach().abs().sum()) == 0.0
+    assert float(torch.sigmoid(head.bias.detach())) == pytest.approx(0.2)
+    torch.save({"state_dict": {"conv.weight": torch.zeros(3)}}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="does not fit"):
+        create_model("mobilenetv4_conv_small_050", tmp_path / "other.pth")
+    with pytest.raises(FileNotFoundError):
+        create_model("mobilenetv4_conv_small_050", tmp_path / "missing.pth")

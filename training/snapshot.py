@@ -236,12 +236,19 @@ def _snapshot(
     n_pos = sum(c.category in positive for c in kept)
     n_neg = len(kept) - n_pos
     if n_pos < config.min_positives or n_neg < config.min_negatives:
+        hint = (
+            "Label more (`spritesafe label --budget N`) or lower snapshot.min_positives / "
+            "snapshot.min_negatives."
+        )
+        if report.excluded.get("teacher_only"):
+            hint += (
+                f" {report.excluded['teacher_only']} images have only the teacher's photo-trained "
+                'pre-screen; snapshot.min_label_source = "teacher" would use it.'
+            )
         raise NotEnoughLabels(
             f"too few labels to train: {n_pos} positives ({'/'.join(sorted(positive))}) "
             f"and {n_neg} negatives are usable, at least {config.min_positives} and "
-            f"{config.min_negatives} are needed ({dict(report.excluded)} left out). "
-            "Label more (`spritesafe label --budget N`) or lower snapshot.min_positives / "
-            "snapshot.min_negatives."
+            f"{config.min_negatives} are needed ({dict(report.excluded)} left out). {hint}"
         )
     items = [Item(c.id, c.cluster, c.category in positive) for c in kept]
     split_of = assign_splits(items, rate, config.val_share, config.test_share, config.seed)
