@@ -53,7 +53,8 @@ def create_model(
     if pretrained is not None:
         if not pretrained.is_file():
             raise FileNotFoundError(f"pretrained checkpoint not found: {pretrained}")
-        loaded = torch.load(pretrained, map_location="cpu", weights_only=False)
+        # weights_only: a downloaded file must not run code when loaded.
+        loaded = torch.load(pretrained, map_location="cpu", weights_only=True)
         state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else loaded
         if not isinstance(state, dict):
             raise ValueError(f"{pretrained} holds no state dict")
