@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -122,6 +123,15 @@ def test_snapshot_is_cluster_grouped_balanced_and_reused(tmp_path: Path) -> None
             assert again.snapshot_id == first.snapshot_id and again.reused
             with ws.catalog.read() as conn:
                 assert conn.execute(sa.select(sa.func.count()).select_from(snapshots)).scalar() == 1
+
+            weighted = settings.model_copy(
+                update={"snapshot": settings.snapshot.model_copy(update={"balance": "weights"})}
+            )
+            kept = snapshot(ws.catalog, ws.blobs, weighted)
+            train_counts = kept.counts["train"]
+            assert kept.train_dropped == 0 and train_counts["sfw"] > 4 * train_counts["nsfw"]
+            assert kept.pos_weight == pytest.approx(train_counts["sfw"] / train_counts["nsfw"])
+            assert kept.counts["test"] == first.counts["test"]  # evaluation is not rebalanced
 
             wider = settings.model_copy(
                 update={
