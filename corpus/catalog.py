@@ -188,6 +188,22 @@ models = sa.Table(
     sa.Index("ix_models_snapshot_id", "snapshot_id"),
 )
 
+# A model's ONNX export and its verification: only a passing gate promotes it.
+exports = sa.Table(
+    "exports",
+    metadata,
+    sa.Column("model_id", sa.String(36), sa.ForeignKey("models.id"), primary_key=True),
+    sa.Column("path", sa.Text, nullable=False),  # the folder with model.onnx, model.int8.onnx
+    sa.Column("status", sa.String(16), nullable=False),  # exported, failed, promoted
+    sa.Column("recipe", sa.JSON),
+    sa.Column("size_bytes", sa.Integer),
+    sa.Column("size_gzip", sa.Integer),
+    sa.Column("reasons", sa.JSON),  # why the gate failed
+    sa.Column("verification", sa.JSON),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("verified_at", sa.DateTime(timezone=True)),
+)
+
 IMAGE_STATUSES = ("candidate", "duplicate", "rejected")
 
 

@@ -402,6 +402,157 @@ def train_command(
     out.print(f"report: {Path(report.path) / 'report.md'}")
 
 
+@app.command("export")
+def export_command(
+    model_id: Annotated[
+        str | None, typer.Argument(help="trained model id or prefix (default: the latest)")
+    ] = None,
+    config: ConfigOpt = None,
+    recipe: Annotated[
+        str | None, typer.Option(help="auto, or e.g. per-channel+cle+fp32-head, per-tensor")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export a trained model to FP32 ONNX and quantize it to INT8 (static, per-channel)."""
+    from corpus.workspace import open_workspace
+    from export.stage import ExportError, export_model
+
+    settings = _settings(config, **({"export": {"recipe": recipe}} if recipe else {}))
+    with open_workspace(settings) as workspace:
+        try:
+            report = export_model(workspace.catalog, settings, model_id)
+        except (ExportError, ValueError) as exc:
+            console.print(f"[red]cannot export:[/] {exc}")
+            raise typer.Exit(2) from None
+    if as_json:
+        out.print_json(json.dumps(report.as_dict(), default=float))
+        return
+    for attempt in report.tried:
+        check = attempt["validation"]
+        verdict = "; ".join(attempt["reasons"]) or "meets the INT8 limits"
+        out.print(
+            f"  {attempt['recipe']['name']}: validation max |Δp| {check['max_delta']:.4f}, "
+            f"flips {check['flips']} ({check['confident_flips']} confident): {verdict}"
+        )
+    out.print(
+        f"exported {report.model_id}: INT8 {report.recipe['name']}, "
+        f"{report.size_bytes / 1e6:.2f} MB ({report.size_gzip / 1e6:.2f} MB gzipped; FP32 "
+        f"{report.fp32_size_bytes / 1e6:.2f} MB) in {report.path}"
+    )
+    out.print("next: `spritesafe verify` runs the gate and promotes it if it passes")
+
+
+@app.command("verify")
+def verify_command(
+    model_id: Annotated[
+        str | None, typer.Argument(help="exported model id or prefix (default: the latest)")
+    ] = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare torch FP32, ONNX FP32 and ONNX INT8; promote the export when the gate passes."""
+    from corpus.workspace import open_workspace
+    from export.stage import ExportError, verify_model
+
+    settings = _settings(config)
+    with open_workspace(settings) as workspace:
+        try:
+            report = verify_model(workspace.catalog, workspace.blobs, settings, model_id)
+        except ExportError as exc:
+            console.print(f"[red]cannot verify:[/] {exc}")
+            raise typer.Exit(2) from None
+    if as_json:
+        out.print_json(json.dumps(report.as_dict(), default=float))
+    else:
+        for name, check in report.checks.items():
+            f32, i8 = check["onnx_fp32"], check["onnx_int8"]
+            out.print(
+                f"{name}: {i8['images']} images; ONNX FP32 max |Δp| {f32['max_delta']:.1e}; "
+                f"INT8 max |Δp| {i8['max_delta']:.4f}, mean {i8['mean_delta']:.4f}, flips "
+                f"{i8['flips']} ({i8['confident_flips']} confident), PR-AUC drop "
+                f"{i8['pr_auc_drop']:.4f}"
+            )
+        out.print(f"INT8 latency: {report.latency.get('int8_batch1_ms')} ms per image (batch 1)")
+        if report.promoted:
+            out.print(
+                f"passed: promoted {report.model_id} to {settings.deploy_path}; card {report.card}"
+            )
+    if not report.passed:
+        console.print("[red]gate failed, not promoted:[/]\n  " + "\n  ".join(report.reasons))
+        raise typer.Exit(1)
+
+
+@app.command("classify")
+def classify_command(
+    targets: Annotated[list[str], typer.Argument(help="image files, folders (recursive), URLs")],
+    config: ConfigOpt = None,
+    model: Annotated[
+        Path | None, typer.Option(help="an exported .onnx (default: the promoted model)")
+    ] = None,
+) -> None:
+    """Print one JSON line per image: name, P(nsfw), label at the model's threshold."""
+    from export.classify import Classifier
+    from export.stage import ExportError, promoted_model
+
+    settings = _settings(config)
+    try:
+        classifier = Classifier(model or promoted_model(settings), threads=settings.export.threads)
+    except (ExportError, FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]cannot classify:[/] {exc}")
+        raise typer.Exit(2) from None
+    failed = 0
+    for names, items in _classify_inputs(targets, settings):
+        for result in classifier.classify(items, names):
+            failed += result.error is not None
+            out.print(
+                json.dumps(result.as_dict() | {"model_id": classifier.model_id}), highlight=False
+            )
+    if failed:
+        raise typer.Exit(1)
+
+
+def _classify_inputs(targets: list[str], settings: Settings) -> Any:
+    """(names, contents) batches of up to 64: files as bytes, URLs fetched, errors as text."""
+    import httpx
+
+    def expand() -> Any:
+        for target in targets:
+            if target.startswith(("http://", "https://")):
+                yield target
+            elif Path(target).is_dir():
+                yield from sorted(str(p) for p in Path(target).rglob("*") if p.is_file())
+            else:
+                yield target
+
+    names: list[str] = []
+    items: list[Any] = []
+    with httpx.Client(
+        timeout=settings.http.timeout_s,
+        headers={"User-Agent": settings.http.user_agent},
+        follow_redirects=True,
+    ) as client:
+        for name in expand():
+            try:
+                if name.startswith(("http://", "https://")):
+                    response = client.get(name)
+                    response.raise_for_status()
+                    if len(response.content) > settings.http.max_bytes:
+                        raise OSError(f"response over {settings.http.max_bytes} bytes")
+                    items.append(response.content)
+                else:
+                    items.append(Path(name).read_bytes())
+            except (OSError, httpx.HTTPError) as exc:
+                items.append(Path(name))  # unreadable: classify() reports the error
+                if isinstance(exc, httpx.HTTPError):
+                    items[-1] = b""
+            names.append(name)
+            if len(names) == 64:
+                yield names, items
+                names, items = [], []
+    if names:
+        yield names, items
+
+
 @app.command()
 def rebuild(
     sources: Annotated[

@@ -179,6 +179,24 @@ class TrainSettings(BaseModel):
     threshold_target: float = Field(0.9, gt=0, le=1)
 
 
+class ExportSettings(BaseModel):
+    """ONNX export, INT8 quantization and the verification gate that promotes a model."""
+
+    # "auto" tries per-channel, then + FP32 classifier, + cross-layer equalization, + FP32
+    # stem, keeping the first that meets the INT8 limits on validation; or one recipe by
+    # name, e.g. "per-channel+cle+fp32-head" or "per-tensor".
+    recipe: str = "auto"
+    calibration_images: int = Field(300, ge=1, description="from the training split")
+    threads: int = Field(2, ge=1, description="onnxruntime threads for verify and classify")
+    unlabelled_sample: int = Field(500, ge=0, description="unlabelled catalog images verified")
+    confident_margin: float = Field(0.1, gt=0, lt=0.5, description="|p - threshold| above this")
+    max_fp32_delta: float = Field(1e-4, gt=0, description="ONNX FP32 vs torch, any image")
+    max_confident_flips: int = Field(0, ge=0)
+    max_flip_share: float = Field(0.01, ge=0, le=1)
+    max_pr_auc_drop: float = Field(0.01, ge=0)
+    seed: int = 0
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SPRITESAFE_",
@@ -199,6 +217,7 @@ class Settings(BaseSettings):
     label: LabelSettings = Field(default_factory=LabelSettings)
     snapshot: SnapshotSettings = Field(default_factory=SnapshotSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
+    export: ExportSettings = Field(default_factory=ExportSettings)
     # Folder that relative paths (data_dir, sources) resolve against; set by load_settings.
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
 
@@ -242,6 +261,11 @@ class Settings(BaseSettings):
     @property
     def models_path(self) -> Path:
         return self.data_path / "models"
+
+    @property
+    def deploy_path(self) -> Path:
+        """The promoted model: what `classify` and the web bundle use by default."""
+        return self.data_path / "deploy"
 
 
 def find_config(explicit: str | Path | None = None) -> Path | None:

@@ -303,6 +303,7 @@ def _snapshot(
         "pos_weight": report.pos_weight,
         "counts": report.counts,
         "excluded": dict(report.excluded),
+        "sources": dict(Counter(c.source for c in kept if c.id in split_of).most_common()),
         "settings": snapshot_settings,
     }
     _write_dataset(path, [c for c in kept if c.id in split_of], split_of, positive, blobs, manifest)

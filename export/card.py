@@ -1,0 +1,120 @@
+"""The model card of a promoted model: Markdown for people, JSON for tools."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+LIMITS = [
+    "Scores are tags, not verdicts: P(nsfw) with a threshold chosen for a target; route "
+    "high scores to people or to stricter defaults, do not silently delete.",
+    "Trained on labels from a vision LLM (and any human review), which are noisy; the "
+    "metrics are measured against those labels, not against ground truth.",
+    "Made for pixel art (sprites, icons, tiles). Photos, large illustrations and text are "
+    "outside what it was trained on.",
+    "The base rate of the validation and test splits is an estimate from a uniform audit "
+    "sample; precision at a platform with another base rate will differ.",
+]
+
+
+def write_card(
+    folder: Path,
+    model_row: Any,
+    export_row: Any,
+    manifest: dict[str, Any],
+    meta: dict[str, Any],
+    verification: dict[str, Any],
+) -> Path:
+    headline = _test_metrics(meta)
+    nan = float("nan")
+    threshold = float(meta.get("threshold", 0.5))
+    card: dict[str, Any] = {
+        "model_id": model_row.id,
+        "arch": model_row.arch,
+        "task": "P(nsfw) for pixel art; one logit, sigmoid applied by the consumer",
+        "class_names": meta.get("class_names"),
+        "threshold": meta.get("threshold"),
+        "threshold_rule": meta.get("threshold_rule"),
+        "preprocess": json.loads(meta["preprocess"]),
+        "data": {
+            "snapshot_id": manifest["id"],
+            "rubric_version": manifest["rubric_version"],
+            "labelers": manifest["labelers"],
+            "positive_categories": manifest["positive_categories"],
+            "counts": manifest["counts"],
+            "excluded": manifest.get("excluded", {}),
+            "sources": manifest.get("sources", {}),
+        },
+        "base_rate": manifest["base_rate"],
+        "base_rate_source": manifest["base_rate_source"],
+        "metrics_at_base_rate": headline,
+        "quantization": export_row.recipe,
+        "size_bytes": export_row.size_bytes,
+        "size_gzip": export_row.size_gzip,
+        "verification": verification,
+        "known_limits": LIMITS,
+    }
+    (folder / "card.json").write_text(json.dumps(card, indent=2, default=float) + "\n")
+    lines = [
+        f"# spritesafe model {model_row.id}",
+        "",
+        f"{model_row.arch}, INT8 ({export_row.recipe.get('name')}), "
+        f"{export_row.size_bytes / 1e6:.2f} MB ({export_row.size_gzip / 1e6:.2f} MB gzipped), "
+        f"{verification['latency'].get('int8_batch1_ms')} ms per image at batch 1 on "
+        f"{verification['latency'].get('threads')} threads.",
+        "",
+        "## Data",
+        "",
+        f"Snapshot `{manifest['id']}`, rubric `{manifest['rubric_version']}`, labelers: "
+        + ", ".join(
+            f"{x['labeler']} {x['model']} ({x['model_digest'][:19]})" for x in manifest["labelers"]
+        )
+        + ".",
+        "",
+        "| split | sfw | nsfw |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {k} | {v['sfw']} | {v['nsfw']} |" for k, v in manifest["counts"].items()]
+    lines += [
+        "",
+        f"nsfw = {' + '.join(manifest['positive_categories'])}. Base rate of validation and test: "
+        f"{manifest['base_rate']:.4f} ({manifest['base_rate_source']}).",
+        "",
+        "## Metrics at the base rate (test split)",
+        "",
+        f"PR-AUC {headline.get('pr_auc', nan):.4f}; at threshold {threshold:.4f} "
+        f"({meta.get('threshold_rule', '')}): precision {headline.get('precision', nan):.3f}, "
+        f"recall {headline.get('recall', nan):.3f}.",
+        "",
+        "## Verification (torch FP32 vs ONNX FP32 vs ONNX INT8)",
+        "",
+        "| set | images | FP32 max Δp | INT8 max Δp | INT8 mean Δp | flips | confident flips "
+        "| PR-AUC drop |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, check in verification["checks"].items():
+        f32, i8 = check["onnx_fp32"], check["onnx_int8"]
+        lines.append(
+            f"| {name} | {i8['images']} | {f32['max_delta']:.2e} | {i8['max_delta']:.4f} | "
+            f"{i8['mean_delta']:.4f} | {i8['flips']} | {i8['confident_flips']} | "
+            f"{i8['pr_auc_drop']:.4f} |"
+        )
+    lines += ["", "## Known limits", ""] + [f"- {x}" for x in LIMITS]
+    path = folder / "card.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _test_metrics(meta: dict[str, Any]) -> dict[str, Any]:
+    test = meta.get("metrics", {}).get("test", {})
+    if not test:
+        return {}
+    at = test["at_threshold"]
+    return {
+        "pr_auc": test["pr_auc"],
+        "precision": at["precision"],
+        "recall": at["recall"],
+        "images": test["images"],
+        "positives": test["positives"],
+    }

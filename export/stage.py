@@ -1,0 +1,382 @@
+"""The export and verify stages over the catalog.
+
+export: a trained model's `model.pt` -> `export/model.onnx` (FP32) and `export/model.int8.onnx`
+  (the first quantization recipe that meets the INT8 limits on the validation split; the
+  test split is kept for verify).
+verify: torch FP32 vs ONNX FP32 vs ONNX INT8 on the test split and on unlabelled catalog
+  images; a passing gate promotes the model (copied to data/deploy/ with its model card), a
+  failing one is marked failed with its reasons and stays on disk, never promoted.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from numpy.typing import NDArray
+
+from corpus.blobs import BlobStore
+from corpus.catalog import Catalog, exports, images, labels, models, recorded, snapshots, utcnow
+from corpus.decode import Rejected
+from export.onnx import export_fp32, run, session
+from export.quantize import Recipe, candidate_recipes, needs_reduce_range, quantize
+from export.verify import Agreement, agreement, gate, int8_reasons
+from spritesafe.config import ExportSettings, Settings
+from spritesafe.preprocess import PreprocessSpec, batch, from_bytes
+
+FP32_NAME, INT8_NAME = "model.onnx", "model.int8.onnx"
+
+
+class ExportError(RuntimeError):
+    """Nothing to export or verify (no trained model, no export); the message says why."""
+
+
+@dataclass
+class ExportReport:
+    run_id: str
+    model_id: str = ""
+    path: str = ""
+    recipe: dict[str, Any] = field(default_factory=dict)
+    tried: list[dict[str, Any]] = field(default_factory=list)  # recipe, validation agreement
+    size_bytes: int = 0
+    size_gzip: int = 0
+    fp32_size_bytes: int = 0
+    seconds: float = 0.0
+    status: str = "running"
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class VerifyReport:
+    run_id: str
+    model_id: str = ""
+    passed: bool = False
+    promoted: bool = False
+    reasons: list[str] = field(default_factory=list)
+    checks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    latency: dict[str, float] = field(default_factory=dict)
+    card: str = ""
+    seconds: float = 0.0
+    status: str = "running"
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def parse_recipe(name: str, reduce_range: bool) -> Recipe:
+    parts = set(name.split("+"))
+    known = {"per-channel", "per-tensor", "cle", "fp32-stem", "fp32-head", "reduce-range"}
+    if parts - known or not parts & {"per-channel", "per-tensor"}:
+        raise ValueError(f"unknown recipe {name!r}: combine {sorted(known)} with '+'")
+    return Recipe(
+        per_channel="per-tensor" not in parts,
+        equalize="cle" in parts,
+        fp32_stem="fp32-stem" in parts,
+        fp32_head="fp32-head" in parts,
+        reduce_range=reduce_range or "reduce-range" in parts,
+    )
+
+
+def _model_row(catalog: Catalog, model_id: str | None) -> Any:
+    query = sa.select(models).where(models.c.status == "trained")
+    if model_id:
+        query = query.where(models.c.id.startswith(model_id))
+    with catalog.read() as conn:
+        rows = conn.execute(query.order_by(models.c.created_at.desc())).all()
+    if not rows:
+        raise ExportError(
+            f"no trained model {model_id!r}"
+            if model_id
+            else "no trained model: run `spritesafe train`"
+        )
+    if model_id and len(rows) > 1:
+        raise ExportError(f"model id {model_id!r} is ambiguous")
+    return rows[0]
+
+
+def _snapshot_data(catalog: Catalog, snapshot_id: str) -> tuple[Any, dict[str, Any]]:
+    from training.snapshot import load_snapshot
+
+    with catalog.read() as conn:
+        path = conn.execute(
+            sa.select(snapshots.c.path).where(snapshots.c.id == snapshot_id)
+        ).scalar_one()
+    return load_snapshot(Path(path))
+
+
+def _inputs(
+    records: Any, spec: PreprocessSpec, limit: int | None = None, seed: int = 0
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """Preprocessed inputs and labels of a snapshot split (a seeded sample when `limit`)."""
+    records = records.cast_column("image", records.features["image"].__class__(decode=False))
+    order = np.arange(len(records))
+    if limit is not None and limit < len(order):
+        order = np.sort(np.random.default_rng(seed).choice(order, limit, replace=False))
+    arrays, labels = [], []
+    for index in order.tolist():
+        row = records[index]
+        try:
+            arrays.append(from_bytes(row["image"]["bytes"], spec))
+        except Rejected:
+            continue
+        labels.append(float(row["label"]))
+    if not arrays:
+        return np.zeros((0, 3, spec.size, spec.size), np.float32), np.zeros(0, np.float32)
+    return batch(arrays), np.asarray(labels, dtype=np.float32)
+
+
+def _torch_scores(trained: Any, inputs: NDArray[np.float32]) -> NDArray[np.float32]:
+    from training.model import predict
+
+    return predict(trained.model, (inputs[i : i + 128] for i in range(0, len(inputs), 128)))
+
+
+def export_model(catalog: Catalog, settings: Settings, model_id: str | None = None) -> ExportReport:
+    """Export a trained model (default: the latest) to FP32 and INT8 ONNX."""
+    from training.model import load_checkpoint
+
+    config = settings.export
+    row = _model_row(catalog, model_id)
+    report = ExportReport(run_id=catalog.start_run("export"), model_id=row.id)
+    with recorded(catalog, report):
+        folder = Path(row.path) / "export"
+        folder.mkdir(parents=True, exist_ok=True)
+        report.path = str(folder)
+        trained = load_checkpoint(Path(row.path) / "model.pt")
+        data, manifest = _snapshot_data(catalog, row.snapshot_id)
+        metadata = {
+            "arch": trained.meta["arch"],
+            "preprocess": trained.spec.to_json(),
+            "class_names": trained.meta["class_names"],
+            "threshold": trained.threshold,
+            "threshold_rule": trained.meta.get("threshold_rule", ""),
+            "model_id": row.id,
+            "snapshot_id": row.snapshot_id,
+            "rubric_version": manifest["rubric_version"],
+            "base_rate": manifest["base_rate"],
+            "metrics": _headline(trained.meta.get("metrics", {})),
+            "output": "logit (N, 1); P(nsfw) = sigmoid(logit)",
+        }
+        export_fp32(trained, folder / FP32_NAME, metadata)
+        report.fp32_size_bytes = (folder / FP32_NAME).stat().st_size
+        calibration, _ = _inputs(
+            data["train"], trained.spec, config.calibration_images, config.seed
+        )
+        val_x, val_y = _inputs(data["validation"], trained.spec)
+        reference = _torch_scores(trained, val_x)
+        reduce_range = needs_reduce_range()
+        recipes = (
+            candidate_recipes(reduce_range)
+            if config.recipe == "auto"
+            else [parse_recipe(config.recipe, reduce_range)]
+        )
+        best: tuple[tuple[int, int, float], Path, dict[str, Any]] | None = None
+        for index, recipe in enumerate(recipes):
+            out = folder / f"model.int8.try{index}.onnx"
+            done = quantize(folder / FP32_NAME, out, calibration, recipe)
+            scores = run(session(out, config.threads), val_x)
+            check = agreement(reference, scores, trained.threshold, config.confident_margin, val_y)
+            reasons = int8_reasons("validation", check, config)
+            report.tried.append({"recipe": done, "validation": check.as_dict(), "reasons": reasons})
+            rank = (check.confident_flips, check.flips, check.mean_delta)
+            if best is None or rank < best[0]:
+                if best is not None:
+                    best[1].unlink()
+                best = (rank, out, done)
+            else:
+                out.unlink()
+            if not reasons:
+                break
+        assert best is not None
+        best[1].replace(folder / INT8_NAME)
+        report.recipe = best[2]
+        report.size_bytes = (folder / INT8_NAME).stat().st_size
+        report.size_gzip = len(gzip.compress((folder / INT8_NAME).read_bytes(), 9))
+        with catalog.write() as conn:
+            conn.execute(exports.delete().where(exports.c.model_id == row.id))
+            conn.execute(
+                exports.insert().values(
+                    model_id=row.id,
+                    path=str(folder),
+                    status="exported",
+                    recipe=report.recipe,
+                    size_bytes=report.size_bytes,
+                    size_gzip=report.size_gzip,
+                    created_at=utcnow(),
+                )
+            )
+    return report
+
+
+def _headline(model_metrics: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for split in ("validation", "test"):
+        part = model_metrics.get(split)
+        if part:
+            at = part["at_threshold"]
+            out[split] = {
+                "pr_auc": part["pr_auc"],
+                "precision": at["precision"],
+                "recall": at["recall"],
+                "images": part["images"],
+                "positives": part["positives"],
+            }
+    return out
+
+
+def _unlabelled(
+    catalog: Catalog, blobs: BlobStore, spec: PreprocessSpec, n: int, seed: int
+) -> NDArray[np.float32]:
+    """A seeded random sample of candidates no labeler has seen (what the model meets in use)."""
+    if n == 0:
+        return np.zeros((0, 3, spec.size, spec.size), np.float32)
+    with catalog.read() as conn:
+        rows = conn.execute(
+            sa.select(images.c.id, images.c.blob_key)
+            .where(images.c.status == "candidate")
+            .where(images.c.id.not_in(sa.select(labels.c.image_id)))
+            .order_by(images.c.id)
+        ).all()
+    rng = np.random.default_rng(seed)
+    picked = rng.permutation(len(rows))[:n]
+    arrays = []
+    for index in sorted(picked.tolist()):
+        try:
+            arrays.append(from_bytes(blobs.get(rows[index].blob_key), spec))
+        except Rejected:
+            continue
+    return batch(arrays) if arrays else np.zeros((0, 3, spec.size, spec.size), np.float32)
+
+
+def _latency(path: Path, inputs: NDArray[np.float32], threads: int) -> dict[str, float]:
+    sess = session(path, threads)
+    one = inputs[:1]
+    for _ in range(5):
+        run(sess, one)
+    times = []
+    for _ in range(50):
+        started = time.perf_counter()
+        run(sess, one)
+        times.append(time.perf_counter() - started)
+    return {"int8_batch1_ms": round(statistics.median(times) * 1000, 3), "threads": threads}
+
+
+def verify_model(
+    catalog: Catalog, blobs: BlobStore, settings: Settings, model_id: str | None = None
+) -> VerifyReport:
+    """Run the gate on an export (default: the latest); promote it when it passes."""
+    from export.card import write_card
+    from training.model import load_checkpoint
+
+    config = settings.export
+    query = sa.select(exports)
+    if model_id:
+        query = query.where(exports.c.model_id.startswith(model_id))
+    with catalog.read() as conn:
+        row = conn.execute(query.order_by(exports.c.created_at.desc()).limit(1)).first()
+    if row is None:
+        raise ExportError("no export to verify: run `spritesafe export` first")
+    report = VerifyReport(run_id=catalog.start_run("verify"), model_id=row.model_id)
+    with recorded(catalog, report):
+        folder = Path(row.path)
+        with catalog.read() as conn:
+            model_row = conn.execute(sa.select(models).where(models.c.id == row.model_id)).one()
+        trained = load_checkpoint(Path(model_row.path) / "model.pt")
+        data, manifest = _snapshot_data(catalog, model_row.snapshot_id)
+        sets: dict[str, tuple[NDArray[np.float32], NDArray[np.float32] | None]] = {}
+        test_x, test_y = _inputs(data["test"], trained.spec)
+        sets["test"] = (test_x, test_y)
+        extra = _unlabelled(catalog, blobs, trained.spec, config.unlabelled_sample, config.seed)
+        if len(extra):
+            sets["unlabelled"] = (extra, None)
+        fp32 = session(folder / FP32_NAME, config.threads)
+        int8 = session(folder / INT8_NAME, config.threads)
+        checks: dict[str, tuple[Agreement, Agreement]] = {}
+        for name, (x, y) in sets.items():
+            reference = _torch_scores(trained, x)
+            margin, threshold = config.confident_margin, trained.threshold
+            checks[name] = (
+                agreement(reference, run(fp32, x), threshold, margin, y),
+                agreement(reference, run(int8, x), threshold, margin, y),
+            )
+            report.checks[name] = {
+                "onnx_fp32": checks[name][0].as_dict(),
+                "onnx_int8": checks[name][1].as_dict(),
+            }
+        result = gate(checks, config)
+        report.passed, report.reasons = result.passed, result.reasons
+        report.latency = _latency(folder / INT8_NAME, test_x, config.threads)
+        verification = {
+            "passed": result.passed,
+            "reasons": result.reasons,
+            "checks": report.checks,
+            "limits": config.model_dump(mode="json"),
+            "latency": report.latency,
+        }
+        (folder / "verify.json").write_text(json.dumps(verification, indent=2) + "\n")
+        status = "promoted" if result.passed else "failed"
+        if result.passed:
+            report.card = str(
+                write_card(folder, model_row, row, manifest, trained.meta, verification)
+            )
+            _promote(folder, settings.deploy_path)
+            report.promoted = True
+        with catalog.write() as conn:
+            conn.execute(
+                exports.update()
+                .where(exports.c.model_id == row.model_id)
+                .values(
+                    status=status,
+                    reasons=result.reasons,
+                    verification=verification,
+                    verified_at=utcnow(),
+                )
+            )
+    return report
+
+
+def _promote(folder: Path, deploy: Path) -> None:
+    """Copy the verified files to the deploy folder, replacing it as a whole."""
+    tmp = deploy.with_name(deploy.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in (FP32_NAME, INT8_NAME, "card.md", "card.json", "verify.json"):
+        if (folder / name).is_file():
+            shutil.copy2(folder / name, tmp / name)
+    old = deploy.with_name(deploy.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if deploy.exists():
+        deploy.rename(old)
+    tmp.rename(deploy)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def promoted_model(settings: Settings) -> Path:
+    path = settings.deploy_path / INT8_NAME
+    if not path.is_file():
+        raise ExportError(
+            f"no promoted model at {path}: run `spritesafe export` and `spritesafe verify`, "
+            "or pass --model PATH"
+        )
+    return path
+
+
+__all__ = [
+    "ExportError",
+    "ExportReport",
+    "ExportSettings",
+    "VerifyReport",
+    "export_model",
+    "promoted_model",
+    "verify_model",
+]

@@ -1,0 +1,115 @@
+"""The gate: the model that ships must answer like the model that was trained.
+
+Torch FP32, ONNX Runtime FP32 and ONNX Runtime INT8 score the same preprocessed inputs (the
+one preprocessing). Compared to torch: the largest and mean |Δp|, label flips at the
+deployment threshold overall and among confident images (|p - threshold| > margin), and on
+labelled data the change in PR-AUC at the realistic base rate. Pure functions over score
+arrays; export.stage feeds them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from spritesafe.config import ExportSettings
+from training import metrics
+
+
+@dataclass(frozen=True)
+class Agreement:
+    images: int
+    max_delta: float
+    mean_delta: float
+    flips: int
+    confident: int  # images with |p_reference - threshold| > margin
+    confident_flips: int
+    pr_auc_reference: float | None = None  # labelled sets only
+    pr_auc: float | None = None
+
+    @property
+    def flip_share(self) -> float:
+        return self.flips / self.images if self.images else 0.0
+
+    @property
+    def pr_auc_drop(self) -> float:
+        if self.pr_auc is None or self.pr_auc_reference is None:
+            return 0.0
+        return self.pr_auc_reference - self.pr_auc
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"flip_share": self.flip_share, "pr_auc_drop": self.pr_auc_drop}
+
+
+def agreement(
+    reference: NDArray[np.float32],
+    other: NDArray[np.float32],
+    threshold: float,
+    margin: float,
+    labels: NDArray[Any] | None = None,
+) -> Agreement:
+    if reference.shape != other.shape:
+        raise ValueError(f"score arrays differ in shape: {reference.shape} vs {other.shape}")
+    delta = np.abs(reference.astype(np.float64) - other.astype(np.float64))
+    flipped = (reference >= threshold) != (other >= threshold)
+    confident = np.abs(reference - threshold) > margin
+    ap_ref = ap = None
+    if labels is not None and np.asarray(labels).any():
+        ap_ref = metrics.average_precision(labels, reference)
+        ap = metrics.average_precision(labels, other)
+    return Agreement(
+        images=int(reference.size),
+        max_delta=float(delta.max()) if delta.size else 0.0,
+        mean_delta=float(delta.mean()) if delta.size else 0.0,
+        flips=int(flipped.sum()),
+        confident=int(confident.sum()),
+        confident_flips=int((flipped & confident).sum()),
+        pr_auc_reference=ap_ref,
+        pr_auc=ap,
+    )
+
+
+@dataclass
+class GateResult:
+    passed: bool
+    reasons: list[str] = field(default_factory=list)
+
+
+def fp32_reasons(name: str, fp32: Agreement, limits: ExportSettings) -> list[str]:
+    if fp32.max_delta > limits.max_fp32_delta:
+        return [
+            f"{name}: ONNX FP32 differs from torch by up to {fp32.max_delta:.2e} "
+            f"(limit {limits.max_fp32_delta:.0e})"
+        ]
+    return []
+
+
+def int8_reasons(name: str, int8: Agreement, limits: ExportSettings) -> list[str]:
+    reasons = []
+    if int8.confident_flips > limits.max_confident_flips:
+        reasons.append(
+            f"{name}: INT8 flips {int8.confident_flips} confident images "
+            f"(limit {limits.max_confident_flips})"
+        )
+    if int8.flip_share > limits.max_flip_share:
+        reasons.append(
+            f"{name}: INT8 flips {int8.flips} of {int8.images} images "
+            f"({int8.flip_share:.2%}, limit {limits.max_flip_share:.2%})"
+        )
+    if int8.pr_auc_drop > limits.max_pr_auc_drop:
+        reasons.append(
+            f"{name}: INT8 loses {int8.pr_auc_drop:.4f} PR-AUC (limit {limits.max_pr_auc_drop})"
+        )
+    return reasons
+
+
+def gate(checks: dict[str, tuple[Agreement, Agreement]], limits: ExportSettings) -> GateResult:
+    """checks: set name -> (ORT FP32 vs torch, ORT INT8 vs torch). Passes when every set
+    meets every limit; otherwise the reasons say which and by how much."""
+    reasons: list[str] = []
+    for name, (fp32, int8) in checks.items():
+        reasons += fp32_reasons(name, fp32, limits) + int8_reasons(name, int8, limits)
+    return GateResult(not reasons, reasons)
