@@ -11,6 +11,7 @@ sessions (export.classify) stay torch-free.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +37,8 @@ def export_fp32(trained: Trained, path: Path, metadata: dict[str, Any]) -> None:
     size = trained.spec.size
     example = torch.zeros(1, 3, size, size)
     tmp = path.with_name(path.name + ".tmp")
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # chosen: see dynamo= below
         torch.onnx.export(
             model,
             (example,),

@@ -1,6 +1,6 @@
 """The one-shot full rebuild: ingest every configured source, dedupe, label, snapshot and,
-when the snapshot has enough labels, train. Export and verify are appended as they land.
-Runs without a Prefect server (Prefect starts a temporary local API for the run).
+when the snapshot has enough labels, train, export and verify (which promotes the model only
+when the gate passes). Runs without a Prefect server (Prefect starts a temporary local API).
 """
 
 from __future__ import annotations
@@ -9,7 +9,15 @@ from typing import Any
 
 from prefect import flow
 
-from flows.tasks import dedupe_task, ingest_task, label_task, snapshot_task, train_task
+from flows.tasks import (
+    dedupe_task,
+    export_task,
+    ingest_task,
+    label_task,
+    snapshot_task,
+    train_task,
+    verify_task,
+)
 
 
 @flow(name="rebuild", log_prints=True)
@@ -24,15 +32,19 @@ def rebuild(
     deduped = dedupe_task(config, overrides, wait_for=[ingested])
     labelled = label_task(config, overrides, wait_for=[deduped])
     frozen = snapshot_task(config, overrides, wait_for=[labelled])
-    trained = None
+    trained = exported = verified = None
     if frozen["status"] == "ok":
         trained = train_task(config, overrides, frozen["snapshot_id"])
+        exported = export_task(config, overrides, trained["model_id"])
+        verified = verify_task(config, overrides, trained["model_id"], wait_for=[exported])
     return {
         "ingest": ingested,
         "dedupe": deduped,
         "label": labelled,
         "snapshot": frozen,
         "train": trained,
+        "export": exported,
+        "verify": verified,
     }
 
 

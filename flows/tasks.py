@@ -123,3 +123,36 @@ def train_task(config: str | None, overrides: dict[str, Any], snapshot_id: str) 
         report.threshold,
     )
     return summary
+
+
+@task(name="export", cache_policy=NO_CACHE)
+def export_task(config: str | None, overrides: dict[str, Any], model_id: str) -> dict[str, Any]:
+    from export.stage import export_model
+
+    settings = load_settings(config, **overrides)
+    with open_workspace(settings) as workspace:
+        report = export_model(workspace.catalog, settings, model_id)
+    get_run_logger().info(
+        "export %s: INT8 %s, %.2f MB (%.2f MB gzipped)",
+        report.model_id,
+        report.recipe["name"],
+        report.size_bytes / 1e6,
+        report.size_gzip / 1e6,
+    )
+    return report.as_dict()
+
+
+@task(name="verify", cache_policy=NO_CACHE)
+def verify_task(config: str | None, overrides: dict[str, Any], model_id: str) -> dict[str, Any]:
+    """The gate; promotion happens inside it, only when it passes."""
+    from export.stage import verify_model
+
+    settings = load_settings(config, **overrides)
+    with open_workspace(settings) as workspace:
+        report = verify_model(workspace.catalog, workspace.blobs, settings, model_id)
+    logger = get_run_logger()
+    if report.promoted:
+        logger.info("verify %s: passed, promoted", report.model_id)
+    else:
+        logger.warning("verify %s: gate failed, not promoted: %s", report.model_id, report.reasons)
+    return report.as_dict()

@@ -561,7 +561,7 @@ def rebuild(
     config: ConfigOpt = None,
 ) -> None:
     """One-shot full rebuild as a Prefect flow (no server needed): ingest, dedupe, label,
-    snapshot, train."""
+    snapshot, train, export, verify (promotes only on a passing gate)."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     settings = _settings(config)
     if not (sources or settings.sources):
@@ -598,6 +598,17 @@ def rebuild(
             f"train {trained['model_id']}: test PR-AUC {trained['test']['pr_auc']:.4f} at base "
             f"rate {trained['base_rate']:.4f}, threshold {trained['threshold']:.4f}; "
             f"report {Path(trained['path']) / 'report.md'}"
+        )
+    exported, verified = result["export"], result["verify"]
+    if exported is not None and verified is not None:
+        verdict = (
+            f"passed, promoted to {settings.deploy_path}"
+            if verified["promoted"]
+            else "gate failed, not promoted: " + "; ".join(verified["reasons"])
+        )
+        out.print(
+            f"export: INT8 {exported['recipe']['name']}, {exported['size_bytes'] / 1e6:.2f} MB; "
+            f"verify: {verdict}"
         )
     out.print(f"catalog: {settings.catalog_url}")
     if ingested["status"] != "ok":

@@ -182,9 +182,9 @@ class TrainSettings(BaseModel):
 class ExportSettings(BaseModel):
     """ONNX export, INT8 quantization and the verification gate that promotes a model."""
 
-    # "auto" tries per-channel, then + FP32 classifier, + cross-layer equalization, + FP32
-    # stem, keeping the first that meets the INT8 limits on validation; or one recipe by
-    # name, e.g. "per-channel+cle+fp32-head" or "per-tensor".
+    # "auto" tries per-channel, + FP32 classifier, + cross-layer equalization, + FP32 stem,
+    # and keeps the one that agrees best with torch on validation; or one recipe by name,
+    # e.g. "per-channel+cle+fp32-head" or "per-tensor".
     recipe: str = "auto"
     calibration_images: int = Field(300, ge=1, description="from the training split")
     threads: int = Field(2, ge=1, description="onnxruntime threads for verify and classify")

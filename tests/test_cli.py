@@ -138,3 +138,6 @@ def test_rebuild_labels_snapshots_and_trains(tmp_path: Path) -> None:
     assert "at base rate 0.1000" in done.stdout
     report = Path(done.stdout.split("report ")[1].split()[0])
     assert report.is_file() and (report.parent / "model.pt").is_file()
+    # Export and the gate ran; whether a 2-epoch model passes is the gate's business.
+    assert "export: INT8 per-channel" in done.stdout and "verify: " in done.stdout
+    assert (report.parent / "export" / "verify.json").is_file()

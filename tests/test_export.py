@@ -1,0 +1,228 @@
+"""Export, quantization, the verification gate, promotion, the model card and classify."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import sqlalchemy as sa
+from PIL import Image
+
+from corpus.catalog import exports
+from corpus.workspace import open_workspace
+from export.classify import Classifier
+from export.onnx import OUTPUT, read_metadata, run, session
+from export.quantize import equalize
+from export.stage import INT8_NAME, export_model, verify_model
+from spritesafe.config import Settings
+from spritesafe.preprocess import from_bytes
+from tests.helpers import png, sprite
+from tests.learning import coloured_corpus, labelled
+from training.model import load_checkpoint
+from training.snapshot import snapshot
+from training.train import train
+
+SPRITESAFE = str(Path(sys.executable).with_name("spritesafe"))
+LENIENT = {"max_flip_share": 1.0, "max_confident_flips": 10**6, "max_pr_auc_drop": 1.0}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """A tiny trained model (64 px, 3 epochs) on a labelled generated corpus."""
+    tmp = tmp_path_factory.mktemp("export")
+    folder = coloured_corpus(tmp, positives=40, negatives=200)
+    settings, server = labelled(
+        tmp,
+        folder,
+        snapshot={"target_base_rate": 0.1},
+        train={"epochs": 3, "batch_size": 32, "size": 64, "seed": 1},
+        export={"calibration_images": 64, "unlabelled_sample": 0},
+    )
+    with open_workspace(settings) as ws:
+        assert snapshot(ws.catalog, ws.blobs, settings).status == "ok"
+        train(ws.catalog, settings)
+    yield settings
+    server.stop()
+
+
+def _lenient(settings: Settings) -> Settings:
+    return settings.model_copy(update={"export": settings.export.model_copy(update=LENIENT)})
+
+
+def test_export_verify_promote(trained: Settings) -> None:
+    settings = _lenient(trained)
+    with open_workspace(settings) as ws:
+        exported = export_model(ws.catalog, settings)
+        folder = Path(exported.path)
+        meta = read_metadata(folder / INT8_NAME)
+        checkpoint = load_checkpoint(folder.parent / "model.pt")
+        assert meta["preprocess"] == json.loads(checkpoint.spec.to_json())
+        assert meta["threshold"] == checkpoint.threshold
+        assert meta["model_id"] == exported.model_id
+        assert meta["quantization"]["name"] == exported.recipe["name"]
+        assert meta["quantization"]["per_channel"] is True
+        assert {"snapshot_id", "rubric_version", "class_names", "metrics"} <= set(meta)
+        # Dynamic batch: any batch size runs.
+        x = np.random.default_rng(0).normal(size=(3, 3, 64, 64)).astype(np.float32)
+        assert run(session(folder / INT8_NAME), x).shape == (3,)
+        assert exported.size_bytes < (folder / "model.onnx").stat().st_size / 2
+
+        verified = verify_model(ws.catalog, ws.blobs, settings)
+        assert verified.passed and verified.promoted, verified.reasons
+        f32 = verified.checks["test"]["onnx_fp32"]
+        assert f32["max_delta"] <= 1e-4 and f32["flips"] == 0
+        with ws.catalog.read() as conn:
+            assert conn.execute(sa.select(exports.c.status)).scalar_one() == "promoted"
+    deployed = settings.deploy_path
+    assert {p.name for p in deployed.iterdir()} >= {INT8_NAME, "card.md", "card.json"}
+    card = (deployed / "card.md").read_text()
+    assert exported.model_id in card and "tags, not verdicts" in card
+    assert json.loads((deployed / "card.json").read_text())["data"]["labelers"]
+
+
+def _invert_output(path: Path) -> None:
+    """A deliberately broken model: the logit's sign flipped just before the output."""
+    proto = onnx.load(str(path))
+    graph = proto.graph
+    last = next(n for n in graph.node if OUTPUT in n.output)
+    last.output[list(last.output).index(OUTPUT)] = "logit_before"
+    graph.node.append(onnx.helper.make_node("Neg", ["logit_before"], [OUTPUT]))
+    onnx.save(proto, str(path))
+
+
+def test_gate_fails_a_broken_model_and_never_promotes_it(trained: Settings) -> None:
+    settings = _lenient(trained)
+    with open_workspace(settings) as ws:
+        export_model(ws.catalog, settings)
+        assert verify_model(ws.catalog, ws.blobs, settings).promoted
+        good = hashlib.sha256((settings.deploy_path / INT8_NAME).read_bytes()).hexdigest()
+
+        exported = export_model(ws.catalog, trained)
+        _invert_output(Path(exported.path) / INT8_NAME)
+        verified = verify_model(ws.catalog, ws.blobs, trained)  # the default limits
+        assert not verified.passed and not verified.promoted
+        assert any("loses" in r and "PR-AUC" in r for r in verified.reasons), verified.reasons
+        with ws.catalog.read() as conn:
+            row = conn.execute(sa.select(exports)).one()
+        assert row.status == "failed" and row.reasons == verified.reasons
+        assert (Path(exported.path) / INT8_NAME).is_file()  # kept on disk, for inspection
+    # The promoted model is still the good one.
+    deployed = hashlib.sha256((settings.deploy_path / INT8_NAME).read_bytes()).hexdigest()
+    assert deployed == good
+
+
+def test_cross_layer_equalization_keeps_the_function(trained: Settings) -> None:
+    with open_workspace(trained) as ws:
+        exported = export_model(ws.catalog, _lenient(trained))
+    fp32 = Path(exported.path) / "model.onnx"
+    equalized, pairs = equalize(onnx.load(str(fp32)))
+    assert pairs > 10
+    out = fp32.with_name("eq.onnx")
+    onnx.save(equalized, str(out))
+    x = np.random.default_rng(1).normal(size=(8, 3, 64, 64)).astype(np.float32)
+    np.testing.assert_allclose(run(session(out), x), run(session(fp32), x), atol=2e-5)
+    # ... while the weight ranges of equalized pairs move toward each other.
+    before = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(fp32)).graph.initializer}
+    after = {t.name: onnx.numpy_helper.to_array(t) for t in equalized.graph.initializer}
+    changed = [n for n in before if not np.array_equal(before[n], after[n])]
+    assert len(changed) >= 2 * pairs
+
+
+@pytest.fixture
+def model_path(trained: Settings) -> Path:
+    settings = _lenient(trained)
+    with open_workspace(settings) as ws:
+        export_model(ws.catalog, settings)
+        assert verify_model(ws.catalog, ws.blobs, settings).promoted
+    return settings.deploy_path / INT8_NAME
+
+
+def test_classify_api_takes_bytes_paths_and_images(model_path: Path, tmp_path: Path) -> None:
+    clf = Classifier(model_path)
+    rng = np.random.default_rng(4)
+    data = png(sprite(rng, 16))
+    (tmp_path / "a.png").write_bytes(data)
+    image = Image.open(io.BytesIO(data))
+    results = clf.classify([data, tmp_path / "a.png", str(tmp_path / "a.png"), image, b"junk"])
+    scores = [r.score for r in results[:4]]
+    assert scores[0] is not None and all(s == pytest.approx(scores[0], abs=1e-6) for s in scores)
+    expected = run(session(model_path), from_bytes(data, clf.spec)[None])[0]
+    assert scores[0] == pytest.approx(float(expected), abs=1e-6)
+    assert results[0].label in ("sfw", "nsfw") and results[1].name.endswith("a.png")
+    assert results[4].score is None and results[4].error and "not_an_image" in results[4].error
+
+
+def test_classify_needs_no_torch(model_path: Path, tmp_path: Path) -> None:
+    (tmp_path / "a.png").write_bytes(png(sprite(np.random.default_rng(5), 16)))
+    code = (
+        "import sys, json; sys.modules['torch'] = None; sys.modules['timm'] = None\n"
+        "from export.classify import classify\n"
+        f"r = classify([{str(tmp_path / 'a.png')!r}], {str(model_path)!r})[0]\n"
+        "print(json.dumps(r.as_dict()))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1]
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["label"] in ("sfw", "nsfw")
+
+
+@pytest.fixture
+def http_folder(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    root = tmp_path / "served"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", root
+    server.shutdown()
+
+
+def test_classify_command_prints_json_lines(
+    model_path: Path, tmp_path: Path, http_folder: tuple[str, Path]
+) -> None:
+    url, served = http_folder
+    rng = np.random.default_rng(6)
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("a.png", "sub/b.png"):
+        (folder / name).write_bytes(png(sprite(rng, 16)))
+    (folder / "notes.txt").write_text("not an image")
+    (served / "c.png").write_bytes(png(sprite(rng, 16)))
+    done = subprocess.run(
+        [
+            SPRITESAFE,
+            "classify",
+            "--model",
+            str(model_path),
+            str(folder),
+            f"{url}/c.png",
+            f"{url}/missing.png",
+        ],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"COLUMNS": "80"},
+    )
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    by_name = {Path(r["name"]).name: r for r in lines}
+    assert set(by_name) == {"a.png", "b.png", "notes.txt", "c.png", "missing.png"}
+    assert by_name["c.png"]["label"] in ("sfw", "nsfw") and by_name["c.png"]["error"] is None
+    assert by_name["notes.txt"]["score"] is None and by_name["notes.txt"]["error"]
+    assert by_name["missing.png"]["error"]
+    assert all(r["model_id"] == lines[0]["model_id"] for r in lines)
+    assert done.returncode == 1  # some inputs could not be classified
+    expected = Classifier(model_path).classify([folder / "a.png"])[0].score
+    assert by_name["a.png"]["score"] == pytest.approx(expected, abs=1e-7)
