@@ -360,6 +360,8 @@ def _promote(folder: Path, deploy: Path) -> None:
     for name in (FP32_NAME, INT8_NAME, "card.md", "card.json", "verify.json"):
         if (folder / name).is_file():
             shutil.copy2(folder / name, tmp / name)
+    if (folder / "web").is_dir():
+        shutil.copytree(folder / "web", tmp / "web")
     old = deploy.with_name(deploy.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if deploy.exists():

@@ -411,11 +411,18 @@ def export_command(
     recipe: Annotated[
         str | None, typer.Option(help="auto, or e.g. per-channel+cle+fp32-head, per-tensor")
     ] = None,
+    web: Annotated[
+        bool, typer.Option("--web", help="also build the browser bundle (export/web) beside it")
+    ] = False,
+    embed: Annotated[
+        bool, typer.Option("--embed", help="with --web: also embed the model as base64 (model.js)")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Export a trained model to FP32 ONNX and quantize it to INT8 (static, per-channel)."""
     from corpus.workspace import open_workspace
-    from export.stage import ExportError, export_model
+    from export.bundle import BundleError, build_web
+    from export.stage import INT8_NAME, ExportError, export_model
 
     settings = _settings(config, **({"export": {"recipe": recipe}} if recipe else {}))
     with open_workspace(settings) as workspace:
@@ -424,8 +431,15 @@ def export_command(
         except (ExportError, ValueError) as exc:
             console.print(f"[red]cannot export:[/] {exc}")
             raise typer.Exit(2) from None
+    bundle = None
+    if web:
+        try:
+            bundle = build_web(Path(report.path) / INT8_NAME, Path(report.path) / "web", embed)
+        except BundleError as exc:
+            console.print(f"[red]cannot build the web bundle:[/] {exc}")
+            raise typer.Exit(2) from None
     if as_json:
-        out.print_json(json.dumps(report.as_dict(), default=float))
+        out.print_json(json.dumps(report.as_dict() | {"web": str(bundle)}, default=float))
         return
     for attempt in report.tried:
         check = attempt["validation"]
@@ -439,6 +453,8 @@ def export_command(
         f"{report.size_bytes / 1e6:.2f} MB ({report.size_gzip / 1e6:.2f} MB gzipped; FP32 "
         f"{report.fp32_size_bytes / 1e6:.2f} MB) in {report.path}"
     )
+    if bundle is not None:
+        out.print(f"web bundle: {bundle} (serve the folder; open index.html for a demo)")
     out.print("next: `spritesafe verify` runs the gate and promotes it if it passes")
 
 

@@ -226,3 +226,105 @@ def test_classify_command_prints_json_lines(
     assert done.returncode == 1  # some inputs could not be classified
     expected = Classifier(model_path).classify([folder / "a.png"])[0].score
     assert by_name["a.png"]["score"] == pytest.approx(expected, abs=1e-7)
+
+
+# --- the browser bundle: same tensors and scores in Node and in headless Chromium ---------
+
+WEB = Path(__file__).parents[1] / "export" / "web"
+
+PARITY_PAGE = Path(__file__).with_name("web_parity.html")  # NAMES is filled in
+
+
+def _parity_images(folder: Path) -> list[Path]:
+    """Real sprites, an upscaled one (grid reduction), a half-transparent one (compositing)."""
+    from tests.helpers import real_tiles, upscale
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tiles = real_tiles(6, seed=9)
+    paths = []
+    for i, tile in enumerate(tiles[:4]):
+        paths.append(folder / f"tile{i}.png")
+        paths[-1].write_bytes(png(tile))
+    paths.append(folder / "x3.png")
+    paths[-1].write_bytes(png(upscale(tiles[4], 3)))
+    soft = tiles[5].copy()
+    soft[..., 3] = np.where(soft[..., 3] > 0, 128, 0)
+    paths.append(folder / "soft.png")
+    paths[-1].write_bytes(png(soft))
+    return paths
+
+
+def _check_parity(results: list[dict[str, object]], model_path: Path) -> None:
+    import base64
+
+    clf = Classifier(model_path)
+    for r in results:
+        path = Path(str(r["name"]))
+        data = path.read_bytes()
+        expected_input = from_bytes(data, clf.spec).reshape(-1)
+        got = np.frombuffer(base64.b64decode(str(r["input"])), dtype=np.float32)
+        assert np.array_equal(got, expected_input), f"{path.name}: input tensors differ"
+        expected = clf.classify([data])[0].score
+        assert expected is not None
+        assert abs(float(str(r["score"])) - expected) <= 1e-4, path.name
+
+
+@pytest.fixture
+def bundle(model_path: Path, tmp_path: Path) -> Path:
+    from export.bundle import build_web
+
+    return build_web(model_path, tmp_path / "site" / "bundle", embed=True)
+
+
+def test_web_bundle_matches_python_in_node(bundle: Path, model_path: Path, tmp_path: Path) -> None:
+    images = _parity_images(tmp_path / "site" / "images")
+    done = subprocess.run(
+        ["node", str(WEB / "parity.mjs"), str(bundle), *map(str, images)],
+        capture_output=True,
+        text=True,
+        cwd=WEB,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["where"] == "main thread" and out["batches"] == 1  # six calls, one batch
+    _check_parity(out["results"], model_path)
+
+
+@pytest.mark.slow
+def test_web_bundle_matches_python_in_chromium(
+    bundle: Path, model_path: Path, tmp_path: Path
+) -> None:
+    site = tmp_path / "site"
+    images = _parity_images(site / "images")
+    names = [p.name for p in images]
+    (site / "parity.html").write_text(PARITY_PAGE.read_text().replace("NAMES", json.dumps(names)))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    shot = tmp_path / "parity.png"
+    try:
+        done = subprocess.run(
+            [
+                "node",
+                str(WEB / "browser.mjs"),
+                f"http://127.0.0.1:{server.server_address[1]}/parity.html",
+                str(shot),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=WEB,
+            timeout=300,
+        )
+    finally:
+        server.shutdown()
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert "failure" not in out, out["failure"]
+    assert out["where"] == "worker" and out["embeddedWhere"] == "main thread"
+    assert out["batches"] < len(names)  # calls made together were coalesced
+    for r in out["results"]:
+        r["name"] = str(site / "images" / r["name"])
+    _check_parity(out["results"], model_path)
+    assert abs(out["embedded"] - out["results"][0]["score"]) <= 1e-6  # base64 model: same answer
+    assert shot.stat().st_size > 1000

@@ -1,0 +1,20 @@
+// The Web Worker side of spritesafe.js: one onnxruntime-web session, batches in, logits out.
+import * as ort from './ort/ort.wasm.min.mjs';
+
+let session = null;
+
+self.onmessage = async ({ data }) => {
+  try {
+    if (data.type === 'load') {
+      ort.env.wasm.numThreads = data.threads;
+      session = await ort.InferenceSession.create(data.model, { executionProviders: ['wasm'] });
+      self.postMessage({ id: data.id, logits: null });
+    } else {
+      const tensor = new ort.Tensor('float32', data.inputs, [data.n, 3, data.size, data.size]);
+      const out = await session.run({ input: tensor });
+      self.postMessage({ id: data.id, logits: out.logit.data });
+    }
+  } catch (error) {
+    self.postMessage({ id: data.id, error: String(error) });
+  }
+};
