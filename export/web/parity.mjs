@@ -17,6 +17,7 @@ const clf = await createClassifier({
   meta: JSON.parse(readFileSync(join(bundle, 'model.json'), 'utf8')),
   worker: false,
   ort,
+  threads: Number(process.env.SPRITESAFE_WEB_THREADS ?? 1),
 });
 const images = files.map((f) => pngjs.PNG.sync.read(readFileSync(f)));
 
