@@ -204,6 +204,37 @@ exports = sa.Table(
     sa.Column("verified_at", sa.DateTime(timezone=True)),
 )
 
+# P(nsfw) of a model for an image. out_of_sample: the model never trained on the image (it
+# was held out, or labelled after the snapshot); only such scores may judge its labels.
+model_scores = sa.Table(
+    "model_scores",
+    metadata,
+    sa.Column("image_id", sa.Integer, sa.ForeignKey("images.id"), primary_key=True),
+    sa.Column("model_id", sa.String(36), primary_key=True),
+    sa.Column("score", sa.Float, nullable=False),
+    sa.Column("out_of_sample", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# What people are asked to look at, and why. One row per (image, reason): an image is never
+# queued twice for the same reason, whatever the later runs find.
+review_queue = sa.Table(
+    "review_queue",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("image_id", sa.Integer, sa.ForeignKey("images.id"), nullable=False),
+    sa.Column("reason", sa.String(32), nullable=False),
+    sa.Column("priority", sa.Float, nullable=False),  # higher first
+    sa.Column("detail", sa.JSON),  # the scores that put it here
+    sa.Column("model_id", sa.String(36)),
+    sa.Column("status", sa.String(16), nullable=False),  # open, decided, skipped
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("decided_at", sa.DateTime(timezone=True)),
+    sa.Column("decided_by", sa.String(100)),  # the reviewer
+    sa.UniqueConstraint("image_id", "reason"),
+    sa.Index("ix_review_queue_status_priority", "status", "priority"),
+)
+
 IMAGE_STATUSES = ("candidate", "duplicate", "rejected")
 
 

@@ -569,6 +569,77 @@ def _classify_inputs(targets: list[str], settings: Settings) -> Any:
         yield names, items
 
 
+@app.command("disagreements")
+def disagreements_command(
+    config: ConfigOpt = None,
+    model: Annotated[
+        Path | None, typer.Option(help="an exported .onnx (default: the promoted model)")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Score the catalog with the model and queue what it and the labelers disagree on."""
+    from corpus.workspace import open_workspace
+    from export.classify import Classifier
+    from export.stage import ExportError, promoted_model
+    from review.mining import mine
+    from review.scores import score_catalog
+
+    settings = _settings(config)
+    try:
+        path = model or promoted_model(settings)
+        classifier = Classifier(path)
+    except (ExportError, FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]cannot mine disagreements:[/] {exc}")
+        raise typer.Exit(2) from None
+    with open_workspace(settings) as workspace:
+        scored = score_catalog(workspace.catalog, workspace.blobs, settings, path)
+        mined = mine(workspace.catalog, settings, classifier.model_id, classifier.threshold)
+    if as_json:
+        out.print_json(json.dumps({"scores": scored.as_dict(), "mine": mined.as_dict()}))
+        return
+    out.print(
+        f"scored {scored.scored} images with {scored.model_id} ({scored.in_sample} trained on: "
+        f"their scores judge nothing), {scored.unreadable} unreadable"
+    )
+    table = Table(title="review queue")
+    for column in ("reason", "new", "open"):
+        table.add_column(column, justify="left" if column == "reason" else "right")
+    for reason in sorted(set(mined.queued) | set(mined.open)):
+        table.add_row(reason, str(mined.queued.get(reason, 0)), str(mined.open.get(reason, 0)))
+    out.print(table)
+    out.print("next: `spritesafe review` to work through them")
+
+
+@app.command("review")
+def review_command(
+    config: ConfigOpt = None,
+    host: Annotated[str | None, typer.Option(help="bind address (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default 8765)")] = None,
+) -> None:
+    """Serve the review page: queued images, keyboard decisions, undo."""
+    import secrets
+
+    import uvicorn
+
+    from corpus.workspace import open_workspace
+    from review.app import create_app
+
+    settings = _settings(config)
+    host = host or settings.review.host
+    port = port if port is not None else settings.review.port
+    local = host in ("127.0.0.1", "localhost", "::1")
+    token = None if local else secrets.token_urlsafe(16)
+    with open_workspace(settings) as workspace:
+        url = f"http://{host}:{port}/" + (f"?token={token}" if token else "")
+        console.print(f"review page: {url}  (Ctrl-C to stop)")
+        uvicorn.run(
+            create_app(workspace.catalog, workspace.blobs, token),
+            host=host,
+            port=port,
+            log_level="warning",
+        )
+
+
 @app.command()
 def rebuild(
     sources: Annotated[

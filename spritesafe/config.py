@@ -197,6 +197,19 @@ class ExportSettings(BaseModel):
     seed: int = 0
 
 
+class ReviewSettings(BaseModel):
+    """Disagreement mining and the review page."""
+
+    margin: float = Field(0.2, gt=0, lt=0.5, description="model beyond threshold +/- this")
+    near_band: float = Field(0.05, gt=0, lt=0.5, description="'uncertain': |p - threshold| <")
+    teacher_gap: float = Field(0.7, gt=0, le=1, description="|teacher - LLM| for a conflict")
+    max_per_reason: int = Field(200, ge=1, description="new queue items per reason per run")
+    audit_share: float = Field(0.1, ge=0, le=1, description="random items, share of the rest")
+    host: str = "127.0.0.1"
+    port: int = Field(8765, ge=0, le=65535)
+    seed: int = 0
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SPRITESAFE_",
@@ -218,6 +231,7 @@ class Settings(BaseSettings):
     snapshot: SnapshotSettings = Field(default_factory=SnapshotSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     export: ExportSettings = Field(default_factory=ExportSettings)
+    review: ReviewSettings = Field(default_factory=ReviewSettings)
     # Folder that relative paths (data_dir, sources) resolve against; set by load_settings.
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
 

@@ -1,0 +1,178 @@
+"""The review page: FastAPI, server-rendered HTML, a few lines of JS for the keyboard.
+
+Safety: bound to 127.0.0.1 by default; bound anywhere else it requires a token (given once as
+`?token=`, then kept in a cookie). Every POST carries a CSRF token that must match the
+session's cookie (double submit, SameSite=Strict). URLs carry queue item ids and the reason
+filter only: never a label or a score. Decisions go through review.decisions, in the
+catalog's write transactions, so a growth run can write at the same time.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import FastAPI, Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from corpus.blobs import BlobStore
+from corpus.catalog import Catalog, images, labels, model_scores, review_queue
+from labelers.effective import HUMAN, LLM, TEACHER
+from review.decisions import ReviewError, decide, undo
+from review.mining import REASONS
+
+TEMPLATES = Environment(
+    loader=FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=select_autoescape(["html"]),
+)
+MEDIA = {
+    "PNG": "image/png",
+    "GIF": "image/gif",
+    "WEBP": "image/webp",
+    "JPEG": "image/jpeg",
+    "BMP": "image/bmp",
+}
+DISPLAY = 256  # images are shown at the largest integer zoom that fits this
+
+
+def _redirect(reason: str, item: int | None = None) -> RedirectResponse:
+    query = f"?reason={reason}" + (f"&item={item}" if item else "")
+    return RedirectResponse("/" + query, status_code=303)
+
+
+def create_app(catalog: Catalog, blobs: BlobStore, token: str | None = None) -> FastAPI:
+    """The review app over a catalog; `token` is required on every request when given."""
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Any) -> Any:
+        if token is not None:
+            given = request.query_params.get("token")
+            if given is not None and secrets.compare_digest(given, token):
+                response = RedirectResponse(request.url.path, status_code=303)
+                response.set_cookie("token", token, httponly=True, samesite="strict")
+                return response
+            if not secrets.compare_digest(request.cookies.get("token", ""), token):
+                return Response("a review token is required (?token=...)", status_code=401)
+        return await call_next(request)
+
+    def check(request: Request, csrf: str) -> None:
+        expected = request.cookies.get("csrf", "")
+        if not expected or not secrets.compare_digest(csrf, expected):
+            raise HTTPException(403, "CSRF check failed: reload the page")
+
+    @app.get("/", response_class=HTMLResponse)
+    def page(request: Request, reason: str = "", item: int | None = None) -> HTMLResponse:
+        reason = reason if reason in REASONS else ""
+        csrf = request.cookies.get("csrf") or secrets.token_urlsafe(24)
+        query = sa.select(review_queue).where(review_queue.c.status == "open")
+        counted = sa.select(review_queue.c.status, sa.func.count()).group_by(review_queue.c.status)
+        if reason:
+            query = query.where(review_queue.c.reason == reason)
+            counted = counted.where(review_queue.c.reason == reason)
+        with catalog.read() as conn:
+            queue = conn.execute(
+                query.order_by(review_queue.c.priority.desc(), review_queue.c.id)
+            ).all()
+            counts = dict(conn.execute(counted).tuples().all())
+            ids = [q.id for q in queue]
+            current = next((q for q in queue if q.id == item), queue[0] if queue else None)
+            context: dict[str, Any] = {}
+            if current is not None:
+                context = _item_context(conn, current)
+                at = ids.index(current.id)
+                context["prev_id"] = ids[at - 1] if at > 0 else None
+                context["next_id"] = ids[at + 1] if at + 1 < len(ids) else None
+        html = TEMPLATES.get_template("review.html").render(
+            item=current,
+            reason=reason,
+            reasons=REASONS,
+            done=counts.get("decided", 0) + counts.get("skipped", 0),
+            left=counts.get("open", 0),
+            reviewer=request.cookies.get("reviewer", ""),
+            csrf=csrf,
+            **context,
+        )
+        response = HTMLResponse(html)
+        if "csrf" not in request.cookies:
+            response.set_cookie("csrf", csrf, httponly=True, samesite="strict")
+        return response
+
+    @app.get("/image/{queue_id}")
+    def image(queue_id: int) -> Response:
+        with catalog.read() as conn:
+            row = conn.execute(
+                sa.select(images.c.blob_key, images.c.format)
+                .join(review_queue, review_queue.c.image_id == images.c.id)
+                .where(review_queue.c.id == queue_id)
+            ).first()
+        if row is None or row.blob_key is None:
+            raise HTTPException(404, "no such queued image")
+        media = MEDIA.get(str(row.format).upper(), "application/octet-stream")
+        return Response(
+            blobs.get(row.blob_key),
+            media_type=media,
+            headers={"Cache-Control": "private, max-age=3600"},
+        )
+
+    @app.post("/reviewer")
+    def set_reviewer(
+        request: Request, name: str = Form(...), csrf: str = Form(...), reason: str = Form("")
+    ) -> Response:
+        check(request, csrf)
+        response = _redirect(reason)
+        response.set_cookie("reviewer", name.strip()[:100], samesite="strict")
+        return response
+
+    @app.post("/decide")
+    def decide_item(
+        request: Request,
+        item: int = Form(...),
+        choice: str = Form(...),
+        csrf: str = Form(...),
+        reason: str = Form(""),
+    ) -> Response:
+        check(request, csrf)
+        reviewer = request.cookies.get("reviewer", "")
+        try:
+            decide(catalog, item, reviewer, choice)
+        except ReviewError as exc:
+            raise HTTPException(409, str(exc)) from None
+        return _redirect(reason)
+
+    @app.post("/undo")
+    def undo_last(request: Request, csrf: str = Form(...), reason: str = Form("")) -> Response:
+        check(request, csrf)
+        reopened = undo(catalog, request.cookies.get("reviewer", ""))
+        return _redirect(reason, reopened)
+
+    return app
+
+
+def _item_context(conn: sa.Connection, item: Any) -> dict[str, Any]:
+    picture = conn.execute(
+        sa.select(images.c.width, images.c.height).where(images.c.id == item.image_id)
+    ).one()
+    zoom = max(1, DISPLAY // max(picture.width or 1, picture.height or 1))
+    rows = conn.execute(
+        sa.select(labels).where(labels.c.image_id == item.image_id).order_by(labels.c.id)
+    ).all()
+    score = conn.execute(
+        sa.select(model_scores.c.score)
+        .where(model_scores.c.image_id == item.image_id)
+        .where(model_scores.c.out_of_sample)
+        .order_by(model_scores.c.created_at.desc())
+        .limit(1)
+    ).scalar()
+    teacher = [r.score_explicit for r in rows if r.labeler == TEACHER]
+    return {
+        "width": (picture.width or 1) * zoom,
+        "height": (picture.height or 1) * zoom,
+        "llm": [r for r in rows if r.labeler == LLM][-3:],
+        "humans": [r for r in rows if r.labeler == HUMAN],
+        "model_score": f"{score:.3f}" if score is not None else "not scored (or trained on it)",
+        "teacher_score": f"{teacher[-1]:.3f}" if teacher else "-",
+    }
