@@ -87,13 +87,14 @@ def mine(catalog: Catalog, settings: Settings, model_id: str, threshold: float) 
                         item.llm_p.append(p)
                 elif row.labeler == TEACHER and row.score_explicit is not None:
                     item.teacher = float(row.score_explicit)
-            scores: dict[int, float] = dict(
-                conn.execute(
+            scores: dict[int, float] = {
+                row.image_id: float(row.score)
+                for row in conn.execute(
                     sa.select(model_scores.c.image_id, model_scores.c.score)
                     .where(model_scores.c.model_id == model_id)
                     .where(model_scores.c.out_of_sample)
-                ).tuples()
-            )
+                )
+            }
         found: dict[str, list[tuple[float, int, dict[str, Any]]]] = defaultdict(list)
         for image_id, item in by_image.items():
             if item.human:

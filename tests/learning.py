@@ -121,13 +121,20 @@ def coloured_corpus(tmp_path: Path, positives: int, negatives: int, grey: int = 
     return folder
 
 
-def labelled(tmp_path: Path, folder: Path, **overrides: object) -> tuple[Settings, FakeOllama]:
-    server = FakeOllama({MODEL: "sha256:" + "0c" * 32}, responder=colour_responder)
+def labelled(
+    tmp_path: Path,
+    folder: Path,
+    responder: Callable[[ChatRequestInfo], str] | None = None,
+    samples: int = 1,
+    **overrides: object,
+) -> tuple[Settings, FakeOllama]:
+    """Ingest, dedupe and label `folder` with the LLM (the test server, left running)."""
+    server = FakeOllama({MODEL: "sha256:" + "0c" * 32}, responder=responder or colour_responder)
     server.start()
     base: dict[str, object] = {
         "data_dir": tmp_path / "data",
         "ingest": {"workers": 1},
-        "ollama": {"hosts": [server.url], "model": MODEL},
+        "ollama": {"hosts": [server.url], "model": MODEL, "samples": samples},
         "label": {"budget": 10_000},
     }
     settings = load_settings(None, **(base | overrides))

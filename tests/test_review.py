@@ -1,0 +1,284 @@
+"""The feedback loop: catalog scores, disagreement mining, decisions, and the review page in a
+real browser (Debian's headless Chromium driven by Playwright)."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import sqlalchemy as sa
+import uvicorn
+from PIL import Image
+
+from corpus.catalog import labels, model_scores, review_queue
+from corpus.workspace import open_workspace
+from export.classify import Classifier
+from export.stage import export_model, promoted_model, verify_model
+from review.app import create_app
+from review.decisions import ReviewError, decide, undo
+from review.mining import mine
+from review.scores import score_catalog, trained_on
+from spritesafe.config import Settings
+from tests.learning import GREY, RED, coloured_corpus, labelled
+from tests.ollama_server import ChatRequestInfo
+from training.snapshot import snapshot
+from training.train import train
+
+LENIENT = {"max_flip_share": 1.0, "max_confident_flips": 10**6, "max_pr_auc_drop": 1.0}
+
+
+def _wavering(info: ChatRequestInfo) -> str:
+    """Red: explicit; grey: the answer depends on the sample's seed (low self-consistency);
+    else safe."""
+    rgb = np.asarray(Image.open(io.BytesIO(info.images[0])).convert("RGB"))
+    share = {c: float((rgb == c).all(axis=2).mean()) for c in (RED, GREY)}
+    if share[RED] > 0.2:
+        category = "explicit"
+    elif share[GREY] > 0.2:
+        category = ("safe", "suggestive", "explicit")[int(info.options.get("seed", 0)) % 3]
+    else:
+        category = "safe"
+    scores = {"safe": 0.1, "suggestive": 0.1, "explicit": 0.1} | {category: 0.8}
+    return json.dumps({"category": category, "scores": scores, "rationale": f"{category} look"})
+
+
+@pytest.fixture(scope="module")
+def mined(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """A labelled corpus (3 LLM samples each), a tiny trained and promoted model, the
+    catalog scored and mined."""
+    tmp = tmp_path_factory.mktemp("review")
+    folder = coloured_corpus(tmp, positives=30, negatives=150, grey=12)
+    settings, server = labelled(
+        tmp,
+        folder,
+        responder=_wavering,
+        samples=3,
+        snapshot={"target_base_rate": 0.1},
+        train={"epochs": 2, "batch_size": 32, "size": 64},
+        export={"calibration_images": 64, "unlabelled_sample": 0} | LENIENT,
+        review={"margin": 0.05, "near_band": 0.2},
+    )
+    with open_workspace(settings) as ws:
+        assert snapshot(ws.catalog, ws.blobs, settings).status == "ok"
+        train(ws.catalog, settings)
+        export_model(ws.catalog, settings)
+        assert verify_model(ws.catalog, ws.blobs, settings).promoted
+    yield settings
+    server.stop()
+
+
+def _model(settings: Settings) -> Classifier:
+    return Classifier(promoted_model(settings))
+
+
+def test_scores_are_out_of_sample_only_where_the_model_never_trained(mined: Settings) -> None:
+    clf = _model(mined)
+    with open_workspace(mined) as ws:
+        report = score_catalog(ws.catalog, ws.blobs, mined, promoted_model(mined))
+        trained = trained_on(ws.catalog, clf.model_id)
+        with ws.catalog.read() as conn:
+            rows = conn.execute(sa.select(model_scores)).all()
+        assert report.scored == len(rows) > 0 and report.in_sample == len(trained) > 0
+        assert {r.image_id for r in rows if not r.out_of_sample} == trained
+        again = score_catalog(ws.catalog, ws.blobs, mined, promoted_model(mined))
+        assert again.scored == 0  # incremental
+
+
+def test_mining_queues_each_image_once_per_reason(mined: Settings) -> None:
+    clf = _model(mined)
+    with open_workspace(mined) as ws:
+        score_catalog(ws.catalog, ws.blobs, mined, promoted_model(mined))
+        first = mine(ws.catalog, mined, clf.model_id, clf.threshold)
+        assert first.queued["low_agreement"] >= 5  # the grey sprites
+        assert sum(first.queued.values()) == sum(first.open.values())
+        with ws.catalog.read() as conn:
+            queue = conn.execute(sa.select(review_queue)).all()
+            in_sample = set(
+                conn.execute(
+                    sa.select(model_scores.c.image_id).where(~model_scores.c.out_of_sample)
+                ).scalars()
+            )
+        # A model never judges a label with a score from having trained on the image.
+        assert not {q.image_id for q in queue if q.reason == "llm_vs_model"} & in_sample
+        assert all(q.detail is not None for q in queue)
+        again = mine(ws.catalog, mined, clf.model_id, clf.threshold)
+        assert sum(again.queued.values()) == 0
+        # A person's decision takes the image out of future mining.
+        item = queue[0]
+        decide(ws.catalog, item.id, "ana", "safe")
+        with ws.catalog.write() as conn:
+            conn.execute(review_queue.delete().where(review_queue.c.image_id == item.image_id))
+        mine(ws.catalog, mined, clf.model_id, clf.threshold)
+        with ws.catalog.read() as conn:
+            requeued = conn.execute(
+                sa.select(review_queue).where(review_queue.c.image_id == item.image_id)
+            ).all()
+        assert requeued == []
+
+
+def test_decisions_append_and_undo_retracts(mined: Settings) -> None:
+    from labelers.effective import LabelRow, effective_label
+
+    with open_workspace(mined) as ws:
+        with ws.catalog.write() as conn:
+            conn.execute(
+                review_queue.insert().values(
+                    image_id=1, reason="audit", priority=0.0, status="open", created_at=_now()
+                )
+            )
+            item = conn.execute(
+                sa.select(review_queue.c.id)
+                .where(review_queue.c.image_id == 1)
+                .where(review_queue.c.reason == "audit")
+            ).scalar_one()
+        with pytest.raises(ReviewError):
+            decide(ws.catalog, item, "", "safe")
+        with pytest.raises(ReviewError):
+            decide(ws.catalog, item, "bo", "maybe")
+        decide(ws.catalog, item, "bo", "explicit")
+        with pytest.raises(ReviewError, match="already decided"):
+            decide(ws.catalog, item, "bo", "safe")
+        assert undo(ws.catalog, "bo") == item
+        assert undo(ws.catalog, "someone else") is None
+        decide(ws.catalog, item, "bo", "suggestive")
+        with ws.catalog.read() as conn:
+            rows = conn.execute(
+                sa.select(labels)
+                .where(labels.c.image_id == 1)
+                .where(labels.c.labeler == "human")
+                .order_by(labels.c.id)
+            ).all()
+    assert [r.category for r in rows][-3:] == ["explicit", "retract", "suggestive"]
+    result = effective_label(LabelRow(r.labeler, r.category, r.created_at) for r in rows)
+    assert result.category == "suggestive" and result.source == "human"
+
+
+def _now():  # type: ignore[no-untyped-def]
+    from corpus.catalog import utcnow
+
+    return utcnow()
+
+
+@pytest.fixture
+def server(mined: Settings) -> Iterator[tuple[str, Settings]]:
+    clf = _model(mined)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ws = open_workspace(mined)
+    score_catalog(ws.catalog, ws.blobs, mined, promoted_model(mined))
+    mine(ws.catalog, mined, clf.model_id, clf.threshold)
+    config = uvicorn.Config(
+        create_app(ws.catalog, ws.blobs), host="127.0.0.1", port=port, log_level="warning"
+    )
+    app_server = uvicorn.Server(config)
+    thread = threading.Thread(target=app_server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not app_server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", mined
+    app_server.should_exit = True
+    thread.join(10)
+    ws.close()
+
+
+def _open_item(settings: Settings, queue_id: int) -> tuple[str, str | None]:
+    with open_workspace(settings) as ws, ws.catalog.read() as conn:
+        row = conn.execute(sa.select(review_queue).where(review_queue.c.id == queue_id)).one()
+    return row.status, row.decided_by
+
+
+@pytest.mark.slow
+def test_review_in_a_real_browser(server: tuple[str, Settings], tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    url, settings = server
+    visited: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+            ],
+        )
+        page = browser.new_page()
+        page.on("request", lambda request: visited.append(request.url))
+        page.goto(url + "/?reason=low_agreement")
+        page.fill("#reviewer", "ana")
+        with page.expect_navigation():
+            page.click("text=set")
+        page.wait_for_selector("#sprite")
+        assert "hidden" in (page.get_attribute("#sprite", "class") or "")
+        style = page.eval_on_selector("#sprite img", "e => getComputedStyle(e).imageRendering")
+        assert style == "pixelated"
+        page.keyboard.press("r")
+        assert "hidden" not in (page.get_attribute("#sprite", "class") or "")
+        first = int(page.get_attribute("#decide-form input[name=item]", "value") or 0)
+        assert page.inner_text("#reason") == "low_agreement"
+        progress = page.inner_text("#progress")
+
+        with page.expect_navigation():
+            page.keyboard.press("3")  # explicit
+        assert _open_item(settings, first) == ("decided", "ana")
+        assert page.inner_text("#progress") != progress
+        page.screenshot(path=str(tmp_path / "review.png"), full_page=True)
+
+        with page.expect_navigation():
+            page.keyboard.press("u")  # undo: the same item again, open
+        assert int(page.get_attribute("#decide-form input[name=item]", "value") or 0) == first
+        assert _open_item(settings, first) == ("open", None)
+
+        with page.expect_navigation():
+            page.keyboard.press("s")  # skip it
+        second = int(page.get_attribute("#decide-form input[name=item]", "value") or 0)
+        assert second != first and _open_item(settings, first)[0] == "skipped"
+        with page.expect_navigation():
+            page.keyboard.press("1")  # safe
+        page.reload()
+        assert _open_item(settings, second) == ("decided", "ana")
+        assert "2 done" in page.inner_text("#progress")
+        browser.close()
+
+    with open_workspace(settings) as ws, ws.catalog.read() as conn:
+        human = conn.execute(
+            sa.select(labels.c.image_id, labels.c.category, labels.c.model, labels.c.selection)
+            .where(labels.c.labeler == "human")
+            .where(labels.c.model == "ana")
+            .order_by(labels.c.id)
+        ).all()
+    assert [h.category for h in human][-3:] == ["explicit", "retract", "safe"]
+    assert {h.selection for h in human} == {"low_agreement"}
+    # No label or score ever travelled in a URL.
+    for visited_url in visited:
+        assert not any(w in visited_url for w in ("safe", "explicit", "suggestive", "score"))
+    assert (tmp_path / "review.png").stat().st_size > 5000
+
+
+def test_posts_need_the_csrf_token_and_remote_binding_a_token(server: tuple[str, Settings]) -> None:
+    url, settings = server
+    with httpx.Client(base_url=url) as client:
+        client.get("/")
+        refused = client.post("/decide", data={"item": 1, "choice": "safe", "csrf": "forged"})
+        assert refused.status_code == 403
+    with open_workspace(settings) as ws:
+        app = create_app(ws.catalog, ws.blobs, token="s3cret")
+        from fastapi.testclient import TestClient
+
+        guarded = TestClient(app)
+        assert guarded.get("/").status_code == 401
+        entered = guarded.get("/?token=s3cret", follow_redirects=False)
+        assert entered.status_code == 303 and "token" in entered.cookies
+        assert guarded.get("/").status_code == 200
