@@ -315,7 +315,23 @@ def _label_ollama(
         pending, budget, settings.label.audit_share, scores, _seed(report.run_id)
     )
     report.selected.update(chosen.values())
+    ask_llm(catalog, blobs, settings, llm, rubric, digest, chosen, report, progress)
 
+
+def ask_llm(
+    catalog: Catalog,
+    blobs: BlobStore,
+    settings: Settings,
+    llm: OllamaLabeler,
+    rubric: Rubric,
+    digest: str,
+    chosen: dict[int, str],
+    report: LabelReport,
+    progress: Progress | None = None,
+) -> None:
+    """Label the `chosen` images (id -> selection reason) with the connected LLM: every
+    missing self-consistency sample, stored in batches; errors recorded, never guessed."""
+    cfg = settings.ollama
     keys = _blob_keys(catalog, list(chosen))
     # Resume: samples an interrupted run already stored are not asked again.
     have = _samples_done(catalog, _key("ollama", digest, rubric.version), list(chosen))

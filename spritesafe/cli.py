@@ -581,6 +581,7 @@ def disagreements_command(
     from corpus.workspace import open_workspace
     from export.classify import Classifier
     from export.stage import ExportError, promoted_model
+    from review.agreement import agreement
     from review.mining import mine
     from review.scores import score_catalog
 
@@ -594,8 +595,18 @@ def disagreements_command(
     with open_workspace(settings) as workspace:
         scored = score_catalog(workspace.catalog, workspace.blobs, settings, path)
         mined = mine(workspace.catalog, settings, classifier.model_id, classifier.threshold)
+        agreed = agreement(workspace.catalog, settings, classifier.model_id, classifier.threshold)
     if as_json:
-        out.print_json(json.dumps({"scores": scored.as_dict(), "mine": mined.as_dict()}))
+        out.print_json(
+            json.dumps(
+                {
+                    "scores": scored.as_dict(),
+                    "mine": mined.as_dict(),
+                    "agreement": agreed.as_dict(),
+                },
+                default=str,
+            )
+        )
         return
     out.print(
         f"scored {scored.scored} images with {scored.model_id} ({scored.in_sample} trained on: "
@@ -607,7 +618,77 @@ def disagreements_command(
     for reason in sorted(set(mined.queued) | set(mined.open)):
         table.add_row(reason, str(mined.queued.get(reason, 0)), str(mined.open.get(reason, 0)))
     out.print(table)
+    _print_agreement(agreed)
     out.print("next: `spritesafe review` to work through them")
+
+
+def _print_agreement(agreed: Any) -> None:
+    table = Table(title="agreement on nsfw (Cohen's kappa: 1 perfect, 0 chance)")
+    for column in ("pair", "images", "agreement", "kappa"):
+        table.add_column(column, justify="left" if column == "pair" else "right")
+    for pair, figures in agreed.pairs.items():
+        share, kappa = figures["agreement"], figures["kappa"]
+        table.add_row(
+            pair,
+            str(figures["images"]),
+            "-" if share is None else f"{share:.3f}",
+            "-" if kappa is None else f"{kappa:.3f}",
+        )
+    out.print(table)
+    out.print(
+        f"people decided {agreed.human_decisions} images and overturned {agreed.overturned_llm} "
+        f"LLM labels; reviewers: "
+        + (
+            ", ".join(
+                f"{who} {r['items']} ({r['per_hour'] or '-'}/h)"
+                for who, r in agreed.reviewers.items()
+            )
+            or "none yet"
+        )
+    )
+
+
+@app.command("verify-positives")
+def verify_positives_command(
+    budget: Annotated[int, typer.Option(help="LLM calls to spend on the model's proposals")] = 100,
+    config: ConfigOpt = None,
+    model: Annotated[
+        Path | None, typer.Option(help="an exported .onnx (default: the promoted model)")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Send the model's top-scoring unlabelled images (and some near its threshold) to the
+    LLM; report how many of the model's positives the LLM confirms."""
+    from corpus.workspace import open_workspace
+    from export.stage import ExportError, promoted_model
+    from labelers.ollama import NoHostError
+    from review.positives import verify_positives
+
+    settings = _settings(config)
+    try:
+        path = model or promoted_model(settings)
+    except ExportError as exc:
+        console.print(f"[red]cannot verify positives:[/] {exc}")
+        raise typer.Exit(2) from None
+    with open_workspace(settings) as workspace:
+        try:
+            report = verify_positives(workspace.catalog, workspace.blobs, settings, path, budget)
+        except NoHostError as exc:
+            console.print(f"[red]{exc}[/]")
+            raise typer.Exit(3) from None
+    if as_json:
+        out.print_json(json.dumps(report.as_dict()))
+        return
+    precision = report.confirmed_precision
+    out.print(
+        f"asked the LLM about {sum(report.asked.values())} images {report.asked}: "
+        f"{report.labelled} labels, errors {report.errors or 0}"
+    )
+    out.print(
+        f"the model called {report.model_positives} of them nsfw; the LLM confirmed "
+        f"{report.confirmed} (precision {'-' if precision is None else f'{precision:.3f}'}); "
+        f"{report.queued} disagreements queued for review"
+    )
 
 
 @app.command("review")

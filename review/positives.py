@@ -1,0 +1,142 @@
+"""The model proposes, the LLM verifies: growing the rare class (active learning).
+
+Unlabelled candidates are ranked by the promoted model's score; the top of the list (and a
+few near the threshold, where the model is least sure) go to the LLM labeler within the
+budget, stored as ordinary labels with the selection `model_top` / `model_near`. The share of
+the model's positives (score >= threshold) that the LLM confirms is the model's precision in
+the wild, as the LLM sees it; where the two disagree the image goes to the review queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from corpus.blobs import BlobStore
+from corpus.catalog import (
+    Catalog,
+    insert_ignore,
+    labels,
+    model_scores,
+    recorded,
+    review_queue,
+    utcnow,
+)
+from export.classify import Classifier
+from labelers.effective import LLM, LabelRow, effective_label
+from labelers.ollama import OllamaLabeler
+from labelers.rubric import load_rubric
+from labelers.stage import LabelReport, ask_llm
+from review.scores import score_catalog
+from spritesafe.config import Settings
+
+
+@dataclass
+class PositivesReport:
+    run_id: str
+    model_id: str = ""
+    asked: dict[str, int] = field(default_factory=dict)  # by selection
+    labelled: int = 0
+    model_positives: int = 0  # asked images the model calls positive
+    confirmed: int = 0  # ... that the LLM calls positive too
+    queued: int = 0  # disagreements sent to review
+    errors: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    status: str = "running"
+
+    @property
+    def confirmed_precision(self) -> float | None:
+        return self.confirmed / self.model_positives if self.model_positives else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__) | {"confirmed_precision": self.confirmed_precision}
+
+
+def verify_positives(
+    catalog: Catalog,
+    blobs: BlobStore,
+    settings: Settings,
+    model: Path,
+    budget: int,
+    near_share: float = 0.2,
+) -> PositivesReport:
+    clf = Classifier(model, threads=settings.export.threads)
+    report = PositivesReport(run_id=catalog.start_run("verify-positives"), model_id=clf.model_id)
+    with recorded(catalog, report):
+        score_catalog(catalog, blobs, settings, model)
+        rubric = load_rubric(settings.label.rubric)
+        llm = OllamaLabeler(settings.ollama, rubric)
+        digest = asyncio.run(llm.connect())
+        asked_before = sa.select(labels.c.image_id).where(labels.c.labeler == LLM)
+        with catalog.read() as conn:
+            scored = conn.execute(
+                sa.select(model_scores.c.image_id, model_scores.c.score)
+                .where(model_scores.c.model_id == clf.model_id)
+                .where(model_scores.c.image_id.not_in(asked_before))
+            ).all()
+        by_score = sorted(scored, key=lambda r: (-r.score, r.image_id))
+        n_near = round(budget * near_share)
+        chosen = {r.image_id: "model_top" for r in by_score[: budget - n_near]}
+        near = sorted(
+            (r for r in scored if r.image_id not in chosen),
+            key=lambda r: (abs(r.score - clf.threshold), r.image_id),
+        )
+        chosen.update({r.image_id: "model_near" for r in near[:n_near]})
+        report.asked = {
+            s: sum(1 for v in chosen.values() if v == s) for s in ("model_top", "model_near")
+        }
+        inner = LabelReport(run_id=report.run_id, labeler=LLM)
+        ask_llm(catalog, blobs, settings, llm, rubric, digest, chosen, inner)
+        report.labelled, report.errors = inner.labelled, dict(inner.errors)
+
+        positive = {"explicit"} | (
+            {"suggestive"} if settings.snapshot.suggestive_is_positive else set()
+        )
+        score_of = {r.image_id: float(r.score) for r in scored}
+        with catalog.read() as conn:
+            rows = conn.execute(
+                sa.select(labels)
+                .where(labels.c.image_id.in_(list(chosen)))
+                .where(labels.c.labeler == LLM)
+                .where(labels.c.rubric_version == rubric.version)
+            ).all()
+        votes: dict[int, list[LabelRow]] = {}
+        for row in rows:
+            votes.setdefault(row.image_id, []).append(
+                LabelRow(row.labeler, row.category, row.created_at, row.rubric_version)
+            )
+        disagreements = []
+        for image_id, image_votes in votes.items():
+            verdict = effective_label(image_votes, rubric_version=rubric.version)
+            if verdict.uncertain or verdict.category is None:
+                continue
+            model_pos = score_of[image_id] >= clf.threshold
+            llm_pos = verdict.category in positive
+            report.model_positives += model_pos
+            report.confirmed += model_pos and llm_pos
+            if model_pos != llm_pos:
+                disagreements.append(
+                    {
+                        "image_id": image_id,
+                        "reason": "llm_vs_model",
+                        "priority": abs(score_of[image_id] - clf.threshold),
+                        "detail": {
+                            "model": score_of[image_id],
+                            "llm": verdict.category,
+                            "selection": chosen[image_id],
+                        },
+                        "model_id": clf.model_id,
+                        "status": "open",
+                        "created_at": utcnow(),
+                    }
+                )
+        with catalog.write() as conn:
+            before = conn.execute(sa.select(sa.func.count()).select_from(review_queue)).scalar_one()
+            insert_ignore(conn, review_queue, disagreements, ["image_id", "reason"])
+            after = conn.execute(sa.select(sa.func.count()).select_from(review_queue)).scalar_one()
+        report.queued = int(after - before)
+    return report
