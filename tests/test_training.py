@@ -205,10 +205,6 @@ def test_student_learns_a_rare_concept_from_noisy_llm_labels(
         (tmp_path / "spritesafe.toml").write_text(
             f'data_dir = "data"\n[ollama]\nhosts = ["{server.url}"]\nmodel = "{MODEL}"\n'
             "[train]\nepochs = 16\npatience = 8\n"
-            # ~15 positives in this test split: one rank swap moves PR-AUC by ~0.02, so the
-            # default 0.01 limit would judge noise (measured: 0.004-0.04 across calibration
-            # samples of one model). The flip limits stay at their defaults.
-            "[export]\nmax_pr_auc_drop = 0.05\n"
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("SPRITESAFE_")}
         env["SPRITESAFE_CONFIG"] = str(tmp_path / "spritesafe.toml")
@@ -218,12 +214,22 @@ def test_student_learns_a_rare_concept_from_noisy_llm_labels(
         shown = _cli("snapshot", env=env).stdout
         assert "base rate" in shown and "audited" in shown
         done = _cli("train", "--json", env=env)
-        # The trained model ships: export, the gate at its default limits, classify.
-        shipped = _cli("export", env=env).stdout
-        verified = _cli("verify", env=env).stdout
-        assert "passed: promoted" in verified, shipped + verified
-        classified = _cli("classify", str(tmp_path / "sprites" / sorted(positives)[0]), env=env)
-        assert json.loads(classified.stdout)["score"] is not None
+        # Export and the gate at its default limits. ONNX FP32 must equal torch; whether INT8
+        # passes is the gate's call: with ~250 test images and ~15 positives, 1 % is 2.5 flips
+        # and one rank swap moves PR-AUC by ~0.02, so near-threshold flips decide it (seen
+        # both ways across runs; the audit draw, and so the split, differs per run).
+        _cli("export", env=env)
+        gate = subprocess.run(
+            [SPRITESAFE, "verify", "--json"], env=env, capture_output=True, text=True, timeout=600
+        )
+        verdict = json.loads(gate.stdout)
+        assert gate.returncode == (0 if verdict["promoted"] else 1), gate.stderr
+        assert verdict["checks"]["test"]["onnx_fp32"]["max_delta"] <= 1e-4
+        assert verdict["checks"]["test"]["onnx_int8"]["confident_flips"] <= 1
+        assert all("INT8" in reason for reason in verdict["reasons"]), verdict["reasons"]
+        if verdict["promoted"]:
+            heart = str(tmp_path / "sprites" / sorted(positives)[0])
+            assert json.loads(_cli("classify", heart, env=env).stdout)["score"] is not None
     report = json.loads(done.stdout)
     base_rate = report["base_rate"]
     assert 0.03 < base_rate < 0.12  # estimated from the audit sample, not the 20% it trains at
