@@ -1,6 +1,7 @@
 """The one-shot full rebuild: ingest every configured source, dedupe, label, snapshot and,
 when the snapshot has enough labels, train, export and verify (which promotes the model only
-when the gate passes). Runs without a Prefect server (Prefect starts a temporary local API).
+when the gate passes); a promoted model refreshes the review queue. Runs without a Prefect
+server (Prefect starts a temporary local API).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from flows.tasks import (
     export_task,
     ingest_task,
     label_task,
+    review_task,
     snapshot_task,
     train_task,
     verify_task,
@@ -32,11 +34,13 @@ def rebuild(
     deduped = dedupe_task(config, overrides, wait_for=[ingested])
     labelled = label_task(config, overrides, wait_for=[deduped])
     frozen = snapshot_task(config, overrides, wait_for=[labelled])
-    trained = exported = verified = None
+    trained = exported = verified = queue = None
     if frozen["status"] == "ok":
         trained = train_task(config, overrides, frozen["snapshot_id"])
         exported = export_task(config, overrides, trained["model_id"])
         verified = verify_task(config, overrides, trained["model_id"], wait_for=[exported])
+        if verified["promoted"]:
+            queue = review_task(config, overrides)
     return {
         "ingest": ingested,
         "dedupe": deduped,
@@ -45,6 +49,7 @@ def rebuild(
         "train": trained,
         "export": exported,
         "verify": verified,
+        "review": queue,
     }
 
 

@@ -156,3 +156,51 @@ def verify_task(config: str | None, overrides: dict[str, Any], model_id: str) ->
     else:
         logger.warning("verify %s: gate failed, not promoted: %s", report.model_id, report.reasons)
     return report.as_dict()
+
+
+@task(name="retrain-due", cache_policy=NO_CACHE)
+def retrain_due_task(config: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Whether enough LLM or human labels arrived since the latest snapshot to retrain."""
+    import sqlalchemy as sa
+
+    from corpus.catalog import labels, snapshots
+
+    settings = load_settings(config, **overrides)
+    with open_workspace(settings) as workspace, workspace.catalog.read() as conn:
+        since = conn.execute(sa.select(sa.func.max(snapshots.c.created_at))).scalar()
+        query = sa.select(sa.func.count()).select_from(labels)
+        query = query.where(labels.c.labeler.in_(("ollama", "human")))
+        if since is not None:
+            query = query.where(labels.c.created_at > since)
+        new = int(conn.execute(query).scalar_one())
+    due = since is None or new >= settings.grow.min_new_labels
+    get_run_logger().info(
+        "%s new labels since the last snapshot (%s needed): %s",
+        new,
+        settings.grow.min_new_labels,
+        "retraining" if due else "no retraining",
+    )
+    return {"due": due, "new_labels": new, "needed": settings.grow.min_new_labels}
+
+
+@task(name="review-queue", cache_policy=NO_CACHE)
+def review_task(config: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Score the catalog with the promoted model and refresh the review queue."""
+    from export.classify import Classifier
+    from export.stage import promoted_model
+    from review.mining import mine
+    from review.scores import score_catalog
+
+    settings = load_settings(config, **overrides)
+    model = promoted_model(settings)
+    classifier = Classifier(model)
+    with open_workspace(settings) as workspace:
+        scored = score_catalog(workspace.catalog, workspace.blobs, settings, model)
+        mined = mine(workspace.catalog, settings, classifier.model_id, classifier.threshold)
+    get_run_logger().info(
+        "review queue: %s images scored, new %s, open %s",
+        scored.scored,
+        dict(mined.queued),
+        mined.open,
+    )
+    return {"scores": scored.as_dict(), "mine": mined.as_dict()}

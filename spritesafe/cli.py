@@ -721,42 +721,42 @@ def review_command(
         )
 
 
-@app.command()
-def rebuild(
-    sources: Annotated[
-        list[str] | None, typer.Argument(help="source specs (default: configured)")
-    ] = None,
-    config: ConfigOpt = None,
-) -> None:
-    """One-shot full rebuild as a Prefect flow (no server needed): ingest, dedupe, label,
-    snapshot, train, export, verify (promotes only on a passing gate)."""
+def _run_flow(name: str, sources: list[str] | None, config: Path | None) -> None:
+    """Run the `grow` or `rebuild` flow on Prefect's temporary local API; print its summary."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     settings = _settings(config)
     if not (sources or settings.sources):
         console.print("[red]No sources.[/] Name some or set `sources` in spritesafe.toml.")
         raise typer.Exit(2)
-    from flows.rebuild import rebuild as rebuild_flow
+    from flows.grow import grow
+    from flows.rebuild import rebuild
 
     specs = (
         [str(Path(s).absolute()) if Path(s).exists() else s for s in sources] if sources else None
     )
     config_path = str(config.absolute()) if config else None
     try:
-        result = rebuild_flow(sources=specs, config=config_path)
+        result = (grow if name == "grow" else rebuild)(sources=specs, config=config_path)
     except KeyboardInterrupt:
         raise _interrupted() from None
     ingested, deduped, labelled = result["ingest"], result["dedupe"], result["label"]
     out.print(
-        f"rebuild: {ingested['processed']} items read, {ingested['new_images']} new images, "
+        f"{name}: {ingested['processed']} items read, {ingested['new_images']} new images, "
         f"{ingested['unchanged']} unchanged, rejected {ingested['rejected'] or 0}; "
         f"dedupe: {deduped['exact_duplicates']} exact duplicates, "
         f"{deduped['near_links']} near-duplicate links; label ({labelled['labeler']}): "
         f"{labelled['labelled']} labelled, errors {labelled['errors'] or 0}"
     )
+    due = result.get("retrain")
+    if due is not None and not due["due"]:
+        out.print(
+            f"no retraining: {due['new_labels']} new labels since the last snapshot, "
+            f"{due['needed']} needed"
+        )
     frozen, trained = result["snapshot"], result["train"]
-    if frozen["status"] == "refused":
+    if frozen is not None and frozen["status"] == "refused":
         out.print(f"snapshot refused: {frozen['reason']}")
-    else:
+    elif frozen is not None:
         out.print(
             f"snapshot {frozen['snapshot_id']}{' (unchanged)' if frozen['reused'] else ''}: "
             f"{frozen['counts']} at base rate {frozen['base_rate']:.4f}"
@@ -778,9 +778,34 @@ def rebuild(
             f"export: INT8 {exported['recipe']['name']}, {exported['size_bytes'] / 1e6:.2f} MB; "
             f"verify: {verdict}"
         )
+    queue = result.get("review")
+    if queue is not None:
+        out.print(
+            f"review queue refreshed: new {dict(queue['mine']['queued'])}, "
+            f"open {queue['mine']['open']} (`spritesafe review`)"
+        )
     out.print(f"catalog: {settings.catalog_url}")
     if ingested["status"] != "ok":
         raise typer.Exit(1)
+
+
+SourcesArg = Annotated[
+    list[str] | None, typer.Argument(help="source specs (default: the configured sources)")
+]
+
+
+@app.command()
+def rebuild(sources: SourcesArg = None, config: ConfigOpt = None) -> None:
+    """One-shot full rebuild as a Prefect flow (no server needed): ingest, dedupe, label,
+    snapshot, train, export, verify (promotes only on a passing gate), refresh the review queue."""
+    _run_flow("rebuild", sources, config)
+
+
+@app.command()
+def grow(sources: SourcesArg = None, config: ConfigOpt = None) -> None:
+    """One growth run as a Prefect flow: ingest, dedupe, label; when enough new labels
+    arrived, snapshot, train, export, verify, promote, refresh the review queue."""
+    _run_flow("grow", sources, config)
 
 
 @app.command("config")

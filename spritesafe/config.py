@@ -210,6 +210,12 @@ class ReviewSettings(BaseModel):
     seed: int = 0
 
 
+class GrowSettings(BaseModel):
+    """The scheduled growth run: retrain only when enough new labels arrived."""
+
+    min_new_labels: int = Field(200, ge=0, description="LLM or human labels since the snapshot")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SPRITESAFE_",
@@ -232,6 +238,7 @@ class Settings(BaseSettings):
     train: TrainSettings = Field(default_factory=TrainSettings)
     export: ExportSettings = Field(default_factory=ExportSettings)
     review: ReviewSettings = Field(default_factory=ReviewSettings)
+    grow: GrowSettings = Field(default_factory=GrowSettings)
     # Folder that relative paths (data_dir, sources) resolve against; set by load_settings.
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
 

@@ -141,3 +141,41 @@ def test_rebuild_labels_snapshots_and_trains(tmp_path: Path) -> None:
     # Export and the gate ran; whether a 2-epoch model passes is the gate's business.
     assert "export: INT8 per-channel" in done.stdout and "verify: " in done.stdout
     assert (report.parent / "export" / "verify.json").is_file()
+
+
+@pytest.mark.slow
+def test_grow_retrains_only_when_enough_new_labels_arrived(tmp_path: Path) -> None:
+    """grow: the first run labels and trains (no snapshot yet), promotes through the gate
+    (limits opened: a 2-epoch model) and refreshes the review queue; a second run with
+    nothing new skips retraining and says why."""
+    from tests.learning import MODEL, colour_responder, coloured_corpus
+    from tests.ollama_server import FakeOllama
+
+    folder = coloured_corpus(tmp_path, positives=30, negatives=150)
+    config = tmp_path / "spritesafe.toml"
+
+    def run() -> str:
+        done = subprocess.run(
+            [SPRITESAFE, "grow", "--config", str(config)],
+            env=os.environ | {"PREFECT_HOME": str(tmp_path / "prefect"), "COLUMNS": "300"},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    with FakeOllama({MODEL: "sha256:" + "3a" * 32}, responder=colour_responder) as server:
+        config.write_text(
+            f'data_dir = "growdata"\nsources = ["{folder}"]\n'
+            f'[ollama]\nhosts = ["{server.url}"]\nmodel = "{MODEL}"\n'
+            "[label]\nbudget = 1000\n[snapshot]\ntarget_base_rate = 0.1\n"
+            "[train]\nepochs = 2\nsize = 64\n[grow]\nmin_new_labels = 50\n"
+            "[export]\nmax_flip_share = 1.0\nmax_confident_flips = 1000\nmax_pr_auc_drop = 1.0\n"
+        )
+        first = run()
+        assert "label (ollama): 216 labelled" in first
+        assert "verify: passed, promoted" in first and "review queue refreshed" in first
+        second = run()
+    assert "no retraining: 0 new labels since the last snapshot, 50 needed" in second
+    assert "train " not in second

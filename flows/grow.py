@@ -1,0 +1,63 @@
+"""The scheduled growth run: take in what is new, label within the budget, and retrain only
+when enough new labels arrived since the last snapshot; a model that passes the gate is
+promoted and refreshes the review queue. Runs without a Prefect server, or as a deployment.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from flows.tasks import (
+    dedupe_task,
+    export_task,
+    ingest_task,
+    label_task,
+    retrain_due_task,
+    review_task,
+    snapshot_task,
+    train_task,
+    verify_task,
+)
+
+
+@flow(name="grow", log_prints=True)
+def grow(
+    sources: list[str] | None = None,
+    config: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    overrides = overrides or {}
+    ingested = ingest_task(config, overrides, sources)
+    deduped = dedupe_task(config, overrides, wait_for=[ingested])
+    labelled = label_task(config, overrides, wait_for=[deduped])
+    due = retrain_due_task(config, overrides, wait_for=[labelled])
+    result: dict[str, Any] = {
+        "ingest": ingested,
+        "dedupe": deduped,
+        "label": labelled,
+        "retrain": due,
+        "snapshot": None,
+        "train": None,
+        "export": None,
+        "verify": None,
+        "review": None,
+    }
+    if not due["due"]:
+        return result
+    frozen = snapshot_task(config, overrides)
+    result["snapshot"] = frozen
+    if frozen["status"] != "ok":
+        return result
+    trained = train_task(config, overrides, frozen["snapshot_id"])
+    exported = export_task(config, overrides, trained["model_id"])
+    verified = verify_task(config, overrides, trained["model_id"], wait_for=[exported])
+    result.update(train=trained, export=exported, verify=verified)
+    if verified["promoted"]:
+        result["review"] = review_task(config, overrides)
+    return result
+
+
+if __name__ == "__main__":
+    grow()
