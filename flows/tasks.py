@@ -188,6 +188,7 @@ def review_task(config: str | None, overrides: dict[str, Any]) -> dict[str, Any]
     """Score the catalog with the promoted model and refresh the review queue."""
     from export.classify import Classifier
     from export.stage import promoted_model
+    from review.agreement import agreement
     from review.mining import mine
     from review.scores import score_catalog
 
@@ -197,10 +198,12 @@ def review_task(config: str | None, overrides: dict[str, Any]) -> dict[str, Any]
     with open_workspace(settings) as workspace:
         scored = score_catalog(workspace.catalog, workspace.blobs, settings, model)
         mined = mine(workspace.catalog, settings, classifier.model_id, classifier.threshold)
+        agreed = agreement(workspace.catalog, settings, classifier.model_id, classifier.threshold)
     get_run_logger().info(
-        "review queue: %s images scored, new %s, open %s",
+        "review queue: %s images scored, new %s, open %s; agreement %s",
         scored.scored,
         dict(mined.queued),
         mined.open,
+        {pair: f["kappa"] for pair, f in agreed.pairs.items()},
     )
-    return {"scores": scored.as_dict(), "mine": mined.as_dict()}
+    return {"scores": scored.as_dict(), "mine": mined.as_dict(), "agreement": agreed.as_dict()}
