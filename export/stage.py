@@ -65,6 +65,7 @@ class VerifyReport:
     reasons: list[str] = field(default_factory=list)
     checks: dict[str, dict[str, Any]] = field(default_factory=dict)
     latency: dict[str, float] = field(default_factory=dict)
+    current: dict[str, Any] = field(default_factory=dict)  # the promoted model, same test split
     card: str = ""
     seconds: float = 0.0
     status: str = "running"
@@ -278,10 +279,43 @@ def _latency(path: Path, inputs: NDArray[np.float32], threads: int) -> dict[str,
     return {"int8_batch1_ms": round(statistics.median(times) * 1000, 3), "threads": threads}
 
 
+def _against_current(
+    settings: Settings,
+    model_id: str,
+    x: NDArray[np.float32],
+    y: NDArray[np.float32],
+    candidate: float | None,
+) -> tuple[dict[str, Any], list[str]]:
+    """The promoted model on the candidate's test split: (figures, reasons not to replace it)."""
+    from export.classify import Classifier
+    from training.metrics import average_precision
+
+    current = settings.deploy_path / INT8_NAME
+    if not current.is_file() or candidate is None or not y.any():
+        return {}, []
+    clf = Classifier(current, threads=settings.export.threads)
+    if clf.model_id == model_id:
+        return {}, []
+    theirs = average_precision(y, clf.scores(x))
+    figures = {"model_id": clf.model_id, "pr_auc": theirs, "candidate_pr_auc": candidate}
+    tolerance = settings.export.replace_tolerance
+    if candidate < theirs - tolerance:
+        return figures, [
+            f"worse than the promoted model {clf.model_id}: PR-AUC {candidate:.4f} vs {theirs:.4f} "
+            "on the same test split (--force promotes it anyway)"
+        ]
+    return figures, []
+
+
 def verify_model(
-    catalog: Catalog, blobs: BlobStore, settings: Settings, model_id: str | None = None
+    catalog: Catalog,
+    blobs: BlobStore,
+    settings: Settings,
+    model_id: str | None = None,
+    force: bool = False,
 ) -> VerifyReport:
-    """Run the gate on an export (default: the latest); promote it when it passes."""
+    """Run the gate on an export (default: the latest); promote it when it passes and it is
+    not worse than the promoted model on its test split (unless `force`)."""
     from export.card import write_card
     from training.model import load_checkpoint
 
@@ -321,6 +355,12 @@ def verify_model(
                 "onnx_int8": checks[name][1].as_dict(),
             }
         result = gate(checks, config)
+        current, worse = _against_current(
+            settings, row.model_id, test_x, test_y, checks["test"][1].pr_auc
+        )
+        report.current = current
+        if worse and not force:
+            result.passed, result.reasons = False, result.reasons + worse
         report.passed, report.reasons = result.passed, result.reasons
         report.latency = _latency(folder / INT8_NAME, test_x, config.threads)
         verification = {
@@ -329,6 +369,8 @@ def verify_model(
             "checks": report.checks,
             "limits": config.model_dump(mode="json"),
             "latency": report.latency,
+            "current_model": current,
+            "forced": force,
         }
         (folder / "verify.json").write_text(json.dumps(verification, indent=2) + "\n")
         status = "promoted" if result.passed else "failed"

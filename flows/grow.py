@@ -14,6 +14,7 @@ from flows.tasks import (
     export_task,
     ingest_task,
     label_task,
+    report_task,
     retrain_due_task,
     review_task,
     snapshot_task,
@@ -44,18 +45,17 @@ def grow(
         "verify": None,
         "review": None,
     }
-    if not due["due"]:
-        return result
-    frozen = snapshot_task(config, overrides)
-    result["snapshot"] = frozen
-    if frozen["status"] != "ok":
-        return result
-    trained = train_task(config, overrides, frozen["snapshot_id"])
-    exported = export_task(config, overrides, trained["model_id"])
-    verified = verify_task(config, overrides, trained["model_id"], wait_for=[exported])
-    result.update(train=trained, export=exported, verify=verified)
-    if verified["promoted"]:
-        result["review"] = review_task(config, overrides)
+    if due["due"]:
+        frozen = snapshot_task(config, overrides)
+        result["snapshot"] = frozen
+        if frozen["status"] == "ok":
+            trained = train_task(config, overrides, frozen["snapshot_id"])
+            exported = export_task(config, overrides, trained["model_id"])
+            verified = verify_task(config, overrides, trained["model_id"], wait_for=[exported])
+            result.update(train=trained, export=exported, verify=verified)
+            if verified["promoted"]:
+                result["review"] = review_task(config, overrides)
+    result["report"] = report_task("grow", result, config, overrides)
     return result
 
 

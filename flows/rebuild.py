@@ -15,6 +15,7 @@ from flows.tasks import (
     export_task,
     ingest_task,
     label_task,
+    report_task,
     review_task,
     snapshot_task,
     train_task,
@@ -41,7 +42,7 @@ def rebuild(
         verified = verify_task(config, overrides, trained["model_id"], wait_for=[exported])
         if verified["promoted"]:
             queue = review_task(config, overrides)
-    return {
+    result: dict[str, Any] = {
         "ingest": ingested,
         "dedupe": deduped,
         "label": labelled,
@@ -51,6 +52,8 @@ def rebuild(
         "verify": verified,
         "review": queue,
     }
+    result["report"] = report_task("rebuild", result, config, overrides)
+    return result
 
 
 if __name__ == "__main__":

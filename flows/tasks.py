@@ -207,3 +207,16 @@ def review_task(config: str | None, overrides: dict[str, Any]) -> dict[str, Any]
         {pair: f["kappa"] for pair, f in agreed.pairs.items()},
     )
     return {"scores": scored.as_dict(), "mine": mined.as_dict(), "agreement": agreed.as_dict()}
+
+
+@task(name="report", cache_policy=NO_CACHE)
+def report_task(
+    name: str, result: dict[str, Any], config: str | None, overrides: dict[str, Any]
+) -> str:
+    """The run report: a Markdown file under data/reports/ and Prefect artifacts."""
+    from flows.report import publish
+
+    settings = load_settings(config, **overrides)
+    path = publish(name, result, settings.data_path / "reports")
+    get_run_logger().info("run report: %s", path)
+    return str(path)

@@ -464,16 +464,20 @@ def verify_command(
         str | None, typer.Argument(help="exported model id or prefix (default: the latest)")
     ] = None,
     config: ConfigOpt = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="promote even if worse than the promoted model")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Compare torch FP32, ONNX FP32 and ONNX INT8; promote the export when the gate passes."""
+    """Compare torch FP32, ONNX FP32 and ONNX INT8; promote the export when the gate passes
+    and it is not worse than the promoted model on the same test split."""
     from corpus.workspace import open_workspace
     from export.stage import ExportError, verify_model
 
     settings = _settings(config)
     with open_workspace(settings) as workspace:
         try:
-            report = verify_model(workspace.catalog, workspace.blobs, settings, model_id)
+            report = verify_model(workspace.catalog, workspace.blobs, settings, model_id, force)
         except ExportError as exc:
             console.print(f"[red]cannot verify:[/] {exc}")
             raise typer.Exit(2) from None
@@ -785,6 +789,7 @@ def _run_flow(name: str, sources: list[str] | None, config: Path | None) -> None
             f"open {queue['mine']['open']} (`spritesafe review`)"
         )
     out.print(f"catalog: {settings.catalog_url}")
+    out.print(f"report: {result['report']}")
     if ingested["status"] != "ok":
         raise typer.Exit(1)
 

@@ -194,6 +194,9 @@ class ExportSettings(BaseModel):
     max_confident_flips: int = Field(0, ge=0)
     max_flip_share: float = Field(0.01, ge=0, le=1)
     max_pr_auc_drop: float = Field(0.01, ge=0)
+    # A new model replaces the promoted one only if its PR-AUC on its own test split is at
+    # most this much below the promoted model's on that same split (or with --force).
+    replace_tolerance: float = Field(0.01, ge=0)
     seed: int = 0
 
 

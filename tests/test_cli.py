@@ -176,6 +176,8 @@ def test_grow_retrains_only_when_enough_new_labels_arrived(tmp_path: Path) -> No
         first = run()
         assert "label (ollama): 216 labelled" in first
         assert "verify: passed, promoted" in first and "review queue refreshed" in first
+        report = Path(first.split("report: ")[-1].split()[0]).read_text()
+        assert "| verify |" in report and "**promoted**" in report and "kappa" in report
         second = run()
     assert "no retraining: 0 new labels since the last snapshot, 50 needed" in second
     assert "train " not in second

@@ -328,3 +328,24 @@ def test_web_bundle_matches_python_in_chromium(
     _check_parity(out["results"], model_path)
     assert abs(out["embedded"] - out["results"][0]["score"]) <= 1e-6  # base64 model: same answer
     assert shot.stat().st_size > 1000
+
+
+def test_a_worse_model_is_not_promoted_unless_forced(trained: Settings) -> None:
+    settings = _lenient(trained)
+    with open_workspace(settings) as ws:
+        export_model(ws.catalog, settings)
+        assert verify_model(ws.catalog, ws.blobs, settings).promoted
+        current = Classifier(settings.deploy_path / INT8_NAME).model_id
+        # A model that learned nothing: zero-initialized head, a learning rate of ~0.
+        idle = settings.model_copy(
+            update={"train": settings.train.model_copy(update={"epochs": 1, "lr": 1e-9})}
+        )
+        worse = train(ws.catalog, idle)
+        export_model(ws.catalog, settings, worse.model_id)
+        refused = verify_model(ws.catalog, ws.blobs, settings, worse.model_id)
+        assert not refused.promoted and refused.current["model_id"] == current
+        assert any("worse than the promoted model" in r for r in refused.reasons), refused.reasons
+        assert Classifier(settings.deploy_path / INT8_NAME).model_id == current
+        forced = verify_model(ws.catalog, ws.blobs, settings, worse.model_id, force=True)
+        assert forced.promoted
+        assert Classifier(settings.deploy_path / INT8_NAME).model_id == worse.model_id

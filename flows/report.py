@@ -1,0 +1,126 @@
+"""The run report of a `grow` or `rebuild` flow: one Markdown page from the stages' reports,
+written under data/reports/ and published as Prefect artifacts (with the training plots)."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+from corpus.catalog import utcnow
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_fmt(v)}" for k, v in value.items()) or "0"
+    return str(value)
+
+
+def markdown(name: str, result: dict[str, Any]) -> str:
+    ingested, deduped, labelled = result["ingest"], result["dedupe"], result["label"]
+    lines = [
+        f"# spritesafe {name}, {utcnow():%Y-%m-%d %H:%M} UTC",
+        "",
+        "| stage | figures |",
+        "|---|---|",
+        f"| ingest | {ingested['processed']} items read, {ingested['new_images']} new images, "
+        f"{ingested['unchanged']} unchanged, rejected: {_fmt(ingested['rejected'] or {})} |",
+        f"| dedupe | {deduped['processed']} checked, {deduped['exact_duplicates']} exact "
+        f"duplicates, {deduped['near_links']} near-duplicate links |",
+        f"| label | {labelled['labeler']} {labelled['model']}: {labelled['labelled']} labels "
+        f"({_fmt(labelled['per_s'] or 0.0)}/s), selected {_fmt(labelled['selected'])}, errors "
+        f"{_fmt(labelled['errors'])} |",
+    ]
+    due = result.get("retrain")
+    if due is not None:
+        verdict = "retrain" if due["due"] else "no retraining"
+        lines.append(
+            f"| retrain? | {due['new_labels']} new labels, {due['needed']} needed: {verdict} |"
+        )
+    frozen = result.get("snapshot")
+    if frozen is not None:
+        if frozen["status"] == "refused":
+            lines.append(f"| snapshot | refused: {frozen['reason']} |")
+        else:
+            reused = " (unchanged)" if frozen["reused"] else ""
+            lines.append(
+                f"| snapshot | `{frozen['snapshot_id']}`{reused}"
+                f": {_fmt(frozen['counts'])}; base rate {frozen['base_rate']:.4f} "
+                f"({frozen['base_rate_source']}) |"
+            )
+    trained = result.get("train")
+    if trained is not None:
+        test = trained["test"]
+        at = test["at_threshold"]
+        lines.append(
+            f"| train | `{trained['model_id']}`: {trained['epochs_done']} epochs, "
+            f"{trained['train_images_per_s']} img/s; test at base rate: PR-AUC "
+            f"{test['pr_auc']:.4f}, at threshold {trained['threshold']:.4f} precision "
+            f"{at['precision']:.3f} recall {at['recall']:.3f} |"
+        )
+    exported = result.get("export")
+    if exported is not None:
+        lines.append(
+            f"| export | INT8 {exported['recipe']['name']}, {exported['size_bytes'] / 1e6:.2f} MB "
+            f"({exported['size_gzip'] / 1e6:.2f} MB gzipped) |"
+        )
+    verified = result.get("verify")
+    if verified is not None:
+        test = verified["checks"].get("test", {})
+        int8 = test.get("onnx_int8", {})
+        verdict = (
+            "**promoted**"
+            if verified["promoted"]
+            else "not promoted: " + "; ".join(verified["reasons"])
+        )
+        lines.append(
+            f"| verify | ONNX FP32 max Δp {test.get('onnx_fp32', {}).get('max_delta', 0):.1e}; "
+            f"INT8 max Δp {int8.get('max_delta', 0):.4f}, flips {int8.get('flips')} "
+            f"({int8.get('confident_flips')} confident), PR-AUC drop "
+            f"{int8.get('pr_auc_drop', 0):.4f}: {verdict} |"
+        )
+    queue = result.get("review")
+    if queue is not None:
+        kappas = {k: v["kappa"] for k, v in queue["agreement"]["pairs"].items() if v["images"]}
+        lines.append(
+            f"| review queue | new {_fmt(dict(queue['mine']['queued']))}; open "
+            f"{_fmt(queue['mine']['open'])}; kappa {_fmt(kappas)} |"
+        )
+    if trained is not None:
+        folder = Path(trained["path"])
+        lines += ["", f"Training report: {folder / 'report.md'}"]
+    return "\n".join(lines) + "\n"
+
+
+def plots_markdown(trained: dict[str, Any]) -> str:
+    """The training plots, embedded (an artifact cannot point at this machine's files)."""
+    folder = Path(trained["path"])
+    parts = [f"# Training {trained['model_id']}", ""]
+    for name in ("loss.png", "pr.png", "calibration.png"):
+        path = folder / name
+        if path.is_file():
+            data = base64.b64encode(path.read_bytes()).decode("ascii")
+            parts.append(f"![{name}](data:image/png;base64,{data})")
+    return "\n\n".join(parts) + "\n"
+
+
+def publish(name: str, result: dict[str, Any], reports: Path) -> Path:
+    """Write the report file and the Prefect artifacts; the file's path."""
+    from prefect.artifacts import create_markdown_artifact
+
+    text = markdown(name, result)
+    reports.mkdir(parents=True, exist_ok=True)
+    path = reports / f"{name}-{utcnow():%Y%m%d-%H%M%S}.md"
+    path.write_text(text)
+    create_markdown_artifact(
+        markdown=text, key=f"spritesafe-{name}-report", description=f"spritesafe {name} run report"
+    )
+    if result.get("train") is not None:
+        create_markdown_artifact(
+            markdown=plots_markdown(result["train"]),
+            key=f"spritesafe-{name}-training",
+            description="training plots",
+        )
+    return path
