@@ -1,8 +1,9 @@
 """Each stage wrapped as a Prefect task. Tasks take plain values (a config path, overrides,
 source specs), open the workspace themselves and return the stage's report as a dict.
 
-Caching is off for now: stages are idempotent over the catalog, so a re-run is cheap and
-correct; content-keyed caching comes with the growth flow.
+Caching: the expensive deterministic stages carry cache keys built from content
+(flows/keys.py), with persisted results, so re-running a flow skips finished work. Ingest and
+label talk to the network and retry; they have no key (see flows/keys.py for why).
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from corpus.dedupe import dedupe
 from corpus.ingest import ingest
 from corpus.sources import parse_source
 from corpus.workspace import open_workspace
+from flows import keys
 from spritesafe.config import load_settings
 
 
-@task(name="ingest", cache_policy=NO_CACHE)
+@task(name="ingest", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
 def ingest_task(
     config: str | None, overrides: dict[str, Any], specs: list[str] | None
 ) -> dict[str, Any]:
@@ -41,7 +43,7 @@ def ingest_task(
     return summary
 
 
-@task(name="label", cache_policy=NO_CACHE)
+@task(name="label", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
 def label_task(config: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
     """The configured labeler; the teacher when no Ollama host can serve the model."""
     from labelers.ollama import NoHostError
@@ -67,7 +69,7 @@ def label_task(config: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
-@task(name="dedupe", cache_policy=NO_CACHE)
+@task(name="dedupe", cache_key_fn=keys.dedupe, persist_result=True)
 def dedupe_task(config: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
     settings = load_settings(config, **overrides)
     with open_workspace(settings) as workspace:
@@ -83,7 +85,7 @@ def dedupe_task(config: str | None, overrides: dict[str, Any]) -> dict[str, Any]
     return report.as_dict()
 
 
-@task(name="snapshot", cache_policy=NO_CACHE)
+@task(name="snapshot", cache_key_fn=keys.snapshot, persist_result=True)
 def snapshot_task(config: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
     """A snapshot of the effective labels; `status: refused` (not a failure) when too few."""
     from training.snapshot import snapshot
@@ -106,7 +108,7 @@ def snapshot_task(config: str | None, overrides: dict[str, Any]) -> dict[str, An
     return report.as_dict()
 
 
-@task(name="train", cache_policy=NO_CACHE)
+@task(name="train", cache_key_fn=keys.train, persist_result=True)
 def train_task(config: str | None, overrides: dict[str, Any], snapshot_id: str) -> dict[str, Any]:
     from training.train import train
 
@@ -125,7 +127,7 @@ def train_task(config: str | None, overrides: dict[str, Any], snapshot_id: str) 
     return summary
 
 
-@task(name="export", cache_policy=NO_CACHE)
+@task(name="export", cache_key_fn=keys.export, persist_result=True)
 def export_task(config: str | None, overrides: dict[str, Any], model_id: str) -> dict[str, Any]:
     from export.stage import export_model
 
@@ -142,7 +144,7 @@ def export_task(config: str | None, overrides: dict[str, Any], model_id: str) ->
     return report.as_dict()
 
 
-@task(name="verify", cache_policy=NO_CACHE)
+@task(name="verify", cache_key_fn=keys.verify, persist_result=True)
 def verify_task(config: str | None, overrides: dict[str, Any], model_id: str) -> dict[str, Any]:
     """The gate; promotion happens inside it, only when it passes."""
     from export.stage import verify_model
@@ -183,7 +185,7 @@ def retrain_due_task(config: str | None, overrides: dict[str, Any]) -> dict[str,
     return {"due": due, "new_labels": new, "needed": settings.grow.min_new_labels}
 
 
-@task(name="review-queue", cache_policy=NO_CACHE)
+@task(name="review-queue", cache_key_fn=keys.review, persist_result=True)
 def review_task(config: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
     """Score the catalog with the promoted model and refresh the review queue."""
     from export.classify import Classifier

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -154,16 +155,16 @@ def test_grow_retrains_only_when_enough_new_labels_arrived(tmp_path: Path) -> No
     folder = coloured_corpus(tmp_path, positives=30, negatives=150)
     config = tmp_path / "spritesafe.toml"
 
-    def run() -> str:
+    def run(**env: str) -> str:
         done = subprocess.run(
             [SPRITESAFE, "grow", "--config", str(config)],
-            env=os.environ | {"PREFECT_HOME": str(tmp_path / "prefect"), "COLUMNS": "300"},
+            env=os.environ | {"PREFECT_HOME": str(tmp_path / "prefect"), "COLUMNS": "300"} | env,
             capture_output=True,
             text=True,
             timeout=600,
         )
         assert done.returncode == 0, done.stderr[-3000:]
-        return done.stdout
+        return done.stdout + done.stderr
 
     with FakeOllama({MODEL: "sha256:" + "3a" * 32}, responder=colour_responder) as server:
         config.write_text(
@@ -179,5 +180,14 @@ def test_grow_retrains_only_when_enough_new_labels_arrived(tmp_path: Path) -> No
         report = Path(first.split("report: ")[-1].split()[0]).read_text()
         assert "| verify |" in report and "**promoted**" in report and "kappa" in report
         second = run()
+        # Forced due with nothing new: every stage's content key is unchanged, so the
+        # snapshot, training, export and gate come from the cache, not from new work.
+        third = run(SPRITESAFE_GROW__MIN_NEW_LABELS="0")
     assert "no retraining: 0 new labels since the last snapshot, 50 needed" in second
-    assert "train " not in second
+    assert "train 2" not in second
+    model = first.split("train ")[1].split(":")[0]
+    assert f"train {model}:" in third
+    for task in ("snapshot", "train", "export", "verify"):
+        assert re.search(rf"Task run '{task}-\w+' - Finished in state Cached", third), task
+    models = list((tmp_path / "growdata" / "models").iterdir())
+    assert [m.name for m in models] == [model]

@@ -1,0 +1,91 @@
+"""Cache keys built from content, so a re-run of a flow skips work that is already done.
+
+Each key hashes what the stage's output depends on, read from the catalog: the candidates'
+image hashes (dedupe), the label rows and rubric version (snapshot), the snapshot id and
+training settings (train), the model id and export settings (export, verify), the promoted
+model and the catalog's images and labels (review queue). Same content, same key: Prefect
+returns the stored result instead of running the task. Not Prefect's default policy (which
+hashes the task's inputs, here a config path that never changes).
+
+Ingest and label have no key: ingest skips unchanged items by its own fingerprints, and
+label is idempotent per image x labeler x model digest x rubric and spends a new budget on
+the backlog each run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import sqlalchemy as sa
+
+from corpus.catalog import images, labels
+from corpus.workspace import open_workspace
+from spritesafe.config import Settings, load_settings
+
+Parameters = dict[str, Any]
+
+
+def _settings(parameters: Parameters) -> Settings:
+    return load_settings(parameters.get("config"), **(parameters.get("overrides") or {}))
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _candidates(settings: Settings) -> str:
+    """A digest of every candidate's sha256 (and its cluster), in id order."""
+    digest = hashlib.sha256()
+    with open_workspace(settings) as ws, ws.catalog.read() as conn:
+        for row in conn.execute(sa.select(images.c.sha256, images.c.status).order_by(images.c.id)):
+            digest.update(f"{row.sha256}:{row.status};".encode())
+    return digest.hexdigest()
+
+
+def _labels(settings: Settings) -> tuple[int, int]:
+    with open_workspace(settings) as ws, ws.catalog.read() as conn:
+        count, top = conn.execute(sa.select(sa.func.count(), sa.func.max(labels.c.id))).one()
+    return int(count), int(top or 0)  # labels are appended, never changed: count + last id
+
+
+def dedupe(context: Any, parameters: Parameters) -> str:
+    settings = _settings(parameters)
+    return "dedupe-" + _digest(_candidates(settings), settings.dedupe.model_dump())
+
+
+def snapshot(context: Any, parameters: Parameters) -> str:
+    from labelers.rubric import load_rubric
+
+    settings = _settings(parameters)
+    rubric = load_rubric(settings.label.rubric)
+    return "snapshot-" + _digest(
+        _candidates(settings), _labels(settings), rubric.version, settings.snapshot.model_dump()
+    )
+
+
+def train(context: Any, parameters: Parameters) -> str:
+    settings = _settings(parameters)
+    return "train-" + _digest(parameters["snapshot_id"], settings.train.model_dump())
+
+
+def export(context: Any, parameters: Parameters) -> str:
+    settings = _settings(parameters)
+    return "export-" + _digest(parameters["model_id"], settings.export.model_dump())
+
+
+def verify(context: Any, parameters: Parameters) -> str:
+    settings = _settings(parameters)
+    return "verify-" + _digest(parameters["model_id"], settings.export.model_dump())
+
+
+def review(context: Any, parameters: Parameters) -> str:
+    from export.classify import Classifier
+    from export.stage import promoted_model
+
+    settings = _settings(parameters)
+    model = Classifier(promoted_model(settings)).model_id
+    return "review-" + _digest(
+        model, _candidates(settings), _labels(settings), settings.review.model_dump()
+    )
