@@ -77,7 +77,9 @@ def export(context: Any, parameters: Parameters) -> str:
 
 def verify(context: Any, parameters: Parameters) -> str:
     settings = _settings(parameters)
-    return "verify-" + _digest(parameters["model_id"], settings.export.model_dump())
+    return "verify-" + _digest(
+        parameters["model_id"], parameters.get("force", False), settings.export.model_dump()
+    )
 
 
 def review(context: Any, parameters: Parameters) -> str:

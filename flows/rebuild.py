@@ -28,8 +28,10 @@ def rebuild(
     sources: list[str] | None = None,
     config: str | None = None,
     overrides: dict[str, Any] | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Rebuild from `sources` (default: the configured ones)."""
+    """Rebuild from `sources` (default: the configured ones). `force` promotes a model that
+    passes the gate even when it is worse than the promoted one on the same test split."""
     overrides = overrides or {}
     ingested = ingest_task(config, overrides, sources)
     deduped = dedupe_task(config, overrides, wait_for=[ingested])
@@ -39,7 +41,7 @@ def rebuild(
     if frozen["status"] == "ok":
         trained = train_task(config, overrides, frozen["snapshot_id"])
         exported = export_task(config, overrides, trained["model_id"])
-        verified = verify_task(config, overrides, trained["model_id"], wait_for=[exported])
+        verified = verify_task(config, overrides, trained["model_id"], force, wait_for=[exported])
         if verified["promoted"]:
             queue = review_task(config, overrides)
     result: dict[str, Any] = {

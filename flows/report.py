@@ -83,10 +83,14 @@ def markdown(name: str, result: dict[str, Any]) -> str:
         )
     queue = result.get("review")
     if queue is not None:
-        kappas = {k: v["kappa"] for k, v in queue["agreement"]["pairs"].items() if v["images"]}
+        agreed = queue["agreement"]
+        kappas = {k: v["kappa"] for k, v in agreed["pairs"].items() if v["images"]}
+        reviewers = {who: r["items"] for who, r in agreed["reviewers"].items()}
         lines.append(
             f"| review queue | new {_fmt(dict(queue['mine']['queued']))}; open "
-            f"{_fmt(queue['mine']['open'])}; kappa {_fmt(kappas)} |"
+            f"{_fmt(queue['mine']['open'])}; kappa {_fmt(kappas)}; people decided "
+            f"{agreed['human_decisions']} images ({_fmt(reviewers)}) and overturned "
+            f"{agreed['overturned_llm']} LLM labels |"
         )
     if trained is not None:
         folder = Path(trained["path"])

@@ -145,13 +145,15 @@ def export_task(config: str | None, overrides: dict[str, Any], model_id: str) ->
 
 
 @task(name="verify", cache_key_fn=keys.verify, persist_result=True)
-def verify_task(config: str | None, overrides: dict[str, Any], model_id: str) -> dict[str, Any]:
+def verify_task(
+    config: str | None, overrides: dict[str, Any], model_id: str, force: bool = False
+) -> dict[str, Any]:
     """The gate; promotion happens inside it, only when it passes."""
     from export.stage import verify_model
 
     settings = load_settings(config, **overrides)
     with open_workspace(settings) as workspace:
-        report = verify_model(workspace.catalog, workspace.blobs, settings, model_id)
+        report = verify_model(workspace.catalog, workspace.blobs, settings, model_id, force)
     logger = get_run_logger()
     if report.promoted:
         logger.info("verify %s: passed, promoted", report.model_id)

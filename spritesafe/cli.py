@@ -725,7 +725,9 @@ def review_command(
         )
 
 
-def _run_flow(name: str, sources: list[str] | None, config: Path | None) -> None:
+def _run_flow(
+    name: str, sources: list[str] | None, config: Path | None, force: bool = False
+) -> None:
     """Run the `grow` or `rebuild` flow on Prefect's temporary local API; print its summary."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     settings = _settings(config)
@@ -740,7 +742,10 @@ def _run_flow(name: str, sources: list[str] | None, config: Path | None) -> None
     )
     config_path = str(config.absolute()) if config else None
     try:
-        result = (grow if name == "grow" else rebuild)(sources=specs, config=config_path)
+        if name == "grow":
+            result = grow(sources=specs, config=config_path)
+        else:
+            result = rebuild(sources=specs, config=config_path, force=force)
     except KeyboardInterrupt:
         raise _interrupted() from None
     ingested, deduped, labelled = result["ingest"], result["dedupe"], result["label"]
@@ -800,10 +805,16 @@ SourcesArg = Annotated[
 
 
 @app.command()
-def rebuild(sources: SourcesArg = None, config: ConfigOpt = None) -> None:
+def rebuild(
+    sources: SourcesArg = None,
+    config: ConfigOpt = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="promote even if worse than the promoted model")
+    ] = False,
+) -> None:
     """One-shot full rebuild as a Prefect flow (no server needed): ingest, dedupe, label,
     snapshot, train, export, verify (promotes only on a passing gate), refresh the review queue."""
-    _run_flow("rebuild", sources, config)
+    _run_flow("rebuild", sources, config, force)
 
 
 @app.command()

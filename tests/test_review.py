@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -18,7 +19,7 @@ import sqlalchemy as sa
 import uvicorn
 from PIL import Image
 
-from corpus.catalog import labels, model_scores, review_queue
+from corpus.catalog import insert_ignore, labels, model_scores, review_queue
 from corpus.workspace import open_workspace
 from export.classify import Classifier
 from export.stage import export_model, promoted_model, verify_model
@@ -27,6 +28,7 @@ from review.decisions import ReviewError, decide, undo
 from review.mining import mine
 from review.scores import score_catalog, trained_on
 from spritesafe.config import Settings
+from tests.helpers import png
 from tests.learning import GREY, RED, coloured_corpus, labelled
 from tests.ollama_server import ChatRequestInfo
 from training.snapshot import snapshot
@@ -364,6 +366,93 @@ def _llm_labelled_before(settings: Settings, image_id: int) -> bool:
                 .select_from(labels)
                 .where(labels.c.image_id == image_id)
                 .where(labels.c.labeler == "ollama")
+            ).scalar_one()
+            > 0
+        )
+
+
+def test_review_decisions_while_a_growth_run_writes(mined: Settings, tmp_path: Path) -> None:
+    """The review page's writes and an ingest in another process share the catalog: both
+    finish, nothing is lost (SQLite WAL, writers queue on BEGIN IMMEDIATE)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import sprite as make_sprite
+
+    rng = np.random.default_rng(11)
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    for i in range(1500):
+        (folder / f"{i}.png").write_bytes(png(make_sprite(rng, 16)))
+    with open_workspace(mined) as ws:
+        with ws.catalog.write() as conn:
+            insert_ignore(
+                conn,
+                review_queue,
+                [
+                    {
+                        "image_id": i,
+                        "reason": "near_threshold",
+                        "priority": 0.5,
+                        "status": "open",
+                        "created_at": _now(),
+                    }
+                    for i in range(1, 41)
+                ],
+                ["image_id", "reason"],
+            )
+        with ws.catalog.read() as conn:
+            items = (
+                conn.execute(
+                    sa.select(review_queue.c.id)
+                    .where(review_queue.c.status == "open")
+                    .where(review_queue.c.reason == "near_threshold")
+                )
+                .scalars()
+                .all()
+            )
+        spritesafe = str(Path(sys.executable).with_name("spritesafe"))
+        env = os.environ | {"SPRITESAFE_DATA_DIR": str(mined.data_path)}
+        growing = subprocess.Popen(
+            [spritesafe, "ingest", str(folder), "--workers", "1", "--json"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        while not _ingest_running(ws) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _ingest_running(ws), "the ingest was not seen running: no overlap tested"
+        decided = 0
+        for item in items:  # spread over the ingest's run
+            decide(ws.catalog, item, "cy", "safe")
+            decided += 1
+            time.sleep(0.02)
+        out, err = growing.communicate(timeout=300)
+        assert growing.returncode == 0, err[-2000:]
+        assert json.loads(out)["new_images"] == 1500
+        with ws.catalog.read() as conn:
+            rows = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(labels)
+                .where(labels.c.labeler == "human")
+                .where(labels.c.model == "cy")
+            ).scalar_one()
+    assert decided == len(items) == rows > 0
+
+
+def _ingest_running(ws: Any) -> bool:
+    from corpus.catalog import runs
+
+    with ws.catalog.read() as conn:
+        return (
+            conn.execute(
+                sa.select(sa.func.count())
+                .select_from(runs)
+                .where(runs.c.kind == "ingest")
+                .where(runs.c.status == "running")
             ).scalar_one()
             > 0
         )
