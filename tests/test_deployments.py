@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -15,10 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
-
-from tests.helpers import png, sprite
 
 ROOT = Path(__file__).parents[1]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -35,6 +31,8 @@ def prefect_server(tmp_path: Path) -> Iterator[dict[str, str]]:
     port = _free_port()
     env = os.environ | {
         "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
         "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_ENABLED": "false",
@@ -78,14 +76,26 @@ def _prefect(*args: str, env: dict[str, str], timeout: int = 300) -> str:
     return done.stdout + done.stderr
 
 
+def _api(env: dict[str, str], path: str, body: dict[str, object]) -> list[dict[str, object]]:
+    response = httpx.post(env["PREFECT_API_URL"] + path, json=body, timeout=10)
+    response.raise_for_status()
+    result: list[dict[str, object]] = response.json()
+    return result
+
+
 @pytest.mark.slow
-def test_deployments_run_on_a_server_and_a_process_worker(
+def test_scheduled_grow_fires_on_a_server_with_a_process_worker(
     prefect_server: dict[str, str], tmp_path: Path
 ) -> None:
+    """prefect.yaml as shipped deploys both flows; then the same file with a one-minute cron
+    (and this test's config) makes the scheduler fire `grow`, which a real process worker
+    runs against the Ollama test server; the catalog and the run's artifacts are checked."""
+    from tests.learning import MODEL, colour_responder, coloured_corpus
+    from tests.ollama_server import FakeOllama
+
     env = prefect_server
     _prefect("work-pool", "create", "spritesafe", "--type", "process", env=env)
     _prefect("deploy", "--all", env=env)
-
     grow = json.loads(_prefect("deployment", "inspect", "grow/grow", "--output", "json", env=env))
     assert [s["schedule"]["cron"] for s in grow["schedules"]] == ["0 */6 * * *"]
     assert grow["work_pool_name"] == "spritesafe"
@@ -94,41 +104,73 @@ def test_deployments_run_on_a_server_and_a_process_worker(
     )
     assert rebuild["schedules"] == []
 
-    # A small corpus, labelled offline by the teacher: the run goes as far as it can.
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "sprites"
-    folder.mkdir()
-    for i in range(12):
-        (folder / f"{i}.png").write_bytes(png(sprite(rng, 16)))
-    config = tmp_path / "spritesafe.toml"
-    config.write_text(
-        f'data_dir = "{tmp_path / "data"}"\nsources = ["{folder}"]\n'
-        '[label]\nlabeler = "teacher"\n[ingest]\nworkers = 1\n'
-    )
-    started = _prefect(
-        "deployment",
-        "run",
-        "rebuild/rebuild",
-        "--params",
-        json.dumps({"config": str(config)}),
-        env=env,
-    )
-    run_id = re.search(r"UUID: ([0-9a-f-]{36})", started)
-    assert run_id, started
-    worker = subprocess.run(
-        [PREFECT, "worker", "start", "--pool", "spritesafe", "--run-once"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert worker.returncode == 0, worker.stderr[-3000:]
-    state = json.loads(
-        _prefect("flow-run", "inspect", run_id.group(1), "--output", "json", env=env)
-    )
-    assert state["state"]["type"] == "COMPLETED", worker.stdout[-3000:] + worker.stderr[-3000:]
-    reports = list((tmp_path / "data" / "reports").glob("rebuild-*.md"))
-    assert len(reports) == 1
-    text = reports[0].read_text()
-    assert "12 items read, 12 new images" in text and "snapshot | refused" in text
+    folder = coloured_corpus(tmp_path, positives=10, negatives=40)
+    with FakeOllama({MODEL: "sha256:" + "4b" * 32}, responder=colour_responder) as ollama:
+        config = tmp_path / "spritesafe.toml"
+        config.write_text(
+            f'data_dir = "{tmp_path / "data"}"\nsources = ["{folder}"]\n'
+            f'[ollama]\nhosts = ["{ollama.url}"]\nmodel = "{MODEL}"\n'
+            "[label]\nbudget = 20\n[ingest]\nworkers = 1\n"
+        )
+        every_minute = (
+            (ROOT / "prefect.yaml")
+            .read_text()
+            .replace('cron: "0 */6 * * *"', 'cron: "* * * * *"')
+            .replace("      config: null # a spritesafe.toml", f"      config: {config} #", 1)
+        )
+        every_minute = every_minute.replace("budget: 500", "budget: 20", 1)
+        (tmp_path / "prefect.yaml").write_text(every_minute)
+        _prefect("deploy", "--all", "--prefect-file", str(tmp_path / "prefect.yaml"), env=env)
+        log = (tmp_path / "worker.log").open("w")
+        worker = subprocess.Popen(
+            [PREFECT, "worker", "start", "--pool", "spritesafe"],
+            env=env,
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 240  # the next minute, then the run itself
+            done: list[dict[str, object]] = []
+            while time.monotonic() < deadline and not done:
+                time.sleep(2)
+                runs = _api(
+                    env,
+                    "/flow_runs/filter",
+                    {"flow_runs": {"deployment_id": {"any_": [grow["id"]]}}},
+                )
+                done = [r for r in runs if r["state_type"] in ("COMPLETED", "FAILED", "CRASHED")]
+            assert done, (
+                "no scheduled grow run finished: " + (tmp_path / "worker.log").read_text()[-3000:]
+            )
+            assert done[0]["state_type"] == "COMPLETED", (tmp_path / "worker.log").read_text()[
+                -3000:
+            ]
+            assert done[0]["auto_scheduled"] is True  # fired by the schedule, not by hand
+        finally:
+            os.killpg(worker.pid, signal.SIGTERM)  # the worker first, then (fixture) the server
+            worker.wait(30)
+            log.close()
+    artifacts = _api(env, "/artifacts/filter", {})
+    assert any(a["key"] == "spritesafe-grow-report" for a in artifacts)
+    report = next(a for a in artifacts if a["key"] == "spritesafe-grow-report")
+    assert "| label | ollama" in str(report["data"])
+    import sqlalchemy as sa
+
+    from corpus.catalog import labels
+    from corpus.workspace import open_workspace
+    from spritesafe.config import load_settings
+
+    with open_workspace(load_settings(config)) as ws, ws.catalog.read() as conn:
+        count = conn.execute(
+            sa.select(sa.func.count()).select_from(labels).where(labels.c.labeler == "ollama")
+        ).scalar_one()
+    finished = [
+        r
+        for r in _api(
+            env, "/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [grow["id"]]}}}
+        )
+        if r["state_type"] == "COMPLETED"
+    ]
+    assert count == 20 * len(finished)  # each fired run labels its budget of 20, no more
