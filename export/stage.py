@@ -152,6 +152,7 @@ def export_model(catalog: Catalog, settings: Settings, model_id: str | None = No
     with recorded(catalog, report):
         folder = Path(row.path) / "export"
         folder.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(folder / "web", ignore_errors=True)  # a bundle of an earlier export
         report.path = str(folder)
         trained = load_checkpoint(Path(row.path) / "model.pt")
         data, manifest = _snapshot_data(catalog, row.snapshot_id)

@@ -31,8 +31,12 @@ def _settings(parameters: Parameters) -> Settings:
     return load_settings(parameters.get("config"), **(parameters.get("overrides") or {}))
 
 
-def _digest(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+def _digest(settings: Settings, *parts: Any) -> str:
+    """Content digest, scoped to the workspace: Prefect's result store is shared by every
+    workspace on the machine, and two catalogs can hold identical content."""
+    scope = (settings.catalog_url, settings.blob_root, str(settings.data_path))
+    text = json.dumps([scope, *parts], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _candidates(settings: Settings) -> str:
@@ -52,7 +56,7 @@ def _labels(settings: Settings) -> tuple[int, int]:
 
 def dedupe(context: Any, parameters: Parameters) -> str:
     settings = _settings(parameters)
-    return "dedupe-" + _digest(_candidates(settings), settings.dedupe.model_dump())
+    return "dedupe-" + _digest(settings, _candidates(settings), settings.dedupe.model_dump())
 
 
 def snapshot(context: Any, parameters: Parameters) -> str:
@@ -61,24 +65,39 @@ def snapshot(context: Any, parameters: Parameters) -> str:
     settings = _settings(parameters)
     rubric = load_rubric(settings.label.rubric)
     return "snapshot-" + _digest(
-        _candidates(settings), _labels(settings), rubric.version, settings.snapshot.model_dump()
+        settings,
+        _candidates(settings),
+        _labels(settings),
+        rubric.version,
+        settings.snapshot.model_dump(),
     )
 
 
 def train(context: Any, parameters: Parameters) -> str:
     settings = _settings(parameters)
-    return "train-" + _digest(parameters["snapshot_id"], settings.train.model_dump())
+    return "train-" + _digest(
+        settings,
+        parameters["snapshot_id"],
+        settings.train.model_dump(),
+        settings.canonical.model_dump(),  # the preprocessing's background and scale limit
+    )
 
 
 def export(context: Any, parameters: Parameters) -> str:
     settings = _settings(parameters)
-    return "export-" + _digest(parameters["model_id"], settings.export.model_dump())
+    return "export-" + _digest(settings, parameters["model_id"], settings.export.model_dump())
 
 
 def verify(context: Any, parameters: Parameters) -> str:
     settings = _settings(parameters)
+    deployed = settings.deploy_path / "model.int8.onnx"
+    current = hashlib.sha256(deployed.read_bytes()).hexdigest() if deployed.is_file() else None
     return "verify-" + _digest(
-        parameters["model_id"], parameters.get("force", False), settings.export.model_dump()
+        settings,
+        parameters["model_id"],
+        parameters.get("force", False),
+        settings.export.model_dump(),
+        current,  # what is promoted now decides too
     )
 
 
@@ -89,5 +108,5 @@ def review(context: Any, parameters: Parameters) -> str:
     settings = _settings(parameters)
     model = Classifier(promoted_model(settings)).model_id
     return "review-" + _digest(
-        model, _candidates(settings), _labels(settings), settings.review.model_dump()
+        settings, model, _candidates(settings), _labels(settings), settings.review.model_dump()
     )

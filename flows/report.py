@@ -23,8 +23,8 @@ def markdown(name: str, result: dict[str, Any]) -> str:
     lines = [
         f"# spritesafe {name}, {utcnow():%Y-%m-%d %H:%M} UTC",
         "",
-        "| stage | figures |",
-        "|---|---|",
+        "| stage | figures | seconds |",
+        "|---|---|---|",
         f"| ingest | {ingested['processed']} items read, {ingested['new_images']} new images, "
         f"{ingested['unchanged']} unchanged, rejected: {_fmt(ingested['rejected'] or {})} |",
         f"| dedupe | {deduped['processed']} checked, {deduped['exact_duplicates']} exact "
@@ -92,10 +92,38 @@ def markdown(name: str, result: dict[str, Any]) -> str:
             f"{agreed['human_decisions']} images ({_fmt(reviewers)}) and overturned "
             f"{agreed['overturned_llm']} LLM labels |"
         )
+    lines = [_with_seconds(line, result) for line in lines]
     if trained is not None:
         folder = Path(trained["path"])
         lines += ["", f"Training report: {folder / 'report.md'}"]
     return "\n".join(lines) + "\n"
+
+
+STAGES = {
+    "ingest": "ingest",
+    "dedupe": "dedupe",
+    "label": "label",
+    "snapshot": "snapshot",
+    "train": "train",
+    "export": "export",
+    "verify": "verify",
+    "review queue": "review",
+}
+
+
+def _with_seconds(line: str, result: dict[str, Any]) -> str:
+    """A stage row gets the stage's own time as the last column."""
+    if not line.startswith("| ") or line.startswith("| stage"):
+        return line
+    stage = line[2:].split(" |", 1)[0]
+    report = result.get(STAGES.get(stage, ""))
+    if not isinstance(report, dict):
+        return line + " - |"
+    if stage == "review queue":
+        seconds = report["scores"]["seconds"] + report["mine"]["seconds"]
+    else:
+        seconds = report.get("seconds", 0.0)
+    return line + f" {seconds:.1f} |"
 
 
 def plots_markdown(trained: dict[str, Any]) -> str:

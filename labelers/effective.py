@@ -1,8 +1,8 @@
 """The effective label: the one label a snapshot uses, derived from all label rows of an image.
 
 Precedence, strongest first:
-1. human: the latest decision of any reviewer; a `retract` row cancels the decision before it
-   (review appends, never deletes);
+1. human: the latest decision of any reviewer; a `retract` row cancels that reviewer's own
+   latest decision (review appends, never deletes);
 2. LLM consensus: the majority category over the LLM's label rows for the current rubric
    (several samples or models vote); agreement = majority votes / all votes;
 3. teacher: open_nsfw's P(nsfw) read as explicit above `teacher_high`, safe below
@@ -31,6 +31,7 @@ class LabelRow:
     created_at: datetime
     rubric_version: str = ""
     score_explicit: float | None = None
+    by: str = ""  # who: for human rows the reviewer (the labels.model column)
 
 
 @dataclass(frozen=True)
@@ -52,15 +53,17 @@ def effective_label(
 ) -> EffectiveLabel:
     ordered = sorted(rows, key=lambda r: r.created_at)
 
-    decisions: list[str] = []
+    decisions: list[tuple[str, str]] = []  # (reviewer, category)
     for row in (r for r in ordered if r.labeler == HUMAN):
         if row.category == RETRACT:
-            if decisions:
-                decisions.pop()
+            # Undo cancels the retracting reviewer's own latest decision, not someone else's.
+            mine = [i for i, (who, _) in enumerate(decisions) if who == row.by]
+            if mine:
+                del decisions[mine[-1]]
         elif row.category is not None:
-            decisions.append(row.category)
+            decisions.append((row.by, row.category))
     if decisions:
-        return EffectiveLabel(decisions[-1], "human", uncertain=False, agreement=1.0)
+        return EffectiveLabel(decisions[-1][1], "human", uncertain=False, agreement=1.0)
 
     votes = Counter(
         row.category

@@ -57,7 +57,9 @@ def agreement(
     with catalog.read() as conn:
         for r in conn.execute(sa.select(labels).order_by(labels.c.id)):
             rows[r.image_id].append(
-                LabelRow(r.labeler, r.category, r.created_at, r.rubric_version, r.score_explicit)
+                LabelRow(
+                    r.labeler, r.category, r.created_at, r.rubric_version, r.score_explicit, r.model
+                )
             )
         if model_id:
             for r in conn.execute(

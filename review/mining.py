@@ -77,7 +77,9 @@ def mine(catalog: Catalog, settings: Settings, model_id: str, threshold: float) 
             for row in conn.execute(sa.select(labels).order_by(labels.c.id)):
                 item = by_image[row.image_id]
                 item.rows.append(
-                    LabelRow(row.labeler, row.category, row.created_at, row.rubric_version)
+                    LabelRow(
+                        row.labeler, row.category, row.created_at, row.rubric_version, by=row.model
+                    )
                 )
                 if row.labeler == HUMAN:
                     item.human = True

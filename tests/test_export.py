@@ -251,6 +251,12 @@ def _parity_images(folder: Path) -> list[Path]:
     soft[..., 3] = np.where(soft[..., 3] > 0, 128, 0)
     paths.append(folder / "soft.png")
     paths[-1].write_bytes(png(soft))
+    # Larger than the input after grid reduction: Pillow's BOX shrink, ported exactly.
+    rng = np.random.default_rng(12)
+    big = rng.integers(0, 256, (170, 250, 4), dtype=np.uint8)
+    big[..., 3] = 255
+    paths.append(folder / "big.png")
+    paths[-1].write_bytes(png(big))
     return paths
 
 
@@ -287,7 +293,7 @@ def test_web_bundle_matches_python_in_node(bundle: Path, model_path: Path, tmp_p
     )
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
-    assert out["where"] == "main thread" and out["batches"] == 1  # six calls, one batch
+    assert out["where"] == "main thread" and out["batches"] == 1  # seven calls, one batch
     _check_parity(out["results"], model_path)
 
 

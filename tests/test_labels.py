@@ -116,3 +116,19 @@ def test_teacher_middle_band_is_uncertain() -> None:
     assert middle.uncertain and middle.category is None
     assert effective_label([row("teacher", None, 0, score_explicit=0.1)]).category == "safe"
     assert effective_label([]).source == "none"
+
+
+def test_a_retraction_cancels_only_the_reviewers_own_decision() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from labelers.effective import LabelRow, effective_label
+
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = [
+        LabelRow("human", "explicit", t0, by="ana"),
+        LabelRow("human", "safe", t0 + timedelta(seconds=1), by="bo"),
+        LabelRow("human", "retract", t0 + timedelta(seconds=2), by="ana"),
+    ]
+    assert effective_label(rows).category == "safe"  # bo's decision stands
+    rows.append(LabelRow("human", "retract", t0 + timedelta(seconds=3), by="bo"))
+    assert effective_label(rows).source == "none"  # both undone: nothing left

@@ -159,7 +159,7 @@ def test_decisions_append_and_undo_retracts(mined: Settings) -> None:
                 .order_by(labels.c.id)
             ).all()
     assert [r.category for r in rows][-3:] == ["explicit", "retract", "suggestive"]
-    result = effective_label(LabelRow(r.labeler, r.category, r.created_at) for r in rows)
+    result = effective_label(LabelRow(r.labeler, r.category, r.created_at, by=r.model) for r in rows)
     assert result.category == "suggestive" and result.source == "human"
 
 

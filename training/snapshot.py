@@ -153,7 +153,12 @@ def _load(
             continue
         cand.rows.append(
             LabelRow(
-                row.labeler, row.category, row.created_at, row.rubric_version, row.score_explicit
+                row.labeler,
+                row.category,
+                row.created_at,
+                row.rubric_version,
+                row.score_explicit,
+                by=row.model,
             )
         )
         if row.labeler == LLM and row.rubric_version == rubric_version:
@@ -251,6 +256,13 @@ def _snapshot(
             f"{config.min_negatives} are needed ({dict(report.excluded)} left out). {hint}"
         )
     items = [Item(c.id, c.cluster, c.category in positive) for c in kept]
+    positive_clusters = len({i.cluster for i in items if i.positive})
+    if positive_clusters < 3:
+        raise NotEnoughLabels(
+            f"the {n_pos} positives are near-duplicates of one another ({positive_clusters} "
+            "clusters): at least 3 distinct ones are needed, one each for training, validation "
+            "and test. Label more."
+        )
     split_of = assign_splits(items, rate, config.val_share, config.test_share, config.seed)
     train_items = [i for i in items if split_of[i.id] == TRAIN]
     n_train_pos = sum(i.positive for i in train_items)

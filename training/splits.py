@@ -69,24 +69,40 @@ def assign_splits(
     positive = [c for c in clusters if c.positives > 0]  # mixed clusters count as positive
 
     split_of: dict[str, str] = {}
-    pos_budget = math.floor(len(positive) * max_eval_positive_share)
+    # Validation and test together take at most this many positive clusters, and training
+    # always keeps at least one (with fewer than 3 there is nothing to evaluate on anyway).
+    budget = min(math.floor(len(positive) * max_eval_positive_share), len(positive) - 1)
+    used: set[str] = set()
     start_neg = 0
-    start_pos = 0
-    for name, share in ((TEST, test_share), (VALIDATION, val_share)):
+    for index, (name, share) in enumerate(((TEST, test_share), (VALIDATION, val_share))):
         neg = negative[start_neg : start_neg + round(len(negative) * share)]
+        start_neg += len(neg)
         neg_images = sum(c.negatives for c in neg)
         wanted = base_rate / (1 - base_rate) * neg_images  # positives for the base rate
-        # Each evaluation split gets at least one positive cluster when there are any.
-        allowed = max(1, pos_budget // 2) if positive else 0
+        allowed = budget // 2 if index == 0 else budget - sum(1 for _ in used)
+        allowed = max(allowed, 1) if budget >= 2 else 0
         pos: list[_Cluster] = []
         got = 0
-        for cluster in positive[start_pos : start_pos + allowed]:
-            if got >= wanted and pos:
+        for cluster in positive:
+            if len(pos) >= allowed or got >= wanted:
                 break
+            if cluster.key in used or got + cluster.positives - wanted > wanted - got:
+                continue  # taken, or overshoots more than it helps: a smaller one may fit
             pos.append(cluster)
+            used.add(cluster.key)
             got += cluster.positives
-        if got < wanted and got > 0:
-            # Too few positives for the rate: drop negatives (to training) instead.
+        if not pos and allowed:  # every cluster is big: the smallest, and more negatives below
+            smallest = min((c for c in positive if c.key not in used), key=lambda c: c.positives)
+            pos, got = [smallest], smallest.positives
+            used.add(smallest.key)
+        needed = got * (1 - base_rate) / base_rate
+        spare = len(negative) // 2  # training keeps at least half of the negative clusters
+        while neg_images < needed and start_neg < spare:
+            neg.append(negative[start_neg])  # too many positives: more negatives, from train
+            neg_images += negative[start_neg].negatives
+            start_neg += 1
+        if 0 < got < wanted:
+            # Too few positives for the rate: keep fewer negatives (the rest train).
             keep = got * (1 - base_rate) / base_rate
             kept: list[_Cluster] = []
             count = 0
@@ -95,14 +111,9 @@ def assign_splits(
                     break
                 kept.append(cluster)
                 count += cluster.negatives
-            neg_taken = len(neg)
             neg = kept
-        else:
-            neg_taken = len(neg)
         for cluster in neg + pos:
             split_of[cluster.key] = name
-        start_neg += neg_taken
-        start_pos += len(pos)
     return {item.id: split_of.get(item.cluster, TRAIN) for item in items}
 
 

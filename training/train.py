@@ -224,7 +224,9 @@ def _train(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
-    steps_per_epoch = max(1, len(train_data) // config.batch_size + 1)
+    # Batches per epoch as train_batches makes them: a final single-image batch is dropped.
+    full, rest = divmod(len(train_data), config.batch_size)
+    steps_per_epoch = max(1, full + (rest > 1))
     warmup = round(config.warmup_epochs * steps_per_epoch)
     total = config.epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -1,6 +1,8 @@
 // spritesafe in the browser (and Node): P(nsfw) for pixel art with the exported INT8 model on
 // onnxruntime-web (WASM). The preprocessing is a line-by-line port of spritesafe/preprocess.py
-// and corpus/canonical.py; a test runs both on the same images and requires identical tensors.
+// and corpus/canonical.py (Pillow's BOX filter included); a test runs both on the same images
+// and requires identical tensors. (A browser canvas may round semi-transparent colours by a
+// level where Python does not; opaque and fully transparent pixels are exact.)
 //
 //   import { createClassifier } from './spritesafe.js';
 //   const clf = await createClassifier();                 // model.json + model.int8.onnx beside
@@ -107,32 +109,64 @@ function roundHalfEven(x) {
   return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
 }
 
-// Area averaging for images larger than the input (Pillow's BOX filter, in floating point:
-// may differ from Pillow by one level on some pixels; pixel art is nearly always smaller).
+// Area averaging for images larger than the input: Pillow's BOX resampling exactly (its
+// coefficients, 22-bit fixed point, horizontal pass then vertical, 8-bit in between).
+const PRECISION_BITS = 22;
+
+function boxCoefficients(inSize, outSize) {
+  const scale = inSize / outSize;
+  const filterscale = Math.max(scale, 1.0);
+  const support = 0.5 * filterscale;
+  const out = [];
+  for (let xx = 0; xx < outSize; xx++) {
+    const center = (xx + 0.5) * scale;
+    const xmin = Math.max(Math.trunc(center - support + 0.5), 0);
+    const xmax = Math.min(Math.trunc(center + support + 0.5), inSize) - xmin;
+    const w = [];
+    let ww = 0;
+    for (let x = 0; x < xmax; x++) {
+      const t = (x + xmin - center + 0.5) / filterscale;
+      const v = t > -0.5 && t <= 0.5 ? 1.0 : 0.0;
+      w.push(v);
+      ww += v;
+    }
+    const k = w.map((v) => {
+      const n = ww !== 0 ? v / ww : v;
+      return Math.trunc((n < 0 ? -0.5 : 0.5) + n * (1 << PRECISION_BITS));
+    });
+    out.push([xmin, k]);
+  }
+  return out;
+}
+
+function clip8(v) {
+  const x = Math.floor(v / (1 << PRECISION_BITS)); // an arithmetic shift, beyond 32 bits
+  return x < 0 ? 0 : x > 255 ? 255 : x;
+}
+
 function shrinkBox(src, width, height, outW, outH) {
-  const tmp = new Float64Array(outW * height * 3);
-  const sx = width / outW;
-  for (let x = 0; x < outW; x++) {
-    const x0 = x * sx;
-    const x1 = x0 + sx;
-    for (let i = Math.floor(x0); i < Math.min(width, Math.ceil(x1)); i++) {
-      const w = Math.min(x1, i + 1) - Math.max(x0, i);
-      for (let y = 0; y < height; y++) {
-        for (let c = 0; c < 3; c++) tmp[(y * outW + x) * 3 + c] += (w / sx) * src[(y * width + i) * 3 + c];
+  const half = 1 << (PRECISION_BITS - 1);
+  const tmp = new Uint8Array(outW * height * 3);
+  const cols = boxCoefficients(width, outW);
+  for (let y = 0; y < height; y++) {
+    for (let xx = 0; xx < outW; xx++) {
+      const [xmin, k] = cols[xx];
+      for (let c = 0; c < 3; c++) {
+        let acc = half;
+        for (let i = 0; i < k.length; i++) acc += src[(y * width + xmin + i) * 3 + c] * k[i];
+        tmp[(y * outW + xx) * 3 + c] = clip8(acc);
       }
     }
   }
   const out = new Uint8Array(outW * outH * 3);
-  const sy = height / outH;
-  for (let y = 0; y < outH; y++) {
-    const y0 = y * sy;
-    const y1 = y0 + sy;
-    const acc = new Float64Array(outW * 3);
-    for (let j = Math.floor(y0); j < Math.min(height, Math.ceil(y1)); j++) {
-      const w = (Math.min(y1, j + 1) - Math.max(y0, j)) / sy;
-      for (let k = 0; k < outW * 3; k++) acc[k] += w * tmp[j * outW * 3 + k];
+  const rows = boxCoefficients(height, outH);
+  for (let yy = 0; yy < outH; yy++) {
+    const [ymin, k] = rows[yy];
+    for (let j = 0; j < outW * 3; j++) {
+      let acc = half;
+      for (let i = 0; i < k.length; i++) acc += tmp[(ymin + i) * outW * 3 + j] * k[i];
+      out[yy * outW * 3 + j] = clip8(acc);
     }
-    for (let k = 0; k < outW * 3; k++) out[y * outW * 3 + k] = Math.min(255, Math.max(0, Math.round(acc[k])));
   }
   return out;
 }
@@ -205,7 +239,11 @@ export function sigmoid(logit) {
 /** ImageData, or {data, width, height}, or anything createImageBitmap takes (img, Blob, ...). */
 async function toRGBA(image) {
   if (image && image.data && image.width && image.height) return image;
-  const bitmap = await createImageBitmap(image, { premultiplyAlpha: 'none', colorSpaceConversion: 'none' });
+  const bitmap = await createImageBitmap(image, {
+    premultiplyAlpha: 'none',
+    colorSpaceConversion: 'none',
+    imageOrientation: 'none', // Python does not apply EXIF rotation either
+  });
   const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
   const ctx = canvas.getContext('2d', { willReadFrequently: true });
   ctx.imageSmoothingEnabled = false; // nearest: never blur pixel art
