@@ -43,25 +43,48 @@ def _redirect(reason: str, item: int | None = None) -> RedirectResponse:
     return RedirectResponse("/" + query, status_code=303)
 
 
-def create_app(catalog: Catalog, blobs: BlobStore, token: str | None = None) -> FastAPI:
-    """The review app over a catalog; `token` is required on every request when given."""
+def _same(a: str, b: str) -> bool:
+    return secrets.compare_digest(a.encode(), b.encode())  # bytes: any text compares safely
+
+
+def create_app(
+    catalog: Catalog,
+    blobs: BlobStore,
+    token: str | None = None,
+    hosts: list[str] | None = None,
+) -> FastAPI:
+    """The review app over a catalog; `token` is required on every request when given.
+    `hosts`: the Host names it answers to (default: the loopback names), which stops a
+    DNS-rebinding page from talking to it."""
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    allowed = set(hosts or ["127.0.0.1", "localhost", "[::1]"])
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Any:
+        host = request.headers.get("host", "").rsplit(":", 1)[0]
+        if host not in allowed and "*" not in allowed:
+            return Response("unknown host", status_code=400)
+        if request.method == "POST":
+            # Browsers say where a form came from: anything but this page is refused.
+            site = request.headers.get("sec-fetch-site")
+            origin = request.headers.get("origin")
+            if site not in (None, "same-origin", "none") or (
+                origin is not None and origin.split("://", 1)[-1].rsplit(":", 1)[0] not in allowed
+            ):
+                return Response("cross-site request refused", status_code=403)
         if token is not None:
             given = request.query_params.get("token")
-            if given is not None and secrets.compare_digest(given, token):
+            if given is not None and _same(given, token):
                 response = RedirectResponse(request.url.path, status_code=303)
                 response.set_cookie("token", token, httponly=True, samesite="strict")
                 return response
-            if not secrets.compare_digest(request.cookies.get("token", ""), token):
+            if not _same(request.cookies.get("token", ""), token):
                 return Response("a review token is required (?token=...)", status_code=401)
         return await call_next(request)
 
     def check(request: Request, csrf: str) -> None:
         expected = request.cookies.get("csrf", "")
-        if not expected or not secrets.compare_digest(csrf, expected):
+        if not expected or not _same(csrf, expected):
             raise HTTPException(403, "CSRF check failed: reload the page")
 
     @app.get("/", response_class=HTMLResponse)

@@ -714,11 +714,13 @@ def review_command(
     port = port if port is not None else settings.review.port
     local = host in ("127.0.0.1", "localhost", "::1")
     token = None if local else secrets.token_urlsafe(16)
+    # Bound to every address, any Host name may reach it: the token guards it then.
+    hosts = None if local else (["*"] if host in ("0.0.0.0", "::") else [host])
     with open_workspace(settings) as workspace:
         url = f"http://{host}:{port}/" + (f"?token={token}" if token else "")
         console.print(f"review page: {url}  (Ctrl-C to stop)")
         uvicorn.run(
-            create_app(workspace.catalog, workspace.blobs, token),
+            create_app(workspace.catalog, workspace.blobs, token, hosts),
             host=host,
             port=port,
             log_level="warning",

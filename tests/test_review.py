@@ -159,7 +159,9 @@ def test_decisions_append_and_undo_retracts(mined: Settings) -> None:
                 .order_by(labels.c.id)
             ).all()
     assert [r.category for r in rows][-3:] == ["explicit", "retract", "suggestive"]
-    result = effective_label(LabelRow(r.labeler, r.category, r.created_at, by=r.model) for r in rows)
+    result = effective_label(
+        LabelRow(r.labeler, r.category, r.created_at, by=r.model) for r in rows
+    )
     assert result.category == "suggestive" and result.source == "human"
 
 
@@ -275,11 +277,20 @@ def test_posts_need_the_csrf_token_and_remote_binding_a_token(server: tuple[str,
         client.get("/")
         refused = client.post("/decide", data={"item": 1, "choice": "safe", "csrf": "forged"})
         assert refused.status_code == 403
+        csrf = client.cookies["csrf"]
+        elsewhere = client.post(
+            "/decide",
+            data={"item": 1, "choice": "safe", "csrf": csrf},
+            headers={"origin": "http://evil.example", "sec-fetch-site": "cross-site"},
+        )
+        assert elsewhere.status_code == 403
+        rebound = client.get("/", headers={"host": "evil.example"})
+        assert rebound.status_code == 400
     with open_workspace(settings) as ws:
         app = create_app(ws.catalog, ws.blobs, token="s3cret")
         from fastapi.testclient import TestClient
 
-        guarded = TestClient(app)
+        guarded = TestClient(app, base_url="http://127.0.0.1")
         assert guarded.get("/").status_code == 401
         entered = guarded.get("/?token=s3cret", follow_redirects=False)
         assert entered.status_code == 303 and "token" in entered.cookies
