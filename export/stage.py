@@ -281,29 +281,52 @@ def _latency(path: Path, inputs: NDArray[np.float32], threads: int) -> dict[str,
 
 
 def _against_current(
+    catalog: Catalog,
     settings: Settings,
     model_id: str,
-    x: NDArray[np.float32],
-    y: NDArray[np.float32],
-    candidate: float | None,
+    records: Any,
+    candidate: Any,
 ) -> tuple[dict[str, Any], list[str]]:
-    """The promoted model on the candidate's test split: (figures, reasons not to replace it)."""
+    """The promoted model and the candidate (`candidate`: a Classifier-like scorer of the
+    candidate INT8 file) on the candidate's test split, leaving out images the promoted model
+    trained on; each model through its own preprocessing. (figures, reasons not to replace)."""
     from export.classify import Classifier
+    from review.scores import trained_on
     from training.metrics import average_precision
 
     current = settings.deploy_path / INT8_NAME
-    if not current.is_file() or candidate is None or not y.any():
+    if not current.is_file():
         return {}, []
     clf = Classifier(current, threads=settings.export.threads)
     if clf.model_id == model_id:
         return {}, []
-    theirs = average_precision(y, clf.scores(x))
-    figures = {"model_id": clf.model_id, "pr_auc": theirs, "candidate_pr_auc": candidate}
-    tolerance = settings.export.replace_tolerance
-    if candidate < theirs - tolerance:
+    seen = trained_on(catalog, clf.model_id)
+    rows = records.cast_column("image", records.features["image"].__class__(decode=False))
+    data, labels_ = [], []
+    for row in rows:
+        if int(row["image_id"]) not in seen:
+            data.append(row["image"]["bytes"])
+            labels_.append(bool(row["label"]))
+    theirs_r, ours_r = clf.classify(data), candidate.classify(data)
+    keep = [
+        i for i in range(len(data)) if theirs_r[i].score is not None and ours_r[i].score is not None
+    ]
+    y = np.array([labels_[i] for i in keep])
+    if not y.any():
+        return {"model_id": clf.model_id, "images": len(keep), "positives": 0}, []
+    theirs = average_precision(y, np.array([theirs_r[i].score for i in keep]))
+    ours = average_precision(y, np.array([ours_r[i].score for i in keep]))
+    figures = {
+        "model_id": clf.model_id,
+        "images": len(keep),
+        "positives": int(y.sum()),
+        "pr_auc": theirs,
+        "candidate_pr_auc": ours,
+    }
+    if ours < theirs - settings.export.replace_tolerance:
         return figures, [
-            f"worse than the promoted model {clf.model_id}: PR-AUC {candidate:.4f} vs {theirs:.4f} "
-            "on the same test split (--force promotes it anyway)"
+            f"worse than the promoted model {clf.model_id}: PR-AUC {ours:.4f} vs {theirs:.4f} "
+            f"on {len(keep)} test images it did not train on (--force promotes it anyway)"
         ]
     return figures, []
 
@@ -356,8 +379,14 @@ def verify_model(
                 "onnx_int8": checks[name][1].as_dict(),
             }
         result = gate(checks, config)
+        from export.classify import Classifier
+
         current, worse = _against_current(
-            settings, row.model_id, test_x, test_y, checks["test"][1].pr_auc
+            catalog,
+            settings,
+            row.model_id,
+            data["test"],
+            Classifier(folder / INT8_NAME, threads=config.threads),
         )
         report.current = current
         if worse and not force:
