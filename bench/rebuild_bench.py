@@ -1,0 +1,112 @@
+"""A full `spritesafe rebuild` of real sprites against the Ollama test server, timed per stage.
+
+Target (issue 7): 10,000 real sprites (Debian tile packages) with the test server answering
+at a set latency complete in <= 15 minutes on 2 cores, with per-stage timings in the report.
+
+    .venv/bin/python -m bench.rebuild_bench [--sprites 10000] [--latency 0.05]
+        [--parallelism 4] [--budget 10000] [--epochs 40]
+
+Setup (not timed): N real 32 px tiles written as PNG files, 6 % with the learning test's
+stand-in concept (a small heart, tests/learning.py); a FakeOllama host in this process
+(`--latency` seconds per request, `--parallelism` at once) answering from the concept with
+label noise; a spritesafe.toml with that host, the budget (default: label everything) and
+`per_host_concurrency` = 2 x parallelism. Timed: the `spritesafe rebuild` command as a user
+runs it (a subprocess: Prefect's temporary API, ingest, dedupe, the teacher's pre-screen,
+labelling, snapshot, training, export, verify, review queue); the stage times come from the
+run report it writes. Figures are printed and written to bench/out/rebuild_bench.json; exit
+status 1 when it takes longer than 15 minutes or does not finish.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import machine, report_machine, write_figures
+from tests.learning import MODEL, build, noisy_responder
+from tests.ollama_server import FakeOllama
+
+OUT = Path(__file__).resolve().parent / "out" / "rebuild_bench.json"
+LIMIT_S = 15 * 60
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sprites", type=int, default=10_000)
+    parser.add_argument("--latency", type=float, default=0.05, help="seconds per LLM request")
+    parser.add_argument(
+        "--parallelism", type=int, default=4, help="requests the host serves at once"
+    )
+    parser.add_argument("--budget", type=int, default=10_000, help="LLM labels to spend")
+    parser.add_argument("--epochs", type=int, default=40)
+    return parser.parse_args(argv)
+
+
+def stage_seconds(report: str) -> dict[str, float]:
+    """Stage -> seconds from the run report's table (its last column)."""
+    out = {}
+    for line in report.splitlines():
+        match = re.match(r"\| ([a-z? ]+) \|.*\| ([0-9.]+) \|$", line)
+        if match:
+            out[match.group(1)] = float(match.group(2))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    figures: dict[str, Any] = machine() | dict(vars(args))
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        positives = build(root / "sprites", args.sprites, base_rate=0.06, seed=5)
+        figures["concept_images"] = len(positives)
+        responder = noisy_responder(0.1, 0.01)
+        with FakeOllama(
+            {MODEL: "sha256:" + "5c" * 32},
+            responder=responder,
+            latency_s=args.latency,
+            parallelism=args.parallelism,
+        ) as server:
+            config = root / "spritesafe.toml"
+            config.write_text(
+                f'data_dir = "data"\nsources = ["{root / "sprites"}"]\n'
+                f'[ollama]\nhosts = ["{server.url}"]\nmodel = "{MODEL}"\n'
+                f"per_host_concurrency = {2 * args.parallelism}\n"
+                f"[label]\nbudget = {args.budget}\n[train]\nepochs = {args.epochs}\n"
+            )
+            spritesafe = str(Path(sys.executable).with_name("spritesafe"))
+            env = os.environ | {"PREFECT_HOME": str(root / "prefect"), "COLUMNS": "300"}
+            started = time.perf_counter()
+            done = subprocess.run(
+                [spritesafe, "rebuild", "--config", str(config)],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=LIMIT_S * 2,
+            )
+            figures["seconds"] = round(time.perf_counter() - started, 1)
+        print(done.stdout)
+        failures = []
+        if done.returncode != 0:
+            failures.append(f"rebuild failed: {done.stderr[-2000:]}")
+        else:
+            report = Path(done.stdout.split("report: ")[-1].split()[0]).read_text()
+            figures["stages"] = stage_seconds(report)
+            print(report)
+    print(f"rebuild of {args.sprites:,} sprites: {figures['seconds']:.0f} s in all")
+    for stage, seconds in figures.get("stages", {}).items():
+        print(f"  {stage}: {seconds:.1f} s")
+    report_machine(figures, children=True)
+    if figures["seconds"] > LIMIT_S:
+        failures.append(f"{figures['seconds']:.0f} s > {LIMIT_S} s")
+    return write_figures(figures, OUT, failures)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
