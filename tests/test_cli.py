@@ -191,3 +191,71 @@ def test_grow_retrains_only_when_enough_new_labels_arrived(tmp_path: Path) -> No
         assert re.search(rf"Task run '{task}-\w+' - Finished in state Cached", third), task
     models = list((tmp_path / "growdata" / "models").iterdir())
     assert [m.name for m in models] == [model]
+
+
+@pytest.mark.slow
+def test_killed_grow_resumes_without_duplicate_labels(tmp_path: Path) -> None:
+    """kill -9 the grow process mid-labelling; a second run completes, keeps every label the
+    first one committed and asks the LLM about no image twice."""
+    import signal
+    import time
+
+    import sqlalchemy as sa
+
+    from corpus.catalog import label_errors, labels
+    from corpus.workspace import open_workspace
+    from spritesafe.config import load_settings
+    from tests.learning import MODEL, colour_responder, coloured_corpus
+    from tests.ollama_server import FakeOllama
+
+    folder = coloured_corpus(tmp_path, positives=10, negatives=60)  # 84 images with variants
+    config = tmp_path / "spritesafe.toml"
+    env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect")}
+
+    def ollama_labels() -> list[tuple[int, int]]:
+        with open_workspace(load_settings(config)) as ws, ws.catalog.read() as conn:
+            return [
+                (r.image_id, r.sample)
+                for r in conn.execute(
+                    sa.select(labels.c.image_id, labels.c.sample).where(
+                        labels.c.labeler == "ollama"
+                    )
+                )
+            ]
+
+    with FakeOllama(
+        {MODEL: "sha256:" + "6d" * 32}, responder=colour_responder, latency_s=0.1
+    ) as server:
+        config.write_text(
+            f'data_dir = "{tmp_path / "data"}"\nsources = ["{folder}"]\n'
+            f'[ollama]\nhosts = ["{server.url}"]\nmodel = "{MODEL}"\n'
+            "[label]\nbudget = 40\nbatch_size = 4\n[ingest]\nworkers = 1\n"
+        )
+        first = subprocess.Popen(
+            [SPRITESAFE, "grow", "--config", str(config)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and len(ollama_labels()) < 8:
+            assert first.poll() is None, "grow ended before it could be killed"
+            time.sleep(0.1)
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(30)
+        kept = ollama_labels()
+        assert 8 <= len(kept) < 40  # killed mid-labelling, committed batches on disk
+        second = subprocess.run(
+            [SPRITESAFE, "grow", "--config", str(config)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert second.returncode == 0, second.stderr[-3000:]
+    after = ollama_labels()
+    assert set(kept) <= set(after)  # nothing the first run finished was lost
+    assert len(after) == len(set(after)) == len(kept) + 40  # no image asked twice
+    with open_workspace(load_settings(config)) as ws, ws.catalog.read() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(label_errors)).scalar() == 0
