@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install spritesafe into ./.venv on a fresh machine (Debian, Python 3.11+). Idempotent: a
 # second run only checks. Usage: scripts/install.sh [--dev]
-#   --dev   also the test tools (pytest, ruff, mypy, ...), Debian's Chromium for the browser
-#           tests, and the web bundle's npm packages (export/web: onnxruntime-web, ...)
+#   --dev   also the test tools (pytest, ruff, mypy, ...), Debian's Chromium (browser tests)
+#           and PostgreSQL (catalog tests), and the web bundle's npm packages (export/web)
 # Real pixel art for the default sources and the tests comes from Debian packages (SFW, free
 # licences; never committed). Nothing is downloaded from a model hub.
 set -euo pipefail
@@ -12,7 +12,7 @@ extras="train"
 debs=(cataclysm-dda-data crawl-tiles-data)
 for arg in "$@"; do
   case "$arg" in
-    --dev) extras="train,dev"; debs+=(chromium) ;;
+    --dev) extras="train,dev"; debs+=(chromium postgresql) ;;
     *) echo "unknown option: $arg" >&2; exit 2 ;;
   esac
 done
