@@ -1,0 +1,49 @@
+"""The flows in-process under Prefect's test harness (PREFECT_HOME is per test: no cache
+record leaks from one test to another)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.learning import MODEL, colour_responder, coloured_corpus
+from tests.ollama_server import FakeOllama
+
+LENIENT = {"max_flip_share": 1.0, "max_confident_flips": 1000, "max_pr_auc_drop": 1.0}
+
+
+@pytest.mark.slow
+def test_grow_and_rebuild_under_the_test_harness(tmp_path: Path) -> None:
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.grow import grow
+    from flows.rebuild import rebuild
+
+    folder = coloured_corpus(tmp_path, positives=30, negatives=150)
+    with (
+        FakeOllama({MODEL: "sha256:" + "8f" * 32}, responder=colour_responder) as server,
+        prefect_test_harness(),
+    ):
+        overrides = {
+            "data_dir": str(tmp_path / "data"),
+            "sources": [str(folder)],
+            "ingest": {"workers": 1},
+            "ollama": {"hosts": [server.url], "model": MODEL},
+            "label": {"budget": 1000},
+            "snapshot": {"target_base_rate": 0.1},
+            "train": {"epochs": 2, "size": 64},
+            "export": LENIENT,
+        }
+        first = grow(overrides=overrides)
+        assert first["label"]["labelled"] == 216 and first["retrain"]["due"]
+        assert first["verify"]["promoted"] and first["review"] is not None
+        assert Path(first["report"]).is_file()
+        # rebuild: the same chain, unconditionally; same content, so the finished stages
+        # come back from the cache: the same snapshot and the same model.
+        again = rebuild(overrides=overrides)
+        assert again["snapshot"]["snapshot_id"] == first["snapshot"]["snapshot_id"]
+        assert again["train"]["model_id"] == first["train"]["model_id"]
+        assert again["label"]["labelled"] == 0  # everything was labelled already
+        models = list((tmp_path / "data" / "models").iterdir())
+        assert len(models) == 1
