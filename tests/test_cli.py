@@ -180,15 +180,18 @@ def test_grow_retrains_only_when_enough_new_labels_arrived(tmp_path: Path) -> No
         report = Path(first.split("report: ")[-1].split()[0]).read_text()
         assert "| verify |" in report and "**promoted**" in report and "kappa" in report
         second = run()
-        # Forced due with nothing new: every stage's content key is unchanged, so the
-        # snapshot, training, export and gate come from the cache, not from new work.
+        # Forced due with nothing new: the stages' content keys are unchanged, so the
+        # snapshot, training and export come from the cache, not from new work.
         third = run(SPRITESAFE_GROW__MIN_NEW_LABELS="0")
     assert "no retraining: 0 new labels since the last snapshot, 50 needed" in second
     assert "train 2" not in second
     model = first.split("train ")[1].split(":")[0]
     assert f"train {model}:" in third
-    for task in ("snapshot", "train", "export", "verify"):
+    for task in ("snapshot", "train", "export"):
         assert re.search(rf"Task run '{task}-\w+' - Finished in state Cached", third), task
+    # The gate runs again: what is promoted changed since (its key includes the deployed
+    # model), and it keeps the same model promoted.
+    assert "verify: passed, promoted" in third
     models = list((tmp_path / "growdata" / "models").iterdir())
     assert [m.name for m in models] == [model]
 
