@@ -64,7 +64,7 @@ class Classifier:
         data = image if isinstance(image, bytes) else Path(image).read_bytes()
         return from_bytes(data, self.spec)
 
-    def scores(self, inputs: NDArray[np.float32]) -> NDArray[np.float32]:
+    def scores(self, inputs: NDArray[np.float32]) -> NDArray[np.float64]:
         """P(nsfw) for already preprocessed inputs (N, 3, size, size)."""
         return run(self._session, inputs, self.batch_size)
 

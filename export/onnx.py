@@ -90,16 +90,17 @@ def session(path: Path, threads: int = 2) -> onnxruntime.InferenceSession:
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def sigmoid(logits: NDArray[np.float32]) -> NDArray[np.float32]:
+def sigmoid(logits: NDArray[np.float32]) -> NDArray[np.float64]:
+    """In float64 (as training does): float32 would round every logit above ~17 to 1.0."""
     x = logits.astype(np.float64)
-    return (0.5 * (1.0 + np.tanh(0.5 * x))).astype(np.float32)  # stable for large |x|
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # stable for large |x|
 
 
 def run(
     sess: onnxruntime.InferenceSession, inputs: NDArray[np.float32], batch: int = 64
-) -> NDArray[np.float32]:
+) -> NDArray[np.float64]:
     """P(nsfw) for preprocessed inputs (N, 3, H, W)."""
-    parts = [np.zeros(0, dtype=np.float32)]
+    parts = [np.zeros(0, dtype=np.float64)]
     for start in range(0, len(inputs), batch):
         (logits,) = sess.run([OUTPUT], {INPUT: inputs[start : start + batch]})
         parts.append(sigmoid(np.asarray(logits)).reshape(-1))

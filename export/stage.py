@@ -136,7 +136,7 @@ def _inputs(
     return batch(arrays), np.asarray(labels, dtype=np.float32)
 
 
-def _torch_scores(trained: Any, inputs: NDArray[np.float32]) -> NDArray[np.float32]:
+def _torch_scores(trained: Any, inputs: NDArray[np.float32]) -> NDArray[np.float64]:
     from training.model import predict
 
     return predict(trained.model, (inputs[i : i + 128] for i in range(0, len(inputs), 128)))

@@ -45,8 +45,8 @@ class Agreement:
 
 
 def agreement(
-    reference: NDArray[np.float32],
-    other: NDArray[np.float32],
+    reference: NDArray[np.floating[Any]],
+    other: NDArray[np.floating[Any]],
     threshold: float,
     margin: float,
     labels: NDArray[Any] | None = None,

@@ -103,12 +103,14 @@ def predict(
     model: torch.nn.Module,
     batches: Iterable[NDArray[np.float32]],
     device: torch.device | None = None,
-) -> NDArray[np.float32]:
-    """P(nsfw) for batches of preprocessed inputs (N, 3, H, W), concatenated in order."""
+) -> NDArray[np.float64]:
+    """P(nsfw) for batches of preprocessed inputs (N, 3, H, W), concatenated in order. The
+    sigmoid is taken in float64: in float32 every logit above ~17 is exactly 1.0, and a
+    confident model's top scores would tie, leaving thresholds nothing to separate."""
     device = device or next(model.parameters()).device
     model.eval()
-    parts = [np.zeros(0, dtype=np.float32)]
+    parts = [np.zeros(0, dtype=np.float64)]
     for inputs in batches:
         x = torch.from_numpy(inputs).to(device).contiguous(memory_format=torch.channels_last)
-        parts.append(torch.sigmoid(model(x).float()).squeeze(1).cpu().numpy())
+        parts.append(torch.sigmoid(model(x).double()).squeeze(1).cpu().numpy())
     return np.concatenate(parts)
