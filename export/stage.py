@@ -425,21 +425,25 @@ def verify_model(
 
 
 def _promote(folder: Path, deploy: Path) -> None:
-    """Copy the verified files to the deploy folder, replacing it as a whole."""
-    tmp = deploy.with_name(deploy.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    """Copy the verified files into a fresh folder beside `deploy`, then point the `deploy`
+    symlink at it in one atomic rename: readers see the old model or the new, never a gap."""
+    stamp = f"{utcnow():%Y%m%d-%H%M%S-%f}"
+    target = deploy.with_name(f"{deploy.name}.{stamp}")
+    target.mkdir(parents=True)
     for name in (FP32_NAME, INT8_NAME, "card.md", "card.json", "verify.json"):
         if (folder / name).is_file():
-            shutil.copy2(folder / name, tmp / name)
+            shutil.copy2(folder / name, target / name)
     if (folder / "web").is_dir():
-        shutil.copytree(folder / "web", tmp / "web")
-    old = deploy.with_name(deploy.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if deploy.exists():
-        deploy.rename(old)
-    tmp.rename(deploy)
-    shutil.rmtree(old, ignore_errors=True)
+        shutil.copytree(folder / "web", target / "web")
+    link = deploy.with_name(deploy.name + ".link")
+    link.unlink(missing_ok=True)
+    link.symlink_to(target.name)  # relative: the data folder can move
+    if deploy.is_dir() and not deploy.is_symlink():
+        shutil.rmtree(deploy)  # an older layout: a plain folder
+    link.replace(deploy)
+    for old in deploy.parent.glob(f"{deploy.name}.*"):
+        if old != target and old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def promoted_model(settings: Settings) -> Path:
