@@ -118,22 +118,17 @@ def _snapshot_data(catalog: Catalog, snapshot_id: str) -> tuple[Any, dict[str, A
 def _inputs(
     records: Any, spec: PreprocessSpec, limit: int | None = None, seed: int = 0
 ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-    """Preprocessed inputs and labels of a snapshot split (a seeded sample when `limit`)."""
-    records = records.cast_column("image", records.features["image"].__class__(decode=False))
-    order = np.arange(len(records))
-    if limit is not None and limit < len(order):
-        order = np.sort(np.random.default_rng(seed).choice(order, limit, replace=False))
-    arrays, labels = [], []
-    for index in order.tolist():
-        row = records[index]
-        try:
-            arrays.append(from_bytes(row["image"]["bytes"], spec))
-        except Rejected:
-            continue
-        labels.append(float(row["label"]))
-    if not arrays:
-        return np.zeros((0, 3, spec.size, spec.size), np.float32), np.zeros(0, np.float32)
-    return batch(arrays), np.asarray(labels, dtype=np.float32)
+    """Preprocessed inputs and labels of a snapshot split (a seeded sample when `limit`),
+    read the way training reads them (training.data)."""
+    from training.data import eval_batches, load_split
+
+    if limit is not None and limit < len(records):
+        order = np.sort(np.random.default_rng(seed).choice(len(records), limit, replace=False))
+        records = records.select(order.tolist())
+    data = load_split(records, spec)
+    if not len(data):
+        return np.zeros((0, 3, spec.size, spec.size), np.float32), data.labels
+    return np.concatenate(list(eval_batches(data, spec))), data.labels
 
 
 def _torch_scores(trained: Any, inputs: NDArray[np.float32]) -> NDArray[np.float64]:

@@ -102,11 +102,11 @@ def verify(context: Any, parameters: Parameters) -> str:
 
 
 def review(context: Any, parameters: Parameters) -> str:
-    from export.classify import Classifier
+    from export.onnx import read_metadata
     from export.stage import promoted_model
 
     settings = _settings(parameters)
-    model = Classifier(promoted_model(settings)).model_id
+    model = read_metadata(promoted_model(settings)).get("model_id")  # no session needed
     return "review-" + _digest(
         settings, model, _candidates(settings), _labels(settings), settings.review.model_dump()
     )

@@ -80,3 +80,12 @@ def real_tiles(limit: int, seed: int = 0) -> list[NDArray[np.uint8]]:
         tiles.extend(cell for _, _, cell in slice_sheet(rgba, grid) if cell is not None)
     order = np.random.default_rng(seed).permutation(len(tiles))
     return [tiles[i] for i in order[:limit]]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -26,6 +26,8 @@ from tests.helpers import png, real_tiles, sprite
 from tests.ollama_server import ChatRequestInfo, FakeOllama
 
 MODEL = "qwen2.5vl:3b"
+# Gate limits wide open: for tests of the promotion mechanics with a tiny, barely trained model.
+LENIENT = {"max_flip_share": 1.0, "max_confident_flips": 10**6, "max_pr_auc_drop": 1.0}
 RED = (220, 30, 30)
 GREY = (128, 128, 128)
 HEART_RGB = (255, 64, 160)

@@ -29,13 +29,12 @@ from export.stage import INT8_NAME, export_model, verify_model
 from spritesafe.config import Settings
 from spritesafe.preprocess import from_bytes
 from tests.helpers import png, sprite
-from tests.learning import coloured_corpus, labelled
+from tests.learning import LENIENT, coloured_corpus, labelled
 from training.model import load_checkpoint
 from training.snapshot import snapshot
 from training.train import train
 
 SPRITESAFE = str(Path(sys.executable).with_name("spritesafe"))
-LENIENT = {"max_flip_share": 1.0, "max_confident_flips": 10**6, "max_pr_auc_drop": 1.0}
 
 
 @pytest.fixture(scope="module")

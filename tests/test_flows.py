@@ -7,10 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.learning import MODEL, colour_responder, coloured_corpus
+from tests.learning import LENIENT, MODEL, colour_responder, coloured_corpus
 from tests.ollama_server import FakeOllama
-
-LENIENT = {"max_flip_share": 1.0, "max_confident_flips": 1000, "max_pr_auc_drop": 1.0}
 
 
 @pytest.mark.slow

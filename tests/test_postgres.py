@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+
+from tests.helpers import free_port
 
 SPRITESAFE = str(Path(sys.executable).with_name("spritesafe"))
 
@@ -34,9 +35,7 @@ def postgres() -> Iterator[str]:
     root.chmod(0o755)
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     data = root / "data"
     done = _as_postgres([f"{bin_dir}/initdb", "-D", str(data), "-A", "trust", "-U", "spritesafe"])
     assert done.returncode == 0, done.stderr

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -28,13 +27,11 @@ from review.decisions import ReviewError, decide, undo
 from review.mining import mine
 from review.scores import score_catalog, trained_on
 from spritesafe.config import Settings
-from tests.helpers import png
-from tests.learning import GREY, RED, coloured_corpus, labelled
+from tests.helpers import free_port, png
+from tests.learning import GREY, LENIENT, RED, coloured_corpus, labelled
 from tests.ollama_server import ChatRequestInfo
 from training.snapshot import snapshot
 from training.train import train
-
-LENIENT = {"max_flip_share": 1.0, "max_confident_flips": 10**6, "max_pr_auc_drop": 1.0}
 
 
 def _wavering(info: ChatRequestInfo) -> str:
@@ -174,9 +171,7 @@ def _now():  # type: ignore[no-untyped-def]
 @pytest.fixture
 def server(mined: Settings) -> Iterator[tuple[str, Settings]]:
     clf = _model(mined)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     ws = open_workspace(mined)
     score_catalog(ws.catalog, ws.blobs, mined, promoted_model(mined))
     mine(ws.catalog, mined, clf.model_id, clf.threshold)

@@ -79,7 +79,7 @@ def assign_splits(
         start_neg += len(neg)
         neg_images = sum(c.negatives for c in neg)
         wanted = base_rate / (1 - base_rate) * neg_images  # positives for the base rate
-        allowed = budget // 2 if index == 0 else budget - sum(1 for _ in used)
+        allowed = budget // 2 if index == 0 else budget - len(used)
         allowed = max(allowed, 1) if budget >= 2 else 0
         pos: list[_Cluster] = []
         got = 0
