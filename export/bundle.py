@@ -18,7 +18,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from export.onnx import read_metadata
+import onnx
+
+from export.onnx import PIXELS, read_metadata
 
 SOURCE = Path(__file__).parent / "web"
 RUNTIME = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
@@ -65,6 +67,12 @@ def web_metadata(model: Path) -> dict[str, Any]:
 
 def build_web(model: Path, out: Path, embed: bool = False) -> Path:
     """Write the bundle for `model` (an INT8 .onnx) into `out`; returns `out`."""
+    inputs = [i.name for i in onnx.load(str(model), load_external_data=False).graph.input]
+    if inputs != [PIXELS]:
+        raise BundleError(
+            f"{model} takes {inputs}, not {PIXELS!r}: the bundle feeds a canvas's RGBA pixels "
+            "to an INT8 file written by `spritesafe export`"
+        )
     runtime = SOURCE / "node_modules" / "onnxruntime-web" / "dist"
     missing = [name for name in RUNTIME if not (runtime / name).is_file()]
     if missing:

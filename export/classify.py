@@ -24,7 +24,7 @@ from PIL import Image
 from corpus.canonical import canonicalize
 from corpus.decode import Rejected
 from export.onnx import read_metadata, run, session
-from spritesafe.preprocess import PreprocessSpec, batch, from_bytes, from_pixels
+from spritesafe.preprocess import PreprocessSpec, fit, fit_bytes
 
 ImageInput = bytes | str | Path | Image.Image
 
@@ -56,35 +56,36 @@ class Classifier:
         self.batch_size = batch_size
         self._session = session(self.path, threads)
 
-    def _input(self, image: ImageInput) -> NDArray[np.float32]:
+    def fitted(self, image: ImageInput) -> NDArray[np.uint8]:
+        """The image's fitted pixels (size, size, 3) (spritesafe.preprocess steps 1 and 2)."""
         if isinstance(image, Image.Image):
             rgba = np.asarray(image.convert("RGBA"))
             pixels = canonicalize(rgba, self.spec.background, self.spec.max_scale).pixels
-            return from_pixels(pixels, self.spec)
+            return fit(pixels, self.spec)
         data = image if isinstance(image, bytes) else Path(image).read_bytes()
-        return from_bytes(data, self.spec)
+        return fit_bytes(data, self.spec)
 
-    def scores(self, inputs: NDArray[np.float32]) -> NDArray[np.float64]:
-        """P(nsfw) for already preprocessed inputs (N, 3, size, size)."""
-        return run(self._session, inputs, self.batch_size)
+    def scores(self, fitted: NDArray[np.uint8]) -> NDArray[np.float64]:
+        """P(nsfw) for fitted pixels (N, size, size, 3)."""
+        return run(self._session, fitted, self.spec, self.batch_size)
 
     def classify(
         self, images: Sequence[ImageInput], names: Iterable[str] | None = None
     ) -> list[Result]:
         """One result per image, in order; unreadable images get an error, not an exception."""
         labels = list(names) if names is not None else [_name(i, n) for n, i in enumerate(images)]
-        arrays: list[NDArray[np.float32]] = []
+        arrays: list[NDArray[np.uint8]] = []
         readable: list[int] = []
         errors: dict[int, str] = {}
         for index, image in enumerate(images):
             try:
-                arrays.append(self._input(image))
+                arrays.append(self.fitted(image))
                 readable.append(index)
             except Rejected as exc:
                 errors[index] = str(exc)
             except OSError as exc:
                 errors[index] = f"unreadable: {exc}"
-        scores = self.scores(batch(arrays)) if arrays else np.zeros(0, dtype=np.float32)
+        scores = self.scores(np.stack(arrays)) if arrays else np.zeros(0, dtype=np.float64)
         by_index = dict(zip(readable, scores.tolist(), strict=True))
         results = []
         for index, name in enumerate(labels):

@@ -30,7 +30,7 @@ from export.onnx import export_fp32, run, session
 from export.quantize import Recipe, candidate_recipes, needs_reduce_range, quantize
 from export.verify import Agreement, agreement, gate, int8_reasons
 from spritesafe.config import ExportSettings, Settings
-from spritesafe.preprocess import PreprocessSpec, batch, from_bytes
+from spritesafe.preprocess import PreprocessSpec, fit, fit_bytes, normalize
 
 FP32_NAME, INT8_NAME = "model.onnx", "model.int8.onnx"
 
@@ -76,13 +76,12 @@ class VerifyReport:
 
 def parse_recipe(name: str, reduce_range: bool) -> Recipe:
     parts = set(name.split("+"))
-    known = {"per-channel", "per-tensor", "cle", "fp32-stem", "fp32-head", "reduce-range"}
+    known = {"per-channel", "per-tensor", "cle", "fp32-head", "reduce-range"}
     if parts - known or not parts & {"per-channel", "per-tensor"}:
         raise ValueError(f"unknown recipe {name!r}: combine {sorted(known)} with '+'")
     return Recipe(
         per_channel="per-tensor" not in parts,
         equalize="cle" in parts,
-        fp32_stem="fp32-stem" in parts,
         fp32_head="fp32-head" in parts,
         reduce_range=reduce_range or "reduce-range" in parts,
     )
@@ -115,26 +114,32 @@ def _snapshot_data(catalog: Catalog, snapshot_id: str) -> tuple[Any, dict[str, A
     return load_snapshot(Path(path))
 
 
+def _no_images(spec: PreprocessSpec) -> NDArray[np.uint8]:
+    return np.zeros((0, spec.size, spec.size, 3), np.uint8)
+
+
 def _inputs(
     records: Any, spec: PreprocessSpec, limit: int | None = None, seed: int = 0
-) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-    """Preprocessed inputs and labels of a snapshot split (a seeded sample when `limit`),
-    read the way training reads them (training.data)."""
-    from training.data import eval_batches, load_split
+) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
+    """Fitted pixels (N, H, W, 3) and labels of a snapshot split (a seeded sample when
+    `limit`), read the way training reads them (training.data)."""
+    from training.data import load_split
 
     if limit is not None and limit < len(records):
         order = np.sort(np.random.default_rng(seed).choice(len(records), limit, replace=False))
         records = records.select(order.tolist())
     data = load_split(records, spec)
     if not len(data):
-        return np.zeros((0, 3, spec.size, spec.size), np.float32), data.labels
-    return np.concatenate(list(eval_batches(data, spec))), data.labels
+        return _no_images(spec), data.labels
+    return np.stack([fit(p, spec) for p in data.pixels]), data.labels
 
 
-def _torch_scores(trained: Any, inputs: NDArray[np.float32]) -> NDArray[np.float64]:
+def _torch_scores(trained: Any, fitted: NDArray[np.uint8]) -> NDArray[np.float64]:
     from training.model import predict
 
-    return predict(trained.model, (inputs[i : i + 128] for i in range(0, len(inputs), 128)))
+    spec = trained.spec
+    chunks = (normalize(fitted[i : i + 128], spec) for i in range(0, len(fitted), 128))
+    return predict(trained.model, chunks)
 
 
 def export_model(catalog: Catalog, settings: Settings, model_id: str | None = None) -> ExportReport:
@@ -183,8 +188,8 @@ def export_model(catalog: Catalog, settings: Settings, model_id: str | None = No
         best: tuple[tuple[bool, int, int, float, float], Path, dict[str, Any]] | None = None
         for index, recipe in enumerate(recipes):
             out = folder / f"model.int8.try{index}.onnx"
-            done = quantize(folder / FP32_NAME, out, calibration, recipe)
-            scores = run(session(out, config.threads), val_x)
+            done = quantize(folder / FP32_NAME, out, calibration, recipe, trained.spec)
+            scores = run(session(out, config.threads), val_x, trained.spec)
             check = agreement(reference, scores, trained.threshold, config.confident_margin, val_y)
             reasons = int8_reasons("validation", check, config)
             report.tried.append({"recipe": done, "validation": check.as_dict(), "reasons": reasons})
@@ -240,10 +245,11 @@ def _headline(model_metrics: dict[str, Any]) -> dict[str, Any]:
 
 def _unlabelled(
     catalog: Catalog, blobs: BlobStore, spec: PreprocessSpec, n: int, seed: int
-) -> NDArray[np.float32]:
-    """A seeded random sample of candidates no labeler has seen (what the model meets in use)."""
+) -> NDArray[np.uint8]:
+    """A seeded random sample of candidates no labeler has seen (what the model meets in use),
+    as fitted pixels."""
     if n == 0:
-        return np.zeros((0, 3, spec.size, spec.size), np.float32)
+        return _no_images(spec)
     with catalog.read() as conn:
         rows = conn.execute(
             sa.select(images.c.id, images.c.blob_key)
@@ -256,21 +262,23 @@ def _unlabelled(
     arrays = []
     for index in sorted(picked.tolist()):
         try:
-            arrays.append(from_bytes(blobs.get(rows[index].blob_key), spec))
+            arrays.append(fit_bytes(blobs.get(rows[index].blob_key), spec))
         except Rejected:
             continue
-    return batch(arrays) if arrays else np.zeros((0, 3, spec.size, spec.size), np.float32)
+    return np.stack(arrays) if arrays else _no_images(spec)
 
 
-def _latency(path: Path, inputs: NDArray[np.float32], threads: int) -> dict[str, float]:
+def _latency(
+    path: Path, fitted: NDArray[np.uint8], spec: PreprocessSpec, threads: int
+) -> dict[str, float]:
     sess = session(path, threads)
-    one = inputs[:1]
+    one = fitted[:1]
     for _ in range(5):
-        run(sess, one)
+        run(sess, one, spec)
     times = []
     for _ in range(50):
         started = time.perf_counter()
-        run(sess, one)
+        run(sess, one, spec)
         times.append(time.perf_counter() - started)
     return {"int8_batch1_ms": round(statistics.median(times) * 1000, 3), "threads": threads}
 
@@ -353,7 +361,7 @@ def verify_model(
             model_row = conn.execute(sa.select(models).where(models.c.id == row.model_id)).one()
         trained = load_checkpoint(Path(model_row.path) / "model.pt")
         data, manifest = _snapshot_data(catalog, model_row.snapshot_id)
-        sets: dict[str, tuple[NDArray[np.float32], NDArray[np.float32] | None]] = {}
+        sets: dict[str, tuple[NDArray[np.uint8], NDArray[np.float32] | None]] = {}
         test_x, test_y = _inputs(data["test"], trained.spec)
         sets["test"] = (test_x, test_y)
         extra = _unlabelled(catalog, blobs, trained.spec, config.unlabelled_sample, config.seed)
@@ -366,8 +374,8 @@ def verify_model(
             reference = _torch_scores(trained, x)
             margin, threshold = config.confident_margin, trained.threshold
             checks[name] = (
-                agreement(reference, run(fp32, x), threshold, margin, y),
-                agreement(reference, run(int8, x), threshold, margin, y),
+                agreement(reference, run(fp32, x, trained.spec), threshold, margin, y),
+                agreement(reference, run(int8, x, trained.spec), threshold, margin, y),
             )
             report.checks[name] = {
                 "onnx_fp32": checks[name][0].as_dict(),
@@ -387,7 +395,7 @@ def verify_model(
         if worse and not force:
             result.passed, result.reasons = False, result.reasons + worse
         report.passed, report.reasons = result.passed, result.reasons
-        report.latency = _latency(folder / INT8_NAME, test_x, config.threads)
+        report.latency = _latency(folder / INT8_NAME, test_x, trained.spec, config.threads)
         verification = {
             "passed": result.passed,
             "reasons": result.reasons,

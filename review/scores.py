@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 
 from corpus.blobs import BlobStore
@@ -20,7 +21,7 @@ from corpus.catalog import Catalog, images, model_scores, models, recorded, snap
 from corpus.decode import Rejected
 from export.classify import Classifier
 from spritesafe.config import Settings
-from spritesafe.preprocess import batch, from_bytes
+from spritesafe.preprocess import fit_bytes
 
 
 @dataclass
@@ -77,13 +78,13 @@ def score_catalog(
             ids, arrays = [], []
             for row in rows[start : start + chunk]:
                 try:
-                    arrays.append(from_bytes(blobs.get(row.blob_key), clf.spec))
+                    arrays.append(fit_bytes(blobs.get(row.blob_key), clf.spec))
                     ids.append(row.id)
                 except (Rejected, OSError):
                     report.unreadable += 1
             if not ids:
                 continue
-            scores = clf.scores(batch(arrays))
+            scores = clf.scores(np.stack(arrays))
             now = utcnow()
             with catalog.write() as conn:
                 conn.execute(

@@ -5,7 +5,11 @@ An image becomes the model's input in three steps:
 2. fit into size x size without blurring pixel art: enlarge by the largest integer factor
    that fits (nearest: every sprite pixel an exact block); shrink larger images by area
    averaging (Pillow BOX); then centre on a square of the background colour;
-3. normalize: (x / 255 - mean) / std, channels first (C, H, W), float32.
+3. the model's input, one of two forms of the same fitted pixels:
+   - normalize: (x / 255 - mean) / std, channels first (N, 3, H, W), float32 (torch and the
+     FP32 ONNX file);
+   - rgba: the fitted pixels as they are, (N, H, W, 4) uint8 with opaque alpha (the INT8 file,
+     which folds normalization into its first convolution: export.quantize).
 The spec is a small dict stamped into every checkpoint and ONNX file and read back, like
 timm's pretrained_cfg, so a consumer never guesses how the model was fed.
 """
@@ -81,10 +85,19 @@ def fit(pixels: NDArray[np.uint8], spec: PreprocessSpec) -> NDArray[np.uint8]:
 
 
 def normalize(fitted: NDArray[np.uint8], spec: PreprocessSpec) -> NDArray[np.float32]:
+    """(..., H, W, 3) uint8 -> (..., 3, H, W) float32."""
     mean = np.asarray(spec.mean, dtype=np.float32)
     std = np.asarray(spec.std, dtype=np.float32)
     values = (fitted.astype(np.float32) / 255.0 - mean) / std
-    return np.ascontiguousarray(values.transpose(2, 0, 1))
+    return np.ascontiguousarray(np.moveaxis(values, -1, -3))
+
+
+def rgba(fitted: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """(..., H, W, 3) uint8 -> (..., H, W, 4) uint8, alpha 255 (what a canvas returns)."""
+    out = np.empty((*fitted.shape[:-1], 4), dtype=np.uint8)
+    out[..., :3] = fitted
+    out[..., 3] = 255
+    return out
 
 
 def from_pixels(pixels: NDArray[np.uint8], spec: PreprocessSpec) -> NDArray[np.float32]:
@@ -100,11 +113,18 @@ def canonical_pixels(
     return canonical_from_bytes(data, limits, spec.background, spec.max_scale).pixels
 
 
+def fit_bytes(
+    data: bytes, spec: PreprocessSpec, limits: ImageLimits | None = None
+) -> NDArray[np.uint8]:
+    """Image file bytes -> fitted pixels, steps 1 and 2 (raises corpus.decode.Rejected)."""
+    return fit(canonical_pixels(data, spec, limits), spec)
+
+
 def from_bytes(
     data: bytes, spec: PreprocessSpec, limits: ImageLimits | None = None
 ) -> NDArray[np.float32]:
-    """Image file bytes -> model input (raises corpus.decode.Rejected for bad input)."""
-    return from_pixels(canonical_pixels(data, spec, limits), spec)
+    """Image file bytes -> float model input (raises corpus.decode.Rejected for bad input)."""
+    return normalize(fit_bytes(data, spec, limits), spec)
 
 
 def batch(arrays: list[NDArray[np.float32]]) -> NDArray[np.float32]:

@@ -23,11 +23,11 @@ from PIL import Image
 from corpus.catalog import exports
 from corpus.workspace import open_workspace
 from export.classify import Classifier
-from export.onnx import OUTPUT, read_metadata, run, session
+from export.onnx import OUTPUT, PIXELS, read_metadata, run, session
 from export.quantize import equalize
 from export.stage import INT8_NAME, export_model, verify_model
 from spritesafe.config import Settings
-from spritesafe.preprocess import from_bytes
+from spritesafe.preprocess import PreprocessSpec, fit_bytes, normalize, rgba
 from tests.helpers import png, sprite
 from tests.learning import LENIENT, coloured_corpus, labelled
 from training.model import load_checkpoint
@@ -73,9 +73,11 @@ def test_export_verify_promote(trained: Settings) -> None:
         assert meta["quantization"]["name"] == exported.recipe["name"]
         assert meta["quantization"]["per_channel"] is True
         assert {"snapshot_id", "rubric_version", "class_names", "metrics"} <= set(meta)
-        # Dynamic batch: any batch size runs.
-        x = np.random.default_rng(0).normal(size=(3, 3, 64, 64)).astype(np.float32)
-        assert run(session(folder / INT8_NAME), x).shape == (3,)
+        # The INT8 file takes the fitted pixels as RGBA bytes; any batch size runs.
+        (pixels,) = onnx.load(str(folder / INT8_NAME)).graph.input
+        assert pixels.name == PIXELS and pixels.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+        x = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+        assert run(session(folder / INT8_NAME), x, checkpoint.spec).shape == (3,)
         assert exported.size_bytes < (folder / "model.onnx").stat().st_size / 2
 
         verified = verify_model(ws.catalog, ws.blobs, settings)
@@ -130,13 +132,55 @@ def test_cross_layer_equalization_keeps_the_function(trained: Settings) -> None:
     assert pairs > 10
     out = fp32.with_name("eq.onnx")
     onnx.save(equalized, str(out))
-    x = np.random.default_rng(1).normal(size=(8, 3, 64, 64)).astype(np.float32)
-    np.testing.assert_allclose(run(session(out), x), run(session(fp32), x), atol=2e-5)
+    spec = load_checkpoint(fp32.parent.parent / "model.pt").spec
+    x = np.random.default_rng(1).integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)
+    np.testing.assert_allclose(run(session(out), x, spec), run(session(fp32), x, spec), atol=2e-5)
     # ... while the weight ranges of equalized pairs move toward each other.
     before = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(fp32)).graph.initializer}
     after = {t.name: onnx.numpy_helper.to_array(t) for t in equalized.graph.initializer}
     changed = [n for n in before if not np.array_equal(before[n], after[n])]
     assert len(changed) >= 2 * pairs
+
+
+def test_int8_file_takes_pixels_and_runs_every_conv_in_int8(tmp_path: Path) -> None:
+    """Untrained weights on purpose: their batch-norm-folded biases are all equal, which the
+    exporter shares through Identity nodes, which kept 36 of 46 convs in float (4x slower)."""
+    import onnxruntime
+    import torch
+
+    from export.onnx import export_fp32
+    from export.quantize import Recipe, fold_normalization, pixels_quantization, quantize
+    from training.model import Trained, create_model
+
+    spec = PreprocessSpec(size=64)
+    torch.manual_seed(0)
+    model = create_model("mobilenetv4_conv_small_050", prior=0.1).eval()
+    model.get_classifier().weight.data.normal_(0, 0.1)  # the zero head would hide the stem
+    export_fp32(Trained(model, spec, {}), tmp_path / "model.onnx", {"preprocess": spec.to_json()})
+    rng = np.random.default_rng(0)
+    fitted = np.stack([fit_bytes(png(sprite(rng)), spec) for _ in range(48)])
+    quantize(tmp_path / "model.onnx", tmp_path / INT8_NAME, fitted, Recipe(), spec)
+
+    options = onnxruntime.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    onnxruntime.InferenceSession(str(tmp_path / INT8_NAME), options, ["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    assert ops.count("QLinearConv") == 46 and "Conv" not in ops and "FusedConv" not in ops
+    assert "QuantizeLinear" not in ops  # the pixels are the quantized input
+
+    # Folding normalization into the stem keeps the function: exactly when 255 * mean is a
+    # whole level (the convolution pads with the zero point), nearly for the default 0.5.
+    exact = PreprocessSpec(size=64, mean=(0.4, 0.4, 0.4), std=(0.5, 0.25, 0.2))
+    for spec_, rtol, atol in ((exact, 0.0, 1e-4), (spec, 0.0, 2e-2)):
+        folded = fold_normalization(onnx.load(str(tmp_path / "model.onnx")), spec_)
+        onnx.save(folded, str(tmp_path / "folded.onnx"))
+        scale, zero = pixels_quantization(spec_)
+        real = (scale * (rgba(fitted).astype(np.float32) - zero)).transpose(0, 3, 1, 2)
+        feed = {"input": np.ascontiguousarray(real)}
+        (a,) = session(tmp_path / "folded.onnx").run([OUTPUT], feed)
+        (b,) = session(tmp_path / "model.onnx").run([OUTPUT], {"input": normalize(fitted, spec_)})
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
+        assert b.std() > 1e-2  # the outputs differ between images: the check compares something
 
 
 @pytest.fixture
@@ -157,7 +201,7 @@ def test_classify_api_takes_bytes_paths_and_images(model_path: Path, tmp_path: P
     results = clf.classify([data, tmp_path / "a.png", str(tmp_path / "a.png"), image, b"junk"])
     scores = [r.score for r in results[:4]]
     assert scores[0] is not None and all(s == pytest.approx(scores[0], abs=1e-6) for s in scores)
-    expected = run(session(model_path), from_bytes(data, clf.spec)[None])[0]
+    expected = run(session(model_path), fit_bytes(data, clf.spec)[None], clf.spec)[0]
     assert scores[0] == pytest.approx(float(expected), abs=1e-6)
     assert results[0].label in ("sfw", "nsfw") and results[1].name.endswith("a.png")
     assert results[4].score is None and results[4].error and "not_an_image" in results[4].error
@@ -266,8 +310,8 @@ def _check_parity(results: list[dict[str, object]], model_path: Path) -> None:
     for r in results:
         path = Path(str(r["name"]))
         data = path.read_bytes()
-        expected_input = from_bytes(data, clf.spec).reshape(-1)
-        got = np.frombuffer(base64.b64decode(str(r["input"])), dtype=np.float32)
+        expected_input = rgba(fit_bytes(data, clf.spec)).reshape(-1)
+        got = np.frombuffer(base64.b64decode(str(r["input"])), dtype=np.uint8)
         assert np.array_equal(got, expected_input), f"{path.name}: input tensors differ"
         expected = clf.classify([data])[0].score
         assert expected is not None

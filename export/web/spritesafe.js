@@ -209,25 +209,24 @@ export function fit(pixels, width, height, spec) {
   return out;
 }
 
-/** size x size x 3 uint8 -> (3, size, size) float32: (x / 255 - mean) / std. */
-export function normalize(fitted, spec) {
-  const size = spec.size;
-  const plane = size * size;
-  const out = new Float32Array(3 * plane);
-  for (let c = 0; c < 3; c++) {
-    const mean = Math.fround(spec.mean[c]);
-    const std = Math.fround(spec.std[c]);
-    for (let i = 0; i < plane; i++) {
-      out[c * plane + i] = Math.fround(Math.fround(Math.fround(fitted[i * 3 + c] / 255) - mean) / std);
-    }
+/** size x size x 3 uint8 -> size x size x 4 uint8, alpha 255 (spritesafe.preprocess.rgba):
+ * the INT8 model's `pixels` input; it normalizes inside its first convolution. */
+export function rgba(fitted) {
+  const n = fitted.length / 3;
+  const out = new Uint8Array(n * 4);
+  for (let i = 0; i < n; i++) {
+    out[i * 4] = fitted[i * 3];
+    out[i * 4 + 1] = fitted[i * 3 + 1];
+    out[i * 4 + 2] = fitted[i * 3 + 2];
+    out[i * 4 + 3] = 255;
   }
   return out;
 }
 
-/** RGBA pixels -> the model's input, exactly as spritesafe.preprocess.from_pixels. */
-export function preprocess(rgba, width, height, spec) {
-  const c = canonicalize(rgba, width, height, spec);
-  return normalize(fit(c.pixels, c.width, c.height, spec), spec);
+/** RGBA pixels -> the model's input, exactly as spritesafe.preprocess.rgba(fit(...)). */
+export function preprocess(pixels, width, height, spec) {
+  const c = canonicalize(pixels, width, height, spec);
+  return rgba(fit(c.pixels, c.width, c.height, spec));
 }
 
 export function sigmoid(logit) {
@@ -291,11 +290,11 @@ class Runner {
     });
   }
 
-  /** inputs: Float32Array of n * 3 * size * size -> Float32Array of n logits. */
+  /** inputs: Uint8Array of n * size * size * 4 (RGBA) -> Float32Array of n logits. */
   async run(inputs, n, size) {
     if (this.worker) return this.call({ type: 'run', inputs, n, size });
-    const tensor = new this.ort.Tensor('float32', inputs, [n, 3, size, size]);
-    const out = await this.session.run({ input: tensor });
+    const tensor = new this.ort.Tensor('uint8', inputs, [n, size, size, 4]);
+    const out = await this.session.run({ pixels: tensor });
     return out.logit.data;
   }
 }
@@ -318,7 +317,7 @@ export class Classifier {
     return this.runner.where;
   }
 
-  /** The model's input for an image (for parity checks), as Float32Array (3 * size * size). */
+  /** The model's input for an image (for parity checks): Uint8Array, size * size * 4 RGBA. */
   async input(image) {
     const { data, width, height } = await toRGBA(image);
     return preprocess(data, width, height, this.spec);
@@ -342,7 +341,7 @@ export class Classifier {
     const work = this.queue.splice(0, this.maxBatch);
     if (!work.length) return;
     const plane = work[0].input.length;
-    const inputs = new Float32Array(plane * work.length);
+    const inputs = new Uint8Array(plane * work.length);
     work.forEach((w, i) => inputs.set(w.input, i * plane));
     this.batches += 1;
     try {

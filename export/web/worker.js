@@ -10,8 +10,8 @@ self.onmessage = async ({ data }) => {
       session = await ort.InferenceSession.create(data.model, { executionProviders: ['wasm'] });
       self.postMessage({ id: data.id, logits: null });
     } else {
-      const tensor = new ort.Tensor('float32', data.inputs, [data.n, 3, data.size, data.size]);
-      const out = await session.run({ input: tensor });
+      const tensor = new ort.Tensor('uint8', data.inputs, [data.n, data.size, data.size, 4]);
+      const out = await session.run({ pixels: tensor });
       self.postMessage({ id: data.id, logits: out.logit.data });
     }
   } catch (error) {
