@@ -18,6 +18,7 @@ from corpus.ingest import ingest
 from corpus.sources import parse_source
 from corpus.workspace import open_workspace
 from flows import keys
+from flows.progress import stage
 from spritesafe.config import load_settings
 
 
@@ -29,8 +30,14 @@ def ingest_task(
     specs = specs if specs is not None else settings.sources
     base = settings.base_dir
     sources = [parse_source(spec, settings, base) for spec in specs]
-    with open_workspace(settings) as workspace:
-        report = ingest(workspace.catalog, workspace.blobs, sources, settings)
+    with open_workspace(settings) as workspace, stage("ingest") as tick:
+        report = ingest(
+            workspace.catalog,
+            workspace.blobs,
+            sources,
+            settings,
+            progress=lambda r: tick(r.processed, None),
+        )
     summary = report.as_dict()
     get_run_logger().info(
         "ingest: %s processed, %s new, %s unchanged, rejected %s in %.1fs",
@@ -51,12 +58,14 @@ def label_task(config: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
 
     settings = load_settings(config, **overrides)
     logger = get_run_logger()
-    with open_workspace(settings) as workspace:
+    with open_workspace(settings) as workspace, stage("label") as tick:
         try:
-            report = label(workspace.catalog, workspace.blobs, settings)
+            report = label(workspace.catalog, workspace.blobs, settings, progress=tick)
         except NoHostError as exc:
             logger.warning("%s\nFalling back to the teacher labeler.", exc)
-            report = label(workspace.catalog, workspace.blobs, settings, labeler="teacher")
+            report = label(
+                workspace.catalog, workspace.blobs, settings, labeler="teacher", progress=tick
+            )
     summary = report.as_dict()
     logger.info(
         "label (%s): %s labelled, selected %s, errors %s in %.1fs",
@@ -72,7 +81,7 @@ def label_task(config: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
 @task(name="dedupe", cache_key_fn=keys.dedupe, persist_result=True)
 def dedupe_task(config: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
     settings = load_settings(config, **overrides)
-    with open_workspace(settings) as workspace:
+    with open_workspace(settings) as workspace, stage("dedupe"):
         report = dedupe(workspace.catalog, settings)
     get_run_logger().info(
         "dedupe: %s images, %s exact duplicates, %s near links, %s clusters merged in %.1fs",
@@ -91,7 +100,7 @@ def snapshot_task(config: str | None, overrides: dict[str, Any]) -> dict[str, An
     from training.snapshot import snapshot
 
     settings = load_settings(config, **overrides)
-    with open_workspace(settings) as workspace:
+    with open_workspace(settings) as workspace, stage("snapshot"):
         report = snapshot(workspace.catalog, workspace.blobs, settings)
     logger = get_run_logger()
     if report.status == "refused":
@@ -113,8 +122,14 @@ def train_task(config: str | None, overrides: dict[str, Any], snapshot_id: str) 
     from training.train import train
 
     settings = load_settings(config, **overrides)
-    with open_workspace(settings) as workspace:
-        report = train(workspace.catalog, settings, snapshot_id)
+    epochs = settings.train.epochs
+    with open_workspace(settings) as workspace, stage("train") as tick:
+        report = train(
+            workspace.catalog,
+            settings,
+            snapshot_id,
+            progress=lambda entry: tick(int(entry["epoch"]), epochs),  # 1-based
+        )
     summary = report.as_dict()
     get_run_logger().info(
         "train %s: %s epochs, test PR-AUC %.4f at base rate %.4f, threshold %.4f",
@@ -132,7 +147,7 @@ def export_task(config: str | None, overrides: dict[str, Any], model_id: str) ->
     from export.stage import export_model
 
     settings = load_settings(config, **overrides)
-    with open_workspace(settings) as workspace:
+    with open_workspace(settings) as workspace, stage("export"):
         report = export_model(workspace.catalog, settings, model_id)
     get_run_logger().info(
         "export %s: INT8 %s, %.2f MB (%.2f MB gzipped)",
@@ -152,7 +167,7 @@ def verify_task(
     from export.stage import verify_model
 
     settings = load_settings(config, **overrides)
-    with open_workspace(settings) as workspace:
+    with open_workspace(settings) as workspace, stage("verify"):
         report = verify_model(workspace.catalog, workspace.blobs, settings, model_id, force)
     logger = get_run_logger()
     if report.promoted:
@@ -199,8 +214,8 @@ def review_task(config: str | None, overrides: dict[str, Any]) -> dict[str, Any]
     settings = load_settings(config, **overrides)
     model = promoted_model(settings)
     classifier = Classifier(model)
-    with open_workspace(settings) as workspace:
-        scored = score_catalog(workspace.catalog, workspace.blobs, settings, model)
+    with open_workspace(settings) as workspace, stage("review-queue") as tick:
+        scored = score_catalog(workspace.catalog, workspace.blobs, settings, model, progress=tick)
         mined = mine(workspace.catalog, settings, classifier.model_id, classifier.threshold)
         agreed = agreement(workspace.catalog, settings, classifier.model_id, classifier.threshold)
     get_run_logger().info(

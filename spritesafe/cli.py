@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,6 +18,7 @@ from rich.progress import (
     ProgressColumn,
     SpinnerColumn,
     Task,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -727,6 +730,40 @@ def review_command(
         )
 
 
+@contextmanager
+def _stage_bars() -> Iterator[None]:
+    """A progress row per stage while a flow runs here: a bar when the stage knows its total,
+    a count or a spinner when not; the row says done (or failed) when the stage ends."""
+    from flows.progress import Event, listening
+
+    with Progress(
+        SpinnerColumn(finished_text="•"),
+        TextColumn("{task.description:<22}"),
+        BarColumn(),
+        TextColumn("{task.fields[count]:>13}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bars:
+        rows: dict[str, TaskID] = {}
+
+        def show(event: Event) -> None:
+            if event.stage not in rows:
+                rows[event.stage] = bars.add_task(event.stage, total=None, count="")
+            row = rows[event.stage]
+            if event.state == "running":
+                if event.done is not None:
+                    count = f"{event.done}" + (f"/{event.total}" if event.total else "")
+                    bars.update(row, completed=event.done, total=event.total, count=count)
+                return
+            done = bars.tasks[row].total or bars.tasks[row].completed or 1
+            description = f"{event.stage} ({event.state})"
+            bars.update(row, total=done, completed=done, description=description)
+            bars.stop_task(row)
+
+        with listening(show):
+            yield
+
+
 def _run_flow(
     name: str, sources: list[str] | None, config: Path | None, force: bool = False
 ) -> None:
@@ -744,10 +781,11 @@ def _run_flow(
     )
     config_path = str(config.absolute()) if config else None
     try:
-        if name == "grow":
-            result = grow(sources=specs, config=config_path)
-        else:
-            result = rebuild(sources=specs, config=config_path, force=force)
+        with _stage_bars():
+            if name == "grow":
+                result = grow(sources=specs, config=config_path)
+            else:
+                result = rebuild(sources=specs, config=config_path, force=force)
     except KeyboardInterrupt:
         raise _interrupted() from None
     ingested, deduped, labelled = result["ingest"], result["dedupe"], result["label"]

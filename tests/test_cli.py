@@ -136,6 +136,11 @@ def test_rebuild_labels_snapshots_and_trains(tmp_path: Path) -> None:
         )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "label (ollama): 216 labelled" in done.stdout
+    # A progress row per stage (stderr), with the counts the stages reported.
+    rows = {line.split()[1]: line for line in done.stderr.splitlines() if "(done)" in line}
+    stages = ["ingest", "dedupe", "label", "snapshot", "train", "export", "verify"]
+    assert list(rows)[:7] == stages, done.stderr[-3000:]
+    assert "216/216" in rows["label"] and "2/2" in rows["train"]
     assert "at base rate 0.1000" in done.stdout
     report = Path(done.stdout.split("report ")[1].split()[0])
     assert report.is_file() and (report.parent / "model.pt").is_file()

@@ -45,3 +45,23 @@ def test_grow_and_rebuild_under_the_test_harness(tmp_path: Path) -> None:
         assert again["label"]["labelled"] == 0  # everything was labelled already
         models = list((tmp_path / "data" / "models").iterdir())
         assert len(models) == 1
+
+
+def test_stage_progress_reaches_listeners_and_reports_failure() -> None:
+    from flows.progress import Event, listening, stage
+
+    seen: list[Event] = []
+    with listening(seen.append):
+        with stage("label") as tick:
+            tick(3, 10)
+        with pytest.raises(RuntimeError), stage("train"):
+            raise RuntimeError("boom")
+    with stage("export"):  # nobody listens any more: nothing recorded, nothing fails
+        pass
+    assert [(e.stage, e.state, e.done, e.total) for e in seen] == [
+        ("label", "running", None, None),
+        ("label", "running", 3, 10),
+        ("label", "done", None, None),
+        ("train", "running", None, None),
+        ("train", "failed", None, None),
+    ]

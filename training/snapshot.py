@@ -394,6 +394,7 @@ def _write_dataset(
     )
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    datasets.disable_progress_bars()  # a few ms per split; its bars only cluttered the CLI's
     data.save_to_disk(str(tmp))
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     shutil.rmtree(path, ignore_errors=True)
