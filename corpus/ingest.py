@@ -13,7 +13,7 @@ import multiprocessing
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -109,20 +109,28 @@ def _analyze_chunk(
 
 
 class Analyzer:
-    """Runs `analyze` inline or on a pool of spawned worker processes (created lazily).
+    """Runs `analyze` inline, on a pool of spawned worker processes (created lazily), or on
+    an executor it is given (a Dask cluster's: flows/dask.py), which it leaves open.
 
     `submit` returns a zero-argument callable that yields the facts, so the caller can commit
     the previous batch while workers analyze this one.
     """
 
-    def __init__(self, workers: int, limits: ImageLimits, canon: CanonicalSettings) -> None:
+    def __init__(
+        self,
+        workers: int,
+        limits: ImageLimits,
+        canon: CanonicalSettings,
+        executor: Executor | None = None,
+    ) -> None:
         self.workers = workers if workers > 0 else (os.cpu_count() or 1)
         self.limits = limits
         self.canon = canon
-        self._pool: ProcessPoolExecutor | None = None
+        self._executor = executor
+        self._pool: Executor | None = executor
 
     def submit(self, todo: list[tuple[bytes, str]]) -> Callable[[], list[ImageFacts]]:
-        if self.workers <= 1 or len(todo) < INLINE_BELOW:
+        if (self.workers <= 1 and self._executor is None) or len(todo) < INLINE_BELOW:
             facts = _analyze_chunk(todo, self.limits, self.canon)
             return lambda: facts
         if self._pool is None:
@@ -137,7 +145,7 @@ class Analyzer:
         return lambda: [facts for future in futures for facts in future.result()]
 
     def close(self, cancel: bool = False) -> None:
-        if self._pool is not None:
+        if self._pool is not None and self._pool is not self._executor:
             self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
             self._pool = None
 
@@ -310,11 +318,13 @@ def ingest(
     *,
     retry_rejected: bool = False,
     progress: ProgressFn | None = None,
+    executor: Executor | None = None,
 ) -> IngestReport:
-    """Ingest every source; returns per-source figures. Re-raises Ctrl-C after recording it."""
+    """Ingest every source; returns per-source figures. Re-raises Ctrl-C after recording it.
+    Decoding and hashing run on `executor` when given (else `ingest.workers` processes)."""
     run_id = catalog.start_run("ingest")
     report = IngestReport(run_id=run_id, sources=[])
-    analyzer = Analyzer(settings.ingest.workers, settings.image, settings.canonical)
+    analyzer = Analyzer(settings.ingest.workers, settings.image, settings.canonical, executor)
     with recorded(catalog, report):
         try:
             for source in source_list:

@@ -18,6 +18,7 @@ from corpus.ingest import ingest
 from corpus.sources import parse_source
 from corpus.workspace import open_workspace
 from flows import keys
+from flows.dask import executor
 from flows.progress import stage
 from spritesafe.config import load_settings
 
@@ -30,13 +31,14 @@ def ingest_task(
     specs = specs if specs is not None else settings.sources
     base = settings.base_dir
     sources = [parse_source(spec, settings, base) for spec in specs]
-    with open_workspace(settings) as workspace, stage("ingest") as tick:
+    with open_workspace(settings) as workspace, stage("ingest") as tick, executor() as cluster:
         report = ingest(
             workspace.catalog,
             workspace.blobs,
             sources,
             settings,
             progress=lambda r: tick(r.processed, None),
+            executor=cluster,
         )
     summary = report.as_dict()
     get_run_logger().info(
@@ -215,7 +217,10 @@ def review_task(config: str | None, overrides: dict[str, Any]) -> dict[str, Any]
     model = promoted_model(settings)
     classifier = Classifier(model)
     with open_workspace(settings) as workspace, stage("review-queue") as tick:
-        scored = score_catalog(workspace.catalog, workspace.blobs, settings, model, progress=tick)
+        with executor() as cluster:
+            scored = score_catalog(
+                workspace.catalog, workspace.blobs, settings, model, progress=tick, executor=cluster
+            )
         mined = mine(workspace.catalog, settings, classifier.model_id, classifier.threshold)
         agreed = agreement(workspace.catalog, settings, classifier.model_id, classifier.threshold)
     get_run_logger().info(

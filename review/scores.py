@@ -8,20 +8,20 @@ Incremental: an image scored by this model is not scored again.
 
 from __future__ import annotations
 
+import functools
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import sqlalchemy as sa
 
 from corpus.blobs import BlobStore
 from corpus.catalog import Catalog, images, model_scores, models, recorded, snapshots, utcnow
-from corpus.decode import Rejected
 from export.classify import Classifier
 from spritesafe.config import Settings
-from spritesafe.preprocess import fit_bytes
 
 
 @dataclass
@@ -54,6 +54,17 @@ def trained_on(catalog: Catalog, model_id: str) -> set[int]:
     return set(data["train"]["image_id"])
 
 
+@functools.lru_cache(maxsize=2)
+def _classifier(path: str, mtime_ns: int, threads: int) -> Classifier:
+    return Classifier(path, threads=threads)  # once per process (a Dask worker keeps it)
+
+
+def score_chunk(model: str, threads: int, images_: list[bytes]) -> list[float | None]:
+    """P(nsfw) per image (None when unreadable): the unit of work an executor runs."""
+    clf = _classifier(model, Path(model).stat().st_mtime_ns, threads)
+    return [r.score for r in clf.classify(images_)]
+
+
 def score_catalog(
     catalog: Catalog,
     blobs: BlobStore,
@@ -61,9 +72,14 @@ def score_catalog(
     model: Path,
     chunk: int = 512,
     progress: Callable[[int, int], None] | None = None,
+    executor: Executor | None = None,
 ) -> ScoreReport:
+    """Score every candidate the model has not scored yet. Decoding and scoring run on
+    `executor` (a Dask cluster's, from flows/dask.py) when given, a few chunks in flight;
+    reading blobs and writing scores stay here."""
     clf = Classifier(model, threads=settings.export.threads)
     report = ScoreReport(run_id=catalog.start_run("score"), model_id=clf.model_id)
+    work = functools.partial(score_chunk, str(model.resolve()), settings.export.threads)
     with recorded(catalog, report):
         seen = set(trained_on(catalog, clf.model_id))
         done = sa.select(model_scores.c.image_id).where(model_scores.c.model_id == clf.model_id)
@@ -74,34 +90,55 @@ def score_catalog(
                 .where(images.c.id.not_in(done))
                 .order_by(images.c.id)
             ).all()
+        pending: deque[tuple[list[int], Future[list[float | None]]]] = deque()
+        finished = 0
+
+        def write(ids: list[int], scores: list[float | None]) -> None:
+            nonlocal finished
+            now = utcnow()
+            kept = [(i, s) for i, s in zip(ids, scores, strict=True) if s is not None]
+            report.unreadable += len(ids) - len(kept)
+            if kept:
+                with catalog.write() as conn:
+                    conn.execute(
+                        model_scores.insert(),
+                        [
+                            {
+                                "image_id": i,
+                                "model_id": clf.model_id,
+                                "score": float(s),
+                                "out_of_sample": i not in seen,
+                                "created_at": now,
+                            }
+                            for i, s in kept
+                        ],
+                    )
+            report.scored += len(kept)
+            report.in_sample += sum(i in seen for i, _ in kept)
+            finished += len(ids)
+            if progress is not None:
+                progress(finished, len(rows))
+
         for start in range(0, len(rows), chunk):
-            ids, arrays = [], []
+            ids, data = [], []
             for row in rows[start : start + chunk]:
                 try:
-                    arrays.append(fit_bytes(blobs.get(row.blob_key), clf.spec))
+                    data.append(blobs.get(row.blob_key))
                     ids.append(row.id)
-                except (Rejected, OSError):
+                except OSError:
                     report.unreadable += 1
-            if not ids:
-                continue
-            scores = clf.scores(np.stack(arrays))
-            now = utcnow()
-            with catalog.write() as conn:
-                conn.execute(
-                    model_scores.insert(),
-                    [
-                        {
-                            "image_id": i,
-                            "model_id": clf.model_id,
-                            "score": float(s),
-                            "out_of_sample": i not in seen,
-                            "created_at": now,
-                        }
-                        for i, s in zip(ids, scores.tolist(), strict=True)
-                    ],
-                )
-            report.scored += len(ids)
-            report.in_sample += sum(i in seen for i in ids)
-            if progress is not None:
-                progress(start + len(ids), len(rows))
+            if executor is not None:
+                pending.append((ids, executor.submit(work, data)))
+            else:
+                write(ids, work(data))
+            if len(pending) >= 4:
+                write(*_result(pending.popleft()))
+        while pending:
+            write(*_result(pending.popleft()))
     return report
+
+
+def _result(
+    item: tuple[list[int], Future[list[float | None]]],
+) -> tuple[list[int], list[float | None]]:
+    return item[0], item[1].result()

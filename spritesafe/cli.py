@@ -40,6 +40,12 @@ ConfigOpt = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="spritesafe.toml to read (default: ./spritesafe.toml)"),
 ]
+DaskOpt = Annotated[
+    bool,
+    typer.Option(
+        "--dask", help="decode/hash and scoring on a Dask cluster ([flows] in spritesafe.toml)"
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the report as JSON on stdout")]
 
 
@@ -765,16 +771,33 @@ def _stage_bars() -> Iterator[None]:
 
 
 def _run_flow(
-    name: str, sources: list[str] | None, config: Path | None, force: bool = False
+    name: str,
+    sources: list[str] | None,
+    config: Path | None,
+    force: bool = False,
+    dask: bool = False,
 ) -> None:
     """Run the `grow` or `rebuild` flow on Prefect's temporary local API; print its summary."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     settings = _settings(config)
+    if dask:
+        settings = settings.model_copy(
+            update={"flows": settings.flows.model_copy(update={"dask": True})}
+        )
     if not (sources or settings.sources):
         console.print("[red]No sources.[/] Name some or set `sources` in spritesafe.toml.")
         raise typer.Exit(2)
+    from flows.dask import DaskUnavailable, task_runner
     from flows.grow import grow
     from flows.rebuild import rebuild
+
+    flow_fn: Any = grow if name == "grow" else rebuild
+    if settings.flows.dask:
+        try:
+            flow_fn = flow_fn.with_options(task_runner=task_runner(settings))
+        except DaskUnavailable as exc:
+            console.print(f"[red]{exc}[/]")
+            raise typer.Exit(2) from None
 
     specs = (
         [str(Path(s).absolute()) if Path(s).exists() else s for s in sources] if sources else None
@@ -783,9 +806,9 @@ def _run_flow(
     try:
         with _stage_bars():
             if name == "grow":
-                result = grow(sources=specs, config=config_path)
+                result = flow_fn(sources=specs, config=config_path)
             else:
-                result = rebuild(sources=specs, config=config_path, force=force)
+                result = flow_fn(sources=specs, config=config_path, force=force)
     except KeyboardInterrupt:
         raise _interrupted() from None
     ingested, deduped, labelled = result["ingest"], result["dedupe"], result["label"]
@@ -851,17 +874,18 @@ def rebuild(
     force: Annotated[
         bool, typer.Option("--force", help="promote even if worse than the promoted model")
     ] = False,
+    dask: DaskOpt = False,
 ) -> None:
     """One-shot full rebuild as a Prefect flow (no server needed): ingest, dedupe, label,
     snapshot, train, export, verify (promotes only on a passing gate), refresh the review queue."""
-    _run_flow("rebuild", sources, config, force)
+    _run_flow("rebuild", sources, config, force, dask)
 
 
 @app.command()
-def grow(sources: SourcesArg = None, config: ConfigOpt = None) -> None:
+def grow(sources: SourcesArg = None, config: ConfigOpt = None, dask: DaskOpt = False) -> None:
     """One growth run as a Prefect flow: ingest, dedupe, label; when enough new labels
     arrived, snapshot, train, export, verify, promote, refresh the review queue."""
-    _run_flow("grow", sources, config)
+    _run_flow("grow", sources, config, dask=dask)
 
 
 @app.command("config")

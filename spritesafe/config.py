@@ -219,6 +219,14 @@ class GrowSettings(BaseModel):
     min_new_labels: int = Field(200, ge=0, description="LLM or human labels since the snapshot")
 
 
+class FlowSettings(BaseModel):
+    """How `grow` and `rebuild` run their CPU-heavy work (decode/hash in ingest, scoring)."""
+
+    dask: bool = Field(False, description="on a Dask cluster (needs the `dask` extra)")
+    dask_address: str = Field("", description="a running Dask scheduler; empty: start one")
+    dask_workers: int = Field(0, ge=0, description="local cluster processes; 0: one per CPU")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SPRITESAFE_",
@@ -242,6 +250,7 @@ class Settings(BaseSettings):
     export: ExportSettings = Field(default_factory=ExportSettings)
     review: ReviewSettings = Field(default_factory=ReviewSettings)
     grow: GrowSettings = Field(default_factory=GrowSettings)
+    flows: FlowSettings = Field(default_factory=FlowSettings)
     # Folder that relative paths (data_dir, sources) resolve against; set by load_settings.
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
 
