@@ -145,6 +145,13 @@ def pixels_quantization(spec: PreprocessSpec) -> tuple[float, int]:
     return 1.0 / (255.0 * float(np.mean(spec.std))), round(255.0 * float(np.mean(spec.mean)))
 
 
+def folded_input(fitted: NDArray[np.uint8], spec: PreprocessSpec) -> NDArray[np.float32]:
+    """What the folded FP32 graph takes for fitted pixels: scale * (RGBA - zero), (N, 4, H, W)."""
+    scale, zero = pixels_quantization(spec)
+    real = scale * (rgba(fitted).astype(np.float32) - zero)
+    return np.ascontiguousarray(real.transpose(0, 3, 1, 2))
+
+
 def fold_normalization(proto: onnx.ModelProto, spec: PreprocessSpec) -> onnx.ModelProto:
     """The FP32 graph rewritten to take scale * (q - zero point) for RGBA q, (N, 4, H, W):
     the first convolution's weights absorb each channel's mean and std, alpha gets zero
@@ -200,16 +207,8 @@ class _Calibration:
     sees them (scale * (RGBA - zero point), channels first)."""
 
     def __init__(self, fitted: NDArray[np.uint8], spec: PreprocessSpec, batch: int = 32) -> None:
-        scale, zero = pixels_quantization(spec)
         self._batches: Iterator[dict[str, NDArray[np.float32]]] = (
-            {
-                INPUT: np.ascontiguousarray(
-                    (scale * (rgba(fitted[i : i + batch]).astype(np.float32) - zero)).transpose(
-                        0, 3, 1, 2
-                    )
-                )
-            }
-            for i in range(0, len(fitted), batch)
+            {INPUT: folded_input(fitted[i : i + batch], spec)} for i in range(0, len(fitted), batch)
         )
 
     def get_next(self) -> dict[str, NDArray[np.float32]] | None:

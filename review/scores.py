@@ -77,9 +77,9 @@ def score_catalog(
     """Score every candidate the model has not scored yet. Decoding and scoring run on
     `executor` (a Dask cluster's, from flows/dask.py) when given, a few chunks in flight;
     reading blobs and writing scores stay here."""
-    clf = Classifier(model, threads=settings.export.threads)
-    report = ScoreReport(run_id=catalog.start_run("score"), model_id=clf.model_id)
     work = functools.partial(score_chunk, str(model.resolve()), settings.export.threads)
+    clf = _classifier(work.args[0], model.stat().st_mtime_ns, settings.export.threads)  # the one
+    report = ScoreReport(run_id=catalog.start_run("score"), model_id=clf.model_id)
     with recorded(catalog, report):
         seen = set(trained_on(catalog, clf.model_id))
         done = sa.select(model_scores.c.image_id).where(model_scores.c.model_id == clf.model_id)
