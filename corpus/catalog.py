@@ -188,6 +188,26 @@ models = sa.Table(
     sa.Index("ix_models_snapshot_id", "snapshot_id"),
 )
 
+# A self-supervised backbone pretrained on the catalog's candidates. The id is a content key
+# (the candidates' canonical hashes, the recipe, the preprocessing): same corpus, same id.
+pretrains = sa.Table(
+    "pretrains",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("arch", sa.String(100), nullable=False),
+    sa.Column("method", sa.String(32), nullable=False),
+    sa.Column("preprocess", sa.Text, nullable=False),  # the spec of its views (JSON)
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # training, done, failed, interrupted
+    sa.Column("images", sa.Integer, nullable=False),  # candidates it was pretrained on
+    sa.Column("steps", sa.Integer),
+    sa.Column("settings", sa.JSON),
+    sa.Column("metrics", sa.JSON),  # the probe on the labels there were
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Index("ix_pretrains_status", "status"),
+)
+
 # A model's ONNX export and its verification: only a passing gate promotes it.
 exports = sa.Table(
     "exports",

@@ -27,6 +27,10 @@ def write_card(
     verification: dict[str, Any],
 ) -> Path:
     headline = _test_metrics(meta)
+    # Checkpoints from before training.init recorded no initialisation.
+    init = meta.get("init") or {"kind": "unknown", "note": "not recorded"}
+    source = f" ({init['source']})" if init.get("source") else ""
+    started = f"Weights started from {init['kind']}{source}: {init.get('note', '')}"
     nan = float("nan")
     threshold = float(meta.get("threshold", 0.5))
     card: dict[str, Any] = {
@@ -37,6 +41,8 @@ def write_card(
         "threshold": meta.get("threshold"),
         "threshold_rule": meta.get("threshold_rule"),
         "preprocess": json.loads(meta["preprocess"]),
+        "init": init,
+        "head_only": bool(meta.get("head_only", False)),
         "data": {
             "snapshot_id": manifest["id"],
             "rubric_version": manifest["rubric_version"],
@@ -63,6 +69,15 @@ def write_card(
         f"{export_row.size_bytes / 1e6:.2f} MB ({export_row.size_gzip / 1e6:.2f} MB gzipped), "
         f"{verification['latency'].get('int8_batch1_ms')} ms per image at batch 1 on "
         f"{verification['latency'].get('threads')} threads.",
+        "",
+        "## Initialisation",
+        "",
+        started
+        + (
+            ", then only the classifier trained (frozen backbone)."
+            if meta.get("head_only")
+            else "."
+        ),
         "",
         "## Data",
         "",

@@ -167,6 +167,8 @@ def export_model(catalog: Catalog, settings: Settings, model_id: str | None = No
             "rubric_version": manifest["rubric_version"],
             "base_rate": manifest["base_rate"],
             "metrics": _headline(trained.meta.get("metrics", {})),
+            "init": trained.meta.get("init") or {"kind": "unknown"},
+            "head_only": bool(trained.meta.get("head_only", False)),
             "output": "logit (N, 1); P(nsfw) = sigmoid(logit)",
         }
         export_fp32(trained, folder / FP32_NAME, metadata)

@@ -1,4 +1,5 @@
-"""The scheduled growth run: take in what is new, label within the budget, and retrain only
+"""The scheduled growth run: take in what is new, pretrain the backbone again when the corpus
+grew by pretrain.regrow_share (or there is none), label within the budget, and retrain only
 when enough new labels arrived since the last snapshot; a model that passes the gate is
 promoted and refreshes the review queue. Runs without a Prefect server, or as a deployment.
 """
@@ -14,6 +15,7 @@ from flows.tasks import (
     export_task,
     ingest_task,
     label_task,
+    pretrain_task,
     report_task,
     retrain_due_task,
     review_task,
@@ -32,11 +34,13 @@ def grow(
     overrides = overrides or {}
     ingested = ingest_task(config, overrides, sources)
     deduped = dedupe_task(config, overrides, wait_for=[ingested])
-    labelled = label_task(config, overrides, wait_for=[deduped])
+    pretrained = pretrain_task(config, overrides, only_if_due=True, wait_for=[deduped])
+    labelled = label_task(config, overrides, wait_for=[pretrained])
     due = retrain_due_task(config, overrides, wait_for=[labelled])
     result: dict[str, Any] = {
         "ingest": ingested,
         "dedupe": deduped,
+        "pretrain": pretrained,
         "label": labelled,
         "retrain": due,
         "snapshot": None,

@@ -1,15 +1,16 @@
 """Cache keys built from content, so a re-run of a flow skips work that is already done.
 
 Each key hashes what the stage's output depends on, read from the catalog: the candidates'
-image hashes (dedupe), the label rows and rubric version (snapshot), the snapshot id and
-training settings (train), the model id and export settings (export, verify), the promoted
-model and the catalog's images and labels (review queue). Same content, same key: Prefect
+image hashes (dedupe), the label rows and rubric version (snapshot), the snapshot id, the
+training settings and the newest pretrained backbone (train), the model id and export
+settings (export, verify), the promoted model and the catalog's images and labels (review
+queue). Same content, same key: Prefect
 returns the stored result instead of running the task. Not Prefect's default policy (which
 hashes the task's inputs, here a config path that never changes).
 
-Ingest and label have no key: ingest skips unchanged items by its own fingerprints, and
+Ingest, label and pretrain have no key: ingest skips unchanged items by its own fingerprints,
 label is idempotent per image x labeler x model digest x rubric and spends a new budget on
-the backlog each run.
+the backlog each run, and pretrain keys its result by content in the catalog itself.
 """
 
 from __future__ import annotations
@@ -74,12 +75,20 @@ def snapshot(context: Any, parameters: Parameters) -> str:
 
 
 def train(context: Any, parameters: Parameters) -> str:
+    from training.init import newest_backbone
+
     settings = _settings(parameters)
+    backbone = None
+    if settings.train.init in ("auto", "ssl"):  # a newer backbone means another start
+        with open_workspace(settings) as ws:
+            found = newest_backbone(ws.catalog, settings)
+        backbone = found[0] if found else None
     return "train-" + _digest(
         settings,
         parameters["snapshot_id"],
         settings.train.model_dump(),
         settings.canonical.model_dump(),  # the preprocessing's background and scale limit
+        backbone,
     )
 
 

@@ -1,4 +1,5 @@
-"""The one-shot full rebuild: ingest every configured source, dedupe, label, snapshot and,
+"""The one-shot full rebuild: ingest every configured source, dedupe, pretrain the backbone on
+every candidate (content-keyed: an unchanged corpus costs nothing), label, snapshot and,
 when the snapshot has enough labels, train, export and verify (which promotes the model only
 when the gate passes); a promoted model refreshes the review queue. Runs without a Prefect
 server (Prefect starts a temporary local API).
@@ -15,6 +16,7 @@ from flows.tasks import (
     export_task,
     ingest_task,
     label_task,
+    pretrain_task,
     report_task,
     review_task,
     snapshot_task,
@@ -35,7 +37,8 @@ def rebuild(
     overrides = overrides or {}
     ingested = ingest_task(config, overrides, sources)
     deduped = dedupe_task(config, overrides, wait_for=[ingested])
-    labelled = label_task(config, overrides, wait_for=[deduped])
+    pretrained = pretrain_task(config, overrides, wait_for=[deduped])
+    labelled = label_task(config, overrides, wait_for=[pretrained])
     frozen = snapshot_task(config, overrides, wait_for=[labelled])
     trained = exported = verified = queue = None
     if frozen["status"] == "ok":
@@ -47,6 +50,7 @@ def rebuild(
     result: dict[str, Any] = {
         "ingest": ingested,
         "dedupe": deduped,
+        "pretrain": pretrained,
         "label": labelled,
         "snapshot": frozen,
         "train": trained,

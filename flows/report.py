@@ -29,6 +29,7 @@ def markdown(name: str, result: dict[str, Any]) -> str:
         f"{ingested['unchanged']} unchanged, rejected: {_fmt(ingested['rejected'] or {})} |",
         f"| dedupe | {deduped['processed']} checked, {deduped['exact_duplicates']} exact "
         f"duplicates, {deduped['near_links']} near-duplicate links |",
+        *_pretrain_rows(result.get("pretrain")),
         f"| label | {labelled['labeler']} {labelled['model']}: {labelled['labelled']} labels "
         f"({_fmt(labelled['per_s'] or 0.0)}/s), selected {_fmt(labelled['selected'])}, errors "
         f"{_fmt(labelled['errors'])} |",
@@ -55,7 +56,8 @@ def markdown(name: str, result: dict[str, Any]) -> str:
         test = trained["test"]
         at = test["at_threshold"]
         lines.append(
-            f"| train | `{trained['model_id']}`: {trained['epochs_done']} epochs, "
+            f"| train | `{trained['model_id']}` (init {trained['init']['kind']}): "
+            f"{trained['epochs_done']} epochs, "
             f"{trained['train_images_per_s']} img/s; test at base rate: PR-AUC "
             f"{test['pr_auc']:.4f}, at threshold {trained['threshold']:.4f} precision "
             f"{at['precision']:.3f} recall {at['recall']:.3f} |"
@@ -99,9 +101,36 @@ def markdown(name: str, result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _pretrain_rows(pretrained: dict[str, Any] | None) -> list[str]:
+    if pretrained is None:
+        return []
+    status = pretrained.get("status")
+    if status in ("skipped", "refused"):
+        return [f"| pretrain | {status}: {pretrained['reason']} |"]
+    probe = pretrained.get("probe") or {}
+    found = (
+        f"linear probe test PR-AUC {_fmt(probe['pr_auc'])}"
+        if probe.get("status") == "ok"
+        else f"probe skipped: {probe.get('reason', '-')}"
+    )
+    if pretrained["reused"]:
+        how = "unchanged corpus, backbone reused"
+    else:
+        how = (
+            f"{pretrained['steps_done']} steps ({pretrained['epochs']} epochs), "
+            f"{pretrained['views_per_s']:.0f} views/s, loss {pretrained['loss_first']:.3f} -> "
+            f"{pretrained['loss_last']:.3f}"
+        )
+    return [
+        f"| pretrain | `{pretrained['pretrain_id']}` on {pretrained['images']} sprites: {how}; "
+        f"{found} |"
+    ]
+
+
 STAGES = {
     "ingest": "ingest",
     "dedupe": "dedupe",
+    "pretrain": "pretrain",
     "label": "label",
     "snapshot": "snapshot",
     "train": "train",
@@ -149,6 +178,16 @@ def publish(name: str, result: dict[str, Any], reports: Path) -> Path:
     create_markdown_artifact(
         markdown=text, key=f"spritesafe-{name}-report", description=f"spritesafe {name} run report"
     )
+    pretrained = result.get("pretrain") or {}
+    loss = Path(pretrained.get("path") or "-") / "loss.png"
+    if not pretrained.get("reused") and loss.is_file():
+        data = base64.b64encode(loss.read_bytes()).decode("ascii")
+        create_markdown_artifact(
+            markdown=f"# Pretraining {pretrained['pretrain_id']}\n\n"
+            f"![loss](data:image/png;base64,{data})\n",
+            key=f"spritesafe-{name}-pretraining",
+            description="self-supervised pretraining: loss curve",
+        )
     if result.get("train") is not None:
         create_markdown_artifact(
             markdown=plots_markdown(result["train"]),

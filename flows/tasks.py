@@ -119,23 +119,62 @@ def snapshot_task(config: str | None, overrides: dict[str, Any]) -> dict[str, An
     return report.as_dict()
 
 
+@task(name="pretrain", cache_policy=NO_CACHE)
+def pretrain_task(
+    config: str | None, overrides: dict[str, Any], only_if_due: bool = False
+) -> dict[str, Any]:
+    """Self-supervised pretraining on the candidates. Content-keyed by the stage itself (an
+    unchanged corpus costs a query) and resumed after a crash; `only_if_due` (grow) skips it
+    unless there is no backbone yet or the corpus grew by pretrain.regrow_share."""
+    from training.pretrain import PretrainError, pretrain, pretrain_due
+
+    settings = load_settings(config, **overrides)
+    logger = get_run_logger()
+    with open_workspace(settings) as workspace, stage("pretrain") as tick:
+        if only_if_due:
+            due = pretrain_due(workspace.catalog, settings)
+            if not due.due:
+                logger.info("pretrain: not due, %s", due.reason)
+                return {"status": "skipped", "reason": due.reason, **due.as_dict()}
+        try:
+            report = pretrain(
+                workspace.catalog,
+                workspace.blobs,
+                settings,
+                progress=lambda entry: tick(int(entry["step"]), int(entry["of_steps"])),
+            )
+        except PretrainError as exc:
+            logger.warning("pretrain refused: %s", exc)
+            return {"status": "refused", "reason": str(exc)}
+    logger.info(
+        "pretrain %s%s: %s sprites, %s steps, %.0f views/s, probe %s",
+        report.pretrain_id,
+        " (unchanged corpus, reused)" if report.reused else "",
+        report.images,
+        report.steps_done,
+        report.views_per_s,
+        report.probe.get("pr_auc", report.probe.get("reason")),
+    )
+    return report.as_dict()
+
+
 @task(name="train", cache_key_fn=keys.train, persist_result=True)
 def train_task(config: str | None, overrides: dict[str, Any], snapshot_id: str) -> dict[str, Any]:
     from training.train import train
 
     settings = load_settings(config, **overrides)
-    epochs = settings.train.epochs
     with open_workspace(settings) as workspace, stage("train") as tick:
         report = train(
             workspace.catalog,
             settings,
             snapshot_id,
-            progress=lambda entry: tick(int(entry["epoch"]), epochs),  # 1-based
+            progress=lambda entry: tick(int(entry["step"]), int(entry["of_steps"])),
         )
     summary = report.as_dict()
     get_run_logger().info(
-        "train %s: %s epochs, test PR-AUC %.4f at base rate %.4f, threshold %.4f",
+        "train %s (init %s): %s epochs, test PR-AUC %.4f at base rate %.4f, threshold %.4f",
         report.model_id,
+        report.init["kind"],
         report.epochs_done,
         report.test["pr_auc"],
         report.base_rate,

@@ -341,6 +341,81 @@ def snapshot_command(config: ConfigOpt = None, as_json: JsonOpt = False) -> None
     out.print(f"written to {report.path}")
 
 
+@app.command("pretrain")
+def pretrain_command(
+    config: ConfigOpt = None,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="continue an unfinished pretraining (it does by default)"),
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="start over even if this corpus has a backbone")
+    ] = False,
+    steps: Annotated[
+        int | None, typer.Option(help="at most this many steps (default: pretrain.max_steps)")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Self-supervised pretraining of the student's backbone on every candidate sprite."""
+    from corpus.workspace import open_workspace
+    from training.pretrain import PretrainError, pretrain
+
+    settings = _settings(config, **({"pretrain": {"max_steps": steps}} if steps else {}))
+
+    def show(entry: dict[str, Any]) -> None:
+        if not as_json:
+            console.print(
+                f"step {entry['step']} (epoch {entry['epoch']}): loss {entry['loss']:.4f}, "
+                f"{entry['views_per_s']:.0f} views/s"
+            )
+
+    with open_workspace(settings) as workspace:
+        try:
+            report = pretrain(
+                workspace.catalog,
+                workspace.blobs,
+                settings,
+                resume=resume,
+                force=force,
+                progress=show,
+            )
+        except PretrainError as exc:
+            console.print(f"[red]cannot pretrain:[/] {exc}")
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print(
+                "[yellow]Interrupted.[/] `spritesafe pretrain` continues from the last checkpoint."
+            )
+            raise typer.Exit(130) from None
+    if as_json:
+        out.print_json(json.dumps(report.as_dict(), default=float))
+        return
+    folder = Path(report.path)
+    if report.reused:
+        out.print(
+            f"backbone {report.pretrain_id}: this corpus ({report.images:,} sprites) is already "
+            f"pretrained, nothing to do ({folder / 'backbone.pt'})"
+        )
+        return
+    resumed = f", resumed at step {report.resumed_at_step}" if report.resumed_at_step else ""
+    out.print(
+        f"backbone {report.pretrain_id}: {report.images:,} sprites, {report.steps_done:,} steps "
+        f"({report.epochs} epochs{resumed}), {report.views_per_s:,.0f} views/s on "
+        f"{report.device}, {report.seconds / 60:.1f} min; loss {report.loss_first:.3f} -> "
+        f"{report.loss_last:.3f}"
+    )
+    probe = report.probe
+    if probe.get("status") == "ok":
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in probe["pr_auc"].items())
+        out.print(
+            f"linear probe on snapshot {probe['snapshot_id']} (test PR-AUC at base rate "
+            f"{probe['base_rate']:.4f}): {scores}"
+        )
+    else:
+        out.print(f"linear probe skipped: {probe.get('reason')}")
+    out.print(f"report: {folder / 'report.md'}")
+
+
 @app.command("train")
 def train_command(
     snapshot_id: Annotated[
@@ -352,8 +427,22 @@ def train_command(
         bool, typer.Option("--resume", help="continue the last unfinished training")
     ] = False,
     pretrained: Annotated[
-        Path | None, typer.Option(help="a local timm checkpoint to start from")
+        Path | None,
+        typer.Option(help="a local checkpoint to start from (timm weights or a backbone.pt)"),
     ] = None,
+    init: Annotated[
+        str | None,
+        typer.Option(
+            help="where the weights start: auto (pretrained backbone, else timm's weights, "
+            "else scratch), ssl, timm or scratch (default: train.init)"
+        ),
+    ] = None,
+    head_only: Annotated[
+        bool,
+        typer.Option(
+            "--head-only", help="fit only the classifier on the frozen pretrained backbone"
+        ),
+    ] = False,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda")] = None,
     seed: Annotated[int | None, typer.Option(help="random seed (default: train.seed)")] = None,
     as_json: JsonOpt = False,
@@ -361,6 +450,10 @@ def train_command(
     """Train the MobileNetV4 student on a snapshot; writes checkpoints and a report."""
     from corpus.workspace import open_workspace
     from training.train import TrainError, train
+
+    if init is not None and init not in ("auto", "ssl", "timm", "scratch"):
+        console.print(f"[red]cannot train:[/] --init {init!r}: use auto, ssl, timm or scratch")
+        raise typer.Exit(2)
 
     overrides: dict[str, Any] = {}
     if device is not None:
@@ -385,6 +478,8 @@ def train_command(
                 snapshot_id,
                 resume=resume,
                 pretrained=pretrained,
+                init=init,
+                head_only=head_only,
                 epochs=epochs,
                 progress=show,
             )
@@ -399,9 +494,16 @@ def train_command(
         return
     test = report.test
     at = test["at_threshold"]
+    how = (
+        "head only (frozen backbone)"
+        if report.head_only
+        else f"{report.epochs_done} epochs, {report.steps_done} steps (best epoch "
+        f"{report.best_epoch})"
+    )
+    source = report.init.get("source")
     out.print(
-        f"model {report.model_id}: {report.epochs_done} epochs (best {report.best_epoch}), "
-        f"{report.train_images_per_s} img/s on {report.device}"
+        f"model {report.model_id}: {how}, {report.train_images_per_s} img/s on {report.device}; "
+        f"init {report.init['kind']}{f' ({source})' if source else ''}"
     )
     out.print(
         f"test at base rate {report.base_rate:.4f}: PR-AUC {test['pr_auc']:.4f}; threshold "
@@ -819,6 +921,19 @@ def _run_flow(
         f"{deduped['near_links']} near-duplicate links; label ({labelled['labeler']}): "
         f"{labelled['labelled']} labelled, errors {labelled['errors'] or 0}"
     )
+    pretrained = result.get("pretrain")
+    if pretrained is not None:
+        if pretrained.get("status") in ("skipped", "refused"):
+            out.print(f"pretrain {pretrained['status']}: {pretrained['reason']}")
+        else:
+            how = (
+                "unchanged corpus, reused"
+                if pretrained["reused"]
+                else (f"{pretrained['steps_done']} steps, {pretrained['seconds'] / 60:.1f} min")
+            )
+            out.print(
+                f"pretrain {pretrained['pretrain_id']}: {pretrained['images']} sprites, {how}"
+            )
     due = result.get("retrain")
     if due is not None and not due["due"]:
         out.print(

@@ -149,10 +149,44 @@ class SnapshotSettings(BaseModel):
     test_share: float = Field(0.15, gt=0, lt=0.5, description="of negative clusters")
     # Training split only: downsample negatives to this many per positive, weight the loss
     # by the class ratio instead, or keep it as labelled.
-    balance: Literal["downsample", "weights", "none"] = "downsample"
+    # "resample" keeps every negative and training draws each batch with
+    # train.positive_share positives, so every epoch sees all negatives once.
+    balance: Literal["resample", "downsample", "weights", "none"] = "resample"
     negatives_per_positive: float = Field(4.0, gt=0)
     min_positives: int = Field(20, ge=3, description="refuse to snapshot with fewer")
     min_negatives: int = Field(60, ge=3, description="refuse to snapshot with fewer")
+    seed: int = 0
+
+
+class PretrainSettings(BaseModel):
+    """Self-supervised pretraining of the student's backbone on every candidate sprite.
+
+    Views keep pixel art pixel art (training.views). Content-keyed: the candidates' canonical
+    hashes plus these settings and the preprocessing name one result, never computed twice."""
+
+    method: Literal["simclr", "vicreg"] = "simclr"
+    size: int = Field(64, ge=32, description="view size in px; fine-tuning uses train.size")
+    epochs: int = Field(30, ge=1, description="passes over the candidates, at most")
+    max_steps: int = Field(4000, ge=1, description="optimizer steps, at most (big catalogs)")
+    batch_size: int = Field(256, ge=8, description="sprites per step (two views each)")
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_share: float = Field(0.05, ge=0, lt=1, description="of the steps, linear warm-up")
+    temperature: float = Field(0.2, gt=0, description="SimCLR's softmax temperature")
+    projection_dim: int = Field(128, ge=8)
+    # The views (training.views.ViewRecipe).
+    min_crop: float = Field(0.35, gt=0, le=1, description="smallest share of a sprite kept")
+    max_hue: float = Field(0.5, ge=0, le=0.5, description="palette hue turn, of a circle")
+    contrast: float = Field(0.4, ge=0, lt=1)
+    brightness: float = Field(0.25, ge=0, le=1)
+    grayscale: float = Field(0.2, ge=0, le=1, description="probability")
+    background_swap: float = Field(0.5, ge=0, le=1, description="probability")
+    max_images: int = Field(0, ge=0, description="0: every candidate; else a seeded sample")
+    checkpoint_every: int = Field(100, ge=1, description="steps between resumable checkpoints")
+    # `grow` pretrains again once the candidates grew by this share since the last backbone.
+    regrow_share: float = Field(0.25, gt=0)
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N (bf16 on CUDA)")
+    threads: int = Field(0, ge=0, description="CPU threads for torch; 0 = torch's default")
     seed: int = 0
 
 
@@ -161,11 +195,26 @@ class TrainSettings(BaseModel):
 
     arch: str = "mobilenetv4_conv_small_050"
     size: int = Field(160, ge=32)
+    # Where the weights start (training.init): auto = the newest self-supervised backbone
+    # of this catalog, else timm's published weights if cached or downloadable, else scratch.
+    init: Literal["auto", "ssl", "timm", "scratch"] = "auto"
+    timm_weights: Path | None = Field(None, description="a local file of timm's weights")
     epochs: int = Field(40, ge=1)
+    # Training length in optimizer steps: epochs x steps per epoch, but at least min_steps
+    # (a small split needs many epochs) and at most max_steps (0: no cap).
+    min_steps: int = Field(1500, ge=0)
+    max_steps: int = Field(4000, ge=0)
     batch_size: int = Field(64, ge=2)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.05, ge=0)
     warmup_epochs: float = Field(3.0, ge=0)
+    warmup_share: float = Field(0.05, ge=0, lt=1, description="warm-up: at most this share")
+    # Batches' positive share when the snapshot keeps every negative (balance = "resample").
+    positive_share: float = Field(0.25, gt=0, lt=1)
+    # Validation scores the exponential moving average of the weights (0: the raw weights),
+    # and the best model is chosen on validation PR-AUC averaged over this many evaluations.
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    selection_window: int = Field(3, ge=1)
     patience: int = Field(10, ge=1, description="epochs without a better val PR-AUC")
     seed: int = 0
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
@@ -174,9 +223,12 @@ class TrainSettings(BaseModel):
     flip: bool = True
     max_shift: int = Field(8, ge=0, description="integer-offset crop, output pixels")
     hue_jitter: float = Field(0.05, ge=0, le=0.5, description="palette hue turn, of a circle")
-    # The deployment threshold, chosen on validation for a target at the realistic base rate.
+    # The deployment threshold, chosen on validation for a target at the realistic base rate;
+    # with fewer validation positives than this, from the model's own scores instead (the
+    # score whose posterior at the base rate meets the target: training.metrics).
     threshold_for: Literal["precision", "recall"] = "precision"
     threshold_target: float = Field(0.9, gt=0, le=1)
+    threshold_min_positives: int = Field(10, ge=1)
 
 
 class ExportSettings(BaseModel):
@@ -246,6 +298,7 @@ class Settings(BaseSettings):
     ollama: OllamaSettings = Field(default_factory=OllamaSettings)
     label: LabelSettings = Field(default_factory=LabelSettings)
     snapshot: SnapshotSettings = Field(default_factory=SnapshotSettings)
+    pretrain: PretrainSettings = Field(default_factory=PretrainSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     export: ExportSettings = Field(default_factory=ExportSettings)
     review: ReviewSettings = Field(default_factory=ReviewSettings)
@@ -290,6 +343,10 @@ class Settings(BaseSettings):
     @property
     def snapshots_path(self) -> Path:
         return self.data_path / "snapshots"
+
+    @property
+    def pretrain_path(self) -> Path:
+        return self.data_path / "pretrain"
 
     @property
     def models_path(self) -> Path:

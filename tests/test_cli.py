@@ -125,7 +125,7 @@ def test_rebuild_labels_snapshots_and_trains(tmp_path: Path) -> None:
             f'data_dir = "flowdata"\nsources = ["{folder}"]\n'
             f'[ollama]\nhosts = ["{server.url}"]\nmodel = "{MODEL}"\n'
             "[label]\nbudget = 1000\n[snapshot]\ntarget_base_rate = 0.1\n"
-            "[train]\nepochs = 2\nsize = 64\n"
+            "[train]\nepochs = 2\nmin_steps = 0\nsize = 64\n[pretrain]\nsize = 32\nmax_steps = 4\n"
         )
         done = subprocess.run(
             [SPRITESAFE, "rebuild", "--config", str(config)],
@@ -138,9 +138,11 @@ def test_rebuild_labels_snapshots_and_trains(tmp_path: Path) -> None:
     assert "label (ollama): 216 labelled" in done.stdout
     # A progress row per stage (stderr), with the counts the stages reported.
     rows = {line.split()[1]: line for line in done.stderr.splitlines() if "(done)" in line}
-    stages = ["ingest", "dedupe", "label", "snapshot", "train", "export", "verify"]
-    assert list(rows)[:7] == stages, done.stderr[-3000:]
-    assert "216/216" in rows["label"] and "2/2" in rows["train"]
+    stages = ["ingest", "dedupe", "pretrain", "label", "snapshot", "train", "export", "verify"]
+    assert list(rows)[:8] == stages, done.stderr[-3000:]
+    assert "216/216" in rows["label"] and "4/4" in rows["pretrain"]
+    assert re.search(r" (\d+)/\1 ", rows["train"]), rows["train"]  # optimizer steps
+    assert re.search(r"^pretrain \w+: \d+ sprites, 4 steps", done.stdout, re.M)
     assert "at base rate 0.1000" in done.stdout
     report = Path(done.stdout.split("report ")[1].split()[0])
     assert report.is_file() and (report.parent / "model.pt").is_file()
@@ -176,7 +178,8 @@ def test_grow_retrains_only_when_enough_new_labels_arrived(tmp_path: Path) -> No
             f'data_dir = "growdata"\nsources = ["{folder}"]\n'
             f'[ollama]\nhosts = ["{server.url}"]\nmodel = "{MODEL}"\n'
             "[label]\nbudget = 1000\n[snapshot]\ntarget_base_rate = 0.1\n"
-            "[train]\nepochs = 2\nsize = 64\n[grow]\nmin_new_labels = 50\n"
+            "[train]\nepochs = 2\nmin_steps = 0\nsize = 64\n[pretrain]\nsize = 32\nmax_steps = 4\n"
+            "[grow]\nmin_new_labels = 50\n"
             "[export]\nmax_flip_share = 1.0\nmax_confident_flips = 1000\nmax_pr_auc_drop = 1.0\n"
         )
         first = run()
@@ -190,7 +193,7 @@ def test_grow_retrains_only_when_enough_new_labels_arrived(tmp_path: Path) -> No
         third = run(SPRITESAFE_GROW__MIN_NEW_LABELS="0")
     assert "no retraining: 0 new labels since the last snapshot, 50 needed" in second
     assert "train 2" not in second
-    model = first.split("train ")[1].split(":")[0]
+    model = re.findall(r"^train (\S+):", first, re.M)[0]
     assert f"train {model}:" in third
     for task in ("snapshot", "train", "export"):
         assert re.search(rf"Task run '{task}-\w+' - Finished in state Cached", third), task

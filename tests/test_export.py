@@ -46,7 +46,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         tmp,
         folder,
         snapshot={"target_base_rate": 0.1},
-        train={"epochs": 3, "batch_size": 32, "size": 64, "seed": 1},
+        train={"epochs": 3, "min_steps": 0, "batch_size": 32, "size": 64, "seed": 1},
         export={"calibration_images": 64, "unlabelled_sample": 0},
     )
     with open_workspace(settings) as ws:

@@ -30,7 +30,8 @@ def test_grow_and_rebuild_under_the_test_harness(tmp_path: Path) -> None:
             "ollama": {"hosts": [server.url], "model": MODEL},
             "label": {"budget": 1000},
             "snapshot": {"target_base_rate": 0.1},
-            "train": {"epochs": 2, "size": 64},
+            "train": {"epochs": 2, "min_steps": 0, "size": 64},
+            "pretrain": {"size": 32, "max_steps": 4},
             "export": LENIENT,
         }
         first = grow(overrides=overrides)

@@ -88,7 +88,9 @@ def test_downsampling_keeps_every_positive() -> None:
 
 def test_snapshot_is_cluster_grouped_balanced_and_reused(tmp_path: Path) -> None:
     folder = coloured_corpus(tmp_path, positives=40, negatives=360, grey=20)
-    settings, server = labelled(tmp_path, folder, snapshot={"target_base_rate": 0.05})
+    settings, server = labelled(
+        tmp_path, folder, snapshot={"target_base_rate": 0.05, "balance": "downsample"}
+    )
     try:
         with open_workspace(settings) as ws:
             first = snapshot(ws.catalog, ws.blobs, settings)
@@ -132,6 +134,18 @@ def test_snapshot_is_cluster_grouped_balanced_and_reused(tmp_path: Path) -> None
             assert kept.train_dropped == 0 and train_counts["sfw"] > 4 * train_counts["nsfw"]
             assert kept.pos_weight == pytest.approx(train_counts["sfw"] / train_counts["nsfw"])
             assert kept.counts["test"] == first.counts["test"]  # evaluation is not rebalanced
+            # The default keeps every negative too; training draws the batches (resample).
+            every = snapshot(
+                ws.catalog,
+                ws.blobs,
+                settings.model_copy(
+                    update={
+                        "snapshot": settings.snapshot.model_copy(update={"balance": "resample"})
+                    }
+                ),
+            )
+            assert every.counts == kept.counts and every.pos_weight == 1.0
+            assert load_snapshot(Path(every.path))[1]["settings"]["balance"] == "resample"
 
             wider = settings.model_copy(
                 update={

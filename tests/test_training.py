@@ -22,10 +22,10 @@ from tests.learning import MODEL, build, coloured_corpus, labelled, noisy_respon
 from tests.ollama_server import FakeOllama
 from training import metrics
 from training.augment import augment, hue_turn, shift
-from training.data import eval_batches, load_split
+from training.data import SplitData, eval_batches, load_split, resampled_batches
 from training.model import load_checkpoint, predict
 from training.snapshot import load_snapshot, snapshot
-from training.train import TrainError, lr_factor, train
+from training.train import TrainError, lr_factor, plan_steps, train
 
 SPRITESAFE = str(Path(sys.executable).with_name("spritesafe"))
 WHITE = (255, 255, 255)
@@ -74,6 +74,47 @@ def test_learning_rate_warms_up_then_decays() -> None:
     assert all(a < b for a, b in pairwise(factors[:11]))
     assert all(a >= b for a, b in pairwise(factors[10:]))
     assert factors[100] == pytest.approx(0.01)
+
+
+def test_training_length_is_counted_in_steps() -> None:
+    config = TrainSettings(epochs=40, min_steps=1500, max_steps=4000)
+    assert plan_steps(config, 10) == (150, 1500)  # small split: more epochs
+    assert plan_steps(config, 50) == (40, 2000)
+    assert plan_steps(config, 200) == (20, 4000)  # big split: fewer
+    assert plan_steps(config.model_copy(update={"max_steps": 0}), 200) == (40, 8000)
+
+
+def test_threshold_from_calibration_when_validation_is_too_small_to_rank() -> None:
+    # Trained at the base rate: the posterior is the score itself.
+    assert metrics.prior_shift_threshold(0.1, 0.1, 0.9) == pytest.approx(0.9)
+    # Trained at 25 % positives, deployed at 1 %: a score s means posterior odds
+    # s / (1 - s) * (0.01 / 0.99) / (0.25 / 0.75); the threshold puts that at 0.9.
+    t = metrics.prior_shift_threshold(0.25, 0.01, 0.9)
+    odds = t / (1 - t) * (0.01 / 0.99) / (0.25 / 0.75)
+    assert odds / (1 + odds) == pytest.approx(0.9) and 0.99 < t < 1
+
+
+def test_resampled_epochs_see_every_negative_once_and_positives_in_every_batch() -> None:
+    # Each image is one flat grey level: its index, recoverable from the model input.
+    n_pos, n_neg = 7, 100
+    pixels = [np.full((4, 4, 3), i, np.uint8) for i in range(n_pos + n_neg)]
+    labels = np.array([1.0] * n_pos + [0.0] * n_neg, dtype=np.float32)
+    data = SplitData(pixels, labels, np.arange(len(pixels)), ["c"] * len(pixels))
+    config = TrainSettings(
+        batch_size=16, positive_share=0.25, flip=False, max_shift=0, hue_jitter=0
+    )
+    spec = PreprocessSpec(size=8)
+    seen_neg: list[int] = []
+    seen_pos: list[int] = []
+    for inputs, targets in resampled_batches(data, spec, config, np.random.default_rng(0)):
+        index = np.rint((inputs[:, 0, 4, 4] * 0.5 + 0.5) * 255).astype(int)
+        assert np.array_equal(targets, labels[index])
+        assert int(targets.sum()) == 4  # a quarter of 16, in every batch
+        seen_neg += [int(i) for i in index if i >= n_pos]
+        seen_pos += [int(i) for i in index if i < n_pos]
+    assert sorted(seen_neg) == list(range(n_pos, n_pos + n_neg))  # every negative, once
+    counts = np.bincount(seen_pos, minlength=n_pos)
+    assert counts.max() - counts.min() <= 1  # positives in rounds, evenly
 
 
 # --- augmentation keeps pixel art pixel art ---------------------------------------------
@@ -126,7 +167,7 @@ def small(tmp_path: Path):  # type: ignore[no-untyped-def]
         tmp_path,
         folder,
         snapshot={"target_base_rate": 0.1},
-        train={"epochs": 3, "batch_size": 32, "size": 64, "seed": 5, "patience": 5},
+        train={"epochs": 3, "min_steps": 0, "batch_size": 32, "size": 64, "seed": 5, "patience": 5},
     )
     with open_workspace(settings) as ws:
         report = snapshot(ws.catalog, ws.blobs, settings)
@@ -204,7 +245,7 @@ def test_student_learns_a_rare_concept_from_noisy_llm_labels(
     with FakeOllama({MODEL: "sha256:" + "1e" * 32}, responder=noisy_responder(0.1, 0.01)) as server:
         (tmp_path / "spritesafe.toml").write_text(
             f'data_dir = "data"\n[ollama]\nhosts = ["{server.url}"]\nmodel = "{MODEL}"\n'
-            "[train]\nepochs = 16\npatience = 8\n"
+            "[train]\nepochs = 16\nmin_steps = 0\npatience = 8\n"
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("SPRITESAFE_")}
         env["SPRITESAFE_CONFIG"] = str(tmp_path / "spritesafe.toml")

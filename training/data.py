@@ -79,6 +79,38 @@ def train_batches(
         yield inputs, data.labels[part]
 
 
+def resampled_batches(
+    data: SplitData,
+    spec: PreprocessSpec,
+    config: TrainSettings,
+    rng: np.random.Generator,
+) -> Iterator[tuple[NDArray[np.float32], NDArray[np.float32]]]:
+    """One epoch that keeps every negative: each negative once, in shuffled batches topped
+    up to `config.positive_share` positives, drawn round after round of shuffled positives.
+    The rare class is seen often without dropping any of the common one."""
+    positives = np.flatnonzero(data.labels == 1)
+    negatives = np.flatnonzero(data.labels == 0)
+    if not len(positives) or not len(negatives):
+        yield from train_batches(data, spec, config, rng)
+        return
+    n_pos, n_neg = batch_shape(config)
+    pool: list[int] = []
+    order = rng.permutation(negatives)
+    for start in range(0, len(order), n_neg):
+        while len(pool) < n_pos:
+            pool.extend(rng.permutation(positives).tolist())
+        part = np.concatenate([order[start : start + n_neg], np.asarray(pool[:n_pos])])
+        del pool[:n_pos]
+        inputs = batch([augment(data.pixels[i], spec, config, rng) for i in part])
+        yield inputs, data.labels[part]
+
+
+def batch_shape(config: TrainSettings) -> tuple[int, int]:
+    """(positives, negatives) in a resampled batch."""
+    n_pos = min(config.batch_size - 1, max(1, round(config.batch_size * config.positive_share)))
+    return n_pos, config.batch_size - n_pos
+
+
 def eval_batches(
     data: SplitData, spec: PreprocessSpec, size: int = 256
 ) -> Iterator[NDArray[np.float32]]:

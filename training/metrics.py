@@ -104,6 +104,17 @@ def choose_threshold(
     return float(thresholds[int(np.argmax(f1))]), False
 
 
+def prior_shift_threshold(trained_share: float, base_rate: float, target: float) -> float:
+    """The score at which the posterior at `base_rate` reaches `target`, for a model whose
+    scores are calibrated to the positive share it trained at (Bayes' rule: the odds scale
+    by the ratio of the prior odds). For choosing a threshold when validation has too few
+    positives to rank: flagging where the posterior >= target aims at that precision."""
+    target = min(max(target, 1e-6), 1 - 1e-6)
+    shift = (base_rate / (1 - base_rate)) / (trained_share / (1 - trained_share))
+    odds = target / (1 - target) / shift
+    return odds / (1 + odds)
+
+
 def calibration(y: NDArray[Any], p: NDArray[Any], bins: int = 10) -> list[dict[str, float]]:
     """Reliability table: per equal-width score bin, mean score, observed positive share, count."""
     y = np.asarray(y, dtype=np.float64)

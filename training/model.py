@@ -21,6 +21,7 @@ from numpy.typing import NDArray
 
 from spritesafe.compat import import_timm
 from spritesafe.preprocess import PreprocessSpec
+from training.init import Init, load_init_weights
 
 CHECKPOINT_FORMAT = 1
 
@@ -35,36 +36,31 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def create_model(
-    arch: str, pretrained: Path | None = None, prior: float | None = None
+    arch: str, init: Init | None = None, prior: float | None = None
 ) -> torch.nn.Module:
-    """timm `arch` with one output (the NSFW logit); from scratch unless `pretrained` names a
-    local timm checkpoint (its classifier head is left out when its shape differs).
+    """timm `arch` with one output (the NSFW logit), its weights from `init` (training.init:
+    a self-supervised backbone, timm's published weights through timm's own loader, a local
+    checkpoint) or random when there is none; the classifier is always new.
 
     With `prior` (the positive share the model will train on) the new head starts at zero
     weights and bias logit(prior): every first prediction is the prior, instead of the large
     random logits a fresh head gives, which cost a from-scratch run its first epochs."""
     timm = import_timm()
-    model: torch.nn.Module = timm.create_model(arch, pretrained=False, num_classes=1)
+    model: torch.nn.Module
+    if init is not None and init.kind == "timm":
+        # timm's loader: its checkpoint filters, and the 1,000-class head dropped for ours.
+        model = timm.create_model(
+            arch, pretrained=True, num_classes=1, pretrained_cfg_overlay={"file": init.path}
+        )
+    else:
+        model = timm.create_model(arch, pretrained=False, num_classes=1)
+        if init is not None:
+            load_init_weights(model, init, arch)
     if prior is not None:
         head = model.get_classifier()  # type: ignore[operator]
         with torch.no_grad():
             head.weight.zero_()
             head.bias.fill_(math.log(prior / (1 - prior)))
-    if pretrained is not None:
-        if not pretrained.is_file():
-            raise FileNotFoundError(f"pretrained checkpoint not found: {pretrained}")
-        # weights_only: a downloaded file must not run code when loaded.
-        loaded = torch.load(pretrained, map_location="cpu", weights_only=True)
-        state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else loaded
-        if not isinstance(state, dict):
-            raise ValueError(f"{pretrained} holds no state dict")
-        own = model.state_dict()
-        usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-        if len(usable) < len(own) // 2:
-            raise ValueError(
-                f"{pretrained} does not fit {arch}: only {len(usable)} of {len(own)} tensors match"
-            )
-        model.load_state_dict(usable, strict=False)
     return model.to(memory_format=torch.channels_last)  # type: ignore[call-overload,no-any-return]
 
 

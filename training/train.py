@@ -1,21 +1,33 @@
 """The train stage: a snapshot in, a checkpoint with its threshold and report out.
 
-timm MobileNetV4 (one logit) from scratch or a local checkpoint, channels_last, AdamW with a
-linear warm-up then cosine decay per step, bf16 autocast on a CUDA GPU. Every epoch writes
-`last.pt` (for `--resume`) and, when validation PR-AUC improves, `best.pt`; training stops
-early after `patience` epochs without improvement. Validation and test sit at the realistic
-base rate (training.snapshot), so the PR-AUC and the threshold chosen on validation mean what
-they will mean in production. Deterministic for a seed: each epoch's shuffling and
-augmentation come from (seed, epoch), so a resumed run continues exactly.
+timm MobileNetV4 (one logit), its weights from training.init (a self-supervised backbone of
+this catalog, timm's published weights, a local checkpoint, or scratch: decided once, recorded
+in the checkpoint). Fine-tuning: channels_last, AdamW with a linear warm-up then cosine decay
+per step, bf16 autocast on a CUDA GPU. Its length is counted in optimizer steps: `epochs`,
+but at least `min_steps` on a small split and at most `max_steps` on a big one. With the
+snapshot's `resample` balance every negative is kept and each batch is topped up with
+positives (training.data). Validation scores an exponential moving average of the weights,
+and the kept model is the one with the best validation PR-AUC averaged over a window of
+evaluations, so a small, noisy validation split does not pick a lucky epoch; early stopping
+waits for `min_steps`. `head_only` fits only the classifier on the frozen pretrained backbone
+(training.head): seconds instead of minutes.
+
+Every epoch writes `last.pt` (for `--resume`) and, when the criterion improves, `best.pt`.
+Validation and test sit at the realistic base rate (training.snapshot), so the PR-AUC and
+the threshold chosen on validation mean what they will mean in production; with too few
+validation positives to rank, the threshold comes from the scores' calibration at the base
+rate instead (training.metrics.prior_shift_threshold). Deterministic for a seed: each epoch's
+shuffling and augmentation come from (seed, epoch), so a resumed run continues exactly.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,11 +40,20 @@ from corpus.catalog import Catalog, models, recorded, snapshots, utcnow
 from spritesafe.config import Settings, TrainSettings
 from spritesafe.preprocess import PreprocessSpec
 from training import metrics
-from training.data import SplitData, eval_batches, load_split, train_batches
+from training.data import (
+    SplitData,
+    batch_shape,
+    eval_batches,
+    load_split,
+    resampled_batches,
+    train_batches,
+)
+from training.init import Init, resolve_init
 from training.model import create_model, pick_device, predict, save_checkpoint
 from training.snapshot import CLASS_NAMES, latest_snapshot, load_snapshot
 
 Progress = Callable[[dict[str, Any]], None]  # called with each epoch's history entry
+Batches = Iterator[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]]
 
 
 class TrainError(RuntimeError):
@@ -46,7 +67,12 @@ class TrainReport:
     snapshot_id: str = ""
     path: str = ""  # the model folder
     device: str = ""
+    init: dict[str, Any] = field(default_factory=dict)  # training.init.Init.as_dict()
+    head_only: bool = False
+    balance: str = ""
     epochs_done: int = 0
+    steps: int = 0  # optimizer steps planned
+    steps_done: int = 0
     best_epoch: int = 0
     stopped_early: bool = False
     resumed_at_epoch: int = 0
@@ -54,6 +80,7 @@ class TrainReport:
     base_rate: float = 0.0
     threshold: float = 0.5
     threshold_met: bool = False
+    threshold_rule: str = ""
     validation: dict[str, Any] = field(default_factory=dict)
     test: dict[str, Any] = field(default_factory=dict)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -93,6 +120,24 @@ def train_step(
     loss.backward()
     optimizer.step()
     return float(loss.detach())
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model for the weights; buffers (batch norm
+    statistics) are copied."""
+    for averaged, current in zip(ema.parameters(), model.parameters(), strict=True):
+        averaged.lerp_(current, 1 - decay)
+    for kept, live in zip(ema.buffers(), model.buffers(), strict=True):
+        kept.copy_(live)
+
+
+def plan_steps(config: TrainSettings, steps_per_epoch: int) -> tuple[int, int]:
+    """(epochs, total steps): `epochs`, stretched to reach min_steps, cut to max_steps."""
+    epochs = max(config.epochs, math.ceil(config.min_steps / steps_per_epoch))
+    if config.max_steps:
+        epochs = min(epochs, max(1, math.ceil(config.max_steps / steps_per_epoch)))
+    return epochs, epochs * steps_per_epoch
 
 
 def _bce(scores: np.ndarray[Any, Any], labels: np.ndarray[Any, Any]) -> float:
@@ -142,15 +187,26 @@ def train(
     *,
     resume: bool = False,
     pretrained: Path | None = None,
+    init: str | None = None,
+    head_only: bool = False,
     epochs: int | None = None,
     progress: Progress | None = None,
 ) -> TrainReport:
-    """Train on a snapshot (default: the latest). Raises TrainError when it cannot start."""
+    """Train on a snapshot (default: the latest). `init` overrides train.init, `pretrained`
+    names a checkpoint to start from, `head_only` fits only the classifier on the frozen
+    pretrained backbone. Raises TrainError (or training.init.InitError) when it cannot start."""
     config = settings.train.model_copy(update={"epochs": epochs} if epochs else {})
     snapshot_id, snapshot_path = _resolve_snapshot(catalog, snapshot_id)
     if resume:
         model_id, folder = _resumable(catalog, snapshot_id)
+        start = Init(**torch.load(folder / "last.pt", weights_only=False).get("init", {}))
     else:
+        start = resolve_init(settings, catalog, init, pretrained)
+        if head_only and start.kind == "scratch":
+            raise TrainError(
+                "--head-only fits a classifier on pretrained features, and there are none: "
+                f"{start.note}. Run `spritesafe pretrain`, or pass --pretrained PATH."
+            )
         model_id = f"{utcnow():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
         folder = settings.models_path / model_id
         folder.mkdir(parents=True, exist_ok=True)
@@ -166,12 +222,16 @@ def train(
                 )
             )
     report = TrainReport(
-        run_id=catalog.start_run("train"), model_id=model_id, snapshot_id=snapshot_id
+        run_id=catalog.start_run("train"),
+        model_id=model_id,
+        snapshot_id=snapshot_id,
+        init=start.as_dict(),
+        head_only=head_only,
     )
     report.path = str(folder)
     try:
         with recorded(catalog, report):
-            _train(settings, config, snapshot_path, folder, report, resume, pretrained, progress)
+            _train(settings, config, snapshot_path, folder, report, start, resume, progress)
     except BaseException as exc:
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         _set_model(catalog, model_id, status=status, epochs_done=report.epochs_done)
@@ -195,8 +255,8 @@ def _train(
     snapshot_path: Path,
     folder: Path,
     report: TrainReport,
+    start: Init,
     resume: bool,
-    pretrained: Path | None,
     progress: Progress | None,
 ) -> None:
     from training.report import write_report
@@ -210,31 +270,25 @@ def _train(
     dataset, manifest = load_snapshot(snapshot_path)
     report.base_rate = float(manifest["base_rate"])
     report.counts = manifest["counts"]
+    report.balance = str(manifest.get("settings", {}).get("balance", "downsample"))
     train_data = load_split(dataset["train"], spec)
     val_data = load_split(dataset["validation"], spec)
     test_data = load_split(dataset["test"], spec)
     if not train_data.positives or not val_data.positives:
         raise TrainError("the snapshot has no positives in training or validation")
 
-    # The positive share training sees, as weighted by the loss: the head starts there.
-    pos_weight = float(manifest.get("pos_weight", 1.0))
-    share = train_data.positives * pos_weight
-    prior = share / (share + len(train_data) - train_data.positives)
-    model = create_model(config.arch, pretrained, prior=prior).to(device)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
-    # Batches per epoch as train_batches makes them: a final single-image batch is dropped.
-    full, rest = divmod(len(train_data), config.batch_size)
-    steps_per_epoch = max(1, full + (rest > 1))
-    warmup = round(config.warmup_epochs * steps_per_epoch)
-    total = config.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, warmup, total)
-    )
-    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight, device=device))
-    history: list[dict[str, Any]] = []
-    best_ap, best_epoch, start_epoch = -1.0, 0, 0
+    # The positive share training sees, as weighted by the loss or drawn into batches: the
+    # head starts there, and the threshold's fallback rule corrects from it.
+    negatives = len(train_data) - train_data.positives
+    if report.head_only:
+        share = 0.5  # the head's loss weighs the classes equally
+    elif report.balance == "resample" and negatives:
+        share = batch_shape(config)[0] / config.batch_size
+    else:
+        weighted = train_data.positives * float(manifest.get("pos_weight", 1.0))
+        share = weighted / (weighted + negatives)
+    print(f"init: {start.describe()}")  # said once; also in the checkpoint and the card
+    model = create_model(config.arch, None if resume else start, prior=share).to(device)
     base = {
         "arch": config.arch,
         "preprocess": spec.to_json(),
@@ -243,80 +297,43 @@ def _train(
         "model_id": report.model_id,
         "base_rate": report.base_rate,
         "train_settings": config.model_dump(mode="json"),
+        "init": start.as_dict(),
+        "head_only": report.head_only,
+        "trained_share": share,
     }
-    if resume:
-        state = torch.load(folder / "last.pt", map_location=device, weights_only=False)
-        model.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        history, best_ap, best_epoch = state["history"], state["best_ap"], state["best_epoch"]
-        start_epoch = report.resumed_at_epoch = int(state["epoch"])
-
-    seen, busy = 0, 0.0
-    for epoch in range(start_epoch + 1, config.epochs + 1):
-        if epoch - best_epoch > config.patience and best_epoch:
-            report.stopped_early = True
-            break
-        rng = np.random.default_rng([config.seed, epoch])
-        torch.manual_seed(config.seed * 100_003 + epoch)
-        losses = []
-        started = time.perf_counter()
-        for inputs, targets in train_batches(train_data, spec, config, rng):
-            losses.append(train_step(model, optimizer, loss_fn, inputs, targets, device))
-            scheduler.step()
-            seen += len(targets)
-        busy += time.perf_counter() - started
-        val_scores = predict(model, eval_batches(val_data, spec), device)
-        ap = metrics.average_precision(val_data.labels, val_scores)
-        entry = {
-            "epoch": epoch,
-            "train_loss": float(np.mean(losses)),
-            "val_loss": _bce(val_scores, val_data.labels),
-            "val_pr_auc": ap,
-            "lr": float(scheduler.get_last_lr()[0]),
-            "seconds": round(time.perf_counter() - started, 2),
-        }
-        history.append(entry)
-        if ap > best_ap:
-            best_ap, best_epoch = ap, epoch
-            save_checkpoint(
-                folder / "best.pt", base | {"state_dict": model.state_dict(), "epoch": epoch}
-            )
-        save_checkpoint(
-            folder / "last.pt",
-            base
-            | {
-                "state_dict": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "epoch": epoch,
-                "history": history,
-                "best_ap": best_ap,
-                "best_epoch": best_epoch,
-            },
+    if report.head_only:
+        history = _fit_head(model, train_data, val_data, spec, device, report)
+        save_checkpoint(folder / "best.pt", base | {"state_dict": model.state_dict(), "epoch": 1})
+    else:
+        history = _fine_tune(
+            model,
+            config,
+            train_data,
+            val_data,
+            spec,
+            device,
+            folder,
+            base,
+            report,
+            float(manifest.get("pos_weight", 1.0)),
+            resume,
+            progress,
         )
-        report.epochs_done = epoch
-        if progress is not None:
-            progress(entry)
-    report.epochs_done = max(report.epochs_done, start_epoch)
-    report.best_epoch = best_epoch
-    report.train_images_per_s = round(seen / busy, 1) if busy else 0.0
 
     best = torch.load(folder / "best.pt", map_location=device, weights_only=False)
     model.load_state_dict(best["state_dict"])
     val_scores = predict(model, eval_batches(val_data, spec), device)
     test_scores = predict(model, eval_batches(test_data, spec), device)
-    threshold, met = metrics.choose_threshold(
-        val_data.labels, val_scores, config.threshold_for, config.threshold_target
+    report.threshold, report.threshold_met, report.threshold_rule = _threshold(
+        config, val_data, val_scores, share, report.base_rate
     )
-    report.threshold, report.threshold_met = threshold, met
-    report.validation = _summary(val_data, val_scores, threshold)
-    report.test = _summary(test_data, test_scores, threshold)
+    report.validation = _summary(val_data, val_scores, report.threshold)
+    report.test = _summary(test_data, test_scores, report.threshold)
     final = base | {
         "state_dict": best["state_dict"],
-        "epoch": best_epoch,
-        "threshold": threshold,
-        "threshold_rule": f"{config.threshold_for} >= {config.threshold_target}",
+        "epoch": report.best_epoch,
+        "threshold": report.threshold,
+        "threshold_rule": report.threshold_rule,
         "metrics": {"validation": report.validation, "test": report.test},
         "history": history,
     }
@@ -336,6 +353,195 @@ def _train(
         test_scores=test_scores,
     )
     shutil.copyfile(snapshot_path / "snapshot.json", folder / "snapshot.json")
+
+
+def _fit_head(
+    model: torch.nn.Module,
+    train_data: SplitData,
+    val_data: SplitData,
+    spec: PreprocessSpec,
+    device: torch.device,
+    report: TrainReport,
+) -> list[dict[str, Any]]:
+    """Only the classifier, on frozen features: one 'epoch' in the history."""
+    from training.head import embed, fit_head, set_classifier
+
+    started = time.perf_counter()
+    train_x = embed(model, train_data, spec, device)
+    val_x = embed(model, val_data, spec, device)
+    negatives = len(train_data) - train_data.positives
+    head = fit_head(
+        train_x,
+        train_data.labels,
+        val_x,
+        val_data.labels,
+        pos_weight=negatives / max(train_data.positives, 1),
+    )
+    set_classifier(model, head)
+    val_scores = 1 / (1 + np.exp(-head.logits(val_x)))
+    train_scores = 1 / (1 + np.exp(-head.logits(train_x)))
+    seconds = time.perf_counter() - started
+    report.epochs_done = report.best_epoch = 1
+    report.train_images_per_s = round(len(train_data) / seconds, 1)
+    return [
+        {
+            "epoch": 1,
+            "step": 0,
+            "train_loss": _bce(train_scores, train_data.labels),
+            "val_loss": _bce(val_scores, val_data.labels),
+            "val_pr_auc": metrics.average_precision(val_data.labels, val_scores),
+            "criterion": head.validation_pr_auc,
+            "l2": head.l2,
+            "lr": 0.0,
+            "seconds": round(seconds, 2),
+        }
+    ]
+
+
+def _fine_tune(
+    model: torch.nn.Module,
+    config: TrainSettings,
+    train_data: SplitData,
+    val_data: SplitData,
+    spec: PreprocessSpec,
+    device: torch.device,
+    folder: Path,
+    base: dict[str, Any],
+    report: TrainReport,
+    pos_weight: float,
+    resume: bool,
+    progress: Progress | None,
+) -> list[dict[str, Any]]:
+    resampled = report.balance == "resample" and train_data.positives < len(train_data)
+    if resampled:
+        n_neg = batch_shape(config)[1]
+        steps_per_epoch = math.ceil((len(train_data) - train_data.positives) / n_neg)
+    else:
+        # Batches as train_batches makes them: a final single-image batch is dropped.
+        full, rest = divmod(len(train_data), config.batch_size)
+        steps_per_epoch = max(1, full + (rest > 1))
+    epochs, total = plan_steps(config, steps_per_epoch)
+    report.steps = total
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    warmup = min(round(config.warmup_epochs * steps_per_epoch), round(config.warmup_share * total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, warmup, total)
+    )
+    ema = copy.deepcopy(model) if config.ema_decay else None
+    # The loss weighs positives by the snapshot's pos_weight (the class ratio for "weights").
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight, device=device))
+    history: list[dict[str, Any]] = []
+    best_criterion, best_epoch, start_epoch, step = -1.0, 0, 0, 0
+    if resume:
+        state = torch.load(folder / "last.pt", map_location=device, weights_only=False)
+        model.load_state_dict(state["state_dict"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history, best_criterion, best_epoch = (
+            state["history"],
+            state["best_criterion"],
+            state["best_epoch"],
+        )
+        start_epoch = report.resumed_at_epoch = int(state["epoch"])
+        step = int(state["step"])
+    judged = ema if ema is not None else model
+    batches = resampled_batches if resampled else train_batches
+
+    seen, busy = 0, 0.0
+    for epoch in range(start_epoch + 1, epochs + 1):
+        late = step >= config.min_steps
+        if late and best_epoch and epoch - best_epoch > config.patience:
+            report.stopped_early = True
+            break
+        rng = np.random.default_rng([config.seed, epoch])
+        torch.manual_seed(config.seed * 100_003 + epoch)
+        losses = []
+        started = time.perf_counter()
+        for inputs, targets in batches(train_data, spec, config, rng):
+            losses.append(train_step(model, optimizer, loss_fn, inputs, targets, device))
+            scheduler.step()
+            step += 1
+            if ema is not None:
+                # Warm-up of the average: early on it follows the weights closely.
+                update_ema(ema, model, min(config.ema_decay, (1 + step) / (10 + step)))
+            seen += len(targets)
+        busy += time.perf_counter() - started
+        val_scores = predict(judged, eval_batches(val_data, spec), device)
+        ap = metrics.average_precision(val_data.labels, val_scores)
+        window = [h["val_pr_auc"] for h in history[-(config.selection_window - 1) :]]
+        criterion = float(np.mean([*window, ap])) if config.selection_window > 1 else ap
+        entry = {
+            "epoch": epoch,
+            "step": step,
+            "of_steps": total,
+            "train_loss": float(np.mean(losses)),
+            "val_loss": _bce(val_scores, val_data.labels),
+            "val_pr_auc": ap,
+            "criterion": criterion,
+            "lr": float(scheduler.get_last_lr()[0]),
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        history.append(entry)
+        if criterion > best_criterion:
+            best_criterion, best_epoch = criterion, epoch
+            save_checkpoint(
+                folder / "best.pt", base | {"state_dict": judged.state_dict(), "epoch": epoch}
+            )
+        save_checkpoint(
+            folder / "last.pt",
+            base
+            | {
+                "state_dict": model.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch,
+                "step": step,
+                "history": history,
+                "best_criterion": best_criterion,
+                "best_epoch": best_epoch,
+            },
+        )
+        report.epochs_done = epoch
+        report.steps_done = step
+        if progress is not None:
+            progress(entry)
+    report.epochs_done = max(report.epochs_done, start_epoch)
+    report.steps_done = max(report.steps_done, step)
+    report.best_epoch = best_epoch
+    report.train_images_per_s = round(seen / busy, 1) if busy else 0.0
+    return history
+
+
+def _threshold(
+    config: TrainSettings,
+    val_data: SplitData,
+    val_scores: np.ndarray[Any, Any],
+    trained_share: float,
+    base_rate: float,
+) -> tuple[float, bool, str]:
+    """(threshold, target met on validation, the rule as words)."""
+    rule = f"{config.threshold_for} >= {config.threshold_target}"
+    if val_data.positives >= config.threshold_min_positives or config.threshold_for != "precision":
+        threshold, met = metrics.choose_threshold(
+            val_data.labels, val_scores, config.threshold_for, config.threshold_target
+        )
+        return threshold, met, f"{rule} on validation"
+    threshold = metrics.prior_shift_threshold(trained_share, base_rate, config.threshold_target)
+    met = metrics.at_threshold(val_data.labels, val_scores, threshold).precision >= (
+        config.threshold_target
+    )
+    return (
+        threshold,
+        met,
+        f"{rule} by calibration: posterior at base rate {base_rate:.4f} >= "
+        f"{config.threshold_target} (validation has {val_data.positives} positives, fewer "
+        f"than {config.threshold_min_positives} to rank)",
+    )
 
 
 def _summary(data: SplitData, scores: np.ndarray[Any, Any], threshold: float) -> dict[str, Any]:

@@ -1,0 +1,290 @@
+"""Self-supervised pretraining and where training starts: views that keep pixel art pixel art,
+the pretrain stage on real sprites (content-keyed, resumed exactly after kill -9, rerun by
+`grow` when the corpus grew), initialisation in one place (backbone > timm > scratch, timm's
+weights found offline in the Hugging Face cache), and the head-only fit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from corpus.canonical import canonicalize
+from corpus.catalog import images, pretrains
+from corpus.dedupe import dedupe
+from corpus.ingest import ingest
+from corpus.sources import parse_source
+from corpus.workspace import open_workspace
+from spritesafe.config import Settings, load_settings
+from spritesafe.preprocess import PreprocessSpec
+from tests.helpers import png, real_tiles, sprite
+from tests.learning import coloured_corpus, labelled
+from training.init import Init, InitError, resolve_init
+from training.model import create_model, load_checkpoint
+from training.pretrain import BACKBONE, CHECKPOINT, pretrain, pretrain_due
+from training.snapshot import snapshot
+from training.train import TrainError, train
+from training.views import ViewRecipe, view
+
+SPRITESAFE = str(Path(sys.executable).with_name("spritesafe"))
+ARCH = "mobilenetv4_conv_small_050"
+WHITE = (255, 255, 255)
+# Small enough for the suite: 32 px views, 32 sprites a step, a checkpoint every 4 steps.
+SMALL = {"size": 32, "batch_size": 32, "max_steps": 24, "epochs": 100, "checkpoint_every": 4}
+
+
+# --- views ------------------------------------------------------------------------------
+
+
+def test_views_keep_pixel_art_pixel_art() -> None:
+    rng = np.random.default_rng(0)
+    pixels = sprite(rng, 20, colors=6)[..., :3].copy()
+    pixels[:3] = WHITE  # some background, as a canonical sprite has
+    colours = len(np.unique(pixels.reshape(-1, 3), axis=0))
+    spec = PreprocessSpec(size=64)
+    recipe = ViewRecipe()
+    for _ in range(40):
+        v = view(pixels, spec, recipe, rng)
+        assert v.shape == (64, 64, 3) and v.dtype == np.uint8
+        # No blur, no resampling: one colour per palette colour, plus the fill around it.
+        assert len(np.unique(v.reshape(-1, 3), axis=0)) <= colours + 1
+        # Enlarged by whole blocks: reduced to its grid, it is no bigger than the sprite.
+        rgba = np.concatenate([v, np.full((64, 64, 1), 255, np.uint8)], axis=2)
+        grid = canonicalize(rgba, WHITE, 256)
+        content = (grid.pixels != grid.pixels[0, 0]).any(axis=2)
+        rows, cols = np.flatnonzero(content.any(axis=1)), np.flatnonzero(content.any(axis=0))
+        assert rows.size == 0 or (rows[-1] - rows[0] < 20 and cols[-1] - cols[0] < 20)
+    same = [view(pixels, spec, recipe, np.random.default_rng(5)) for _ in range(2)]
+    assert np.array_equal(*same)
+    # Only the background is swapped: with every other change off, the sprite is intact.
+    plain = ViewRecipe(min_crop=1.0, max_hue=0, contrast=0, brightness=0, grayscale=0)
+    swapped = view(pixels, spec, plain.__class__(**{**plain.__dict__, "background_swap": 1.0}), rng)
+    k = 64 // 20
+    flat = swapped.reshape(-1, 3)
+    fill = flat[0] if not (flat[0] == pixels[3, 0]).all() else flat[-1]
+    assert not (fill == WHITE).all() or (swapped != WHITE).any()
+    sprite_pixels = {tuple(c) for c in pixels.reshape(-1, 3)} - {WHITE}
+    seen = {tuple(c) for c in flat} - {tuple(fill)}
+    assert seen <= sprite_pixels and k >= 3
+
+
+# --- the stage on real sprites ------------------------------------------------------------
+
+
+def _env(data: Path) -> dict[str, str]:
+    env = os.environ | {"SPRITESAFE_DATA_DIR": str(data), "COLUMNS": "200"}
+    return env | {f"SPRITESAFE_PRETRAIN__{k.upper()}": str(v) for k, v in SMALL.items()}
+
+
+def _sprites(folder: Path, n: int, seed: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, tile in enumerate(real_tiles(n, seed=seed)):
+        (folder / f"{seed}-{i}.png").write_bytes(png(tile))
+    return folder
+
+
+def _catalog(tmp_path: Path, n: int) -> Settings:
+    settings = load_settings(data_dir=tmp_path / "data", ingest={"workers": 1}, pretrain=SMALL)
+    with open_workspace(settings) as ws:
+        source = parse_source(str(_sprites(tmp_path / "sprites", n, seed=1)), settings)
+        ingest(ws.catalog, ws.blobs, [source], settings)
+        dedupe(ws.catalog, settings)
+    return settings
+
+
+def _pretrain_cli(data: Path, *args: str) -> dict[str, object]:
+    done = subprocess.run(
+        [SPRITESAFE, "pretrain", "--json", *args],
+        env=_env(data),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return dict(json.loads(done.stdout))
+
+
+@pytest.mark.slow
+def test_pretrain_resumes_exactly_after_kill_and_never_runs_twice(
+    tmp_path: Path, debian_sprites: None
+) -> None:
+    settings = _catalog(tmp_path, 240)
+    data = settings.data_path
+    proc = subprocess.Popen(
+        [SPRITESAFE, "pretrain"],
+        env=_env(data),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 180
+    while not list((data / "pretrain").glob(f"*/{CHECKPOINT}")):
+        assert proc.poll() is None, "pretraining ended before it could be killed"
+        assert time.monotonic() < deadline, "no checkpoint written"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with open_workspace(settings) as ws, ws.catalog.read() as conn:
+        row = conn.execute(sa.select(pretrains)).one()
+        candidates = conn.execute(
+            sa.select(sa.func.count()).select_from(images).where(images.c.status == "candidate")
+        ).scalar_one()
+    assert row.status == "training" and not (Path(row.path) / BACKBONE).exists()
+
+    resumed = _pretrain_cli(data)
+    assert resumed["status"] == "ok" and not resumed["reused"]
+    assert 4 <= int(resumed["resumed_at_step"]) < 24 and resumed["steps_done"] == 24
+    assert resumed["images"] == candidates and resumed["pretrain_id"] == row.id
+    history = json.loads((Path(row.path) / "report.json").read_text())["history"]
+    # Killed and resumed equals uninterrupted: --force starts over from step 0.
+    straight = _pretrain_cli(data, "--force")
+    assert straight["resumed_at_step"] == 0 and straight["pretrain_id"] == row.id
+    again = json.loads((Path(row.path) / "report.json").read_text())["history"]
+    assert [h["step"] for h in history] == [h["step"] for h in again] == list(range(4, 25, 4))
+    for a, b in zip(history, again, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    assert history[-1]["loss"] < history[0]["loss"]  # it learns something
+
+    # An unchanged corpus costs one query.
+    started = time.monotonic()
+    unchanged = _pretrain_cli(data)
+    assert unchanged["reused"] and unchanged["steps_done"] == 24
+    assert time.monotonic() - started < 30
+    for name in ("backbone.pt", "report.md", "report.json", "loss.png"):
+        assert (Path(row.path) / name).stat().st_size > 0
+    assert "Skipped: no snapshot yet" in (Path(row.path) / "report.md").read_text()
+
+    # grow pretrains again only when the corpus grew by pretrain.regrow_share.
+    with open_workspace(settings) as ws:
+        assert not pretrain_due(ws.catalog, settings).due
+        more = parse_source(str(_sprites(tmp_path / "more", 80, seed=2)), settings)
+        ingest(ws.catalog, ws.blobs, [more], settings)
+        dedupe(ws.catalog, settings)
+        due = pretrain_due(ws.catalog, settings)
+        assert due.due and "grew by" in due.reason and due.pretrained_on == candidates
+        lazy = settings.model_copy(
+            update={"pretrain": settings.pretrain.model_copy(update={"regrow_share": 0.5})}
+        )
+        assert not pretrain_due(ws.catalog, lazy).due
+
+
+def test_pretrain_refuses_an_empty_catalog(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [SPRITESAFE, "pretrain"], env=_env(tmp_path / "data"), capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "no candidate images" in done.stderr
+
+
+# --- initialisation ---------------------------------------------------------------------
+
+
+def _hub_weights(home: Path) -> dict[str, object]:
+    """timm's published weights as they would sit in the Hugging Face cache (made here: the
+    hub is not reachable), with HF_HUB_OFFLINE set by the suite."""
+    import torch
+    from safetensors.torch import save_file
+
+    from spritesafe.compat import import_timm
+
+    torch.manual_seed(11)
+    model = import_timm().create_model(ARCH, pretrained=False)  # 1,000 ImageNet classes
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    repo = home / "hub" / "models--timm--mobilenetv4_conv_small_050.e3000_r224_in1k"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    save_file(state, str(repo / "snapshots" / commit / "model.safetensors"))
+    return dict(state)
+
+
+def test_init_finds_timm_weights_offline_and_falls_back_to_scratch(tmp_path: Path) -> None:
+    import torch
+
+    settings = load_settings(data_dir=tmp_path / "data")
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    nothing = resolve_init(settings)
+    assert nothing.kind == "scratch" and "no self-supervised backbone" in nothing.note
+    with pytest.raises(InitError, match="neither cached nor downloadable"):
+        resolve_init(settings, mode="timm")
+    with pytest.raises(InitError, match="spritesafe pretrain"):
+        resolve_init(settings, mode="ssl")
+
+    state = _hub_weights(Path(os.environ["HF_HOME"]))
+    found = resolve_init(settings)
+    assert found.kind == "timm" and found.source.startswith("timm/mobilenetv4_conv_small_050")
+    model = create_model(ARCH, found, prior=0.1)
+    loaded = model.state_dict()
+    backbone = [k for k in state if not k.startswith("classifier.")]
+    assert backbone and all(torch.equal(loaded[k], state[k]) for k in backbone)  # type: ignore[arg-type]
+    assert float(model.get_classifier().weight.detach().abs().sum()) == 0.0  # a new head
+    assert resolve_init(settings, mode="scratch").kind == "scratch"
+
+    # A file named in the settings is timm's weights too, loaded by timm's own loader.
+    local = tmp_path / "weights.safetensors"
+    local.write_bytes(next(Path(os.environ["HF_HOME"]).rglob("model.safetensors")).read_bytes())
+    named = load_settings(data_dir=tmp_path / "data", train={"timm_weights": str(local)})
+    assert resolve_init(named) == Init(
+        "timm", str(local), str(local), "timm's published ImageNet weights"
+    )
+
+
+@pytest.fixture
+def small(tmp_path: Path):  # type: ignore[no-untyped-def]
+    folder = coloured_corpus(tmp_path, positives=40, negatives=200)
+    settings, server = labelled(
+        tmp_path,
+        folder,
+        snapshot={"target_base_rate": 0.1},
+        train={"epochs": 2, "min_steps": 0, "batch_size": 32, "size": 64, "seed": 5},
+        pretrain=SMALL,
+    )
+    with open_workspace(settings) as ws:
+        report = snapshot(ws.catalog, ws.blobs, settings)
+        assert report.status == "ok", report.reason
+    yield settings
+    server.stop()
+
+
+def test_training_starts_from_the_backbone_or_timm_and_says_so(small, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    settings: Settings = small
+    with open_workspace(settings) as ws:
+        with pytest.raises(TrainError, match="--head-only fits a classifier"):
+            train(ws.catalog, settings, head_only=True)
+        state = _hub_weights(Path(os.environ["HF_HOME"]))
+        from_timm = train(ws.catalog, settings)
+        assert from_timm.init["kind"] == "timm"
+
+        done = pretrain(ws.catalog, ws.blobs, settings)
+        assert done.status == "ok" and done.probe["status"] == "ok"
+        assert set(done.probe["pr_auc"]) == {"pretrained", "untrained"}
+        folder = Path(done.path)
+        assert "Linear probe" in (folder / "report.md").read_text()
+        backbone = torch.load(folder / BACKBONE, weights_only=False)["state_dict"]
+
+        # auto now prefers the backbone; head-only keeps it exactly, fitting the classifier.
+        head = train(ws.catalog, settings, head_only=True)
+        assert head.init["kind"] == "ssl" and head.init["source"] == done.pretrain_id
+        assert head.head_only and head.epochs_done == 1
+        trained = load_checkpoint(Path(head.path) / "model.pt")
+        assert trained.meta["init"]["kind"] == "ssl" and trained.meta["head_only"]
+        weights = trained.model.state_dict()
+        assert all(torch.equal(weights[k], v) for k, v in backbone.items())
+        assert float(trained.model.get_classifier().weight.abs().sum()) > 0
+        assert head.test["pr_auc"] > 0.5  # red squares, linearly separable after all
+
+        scratch = train(ws.catalog, settings, init="scratch")
+        assert scratch.init["kind"] == "scratch"
+    first = load_checkpoint(Path(from_timm.path) / "model.pt")
+    assert first.meta["init"]["kind"] == "timm"
+    assert not torch.equal(first.model.state_dict()["conv_stem.weight"], state["conv_stem.weight"])  # type: ignore[arg-type]

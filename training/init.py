@@ -1,0 +1,196 @@
+"""Where the student's weights start: decided in one place, said once, recorded everywhere.
+
+`train.init` (or `--init`):
+- `auto`: the newest self-supervised backbone pretrained on this catalog for this
+  architecture and preprocessing (`spritesafe pretrain`); else timm's published ImageNet
+  weights for the architecture when they are cached (Hugging Face cache, or the file named by
+  `train.timm_weights`) or can be downloaded; else from scratch;
+- `ssl`, `timm`, `scratch`: that one, or an error saying why it is not there;
+- `--pretrained PATH` (a local timm checkpoint, or a `backbone.pt`) overrides all of them.
+The choice (`Init`) goes into the checkpoint, the ONNX metadata and the model card.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+import torch
+
+from corpus.catalog import Catalog, pretrains
+from spritesafe.config import Settings
+from spritesafe.preprocess import PreprocessSpec
+
+TIMM_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm publishes on the hub
+
+
+class InitError(ValueError):
+    """The asked-for initialisation is not available; the message says why."""
+
+
+@dataclass(frozen=True)
+class Init:
+    kind: str  # ssl, timm, file, scratch
+    source: str = ""  # the pretrain id, the timm weights' id, or the file
+    path: str = ""  # the weights file, when there is one
+    note: str = ""  # one line for people: where the weights came from, or why scratch
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        return f"{self.kind}{f' ({self.source})' if self.source else ''}: {self.note}"
+
+
+def newest_backbone(catalog: Catalog, settings: Settings) -> tuple[str, Path] | None:
+    """(pretrain id, backbone file) of the newest finished pretraining whose architecture and
+    canonical pixels (background, grid) match the student's."""
+    from training.pretrain import BACKBONE
+
+    want = PreprocessSpec.from_settings(settings, size=settings.train.size)
+    with catalog.read() as conn:
+        rows = conn.execute(
+            sa.select(pretrains.c.id, pretrains.c.path, pretrains.c.preprocess)
+            .where(pretrains.c.status == "done")
+            .where(pretrains.c.arch == settings.train.arch)
+            .order_by(pretrains.c.finished_at.desc())
+        ).all()
+    for row in rows:
+        spec = PreprocessSpec.from_json(row.preprocess)
+        same = (spec.background, spec.max_scale, spec.version) == (
+            want.background,
+            want.max_scale,
+            want.version,
+        )
+        path = Path(row.path) / BACKBONE
+        if same and path.is_file():
+            return str(row.id), path
+    return None
+
+
+def _hub_reachable(timeout: float = 5.0) -> bool:
+    """One quick request instead of huggingface_hub's minute of retries when offline."""
+    import httpx
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        httpx.head(constants.ENDPOINT, timeout=timeout)
+    except httpx.HTTPError:
+        return False
+    return True
+
+
+def hub_cache() -> Path:
+    """The Hugging Face hub cache as the environment names it now (huggingface_hub reads it
+    once, at import)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or str(
+        Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "huggingface"
+    )
+    return Path(home).expanduser() / "hub"
+
+
+def timm_weights(settings: Settings, download: bool = True) -> tuple[str, Path] | None:
+    """(weights id, file) of timm's published weights for the architecture: the configured
+    file, else the Hugging Face cache, else a download when the hub answers."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    from spritesafe.compat import import_timm
+
+    configured = settings.train.timm_weights
+    if configured is not None:
+        if not configured.is_file():
+            raise InitError(f"train.timm_weights names a missing file: {configured}")
+        return str(configured), configured
+    cfg = import_timm().models.get_pretrained_cfg(settings.train.arch)
+    repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not repo:
+        return None
+    for name in TIMM_FILES:
+        cached = try_to_load_from_cache(repo, name, cache_dir=hub_cache())
+        if isinstance(cached, str):
+            return repo, Path(cached)
+    if download and _hub_reachable():
+        for name in TIMM_FILES:
+            try:
+                return repo, Path(hf_hub_download(repo, name, cache_dir=hub_cache()))
+            except Exception:  # any hub failure means "not available"
+                continue
+    return None
+
+
+def resolve_init(
+    settings: Settings,
+    catalog: Catalog | None = None,
+    mode: str | None = None,
+    pretrained: Path | None = None,
+) -> Init:
+    """Decide where training starts (see the module docstring)."""
+    if pretrained is not None:
+        if not pretrained.is_file():
+            raise InitError(f"pretrained checkpoint not found: {pretrained}")
+        return Init("file", str(pretrained), str(pretrained), "a checkpoint given by path")
+    mode = mode or settings.train.init
+    if mode == "scratch":
+        return Init("scratch", note="random weights, as asked (train.init = scratch)")
+    if mode in ("auto", "ssl"):
+        found = newest_backbone(catalog, settings) if catalog is not None else None
+        if found is not None:
+            pretrain_id, path = found
+            return Init("ssl", pretrain_id, str(path), "self-supervised on this catalog")
+        if mode == "ssl":
+            raise InitError(
+                "no self-supervised backbone for this architecture and preprocessing: run "
+                "`spritesafe pretrain` first"
+            )
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    weights = timm_weights(settings, download=not offline)
+    if weights is not None:
+        weights_id, path = weights
+        return Init("timm", weights_id, str(path), "timm's published ImageNet weights")
+    if mode == "timm":
+        raise InitError(
+            f"timm's weights for {settings.train.arch} are neither cached nor downloadable "
+            "here; set train.timm_weights to a local file"
+        )
+    return Init(
+        "scratch",
+        note="random weights: no self-supervised backbone (`spritesafe pretrain`) and no "
+        "timm weights cached or reachable",
+    )
+
+
+def load_init_weights(model: torch.nn.Module, init: Init, arch: str) -> int:
+    """Load the init's weights into a freshly made student (its classifier stays as it is);
+    the number of tensors loaded. A file must fit the architecture."""
+    if init.kind == "scratch":
+        return 0
+    # weights_only for everything that may come from elsewhere: loading must not run code.
+    path = Path(init.path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        loaded: Any = load_file(str(path))
+    else:
+        loaded = torch.load(path, map_location="cpu", weights_only=init.kind != "ssl")
+    state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else loaded
+    if not isinstance(state, dict):
+        raise InitError(f"{path} holds no state dict")
+    own = model.state_dict()
+    usable = {
+        k: v
+        for k, v in state.items()
+        if k in own and own[k].shape == v.shape and not k.startswith("classifier.")
+    }
+    if len(usable) < len(own) // 2:
+        raise InitError(
+            f"{path} does not fit {arch}: only {len(usable)} of {len(own)} tensors match"
+        )
+    model.load_state_dict(usable, strict=False)
+    return len(usable)
