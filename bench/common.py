@@ -19,6 +19,23 @@ def machine() -> dict[str, Any]:
     }
 
 
+def cpu() -> str:
+    """The CPU's name and the vector extensions that decide CPU speed here."""
+    name, flags = platform.processor() or "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                name = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:
+        pass
+    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "amx_bf16") if f in flags]
+    return f"{name} ({os.cpu_count()} cores; {', '.join(isa) or 'no AVX2'})"
+
+
 def peak_rss_mb(children: bool = False) -> float:
     """Peak resident memory of this process (or of its largest child, if larger)."""
     scale = 2**20 if sys.platform == "darwin" else 2**10  # ru_maxrss: bytes on macOS, KiB here

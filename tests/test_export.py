@@ -72,6 +72,8 @@ def test_export_verify_promote(trained: Settings) -> None:
         assert meta["model_id"] == exported.model_id
         assert meta["quantization"]["name"] == exported.recipe["name"]
         assert meta["quantization"]["per_channel"] is True
+        # Where the weights started travels with the file (offline: no backbone, no timm).
+        assert meta["init"]["kind"] == "scratch" and meta["head_only"] is False
         assert {"snapshot_id", "rubric_version", "class_names", "metrics"} <= set(meta)
         # The INT8 file takes the fitted pixels as RGBA bytes; any batch size runs.
         (pixels,) = onnx.load(str(folder / INT8_NAME)).graph.input
@@ -90,7 +92,9 @@ def test_export_verify_promote(trained: Settings) -> None:
     assert {p.name for p in deployed.iterdir()} >= {INT8_NAME, "card.md", "card.json"}
     card = (deployed / "card.md").read_text()
     assert exported.model_id in card and "tags, not verdicts" in card
+    assert "## Initialisation" in card and "Weights started from scratch" in card
     assert json.loads((deployed / "card.json").read_text())["data"]["labelers"]
+    assert json.loads((deployed / "card.json").read_text())["init"]["kind"] == "scratch"
 
 
 def _invert_output(path: Path) -> None:

@@ -105,6 +105,7 @@ def timm_weights(settings: Settings, download: bool = True) -> tuple[str, Path] 
 
     configured = settings.train.timm_weights
     if configured is not None:
+        configured = configured if configured.is_absolute() else settings.base_dir / configured
         if not configured.is_file():
             raise InitError(f"train.timm_weights names a missing file: {configured}")
         return str(configured), configured

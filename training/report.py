@@ -94,18 +94,26 @@ def write_report(
 
 
 def _markdown(summary: dict[str, Any], history: list[dict[str, Any]]) -> str:
+    init = summary.get("init") or {}
+    source = f" ({init['source']})" if init.get("source") else ""
+    how = (
+        "only the classifier fitted on the frozen backbone"
+        if summary.get("head_only")
+        else f"{summary['epochs_done']} epochs, {summary.get('steps_done', 0)} steps, kept: "
+        f"{summary.get('selection') or 'best validation epoch'}"
+        f"{', stopped early' if summary['stopped_early'] else ''}"
+    )
     lines = [
         f"# Training {summary['model_id']}",
         "",
-        f"Snapshot `{summary['snapshot_id']}`, device {summary['device']}, "
-        f"{summary['epochs_done']} epochs (best {summary['best_epoch']}"
-        f"{', stopped early' if summary['stopped_early'] else ''}), "
-        f"{summary['train_images_per_s']} training images/s.",
+        f"Snapshot `{summary['snapshot_id']}` (balance: {summary.get('balance', '')}), device "
+        f"{summary['device']}; weights from {init.get('kind', 'unknown')}{source}: "
+        f"{init.get('note', '')}; {how}; {summary['train_images_per_s']} training images/s.",
         f"Validation and test hold the realistic base rate {summary['base_rate']:.4f}: "
         "a random scorer's PR-AUC equals it.",
         "",
-        f"Threshold {summary['threshold']:.4f}, chosen on validation"
-        f"{'' if summary['threshold_met'] else ' (target not reached: best F1 instead)'}.",
+        f"Threshold {summary['threshold']:.4f}: {summary.get('threshold_rule', '')}"
+        f"{'' if summary['threshold_met'] else ' (target not reached on validation)'}.",
         "",
         "| split | images | nsfw | PR-AUC | precision | recall | FPR | TP | FP | TN | FN |",
         "|---|---|---|---|---|---|---|---|---|---|---|",

@@ -81,6 +81,7 @@ class TrainReport:
     threshold: float = 0.5
     threshold_met: bool = False
     threshold_rule: str = ""
+    selection: str = ""  # how the kept weights were chosen
     validation: dict[str, Any] = field(default_factory=dict)
     test: dict[str, Any] = field(default_factory=dict)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -450,11 +451,21 @@ def _fine_tune(
         step = int(state["step"])
     judged = ema if ema is not None else model
     batches = resampled_batches if resampled else train_batches
+    # Too few validation positives to rank epochs by: keep the last weights (no early stop).
+    ranks = val_data.positives >= config.min_val_positives
+    report.selection = (
+        f"best validation PR-AUC averaged over {config.selection_window} validations"
+        if ranks
+        else f"last weights (validation has {val_data.positives} positives, fewer than "
+        f"{config.min_val_positives} to rank)"
+    )
 
+    # Tiny splits make epochs of a few steps: validate (and checkpoint) every few epochs.
+    every = max(1, math.ceil(config.eval_every_steps / steps_per_epoch))
     seen, busy = 0, 0.0
     for epoch in range(start_epoch + 1, epochs + 1):
         late = step >= config.min_steps
-        if late and best_epoch and epoch - best_epoch > config.patience:
+        if ranks and late and best_epoch and epoch - best_epoch > config.patience * every:
             report.stopped_early = True
             break
         rng = np.random.default_rng([config.seed, epoch])
@@ -470,10 +481,13 @@ def _fine_tune(
                 update_ema(ema, model, min(config.ema_decay, (1 + step) / (10 + step)))
             seen += len(targets)
         busy += time.perf_counter() - started
+        if epoch % every and epoch != epochs:
+            continue
         val_scores = predict(judged, eval_batches(val_data, spec), device)
         ap = metrics.average_precision(val_data.labels, val_scores)
-        window = [h["val_pr_auc"] for h in history[-(config.selection_window - 1) :]]
-        criterion = float(np.mean([*window, ap])) if config.selection_window > 1 else ap
+        earlier = history[len(history) - config.selection_window + 1 :]
+        window = [h["val_pr_auc"] for h in earlier] if config.selection_window > 1 else []
+        criterion = float(np.mean([*window, ap])) if ranks else float(step)
         entry = {
             "epoch": epoch,
             "step": step,
@@ -526,7 +540,7 @@ def _threshold(
 ) -> tuple[float, bool, str]:
     """(threshold, target met on validation, the rule as words)."""
     rule = f"{config.threshold_for} >= {config.threshold_target}"
-    if val_data.positives >= config.threshold_min_positives or config.threshold_for != "precision":
+    if val_data.positives >= config.min_val_positives or config.threshold_for != "precision":
         threshold, met = metrics.choose_threshold(
             val_data.labels, val_scores, config.threshold_for, config.threshold_target
         )
@@ -540,7 +554,7 @@ def _threshold(
         met,
         f"{rule} by calibration: posterior at base rate {base_rate:.4f} >= "
         f"{config.threshold_target} (validation has {val_data.positives} positives, fewer "
-        f"than {config.threshold_min_positives} to rank)",
+        f"than {config.min_val_positives} to rank)",
     )
 
 
