@@ -112,7 +112,7 @@ RECIPES = {
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--concept", choices=sorted(CONCEPTS), default="zombies")
-    parser.add_argument("--labels", default="100,300,1000,all")
+    parser.add_argument("--labels", default="all,300,1000,100", help="run in this order")
     parser.add_argument("--noise", default="clean,noisy")
     parser.add_argument("--recipes", default=",".join(RECIPES))
     parser.add_argument("--pool", type=int, default=10_000, help="labelled sprites at 'all'")
@@ -432,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     figures["results"] = results
+    counts = sorted(counts, key=lambda c: sizes[c])  # run in the given order, shown by size
     lines = table(results, noises, counts, recipes)
     print("\n".join(lines))
     # The pretraining figures of the run that pretrained (an earlier one, on a rerun).
