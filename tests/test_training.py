@@ -338,12 +338,16 @@ def test_student_learns_a_rare_concept_from_noisy_llm_labels(
 def test_pretrained_weights_come_from_a_local_checkpoint(tmp_path: Path) -> None:
     import torch
 
+    from training.init import Init
     from training.model import create_model
+
+    def local(path: Path) -> Init:
+        return Init("file", str(path), str(path))
 
     source = create_model("mobilenetv4_conv_small_050")
     state = {k: v for k, v in source.state_dict().items() if "classifier" not in k}
     torch.save({"state_dict": state}, tmp_path / "local.pth")
-    model = create_model("mobilenetv4_conv_small_050", tmp_path / "local.pth", prior=0.2)
+    model = create_model("mobilenetv4_conv_small_050", local(tmp_path / "local.pth"), prior=0.2)
     for name, tensor in model.state_dict().items():
         if name in state:
             assert torch.equal(tensor, state[name]), name
@@ -352,6 +356,6 @@ def test_pretrained_weights_come_from_a_local_checkpoint(tmp_path: Path) -> None
     assert float(torch.sigmoid(head.bias.detach())) == pytest.approx(0.2)
     torch.save({"state_dict": {"conv.weight": torch.zeros(3)}}, tmp_path / "other.pth")
     with pytest.raises(ValueError, match="does not fit"):
-        create_model("mobilenetv4_conv_small_050", tmp_path / "other.pth")
+        create_model("mobilenetv4_conv_small_050", local(tmp_path / "other.pth"))
     with pytest.raises(FileNotFoundError):
-        create_model("mobilenetv4_conv_small_050", tmp_path / "missing.pth")
+        create_model("mobilenetv4_conv_small_050", local(tmp_path / "missing.pth"))

@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import math
 import shutil
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -288,7 +289,8 @@ def _train(
     else:
         weighted = train_data.positives * float(manifest.get("pos_weight", 1.0))
         share = weighted / (weighted + negatives)
-    print(f"init: {start.describe()}")  # said once; also in the checkpoint and the card
+    # Said once (on stderr: stdout may be a JSON report); also in the checkpoint and the card.
+    print(f"init: {start.describe()}", file=sys.stderr)
     model = create_model(config.arch, None if resume else start, prior=share).to(device)
     base = {
         "arch": config.arch,
