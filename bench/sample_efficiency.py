@@ -280,7 +280,7 @@ def run_cell(
                 results[key] = {"status": "refused", "reason": frozen.reason}
                 save()
                 continue
-            trained = train(ws.catalog, settings, head_only=recipe.head_only)
+            trained = train(ws.catalog, settings, frozen.snapshot_id, head_only=recipe.head_only)
         model = load_checkpoint(Path(trained.path) / "model.pt")
         scores = predict(model.model, eval_batches(held, model.spec))
         results[key] = {

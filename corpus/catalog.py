@@ -169,6 +169,8 @@ snapshots = sa.Table(
     sa.Column("settings", sa.JSON),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("run_id", sa.String(36)),
+    # Last frozen (created, or returned again for unchanged data): `train` takes the latest.
+    sa.Column("frozen_at", sa.DateTime(timezone=True)),
 )
 
 # A training run and what came of it (a checkpoint folder with its report).

@@ -18,7 +18,7 @@ from corpus.workspace import open_workspace
 from labelers.stage import label
 from spritesafe.config import load_settings
 from tests.learning import MODEL, coloured_corpus, labelled
-from training.snapshot import load_snapshot, snapshot
+from training.snapshot import latest_snapshot, load_snapshot, snapshot
 from training.splits import TEST, TRAIN, VALIDATION, Item, assign_splits, downsample_negatives
 
 
@@ -146,6 +146,12 @@ def test_snapshot_is_cluster_grouped_balanced_and_reused(tmp_path: Path) -> None
             )
             assert every.counts == kept.counts and every.pos_weight == 1.0
             assert load_snapshot(Path(every.path))[1]["settings"]["balance"] == "resample"
+            # Freezing the first settings again returns the first snapshot, and `train` (the
+            # latest) then takes it, not the snapshot created last.
+            assert latest_snapshot(ws.catalog) == every.snapshot_id
+            back = snapshot(ws.catalog, ws.blobs, settings)
+            assert back.reused and back.snapshot_id == first.snapshot_id
+            assert latest_snapshot(ws.catalog) == first.snapshot_id
 
             wider = settings.model_copy(
                 update={

@@ -299,6 +299,14 @@ def _snapshot(
         ).first()
     if known is not None and (path / MANIFEST).is_file():
         report.reused = True
+        # Freezing the same data again (say, after switching `balance` back) makes it the one
+        # `train` takes next, not whichever snapshot happened to be created last.
+        with catalog.write() as conn:
+            conn.execute(
+                snapshots.update()
+                .where(snapshots.c.id == report.snapshot_id)
+                .values(frozen_at=utcnow())
+            )
         return
     manifest = {
         "id": report.snapshot_id,
@@ -332,8 +340,15 @@ def _snapshot(
                     counts=report.counts,
                     settings=snapshot_settings,
                     created_at=utcnow(),
+                    frozen_at=utcnow(),
                     run_id=report.run_id,
                 )
+            )
+        else:  # its folder had gone and is written again
+            conn.execute(
+                snapshots.update()
+                .where(snapshots.c.id == report.snapshot_id)
+                .values(frozen_at=utcnow())
             )
 
 
@@ -404,7 +419,9 @@ def _write_dataset(
 def latest_snapshot(catalog: Catalog) -> str | None:
     with catalog.read() as conn:
         row = conn.execute(
-            sa.select(snapshots.c.id).order_by(snapshots.c.created_at.desc()).limit(1)
+            sa.select(snapshots.c.id)
+            .order_by(sa.func.coalesce(snapshots.c.frozen_at, snapshots.c.created_at).desc())
+            .limit(1)
         ).first()
     return None if row is None else str(row.id)
 
