@@ -24,9 +24,10 @@ Recipes:
         [--noise clean,noisy] [--recipes today,strong,...] [--work DIR] [--plot PNG]
 
 Each cell's result is saved as it finishes (`--work`/results.json): a rerun continues where
-an interrupted one stopped. Prints the table and the pretraining cost, draws the plot
-(`--plot`, default bench/out/sample_efficiency.png), checks the issue's targets (exit 1 when
-one fails) and writes bench/out/sample_efficiency.json.
+an interrupted one stopped (`--report-only` trains nothing and reports the cells done).
+Prints the table and the pretraining cost, draws the plot (`--plot`, default
+bench/out/sample_efficiency.png), checks the issue's targets (exit 1 when one fails) and
+writes bench/out/sample_efficiency.json.
 """
 
 from __future__ import annotations
@@ -115,6 +116,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--labels", default="all,300,1000,100", help="run in this order")
     parser.add_argument("--noise", default="clean,noisy")
     parser.add_argument("--recipes", default=",".join(RECIPES))
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="print the table and draw the plot of the cells done so far; train nothing",
+    )
     parser.add_argument("--pool", type=int, default=10_000, help="labelled sprites at 'all'")
     parser.add_argument("--min-positives", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)
@@ -415,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     def save() -> None:
         results_path.write_text(json.dumps(results, indent=1, default=float) + "\n")
 
-    for noise in noises:
+    for noise in noises if not args.report_only else []:
         for n in counts:
             run_cell(
                 args,
