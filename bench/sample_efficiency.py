@@ -464,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         counts,
         sizes,
         recipes,
-        rate,
+        held.positives / len(held),  # a random scorer's PR-AUC on the holdout
         f"{concept.description} (holdout rate {held.positives / len(held):.3f})",
     )
     print(f"plot: {args.plot}")
