@@ -302,11 +302,7 @@ def _snapshot(
         # Freezing the same data again (say, after switching `balance` back) makes it the one
         # `train` takes next, not whichever snapshot happened to be created last.
         with catalog.write() as conn:
-            conn.execute(
-                snapshots.update()
-                .where(snapshots.c.id == report.snapshot_id)
-                .values(frozen_at=utcnow())
-            )
+            _mark_frozen(conn, report.snapshot_id)
         return
     manifest = {
         "id": report.snapshot_id,
@@ -345,11 +341,11 @@ def _snapshot(
                 )
             )
         else:  # its folder had gone and is written again
-            conn.execute(
-                snapshots.update()
-                .where(snapshots.c.id == report.snapshot_id)
-                .values(frozen_at=utcnow())
-            )
+            _mark_frozen(conn, report.snapshot_id)
+
+
+def _mark_frozen(conn: sa.Connection, snapshot_id: str) -> None:
+    conn.execute(snapshots.update().where(snapshots.c.id == snapshot_id).values(frozen_at=utcnow()))
 
 
 def _write_dataset(
