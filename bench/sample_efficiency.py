@@ -457,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         figures["pretrain_60k_minutes"] = round(minutes_60k, 1)
     print(f"an unchanged corpus: {figures['pretrain_unchanged_s']} s")
+    held_rate = held.positives / len(held)
     plot(
         args.plot,
         results,
@@ -464,8 +465,8 @@ def main(argv: list[str] | None = None) -> int:
         counts,
         sizes,
         recipes,
-        held.positives / len(held),  # a random scorer's PR-AUC on the holdout
-        f"{concept.description} (holdout rate {held.positives / len(held):.3f})",
+        held_rate,  # a random scorer's PR-AUC on the holdout
+        f"{concept.description} (holdout rate {held_rate:.3f})",
     )
     print(f"plot: {args.plot}")
 
