@@ -155,6 +155,28 @@ label_errors = sa.Table(
     sa.Index("ix_label_errors_image_id", "image_id"),
 )
 
+# One LLM request and what it cost (Ollama's own counters), answered or not: the budget is
+# counted in calls, and reports turn these into tokens and GPU-seconds per sprite and per
+# positive found. `sprites`: how many sprites the request showed (a screening sheet, many).
+llm_calls = sa.Table(
+    "llm_calls",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("run_id", sa.String(36)),
+    sa.Column("purpose", sa.String(16), nullable=False),  # label, confirm, screen
+    sa.Column("selection", sa.String(32)),  # the budget part that asked
+    sa.Column("image_id", sa.Integer),  # the sprite, for a single-sprite call
+    sa.Column("sprites", sa.Integer, nullable=False),
+    sa.Column("image_px", sa.Integer),  # width x height of the image sent
+    sa.Column("prompt_tokens", sa.Integer),  # prompt_eval_count: image + text tokens
+    sa.Column("eval_tokens", sa.Integer),  # eval_count
+    sa.Column("duration_ms", sa.Float),  # total_duration: the host's time (GPU-seconds)
+    sa.Column("host", sa.String(200)),
+    sa.Column("ok", sa.Boolean, nullable=False),  # an answer came back (parseable or not)
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_llm_calls_run_id", "run_id"),
+)
+
 # A frozen dataset version: which labels (rubric, labelers) at which base rate, where on disk.
 snapshots = sa.Table(
     "snapshots",

@@ -39,6 +39,17 @@ class NoHostError(RuntimeError):
         self.tried = tried
 
 
+@dataclass(frozen=True)
+class CallCost:
+    """One request to a host and what it cost, by Ollama's own counters (None: no answer)."""
+
+    host: str
+    ok: bool
+    duration_ms: float
+    prompt_tokens: int | None = None
+    eval_tokens: int | None = None
+
+
 @dataclass
 class Job:
     image_id: int
@@ -47,6 +58,7 @@ class Job:
     host_failures: int = 0  # host or server errors so far
     bad_replies: int = 0  # unparseable or invalid answers so far
     last_error: tuple[str, str, str] = ("", "", "")  # kind, detail, raw
+    calls: list[CallCost] = field(default_factory=list)  # every request made for it
 
 
 @dataclass(frozen=True)
@@ -59,6 +71,14 @@ class Outcome:
     raw: str
     latency_ms: float
     host: str
+    calls: tuple[CallCost, ...] = ()
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    """Width and height from a PNG's header (0, 0 if it is not a PNG)."""
+    if png[:8] != b"\x89PNG\r\n\x1a\n" or len(png) < 24:
+        return 0, 0
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
 
 
 @dataclass
@@ -184,8 +204,10 @@ class OllamaLabeler:
         seed = cfg.seed + job.sample + 1000 * job.bad_replies
         temperature = 0.0 if cfg.samples == 1 else cfg.sample_temperature
         try:
-            raw = await self._chat(host, job.png, seed, temperature)
+            raw, cost = await self._chat(host, job.png, seed, temperature)
         except _HostFailure as failure:
+            elapsed = (time.perf_counter() - started) * 1000
+            job.calls.append(CallCost(host.url, False, elapsed))
             host.errors[failure.kind] += 1
             host.failures += 1
             if host.failures >= cfg.breaker_failures:
@@ -196,6 +218,7 @@ class OllamaLabeler:
                 return self._error(job, host, started)
             await asyncio.sleep(cfg.backoff_s * 2 ** (job.host_failures - 1))
             return job
+        job.calls.append(cost)
         host.failures = 0
         host.served += 1
         try:
@@ -207,14 +230,18 @@ class OllamaLabeler:
                 return self._error(job, host, started)
             return job
         latency = (time.perf_counter() - started) * 1000
-        return Outcome(job.image_id, job.sample, answer, None, "", raw, latency, host.url)
+        calls = tuple(job.calls)
+        return Outcome(job.image_id, job.sample, answer, None, "", raw, latency, host.url, calls)
 
     def _error(self, job: Job, host: Host, started: float) -> Outcome:
         kind, detail, raw = job.last_error
         latency = (time.perf_counter() - started) * 1000
-        return Outcome(job.image_id, job.sample, None, kind, detail, raw, latency, host.url)
+        calls = tuple(job.calls)
+        return Outcome(job.image_id, job.sample, None, kind, detail, raw, latency, host.url, calls)
 
-    async def _chat(self, host: Host, png: bytes, seed: int, temperature: float) -> str:
+    async def _chat(
+        self, host: Host, png: bytes, seed: int, temperature: float
+    ) -> tuple[str, CallCost]:
         messages: list[dict[str, Any]] = [
             {"role": "system", "content": self.rubric.policy},
             {"role": "user", "content": self.rubric.instructions, "images": [png]},
@@ -234,4 +261,11 @@ class OllamaLabeler:
             raise _HostFailure("timeout", repr(exc)) from None
         except (ConnectionError, httpx.HTTPError) as exc:
             raise _HostFailure("connection", f"{type(exc).__name__}: {exc}") from None
-        return str(response.message.content or "")
+        cost = CallCost(
+            host.url,
+            True,
+            (response.total_duration or 0) / 1e6,
+            response.prompt_eval_count,
+            response.eval_count,
+        )
+        return str(response.message.content or ""), cost

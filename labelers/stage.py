@@ -24,7 +24,8 @@ import sqlalchemy as sa
 
 from corpus.blobs import BlobStore
 from corpus.canonical import from_bytes
-from corpus.catalog import Catalog, images, label_errors, labels, recorded, utcnow
+from corpus.catalog import Catalog, images, label_errors, labels, llm_calls, recorded, utcnow
+from labelers.cost import call_rows, run_cost
 from labelers.ollama import Job, OllamaLabeler, Outcome
 from labelers.rubric import Rubric, load_rubric
 from labelers.teacher import TeacherModel
@@ -46,6 +47,7 @@ class LabelReport:
     skipped_done: int = 0  # candidates already labelled for this key
     errors: Counter[str] = field(default_factory=Counter)
     teacher_scored: int = 0  # pre-screen labels written on the way
+    cost: dict[str, Any] = field(default_factory=dict)  # labelers.cost.run_cost
     seconds: float = 0.0
     status: str = "running"
 
@@ -61,6 +63,7 @@ class LabelReport:
             "skipped_done": self.skipped_done,
             "errors": dict(self.errors),
             "teacher_scored": self.teacher_scored,
+            "cost": self.cost,
             "seconds": round(self.seconds, 3),
             "per_s": round(self.labelled / self.seconds, 2) if self.seconds else None,
             "status": self.status,
@@ -254,7 +257,10 @@ def label(
             _label_teacher(catalog, blobs, settings, budget, report, progress)
         else:
             rubric = load_rubric(settings.label.rubric)
-            _label_ollama(catalog, blobs, settings, rubric, budget, report, progress)
+            try:
+                _label_ollama(catalog, blobs, settings, rubric, budget, report, progress)
+            finally:  # what was spent is reported even when the run is cut short
+                report.cost = run_cost(catalog, [report.run_id], settings.snapshot.positive)
     return report
 
 
@@ -328,24 +334,31 @@ def ask_llm(
     chosen: dict[int, str],
     report: LabelReport,
     progress: Progress | None = None,
+    *,
+    purpose: str = "label",
+    samples: int | None = None,
 ) -> None:
     """Label the `chosen` images (id -> selection reason) with the connected LLM: every
-    missing self-consistency sample, stored in batches; errors recorded, never guessed."""
+    missing self-consistency sample (0 .. `samples` - 1, by default ollama.samples), stored in
+    batches with what each call cost; errors recorded, never guessed."""
     cfg = settings.ollama
+    n_samples = cfg.samples if samples is None else samples
     keys = _blob_keys(catalog, list(chosen))
     # Resume: samples an interrupted run already stored are not asked again.
     have = _samples_done(catalog, _key("ollama", digest, rubric.version), list(chosen))
     jobs: list[Job] = []
+    views: dict[int, bytes] = {}
     for image_id in chosen:
-        view = llm_view(blobs.get(keys[image_id]), settings)
-        missing = [s for s in range(cfg.samples) if s not in have.get(image_id, set())]
-        jobs.extend(Job(image_id, view, sample) for sample in missing)
+        missing = [s for s in range(n_samples) if s not in have.get(image_id, set())]
+        if missing:
+            views[image_id] = llm_view(blobs.get(keys[image_id]), settings)
+        jobs.extend(Job(image_id, views[image_id], sample) for sample in missing)
     buffer: list[Outcome] = []
     total = len(jobs)
     done = 0
 
     def flush() -> None:
-        label_rows, error_rows = [], []
+        label_rows, error_rows, cost_rows = [], [], []
         now = utcnow()
         common = {
             "model": cfg.model,
@@ -355,6 +368,15 @@ def ask_llm(
             "run_id": report.run_id,
         }
         for out in buffer:
+            cost_rows += call_rows(
+                out.calls,
+                run_id=report.run_id,
+                purpose=purpose,
+                selection=chosen[out.image_id],
+                image_id=out.image_id,
+                sprites=1,
+                png=views[out.image_id],
+            )
             if out.answer is None:
                 report.errors[out.error_kind or "error"] += 1
                 error_rows.append(
@@ -391,6 +413,8 @@ def ask_llm(
                 conn.execute(labels.insert(), label_rows)
             if error_rows:
                 conn.execute(label_errors.insert(), error_rows)
+            if cost_rows:
+                conn.execute(llm_calls.insert(), cost_rows)
         buffer.clear()
 
     def on_outcome(outcome: Outcome) -> None:

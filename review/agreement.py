@@ -49,9 +49,7 @@ def agreement(
     catalog: Catalog, settings: Settings, model_id: str | None, threshold: float
 ) -> AgreementReport:
     rubric = load_rubric(settings.label.rubric)
-    positive = {"explicit"} | (
-        {"suggestive"} if settings.snapshot.suggestive_is_positive else set()
-    )
+    positive = settings.snapshot.positive
     votes: dict[str, dict[int, bool]] = defaultdict(dict)
     rows: dict[int, list[LabelRow]] = defaultdict(list)
     with catalog.read() as conn:

@@ -71,7 +71,7 @@ def mine(catalog: Catalog, settings: Settings, model_id: str, threshold: float) 
     with recorded(catalog, report):
         rubric = load_rubric(settings.label.rubric)
         suggestive = settings.snapshot.suggestive_is_positive
-        positive = {"explicit"} | ({"suggestive"} if suggestive else set())
+        positive = settings.snapshot.positive
         by_image: dict[int, _Image] = defaultdict(_Image)
         with catalog.read() as conn:
             for row in conn.execute(sa.select(labels).order_by(labels.c.id)):

@@ -93,9 +93,7 @@ def verify_positives(
         ask_llm(catalog, blobs, settings, llm, rubric, digest, chosen, inner)
         report.labelled, report.errors = inner.labelled, dict(inner.errors)
 
-        positive = {"explicit"} | (
-            {"suggestive"} if settings.snapshot.suggestive_is_positive else set()
-        )
+        positive = settings.snapshot.positive
         score_of = {r.image_id: float(r.score) for r in scored}
         with catalog.read() as conn:
             rows = conn.execute(

@@ -255,6 +255,7 @@ def label_command(
 ) -> None:
     """Label candidates within a budget (audit sample + likely positives + uncertain)."""
     from corpus.workspace import open_workspace
+    from labelers.cost import cost_line
     from labelers.ollama import NoHostError
     from labelers.stage import label
 
@@ -301,6 +302,8 @@ def label_command(
         f"({rate:.1f}/s), selected {dict(report.selected)}, {report.skipped_done} already done, "
         f"errors {dict(report.errors) or 0}, teacher pre-screen {report.teacher_scored}"
     )
+    if report.cost:
+        out.print(f"cost: {cost_line(report.cost)}", markup=False)
 
 
 @app.command("snapshot")

@@ -139,6 +139,14 @@ class SnapshotSettings(BaseModel):
 
     # The binary target: explicit is always positive; suggestive counts when this is true.
     suggestive_is_positive: bool = False
+
+    @property
+    def positive(self) -> frozenset[str]:
+        """The categories that count as the positive class."""
+        return frozenset(
+            {"explicit", "suggestive"} if self.suggestive_is_positive else {"explicit"}
+        )
+
     # The weakest label a snapshot accepts: human > llm > teacher (photo-trained pre-screen).
     min_label_source: Literal["human", "llm", "teacher"] = "llm"
     min_agreement: float = Field(2 / 3, gt=0, le=1, description="LLM votes needed, as a share")

@@ -967,11 +967,19 @@ def _stats(
         "done_reason": "stop",
         "total_duration": max(1, int((now - started) * 1e9)),
         "load_duration": max(1, int((admitted - started) * 1e9)),
-        "prompt_eval_count": max(1, text // 4) + 256 * len(images),
+        "prompt_eval_count": max(1, text // 4) + sum(_image_tokens(i) for i in images),
         "prompt_eval_duration": eval_ns // 4,
         "eval_count": max(1, len(content) // 4),
         "eval_duration": eval_ns - eval_ns // 4,
     }
+
+
+def _image_tokens(data: bytes) -> int:
+    """Qwen2.5-VL's rule: one token per 28x28 pixels (256 for an image it cannot size)."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+        width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        return max(1, -(-width // 28) * -(-height // 28))
+    return 256
 
 
 def _is_image(data: bytes) -> bool:

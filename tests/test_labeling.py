@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 
-from corpus.catalog import label_errors, labels
+from corpus.catalog import label_errors, labels, llm_calls
 from corpus.ingest import ingest
 from corpus.sources import parse_source
 from corpus.workspace import Workspace, open_workspace
@@ -217,6 +217,30 @@ def test_ollama_stage_labels_within_budget_and_never_twice(corpus: Settings) -> 
         assert len({r.image_id for r in rows}) == len(rows) == 23  # each image once
         assert sum(r.category == "explicit" for r in rows) == 4  # the red ones
         assert errors and all(e.kind == "not_json" and "green" in e.raw for e in errors)
+        ws.close()
+
+
+def test_every_call_records_its_cost(corpus: Settings) -> None:
+    with FakeOllama({MODEL: "sha256:" + "05" * 32}, responder=reddish) as server:
+        settings = corpus.model_copy(update={"ollama": ollama_settings(server.url)})
+        ws = open_workspace(settings)
+        server.fail_next(1)  # a failed request is a call too
+        report = label(ws.catalog, ws.blobs, settings, budget=24)
+        with ws.catalog.read() as conn:
+            calls = conn.execute(sa.select(llm_calls)).all()
+        assert len(calls) == server.chat_count == report.cost["calls"]
+        assert sum(not c.ok for c in calls) == 1
+        # The unreadable green sprite was asked twice (one retry), then recorded as an error.
+        assert report.errors == {"not_json": 1}
+        assert report.cost["calls"] == report.labelled + 2 + 1
+        answered = [c for c in calls if c.ok]
+        # The fake host counts image tokens like Qwen2.5-VL: one per 28x28 pixels.
+        assert all(c.prompt_tokens > c.image_px // 784 > 0 for c in answered)
+        assert all(c.eval_tokens > 0 for c in answered)
+        assert all(c.duration_ms > 0 and c.sprites == 1 for c in calls)
+        assert report.cost["positives_found"] == 4  # the red ones
+        assert report.cost["positives_per_100_calls"] == round(400 / report.cost["calls"], 2)
+        assert report.cost["per_positive"]["calls"] == round(report.cost["calls"] / 4, 3)
         ws.close()
 
 

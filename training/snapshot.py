@@ -176,7 +176,7 @@ def _load(
 
 
 def estimate_base_rate(
-    candidates: list[_Candidate], positive: set[str], configured: float | None
+    candidates: list[_Candidate], positive: frozenset[str], configured: float | None
 ) -> tuple[float, str, int]:
     """(rate, where it came from, audited): configured, else the uniform audit sample (with
     add-one smoothing so a sample without positives does not claim 0), else the labelled
@@ -223,7 +223,7 @@ def _snapshot(
             f"{undeduped} labelled images are not deduped yet, so their near-duplicates "
             "are unknown and could leak across splits: run `spritesafe dedupe` first"
         )
-    positive = {"explicit"} | ({"suggestive"} if config.suggestive_is_positive else set())
+    positive = config.positive
     min_rank = SOURCE_RANK[config.min_label_source]
     kept: list[_Candidate] = []
     for cand in candidates:
@@ -352,7 +352,7 @@ def _write_dataset(
     path: Path,
     kept: list[_Candidate],
     split_of: dict[int, str],
-    positive: set[str],
+    positive: frozenset[str],
     blobs: BlobStore,
     manifest: dict[str, Any],
 ) -> None:
