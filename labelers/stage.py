@@ -1,10 +1,11 @@
 """The label stage: budgeted, resumable labelling of candidates, appended to the catalog.
 
-Budget (the base-rate problem: NSFW is rare, so a uniform sample wastes the LLM): of N calls,
-`audit_share` go to a uniform random sample of unlabelled candidates (flagged `audit`, for
-unbiased base-rate estimates); the rest go half to the candidates most likely positive and
-half to the most uncertain, by the best score available (the teacher's P(nsfw); the teacher
-first pre-screens a random pool of `teacher_pool` x budget candidates it has not scored).
+Budget (the base-rate problem: NSFW is rare, so a uniform sample wastes the LLM): N calls
+split by labelers.budget into a uniform audit sample (unbiased base rates), a little uniform
+exploration, and a steered part: the top scores and the scores nearest the threshold of the
+promoted model's out-of-sample scores once a model is promoted (the model proposes, the LLM
+verifies), else of the teacher's P(nsfw) on a random pool of `teacher_pool` x budget
+candidates it pre-screens. Every label keeps its selection, so each part's yield is known.
 Idempotent: an image labelled for (labeler, model digest, rubric version) is not sent again,
 and labels are committed in batches, so a killed run loses at most one batch.
 """
@@ -16,7 +17,8 @@ import hashlib
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +26,19 @@ import sqlalchemy as sa
 
 from corpus.blobs import BlobStore
 from corpus.canonical import from_bytes
-from corpus.catalog import Catalog, images, label_errors, labels, llm_calls, recorded, utcnow
+from corpus.catalog import (
+    Catalog,
+    images,
+    label_errors,
+    labels,
+    llm_calls,
+    model_scores,
+    models,
+    recorded,
+    utcnow,
+)
+from export.stage import ExportError, promoted_model
+from labelers.budget import Plan, plan_budget
 from labelers.cost import call_rows, run_cost
 from labelers.ollama import Job, OllamaLabeler, Outcome
 from labelers.rubric import Rubric, load_rubric
@@ -47,6 +61,7 @@ class LabelReport:
     skipped_done: int = 0  # candidates already labelled for this key
     errors: Counter[str] = field(default_factory=Counter)
     teacher_scored: int = 0  # pre-screen labels written on the way
+    steered_by: str = ""  # what ranked the steered part: "model <id>" or "teacher"
     cost: dict[str, Any] = field(default_factory=dict)  # labelers.cost.run_cost
     seconds: float = 0.0
     status: str = "running"
@@ -63,6 +78,7 @@ class LabelReport:
             "skipped_done": self.skipped_done,
             "errors": dict(self.errors),
             "teacher_scored": self.teacher_scored,
+            "steered_by": self.steered_by,
             "cost": self.cost,
             "seconds": round(self.seconds, 3),
             "per_s": round(self.labelled / self.seconds, 2) if self.seconds else None,
@@ -206,40 +222,6 @@ def run_teacher(
     return written
 
 
-def select_budget(
-    pending: list[int], budget: int, audit_share: float, scores: dict[int, float], seed: int
-) -> dict[int, str]:
-    """image id -> selection reason, at most `budget` of them."""
-    rng = np.random.default_rng(seed)
-    budget = min(budget, len(pending))
-    n_audit = round(budget * audit_share)
-    order = rng.permutation(len(pending))
-    chosen = {pending[i]: "audit" for i in order[:n_audit]}
-    rest = [i for i in pending if i not in chosen and i in scores]
-    left = budget - len(chosen)
-    by_score = sorted(rest, key=lambda i: -scores[i])
-    by_doubt = sorted(rest, key=lambda i: abs(scores[i] - 0.5))
-    take_top, take_doubt = (left + 1) // 2, left // 2
-    for image_id in by_score:
-        if take_top == 0:
-            break
-        if image_id not in chosen:
-            chosen[image_id] = "likely_positive"
-            take_top -= 1
-    for image_id in by_doubt:
-        if take_doubt == 0:
-            break
-        if image_id not in chosen:
-            chosen[image_id] = "uncertain"
-            take_doubt -= 1
-    # Not enough scored candidates: fill with random ones so the budget is spent.
-    for i in order[n_audit:]:
-        if len(chosen) >= budget:
-            break
-        chosen.setdefault(pending[i], "random")
-    return chosen
-
-
 def label(
     catalog: Catalog,
     blobs: BlobStore,
@@ -288,6 +270,47 @@ def _label_teacher(
     )
 
 
+def clusters_of(catalog: Catalog, ids: list[int]) -> dict[int, int]:
+    """image id -> its near-duplicate cluster (ids not yet deduplicated are left out)."""
+    found: dict[int, int] = {}
+    with catalog.read() as conn:
+        for start in range(0, len(ids), 500):
+            rows = conn.execute(
+                sa.select(images.c.id, images.c.cluster_id).where(
+                    images.c.id.in_(ids[start : start + 500])
+                )
+            )
+            found.update({r.id: r.cluster_id for r in rows if r.cluster_id is not None})
+    return found
+
+
+def _promoted(settings: Settings) -> Path | None:
+    try:
+        return promoted_model(settings)
+    except ExportError:
+        return None
+
+
+def model_ranking(
+    catalog: Catalog, blobs: BlobStore, settings: Settings, model: Path
+) -> tuple[str, float, dict[int, float]]:
+    """The promoted model's id, threshold and out-of-sample scores of every candidate (scored
+    now where it has not scored them yet)."""
+    from review.scores import score_catalog  # onnxruntime: only when a model exists
+
+    scored = score_catalog(catalog, blobs, settings, model)
+    with catalog.read() as conn:
+        rows = conn.execute(
+            sa.select(model_scores.c.image_id, model_scores.c.score).where(
+                model_scores.c.model_id == scored.model_id, model_scores.c.out_of_sample
+            )
+        ).all()
+        threshold = conn.execute(
+            sa.select(models.c.threshold).where(models.c.id == scored.model_id)
+        ).scalar()
+    return scored.model_id, float(0.5 if threshold is None else threshold), dict(rows)  # type: ignore[arg-type]
+
+
 def _label_ollama(
     catalog: Catalog,
     blobs: BlobStore,
@@ -297,29 +320,36 @@ def _label_ollama(
     report: LabelReport,
     progress: Progress | None,
 ) -> None:
-    cfg = settings.ollama
+    cfg, config = settings.ollama, settings.label
     llm = OllamaLabeler(cfg, rubric)
     digest = asyncio.run(llm.connect())
     report.model, report.model_digest, report.rubric_version = cfg.model, digest, rubric.version
     pending, report.skipped_done = _pending(catalog, "ollama", digest, rubric.version, cfg.samples)
     if not pending or budget == 0:
         return
-    # Pre-screen: the teacher scores a random pool it has not scored yet.
-    teacher = TeacherModel()
-    rng = np.random.default_rng(_seed(report.run_id))
-    pool = [
-        pending[i] for i in rng.permutation(len(pending))[: budget * settings.label.teacher_pool]
-    ]
-    scores = _teacher_scores(catalog, teacher.digest, pool)
-    unscored = [i for i in pool if i not in scores]
-    if unscored:
-        report.teacher_scored = run_teacher(
-            catalog, blobs, settings, teacher, unscored, report.run_id, "prescreen"
-        )
-        scores.update(_teacher_scores(catalog, teacher.digest, unscored))
-    chosen = select_budget(
-        pending, budget, settings.label.audit_share, scores, _seed(report.run_id)
-    )
+    seed = _seed(report.run_id)
+    plan = Plan(config.audit_share, config.explore_share, config.near_share, config.per_cluster)
+    model = _promoted(settings)
+    if model is not None:
+        # The model proposes, the LLM verifies: rank by its out-of-sample scores.
+        model_id, threshold, scores = model_ranking(catalog, blobs, settings, model)
+        report.steered_by = f"model {model_id}"
+        plan = replace(plan, threshold=threshold)
+    else:
+        # No model yet: the teacher pre-screens a random pool it has not scored.
+        teacher = TeacherModel()
+        rng = np.random.default_rng(seed)
+        pool = [pending[i] for i in rng.permutation(len(pending))[: budget * config.teacher_pool]]
+        scores = _teacher_scores(catalog, teacher.digest, pool)
+        unscored = [i for i in pool if i not in scores]
+        if unscored:
+            report.teacher_scored = run_teacher(
+                catalog, blobs, settings, teacher, unscored, report.run_id, "prescreen"
+            )
+            scores.update(_teacher_scores(catalog, teacher.digest, unscored))
+        report.steered_by = "teacher"
+        plan = replace(plan, top_name="teacher_top", near_name="teacher_near")
+    chosen = plan_budget(pending, budget, scores, clusters_of(catalog, pending), plan, seed)
     report.selected.update(chosen.values())
     ask_llm(catalog, blobs, settings, llm, rubric, digest, chosen, report, progress)
 

@@ -27,10 +27,11 @@ from corpus.catalog import (
     utcnow,
 )
 from export.classify import Classifier
+from labelers.budget import Plan, plan_budget
 from labelers.effective import LLM, LabelRow, effective_label
 from labelers.ollama import OllamaLabeler
 from labelers.rubric import load_rubric
-from labelers.stage import LabelReport, ask_llm
+from labelers.stage import LabelReport, ask_llm, clusters_of
 from review.scores import score_catalog
 from spritesafe.config import Settings
 
@@ -78,14 +79,11 @@ def verify_positives(
                 .where(model_scores.c.model_id == clf.model_id)
                 .where(model_scores.c.image_id.not_in(asked_before))
             ).all()
-        by_score = sorted(scored, key=lambda r: (-r.score, r.image_id))
-        n_near = round(budget * near_share)
-        chosen = {r.image_id: "model_top" for r in by_score[: budget - n_near]}
-        near = sorted(
-            (r for r in scored if r.image_id not in chosen),
-            key=lambda r: (abs(r.score - clf.threshold), r.image_id),
+        scores = {r.image_id: float(r.score) for r in scored}
+        plan = Plan(0.0, 0.0, near_share, settings.label.per_cluster, clf.threshold)
+        chosen = plan_budget(
+            sorted(scores), budget, scores, clusters_of(catalog, sorted(scores)), plan, seed=0
         )
-        chosen.update({r.image_id: "model_near" for r in near[:n_near]})
         report.asked = {
             s: sum(1 for v in chosen.values() if v == s) for s in ("model_top", "model_near")
         }
@@ -94,7 +92,6 @@ def verify_positives(
         report.labelled, report.errors = inner.labelled, dict(inner.errors)
 
         positive = settings.snapshot.positive
-        score_of = {r.image_id: float(r.score) for r in scored}
         with catalog.read() as conn:
             rows = conn.execute(
                 sa.select(labels)
@@ -112,7 +109,7 @@ def verify_positives(
             verdict = effective_label(image_votes, rubric_version=rubric.version)
             if verdict.uncertain or verdict.category is None:
                 continue
-            model_pos = score_of[image_id] >= clf.threshold
+            model_pos = scores[image_id] >= clf.threshold
             llm_pos = verdict.category in positive
             report.model_positives += model_pos
             report.confirmed += model_pos and llm_pos
@@ -121,9 +118,9 @@ def verify_positives(
                     {
                         "image_id": image_id,
                         "reason": "llm_vs_model",
-                        "priority": abs(score_of[image_id] - clf.threshold),
+                        "priority": abs(scores[image_id] - clf.threshold),
                         "detail": {
-                            "model": score_of[image_id],
+                            "model": scores[image_id],
                             "llm": verdict.category,
                             "selection": chosen[image_id],
                         },

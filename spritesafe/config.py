@@ -129,6 +129,12 @@ class LabelSettings(BaseModel):
     labeler: Literal["ollama", "teacher"] = "ollama"
     budget: int = Field(500, ge=0, description="labelling calls per run")
     audit_share: float = Field(0.2, ge=0, le=1, description="uniform sample, for base rates")
+    # The rest of the budget is steered by the promoted model (else the teacher): a small
+    # uniform exploration share, then the top scores and, `near_share` of them, the scores
+    # nearest the threshold; at most `per_cluster` picks of one near-duplicate cluster.
+    explore_share: float = Field(0.05, ge=0, le=1, description="uniform, labelled explore")
+    near_share: float = Field(0.25, ge=0, le=1, description="of the steered part")
+    per_cluster: int = Field(2, ge=1, description="steered picks per near-duplicate cluster")
     batch_size: int = Field(32, gt=0, description="labels committed per transaction")
     teacher_pool: int = Field(10, ge=1, description="teacher pre-screens budget x this")
     rubric: Path | None = Field(None, description="rubric TOML; default labelers/rubrics")

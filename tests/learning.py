@@ -104,9 +104,11 @@ def colour_responder(info: ChatRequestInfo) -> str:
     return json.dumps({"category": category, "scores": scores, "rationale": "test"})
 
 
-def coloured_corpus(tmp_path: Path, positives: int, negatives: int, grey: int = 0) -> Path:
+def coloured_corpus(
+    tmp_path: Path, positives: int, negatives: int, grey: int = 0, seed: int = 7
+) -> Path:
     """Sprites with near-duplicate variants (one pixel changed) so clusters have members."""
-    rng = np.random.default_rng(7)
+    rng = np.random.default_rng(seed)
     folder = tmp_path / "sprites"
     folder.mkdir()
     kinds = ["red"] * positives + ["grey"] * grey + ["plain"] * negatives

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +18,10 @@ from corpus.catalog import label_errors, labels, llm_calls
 from corpus.ingest import ingest
 from corpus.sources import parse_source
 from corpus.workspace import Workspace, open_workspace
+from labelers.budget import Plan, plan_budget
 from labelers.ollama import Job, NoHostError, OllamaLabeler
 from labelers.rubric import load_rubric
-from labelers.stage import label, select_budget
+from labelers.stage import label
 from spritesafe.config import OllamaSettings, Settings, load_settings
 from tests.helpers import png, sprite
 from tests.ollama_server import ChatRequestInfo, FakeOllama
@@ -141,19 +143,27 @@ def test_no_host_says_what_to_do() -> None:
     assert "ollama pull" in message and "--labeler teacher" in message
 
 
-def test_budget_selection() -> None:
+def test_budget_plan() -> None:
     pending = list(range(100))
-    scores = {i: i / 100 for i in range(60)}  # 60 pre-screened, 40 not
-    chosen = select_budget(pending, 20, 0.2, scores, seed=1)
-    reasons = list(chosen.values())
-    assert len(chosen) == 20
-    assert reasons.count("audit") == 4
-    assert reasons.count("likely_positive") == 8 and reasons.count("uncertain") == 8
-    top = sorted((i for i, r in chosen.items() if r == "likely_positive"))
-    assert all(scores[i] >= 0.45 for i in top)
-    doubt = [i for i, r in chosen.items() if r == "uncertain"]
-    assert all(abs(scores[i] - 0.5) <= 0.15 for i in doubt)
-    assert len(select_budget(pending[:5], 20, 0.2, {}, seed=1)) == 5
+    scores = {i: i / 100 for i in range(60)}  # 60 scored, 40 not
+    clusters = {i: i // 4 for i in range(100)}  # near-duplicates in fours
+    plan = Plan(audit_share=0.2, explore_share=0.1, near_share=0.25, per_cluster=2)
+    chosen = plan_budget(pending, 20, scores, clusters, plan, seed=1)
+    reasons = Counter(chosen.values())
+    assert len(chosen) == 20 and reasons["audit"] == 4 and reasons["explore"] == 2
+    assert reasons["model_top"] == 10 and reasons["model_near"] == 4
+    top = [i for i, r in chosen.items() if r == "model_top"]
+    # The highest scores, but at most two of one cluster.
+    assert max(Counter(clusters[i] for i in top).values()) <= 2
+    assert all(scores[i] >= 0.4 for i in top)
+    near = [i for i, r in chosen.items() if r == "model_near"]
+    assert all(abs(scores[i] - 0.5) <= 0.2 for i in near)  # the nearest the caps allow
+    assert max(Counter(clusters[i] for i in top + near).values()) <= 2
+    # Deterministic for a seed; too few candidates: all of them.
+    assert plan_budget(pending, 20, scores, clusters, plan, seed=1) == chosen
+    assert len(plan_budget(pending[:5], 20, {}, {}, plan, seed=1)) == 5
+    # Nothing scored: the steered part is spent at random, still within the budget.
+    assert Counter(plan_budget(pending, 10, {}, {}, plan, seed=2).values())["random"] == 7
 
 
 @pytest.fixture

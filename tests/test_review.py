@@ -364,6 +364,53 @@ def test_verify_positives_asks_the_llm_about_the_models_picks(
     assert "ana" in agreed.reviewers
 
 
+def test_label_stage_is_steered_by_the_promoted_model(mined: Settings, tmp_path: Path) -> None:
+    from corpus.dedupe import dedupe
+    from corpus.ingest import ingest
+    from corpus.sources import parse_source
+    from labelers.stage import label
+
+    fresh = coloured_corpus(tmp_path, positives=10, negatives=30, seed=11)
+    clf = _model(mined)
+    with open_workspace(mined) as ws:
+        ingest(ws.catalog, ws.blobs, [parse_source(str(fresh), mined)], mined)
+        dedupe(ws.catalog, mined)
+        report = label(ws.catalog, ws.blobs, mined, budget=10)
+        assert report.steered_by == f"model {clf.model_id}" and report.teacher_scored == 0
+        assert report.selected == {"audit": 2, "model_top": 6, "model_near": 2}
+        with ws.catalog.read() as conn:
+            rows = conn.execute(
+                sa.select(labels.c.image_id, labels.c.selection).where(
+                    labels.c.run_id == report.run_id
+                )
+            ).all()
+            scores = dict(
+                conn.execute(
+                    sa.select(model_scores.c.image_id, model_scores.c.score).where(
+                        model_scores.c.model_id == clf.model_id, model_scores.c.out_of_sample
+                    )
+                ).all()
+            )
+    picked = {r.image_id: r.selection for r in rows}
+    top = [i for i, s in picked.items() if s == "model_top"]
+    # Nothing unasked outranks the model's picks, except what the LLM had labelled before
+    # or a third member of a cluster already picked twice.
+    floor = min(scores[i] for i in top)
+    unasked = [i for i in scores if i not in picked and scores[i] > floor]
+    assert all(_llm_labelled_before(mined, i) or _cluster_full(mined, i, top) for i in unasked)
+    assert report.cost["calls"] == 30 and report.cost["sprites_labelled"] == 10  # 3 samples
+    # The red sprites the model ranks on top are what the LLM confirms: positives found.
+    assert report.cost["positives_found"] >= 4
+
+
+def _cluster_full(settings: Settings, image_id: int, picked: list[int]) -> bool:
+    from labelers.stage import clusters_of
+
+    with open_workspace(settings) as ws:
+        clusters = clusters_of(ws.catalog, [image_id, *picked])
+    return sum(clusters[p] == clusters[image_id] for p in picked) >= settings.label.per_cluster
+
+
 def _llm_labelled_before(settings: Settings, image_id: int) -> bool:
     with open_workspace(settings) as ws, ws.catalog.read() as conn:
         return (
