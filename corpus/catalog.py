@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -175,6 +175,27 @@ llm_calls = sa.Table(
     sa.Column("ok", sa.Boolean, nullable=False),  # an answer came back (parseable or not)
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Index("ix_llm_calls_run_id", "run_id"),
+)
+
+# Group screening: a contact sheet of `grid` x `grid` sprites was shown in one call, and the
+# LLM flagged this sprite's cell or not. Not a label: flagged sprites are labelled one by one,
+# and a random share of unflagged ones too, so the screen's recall is measured.
+screenings = sa.Table(
+    "screenings",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("image_id", sa.Integer, sa.ForeignKey("images.id"), nullable=False),
+    sa.Column("sheet", sa.String(16), nullable=False),  # the sheet's id (hash of its sprites)
+    sa.Column("grid", sa.Integer, nullable=False),
+    sa.Column("cell", sa.Integer, nullable=False),  # 1-based, row by row
+    sa.Column("flagged", sa.Boolean, nullable=False),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("model_digest", sa.String(100), nullable=False),
+    sa.Column("version", sa.String(64), nullable=False),  # of the policy + screening text
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("run_id", sa.String(36)),
+    sa.Index("ix_screenings_image_id", "image_id"),
+    sa.Index("ix_screenings_key", "model_digest", "version", "grid"),
 )
 
 # A frozen dataset version: which labels (rubric, labelers) at which base rate, where on disk.
@@ -382,6 +403,19 @@ def recorded(catalog: Catalog, report: RunReport) -> Iterator[None]:
     finally:
         report.seconds = time.perf_counter() - started
         catalog.finish_run(report.run_id, report.status, report.as_dict())
+
+
+def image_column(catalog: Catalog, column: sa.Column[Any], ids: Iterable[int]) -> dict[int, Any]:
+    """image id -> one `images` column for `ids` (read in chunks; null values left out)."""
+    found: dict[int, Any] = {}
+    wanted = list(ids)
+    with catalog.read() as conn:
+        for start in range(0, len(wanted), 500):
+            rows = conn.execute(
+                sa.select(images.c.id, column).where(images.c.id.in_(wanted[start : start + 500]))
+            )
+            found.update({row[0]: row[1] for row in rows if row[1] is not None})
+    return found
 
 
 def migrate(engine: Engine, revision: str = "head") -> None:

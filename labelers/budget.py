@@ -33,6 +33,46 @@ class Plan:
     near_name: str = "model_near"
 
 
+def uniform_picks(pending: list[int], n_audit: int, n_explore: int, seed: int) -> dict[int, str]:
+    """`audit` and `explore` picks: a uniform random draw of the pending candidates."""
+    order = [pending[i] for i in np.random.default_rng(seed).permutation(len(pending))]
+    chosen = dict.fromkeys(order[:n_audit], "audit")
+    chosen |= dict.fromkeys(order[n_audit : n_audit + n_explore], "explore")
+    return chosen
+
+
+def steered_picks(
+    pool: list[int],
+    n: int,
+    scores: Mapping[int, float],
+    clusters: Mapping[int, int],
+    plan: Plan,
+    taken: Counter[int] | None = None,
+) -> dict[int, str]:
+    """`n` picks of the scored `pool`: the top scores, then (`near_share` of them) the nearest
+    the threshold; at most `per_cluster` per cluster, counting the clusters in `taken`."""
+    taken = Counter() if taken is None else taken
+    scored = [i for i in pool if i in scores]
+    chosen: dict[int, str] = {}
+
+    def take(ranked: list[int], k: int, reason: str) -> None:
+        for image_id in ranked:
+            if k == 0:
+                return
+            cluster = clusters.get(image_id, image_id)
+            if image_id in chosen or taken[cluster] >= plan.per_cluster:
+                continue
+            chosen[image_id] = reason
+            taken[cluster] += 1
+            k -= 1
+
+    n_near = round(n * plan.near_share)
+    take(sorted(scored, key=lambda i: (-scores[i], i)), n - n_near, plan.top_name)
+    near = sorted(scored, key=lambda i: (abs(scores[i] - plan.threshold), i))
+    take(near, n - len(chosen), plan.near_name)
+    return chosen
+
+
 def plan_budget(
     pending: list[int],
     budget: int,
@@ -41,34 +81,23 @@ def plan_budget(
     plan: Plan,
     seed: int,
 ) -> dict[int, str]:
-    """image id -> selection reason, at most `budget` of them, in the order chosen."""
-    rng = np.random.default_rng(seed)
+    """image id -> selection reason, at most `budget` of them: the uniform parts, the steered
+    part, and random picks for whatever the steered part could not fill."""
     budget = min(budget, len(pending))
-    order = [pending[i] for i in rng.permutation(len(pending))]
     n_audit = round(budget * plan.audit_share)
     n_explore = min(budget - n_audit, round(budget * plan.explore_share))
-    chosen = dict.fromkeys(order[:n_audit], "audit")
-    chosen |= dict.fromkeys(order[n_audit : n_audit + n_explore], "explore")
-    steered = budget - len(chosen)
-    n_near = round(steered * plan.near_share)
-    scored = [i for i in pending if i in scores and i not in chosen]
-    taken: Counter[int] = Counter()
+    chosen = uniform_picks(pending, n_audit, n_explore, seed)
+    pool = [i for i in pending if i not in chosen]
+    chosen |= steered_picks(pool, budget - len(chosen), scores, clusters, plan)
+    return fill_random(chosen, pending, budget, seed)
 
-    def take(ranked: list[int], n: int, reason: str) -> None:
-        for image_id in ranked:
-            if n == 0:
-                return
-            cluster = clusters.get(image_id, image_id)
-            if image_id in chosen or taken[cluster] >= plan.per_cluster:
-                continue
-            chosen[image_id] = reason
-            taken[cluster] += 1
-            n -= 1
 
-    take(sorted(scored, key=lambda i: (-scores[i], i)), steered - n_near, plan.top_name)
-    near = sorted(scored, key=lambda i: (abs(scores[i] - plan.threshold), i))
-    take(near, budget - len(chosen), plan.near_name)
-    for image_id in order:  # too few scored (or too few clusters): spend the rest at random
+def fill_random(
+    chosen: dict[int, str], pending: list[int], budget: int, seed: int
+) -> dict[int, str]:
+    """Top `chosen` up to `budget` with random pending candidates (`random`)."""
+    order = [pending[i] for i in np.random.default_rng(seed + 1).permutation(len(pending))]
+    for image_id in order:
         if len(chosen) >= budget:
             break
         chosen.setdefault(image_id, "random")

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import ollama
 
-from labelers.rubric import Answer, AnswerError, Rubric
+from labelers.rubric import AnswerError, Question, Rubric
 from spritesafe.config import OllamaSettings
 
 HOW_TO_START = (
@@ -59,13 +59,14 @@ class Job:
     bad_replies: int = 0  # unparseable or invalid answers so far
     last_error: tuple[str, str, str] = ("", "", "")  # kind, detail, raw
     calls: list[CallCost] = field(default_factory=list)  # every request made for it
+    temperature: float | None = None  # None: 0 for one sample, else sample_temperature
 
 
 @dataclass(frozen=True)
 class Outcome:
     image_id: int
     sample: int
-    answer: Answer | None
+    answer: Any  # the question's parsed answer (a rubric's: an Answer); None: an error
     error_kind: str | None
     detail: str
     raw: str
@@ -145,8 +146,13 @@ class OllamaLabeler:
         return self.digest
 
     async def label(
-        self, jobs: Sequence[Job], on_outcome: Callable[[Outcome], None] | None = None
+        self,
+        jobs: Sequence[Job],
+        on_outcome: Callable[[Outcome], None] | None = None,
+        question: Question | None = None,
     ) -> list[Outcome]:
+        """Ask `question` (default: the rubric's) about every job's image."""
+        asked = question or self.rubric
         if not self.hosts:
             await self.connect()
         for host in self.hosts:  # httpx clients belong to one event loop: new loop, new client
@@ -179,7 +185,7 @@ class OllamaLabeler:
                     job = await asyncio.wait_for(queue.get(), timeout=0.5)
                 except TimeoutError:
                     continue
-                result = await self._attempt(host, job)
+                result = await self._attempt(host, job, asked)
                 if isinstance(result, Outcome):
                     finish(result)
                 else:
@@ -198,13 +204,15 @@ class OllamaLabeler:
             await asyncio.gather(*workers, return_exceptions=True)
         return outcomes
 
-    async def _attempt(self, host: Host, job: Job) -> Outcome | Job:
+    async def _attempt(self, host: Host, job: Job, question: Question) -> Outcome | Job:
         cfg = self.settings
         started = time.perf_counter()
         seed = cfg.seed + job.sample + 1000 * job.bad_replies
-        temperature = 0.0 if cfg.samples == 1 else cfg.sample_temperature
+        temperature = job.temperature
+        if temperature is None:
+            temperature = 0.0 if cfg.samples == 1 else cfg.sample_temperature
         try:
-            raw, cost = await self._chat(host, job.png, seed, temperature)
+            raw, cost = await self._chat(host, question, job.png, seed, temperature)
         except _HostFailure as failure:
             elapsed = (time.perf_counter() - started) * 1000
             job.calls.append(CallCost(host.url, False, elapsed))
@@ -222,7 +230,7 @@ class OllamaLabeler:
         host.failures = 0
         host.served += 1
         try:
-            answer = self.rubric.parse(raw)
+            answer = question.parse(raw)
         except AnswerError as bad:
             job.bad_replies += 1
             job.last_error = (bad.kind, str(bad), raw)
@@ -240,17 +248,17 @@ class OllamaLabeler:
         return Outcome(job.image_id, job.sample, None, kind, detail, raw, latency, host.url, calls)
 
     async def _chat(
-        self, host: Host, png: bytes, seed: int, temperature: float
+        self, host: Host, question: Question, png: bytes, seed: int, temperature: float
     ) -> tuple[str, CallCost]:
         messages: list[dict[str, Any]] = [
-            {"role": "system", "content": self.rubric.policy},
-            {"role": "user", "content": self.rubric.instructions, "images": [png]},
+            {"role": "system", "content": question.policy},
+            {"role": "user", "content": question.instructions, "images": [png]},
         ]
         try:
             response = await host.client.chat(
                 model=self.model,
                 messages=messages,
-                format=self.rubric.schema,
+                format=question.schema,
                 options={"temperature": temperature, "seed": seed},
                 keep_alive=self.settings.keep_alive,
                 stream=False,

@@ -8,7 +8,7 @@ import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jsonschema
 
@@ -32,6 +32,40 @@ class Answer:
     rationale: str
 
 
+class Question(Protocol):
+    """What the labeler asks: system text, user text, the answer's JSON schema, a parser."""
+
+    @property
+    def policy(self) -> str: ...
+    @property
+    def instructions(self) -> str: ...
+    @property
+    def schema(self) -> dict[str, Any]: ...
+    def parse(self, text: str) -> Any: ...
+
+
+@dataclass(frozen=True)
+class ScreenQuestion:
+    """Which numbered cells of a sheet may be unsafe: the answer is the flagged cell numbers."""
+
+    policy: str
+    instructions: str
+    schema: dict[str, Any]
+    cells: int
+    version: str  # of the policy and the screening text: screenings are keyed by it
+    validator: Any = field(compare=False, repr=False, default=None)
+
+    def parse(self, text: str) -> list[int]:
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise AnswerError("not_json", str(exc), text) from None
+        error = jsonschema.exceptions.best_match(self.validator.iter_errors(data))
+        if error is not None:
+            raise AnswerError("invalid", error.message, text)
+        return sorted({int(n) for n in data["flagged"]})
+
+
 @dataclass(frozen=True)
 class Rubric:
     name: str
@@ -41,8 +75,41 @@ class Rubric:
     categories: tuple[str, ...]
     schema: dict[str, Any]
     path: Path
+    screen_instructions: str = ""  # with {cells}, {rows}, {cols}
     # Built once: jsonschema.validate() re-checks the schema itself on every call (~2.5 ms).
     validator: Any = field(compare=False, repr=False, default=None)
+
+    def screen(self, rows: int, cols: int) -> ScreenQuestion:
+        """The question for a sheet of rows x cols numbered cells."""
+        if not self.screen_instructions:
+            raise ValueError(f"rubric {self.path} has no screen_instructions")
+        cells = rows * cols
+        schema: dict[str, Any] = {
+            "type": "object",
+            "required": ["flagged"],
+            "properties": {
+                "flagged": {
+                    "type": "array",
+                    "items": {"type": "integer", "minimum": 1, "maximum": cells},
+                    "maxItems": cells,
+                }
+            },
+        }
+        text = self.screen_instructions.format(cells=cells, rows=rows, cols=cols)
+        return ScreenQuestion(
+            self.policy,
+            text,
+            schema,
+            cells,
+            self.screen_version,
+            jsonschema.Draft202012Validator(schema),
+        )
+
+    @property
+    def screen_version(self) -> str:
+        """Screenings are keyed by the policy and the screening text, not the whole file."""
+        text = f"{self.policy}\n{self.screen_instructions}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def parse(self, text: str) -> Answer:
         """Parse and validate a reply; never guesses: anything off raises AnswerError."""
@@ -84,5 +151,6 @@ def load_rubric(path: Path | None = None) -> Rubric:
         categories=categories,
         schema=schema,
         path=path,
+        screen_instructions=str(data.get("screen_instructions", "")).strip(),
         validator=jsonschema.Draft202012Validator(schema),
     )

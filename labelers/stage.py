@@ -28,6 +28,7 @@ from corpus.blobs import BlobStore
 from corpus.canonical import from_bytes
 from corpus.catalog import (
     Catalog,
+    image_column,
     images,
     label_errors,
     labels,
@@ -38,10 +39,11 @@ from corpus.catalog import (
     utcnow,
 )
 from export.stage import ExportError, promoted_model
-from labelers.budget import Plan, plan_budget
+from labelers.budget import Plan, fill_random, steered_picks, uniform_picks
 from labelers.cost import call_rows, run_cost
 from labelers.ollama import Job, OllamaLabeler, Outcome
 from labelers.rubric import Rubric, load_rubric
+from labelers.screen import grid_for, quality, screen, screened
 from labelers.teacher import TeacherModel
 from labelers.views import llm_view
 from spritesafe.config import Settings
@@ -62,6 +64,7 @@ class LabelReport:
     errors: Counter[str] = field(default_factory=Counter)
     teacher_scored: int = 0  # pre-screen labels written on the way
     steered_by: str = ""  # what ranked the steered part: "model <id>" or "teacher"
+    screen: dict[str, Any] = field(default_factory=dict)  # group screening, when used
     cost: dict[str, Any] = field(default_factory=dict)  # labelers.cost.run_cost
     seconds: float = 0.0
     status: str = "running"
@@ -79,6 +82,7 @@ class LabelReport:
             "errors": dict(self.errors),
             "teacher_scored": self.teacher_scored,
             "steered_by": self.steered_by,
+            "screen": self.screen,
             "cost": self.cost,
             "seconds": round(self.seconds, 3),
             "per_s": round(self.labelled / self.seconds, 2) if self.seconds else None,
@@ -141,18 +145,6 @@ def _pending(
     return list(todo), int(total) - len(todo)
 
 
-def _blob_keys(catalog: Catalog, ids: list[int]) -> dict[int, str]:
-    keys: dict[int, str] = {}
-    with catalog.read() as conn:
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            rows = conn.execute(
-                sa.select(images.c.id, images.c.blob_key).where(images.c.id.in_(chunk))
-            )
-            keys.update({row.id: row.blob_key for row in rows})
-    return keys
-
-
 def _teacher_scores(catalog: Catalog, digest: str, ids: list[int]) -> dict[int, float]:
     scores: dict[int, float] = {}
     with catalog.read() as conn:
@@ -179,7 +171,7 @@ def run_teacher(
     progress: Progress | None = None,
 ) -> int:
     """Score `ids` with the teacher and append its labels; returns how many were written."""
-    keys = _blob_keys(catalog, ids)
+    keys = image_column(catalog, images.c.blob_key, ids)
     canon = settings.canonical
     written = 0
     step = settings.label.batch_size * 4
@@ -272,16 +264,7 @@ def _label_teacher(
 
 def clusters_of(catalog: Catalog, ids: list[int]) -> dict[int, int]:
     """image id -> its near-duplicate cluster (ids not yet deduplicated are left out)."""
-    found: dict[int, int] = {}
-    with catalog.read() as conn:
-        for start in range(0, len(ids), 500):
-            rows = conn.execute(
-                sa.select(images.c.id, images.c.cluster_id).where(
-                    images.c.id.in_(ids[start : start + 500])
-                )
-            )
-            found.update({r.id: r.cluster_id for r in rows if r.cluster_id is not None})
-    return found
+    return image_column(catalog, images.c.cluster_id, ids)
 
 
 def _promoted(settings: Settings) -> Path | None:
@@ -311,6 +294,39 @@ def model_ranking(
     return scored.model_id, float(0.5 if threshold is None else threshold), dict(rows)  # type: ignore[arg-type]
 
 
+def _steering(
+    catalog: Catalog,
+    blobs: BlobStore,
+    settings: Settings,
+    pending: list[int],
+    budget: int,
+    seed: int,
+    report: LabelReport,
+) -> tuple[dict[int, float], Plan]:
+    """The scores that steer the budget, and the plan that reads them."""
+    config = settings.label
+    plan = Plan(config.audit_share, config.explore_share, config.near_share, config.per_cluster)
+    model = _promoted(settings)
+    if model is not None:
+        # The model proposes, the LLM verifies: rank by its out-of-sample scores.
+        model_id, threshold, scores = model_ranking(catalog, blobs, settings, model)
+        report.steered_by = f"model {model_id}"
+        return scores, replace(plan, threshold=threshold)
+    # No model yet: the teacher pre-screens a random pool it has not scored.
+    teacher = TeacherModel()
+    rng = np.random.default_rng(seed)
+    pool = [pending[i] for i in rng.permutation(len(pending))[: budget * config.teacher_pool]]
+    scores = _teacher_scores(catalog, teacher.digest, pool)
+    unscored = [i for i in pool if i not in scores]
+    if unscored:
+        report.teacher_scored = run_teacher(
+            catalog, blobs, settings, teacher, unscored, report.run_id, "prescreen"
+        )
+        scores.update(_teacher_scores(catalog, teacher.digest, unscored))
+    report.steered_by = "teacher"
+    return scores, replace(plan, top_name="teacher_top", near_name="teacher_near")
+
+
 def _label_ollama(
     catalog: Catalog,
     blobs: BlobStore,
@@ -325,33 +341,85 @@ def _label_ollama(
     digest = asyncio.run(llm.connect())
     report.model, report.model_digest, report.rubric_version = cfg.model, digest, rubric.version
     pending, report.skipped_done = _pending(catalog, "ollama", digest, rubric.version, cfg.samples)
-    if not pending or budget == 0:
+    budget = min(budget, len(pending))
+    if budget == 0:
         return
     seed = _seed(report.run_id)
-    plan = Plan(config.audit_share, config.explore_share, config.near_share, config.per_cluster)
-    model = _promoted(settings)
-    if model is not None:
-        # The model proposes, the LLM verifies: rank by its out-of-sample scores.
-        model_id, threshold, scores = model_ranking(catalog, blobs, settings, model)
-        report.steered_by = f"model {model_id}"
-        plan = replace(plan, threshold=threshold)
-    else:
-        # No model yet: the teacher pre-screens a random pool it has not scored.
-        teacher = TeacherModel()
-        rng = np.random.default_rng(seed)
-        pool = [pending[i] for i in rng.permutation(len(pending))[: budget * config.teacher_pool]]
-        scores = _teacher_scores(catalog, teacher.digest, pool)
-        unscored = [i for i in pool if i not in scores]
-        if unscored:
-            report.teacher_scored = run_teacher(
-                catalog, blobs, settings, teacher, unscored, report.run_id, "prescreen"
-            )
-            scores.update(_teacher_scores(catalog, teacher.digest, unscored))
-        report.steered_by = "teacher"
-        plan = replace(plan, top_name="teacher_top", near_name="teacher_near")
-    chosen = plan_budget(pending, budget, scores, clusters_of(catalog, pending), plan, seed)
+    scores, plan = _steering(catalog, blobs, settings, pending, budget, seed, report)
+    clusters = clusters_of(catalog, pending)
+    # 1. The uniform parts come first, from every pending candidate: the audit stays unbiased.
+    n_audit = round(budget * plan.audit_share)
+    n_explore = min(budget - n_audit, round(budget * plan.explore_share))
+    chosen = uniform_picks(pending, n_audit, n_explore, seed)
+    grid = 1
+    if config.screen_share > 0 and rubric.screen_instructions:
+        grid = grid_for(catalog, settings, digest, rubric)
+    n_sheets = min(round(budget * config.screen_share), budget - len(chosen)) if grid > 1 else 0
+    reserve = min(round(budget * config.followup_share), budget - len(chosen) - n_sheets)
+    reserve = reserve if n_sheets else 0
+    # 2. The steered picks, leaving room for the sheets and what they flag.
+    taken: Counter[int] = Counter()
+    pool = [i for i in pending if i not in chosen]
+    steer = budget - len(chosen) - n_sheets - reserve
+    chosen |= steered_picks(pool, steer, scores, clusters, plan, taken)
+    spent = 0
+    if n_sheets:
+        # 3. Contact sheets of the next-ranked candidates never screened, then one-by-one
+        # labels for what they (or earlier runs' sheets) flagged, and a random check sample.
+        before = screened(catalog, digest, rubric)
+        waiting = [i for i in pending if i in before and before[i].flagged and i not in chosen]
+        rng = np.random.default_rng(seed + 2)
+        tiebreak = dict(zip(pending, rng.permutation(len(pending)).tolist(), strict=True))
+        # Never screened, or passed only by sheets larger than today's (whose recall failed).
+        fresh = [
+            i
+            for i in pending
+            if i not in chosen
+            and (i not in before or (before[i].grid > grid and not before[i].flagged))
+        ]
+        fresh.sort(key=lambda i: (-scores.get(i, -1.0), tiebreak[i]))
+        run = screen(
+            catalog,
+            blobs,
+            settings,
+            llm,
+            rubric,
+            digest,
+            fresh[: n_sheets * grid * grid],
+            grid,
+            report.run_id,
+            progress,
+        )
+        spent = run.sheets
+        room = budget - len(chosen) - spent
+        flagged = waiting + sorted(run.flagged, key=lambda i: (-scores.get(i, -1.0), i))
+        for image_id in flagged[:room]:
+            chosen[image_id] = "screen_flagged"
+        n_check = min(
+            budget - len(chosen) - spent, round(len(run.unflagged) * config.screen_check_share)
+        )
+        for i in rng.permutation(len(run.unflagged))[:n_check]:
+            chosen[run.unflagged[i]] = "screen_check"
+        report.screen = {
+            "grid": grid,
+            "sheets": run.sheets,
+            "sprites": run.cells,
+            "flagged": len(run.flagged),
+            "flagged_before": len(waiting),
+            "errors": run.errors,
+        }
+        # 4. Room the sheets did not use goes to more steered picks (not to sprites this run's
+        # sheets passed: the check sample speaks for those).
+        passed = set(run.unflagged)
+        pool = [i for i in pending if i not in chosen and i not in passed]
+        chosen |= steered_picks(pool, budget - len(chosen) - spent, scores, clusters, plan, taken)
+    chosen = fill_random(chosen, pending, budget - spent, seed)
     report.selected.update(chosen.values())
     ask_llm(catalog, blobs, settings, llm, rubric, digest, chosen, report, progress)
+    if n_sheets:
+        report.screen["quality"] = quality(
+            catalog, digest, rubric, grid, settings.snapshot.positive
+        )
 
 
 def ask_llm(
@@ -373,7 +441,7 @@ def ask_llm(
     batches with what each call cost; errors recorded, never guessed."""
     cfg = settings.ollama
     n_samples = cfg.samples if samples is None else samples
-    keys = _blob_keys(catalog, list(chosen))
+    keys = image_column(catalog, images.c.blob_key, list(chosen))
     # Resume: samples an interrupted run already stored are not asked again.
     have = _samples_done(catalog, _key("ollama", digest, rubric.version), list(chosen))
     jobs: list[Job] = []

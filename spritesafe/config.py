@@ -135,6 +135,18 @@ class LabelSettings(BaseModel):
     explore_share: float = Field(0.05, ge=0, le=1, description="uniform, labelled explore")
     near_share: float = Field(0.25, ge=0, le=1, description="of the steered part")
     per_cluster: int = Field(2, ge=1, description="steered picks per near-duplicate cluster")
+    # Group screening (labelers.screen): `screen_share` of the budget goes to contact sheets
+    # of screen_grid x screen_grid sprites (one call each); flagged sprites are then labelled
+    # one by one from `followup_share` of the budget, with a `screen_check_share` random sample
+    # of the unflagged ones (the screen's measured recall). Below `screen_recall_floor`, with
+    # at least `screen_min_positives` positives seen, the next runs use smaller sheets.
+    screen_share: float = Field(0.3, ge=0, le=1)
+    followup_share: float = Field(0.3, ge=0, le=1)
+    screen_grid: int = Field(4, ge=1, le=8, description="1 = no screening")
+    screen_cell: int = Field(96, ge=32, description="px per cell")
+    screen_check_share: float = Field(0.03, ge=0, le=1)
+    screen_recall_floor: float = Field(0.7, ge=0, le=1)
+    screen_min_positives: int = Field(5, ge=1)
     batch_size: int = Field(32, gt=0, description="labels committed per transaction")
     teacher_pool: int = Field(10, ge=1, description="teacher pre-screens budget x this")
     rubric: Path | None = Field(None, description="rubric TOML; default labelers/rubrics")

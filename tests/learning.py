@@ -7,14 +7,11 @@ and an Ollama responder that sees the concept but answers with injected label no
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image
 
 from corpus.dedupe import dedupe
 from corpus.ingest import ingest
@@ -23,7 +20,7 @@ from corpus.workspace import open_workspace
 from labelers.stage import label
 from spritesafe.config import Settings, load_settings
 from tests.helpers import png, real_tiles, sprite
-from tests.ollama_server import ChatRequestInfo, FakeOllama
+from tests.ollama_server import ChatRequestInfo, FakeOllama, Responder, rubric_responder
 
 MODEL = "qwen2.5vl:3b"
 # Gate limits wide open: for tests of the promotion mechanics with a tiny, barely trained model.
@@ -67,41 +64,38 @@ def build(folder: Path, n: int, base_rate: float, seed: int = 0) -> set[str]:
     return positives
 
 
-def has_heart(image: bytes) -> bool:
-    rgb = np.asarray(Image.open(io.BytesIO(image)).convert("RGB"))
+def has_heart(rgb: NDArray[np.uint8]) -> bool:
     return int((rgb == HEART_RGB).all(axis=2).sum()) > 0
 
 
-def noisy_responder(missed: float, false_alarms: float) -> Callable[[ChatRequestInfo], str]:
+def noisy_responder(missed: float, false_alarms: float) -> Responder:
     """explicit for the heart, safe otherwise, with label noise fixed per image: a `missed`
     share of hearts answered safe, a `false_alarms` share of the rest answered explicit, and
-    a tenth of the remaining hearts only suggestive (a negative for the default target)."""
+    a tenth of the remaining hearts only suggestive (a negative for the default target).
+    Sheets too: each cell is judged the same way (its own view, so its own draw)."""
 
-    def respond(info: ChatRequestInfo) -> str:
-        image = info.images[0]
-        draw = int.from_bytes(hashlib.sha256(image).digest()[:4], "big") / 2**32
-        heart = has_heart(image)
+    def verdict(rgb: NDArray[np.uint8], info: ChatRequestInfo) -> str:
+        draw = int.from_bytes(hashlib.sha256(rgb.tobytes()).digest()[:4], "big") / 2**32
+        heart = has_heart(rgb)
         positive = draw >= missed if heart else draw < false_alarms
         category = "explicit" if positive else "safe"
         if heart and positive and draw > 0.9:
             category = "suggestive"
-        scores = {"safe": 0.05, "suggestive": 0.05, "explicit": 0.05}
-        scores[category] = 0.9
-        return json.dumps({"category": category, "scores": scores, "rationale": "a sprite"})
+        return category
 
-    return respond
+    return rubric_responder(verdict)
 
 
 # A small generated corpus labelled by colour, for snapshot and training mechanics.
 
 
-def colour_responder(info: ChatRequestInfo) -> str:
+def colour_verdict(rgb: NDArray[np.uint8], info: ChatRequestInfo) -> str:
     """explicit for mostly red sprites, suggestive for grey ones, safe otherwise."""
-    rgb = np.asarray(Image.open(io.BytesIO(info.images[0])).convert("RGB"))
     share = {c: float((rgb == c).all(axis=2).mean()) for c in (RED, GREY)}
-    category = "explicit" if share[RED] > 0.2 else "suggestive" if share[GREY] > 0.2 else "safe"
-    scores = {"safe": 0.1, "suggestive": 0.1, "explicit": 0.1} | {category: 0.8}
-    return json.dumps({"category": category, "scores": scores, "rationale": "test"})
+    return "explicit" if share[RED] > 0.2 else "suggestive" if share[GREY] > 0.2 else "safe"
+
+
+colour_responder = rubric_responder(colour_verdict)
 
 
 def coloured_corpus(

@@ -29,6 +29,7 @@ import base64
 import binascii
 import contextlib
 import hashlib
+import io
 import json
 import re
 import select
@@ -47,6 +48,10 @@ from types import TracebackType
 from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
 __all__ = [
     "DEFAULT_CONTENT",
     "DEFAULT_MODEL",
@@ -57,6 +62,8 @@ __all__ = [
     "RecordedRequest",
     "Responder",
     "default_responder",
+    "rubric_responder",
+    "sheet_layout",
 ]
 
 VERSION = "0.12.0"
@@ -165,8 +172,54 @@ Responder = Callable[[ChatRequestInfo], str]
 
 
 def default_responder(info: ChatRequestInfo) -> str:
-    """Valid JSON for spritesafe's labelling schema: always 'safe'."""
+    """Valid JSON for spritesafe's labelling schema: always 'safe' (on a contact sheet: no
+    cell flagged)."""
+    if sheet_layout(info) is not None:
+        return json.dumps({"flagged": []})
     return json.dumps(DEFAULT_CONTENT)
+
+
+_SHEET_PROMPT = re.compile(r"grid of (\d+) rows and (\d+)\s+columns")
+
+
+def sheet_layout(info: ChatRequestInfo) -> tuple[int, int, int] | None:
+    """(rows, cols, cell px) when the request shows a contact sheet (labelers.sheets), as its
+    prompt says; None for a single image."""
+    found = _SHEET_PROMPT.search(info.prompt)
+    if found is None or not info.images:
+        return None
+    from labelers.sheets import LINE  # the product's layout, defined once
+
+    rows, cols = int(found.group(1)), int(found.group(2))
+    width = int.from_bytes(info.images[0][16:20], "big")  # PNG header
+    return rows, cols, (width - (cols - 1) * LINE) // cols
+
+
+Verdict = Callable[["NDArray[np.uint8]", ChatRequestInfo], str | None]
+
+
+def rubric_responder(verdict: Verdict, unsure: str = GARBAGE_CONTENT) -> Responder:
+    """A vision model that knows what each sprite is: `verdict(rgb, info)` names a sprite's
+    category (None: it cannot tell, and answers `unsure`, never valid). A single image gets
+    the rubric's answer; a contact sheet gets the numbers of the cells whose sprites it would
+    call suggestive or explicit (it reads each cell where labelers.sheets drew it)."""
+    from labelers.sheets import cells
+
+    def respond(info: ChatRequestInfo) -> str:
+        layout = sheet_layout(info)
+        if layout is not None:
+            rows, cols, cell = layout
+            said = [verdict(c, info) for c in cells(info.images[0], rows, cols, cell)]
+            flagged = [n for n, c in enumerate(said, 1) if c in ("suggestive", "explicit")]
+            return json.dumps({"flagged": flagged})
+        rgb = np.asarray(Image.open(io.BytesIO(info.images[0])).convert("RGB"))
+        category = verdict(rgb, info)
+        if category is None:
+            return unsure
+        scores = {"safe": 0.05, "suggestive": 0.05, "explicit": 0.05} | {category: 0.9}
+        return json.dumps({"category": category, "scores": scores, "rationale": category})
+
+    return respond
 
 
 FaultKind = Literal["fail", "drop", "reset", "garbage", "invalid", "hang"]

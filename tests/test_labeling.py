@@ -4,15 +4,15 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import sqlalchemy as sa
-from PIL import Image
+from numpy.typing import NDArray
 
 from corpus.catalog import label_errors, labels, llm_calls
 from corpus.ingest import ingest
@@ -24,7 +24,7 @@ from labelers.rubric import load_rubric
 from labelers.stage import label
 from spritesafe.config import OllamaSettings, Settings, load_settings
 from tests.helpers import png, sprite
-from tests.ollama_server import ChatRequestInfo, FakeOllama
+from tests.ollama_server import ChatRequestInfo, FakeOllama, rubric_responder, sheet_layout
 
 MODEL = "qwen2.5vl:3b"
 
@@ -35,19 +35,16 @@ def answer(category: str) -> str:
     return json.dumps({"category": category, "scores": scores, "rationale": f"looks {category}"})
 
 
-def by_colour(info: ChatRequestInfo) -> str:
-    """Always a valid answer: explicit for the red concept, safe otherwise."""
-    rgb = np.asarray(Image.open(io.BytesIO(info.images[0])).convert("RGB"), dtype=np.int32)
-    return answer("explicit" if (rgb == (220, 30, 30)).all(axis=2).mean() > 0.3 else "safe")
-
-
-def reddish(info: ChatRequestInfo) -> str:
-    """Stand-in concept for the positive class: mostly red sprites are 'explicit'."""
-    rgb = np.asarray(Image.open(io.BytesIO(info.images[0])).convert("RGB"), dtype=np.int32)
-    red = (rgb == (220, 30, 30)).all(axis=2).mean()
+def _colour(rgb: NDArray[np.uint8], info: ChatRequestInfo) -> str | None:
+    """Stand-in concept for the positive class: mostly red sprites are 'explicit'; the green
+    one is unreadable (None: an answer that is never valid)."""
     if (rgb == (30, 220, 30)).all(axis=2).mean() > 0.3:
-        return "I am not sure what this green thing is."  # never valid: an error every time
-    return answer("explicit" if red > 0.3 else "safe")
+        return None
+    return "explicit" if (rgb == (220, 30, 30)).all(axis=2).mean() > 0.3 else "safe"
+
+
+reddish = rubric_responder(_colour, unsure="I am not sure what this green thing is.")
+by_colour = rubric_responder(lambda rgb, info: _colour(rgb, info) or "safe")
 
 
 def ollama_settings(*urls: str, **kw: object) -> OllamaSettings:
@@ -178,7 +175,10 @@ def corpus(tmp_path: Path) -> Settings:
         if i == 5:
             tile[..., :3] = (30, 220, 30)  # the model cannot read this one
         (folder / f"{i}.png").write_bytes(png(tile))
-    settings = load_settings(data_dir=tmp_path / "data", ingest={"workers": 1})
+    # One sprite per call here; group screening has its own tests.
+    settings = load_settings(
+        data_dir=tmp_path / "data", ingest={"workers": 1}, label={"screen_share": 0}
+    )
     ws = open_workspace(settings)
     ingest(ws.catalog, ws.blobs, [parse_source(str(folder), settings)], settings)
     ws.close()
@@ -296,6 +296,7 @@ def test_killed_label_run_resumes_without_labelling_twice(corpus: Settings, tmp_
             "SPRITESAFE_OLLAMA__MODEL": MODEL,
             "SPRITESAFE_OLLAMA__PER_HOST_CONCURRENCY": "1",
             "SPRITESAFE_LABEL__BATCH_SIZE": "2",
+            "SPRITESAFE_LABEL__SCREEN_SHARE": "0",
         }
         command = [spritesafe, "label", "--budget", "24", "--json"]
         proc = subprocess.Popen(
@@ -319,6 +320,144 @@ def test_killed_label_run_resumes_without_labelling_twice(corpus: Settings, tmp_
             ).all()
         assert len(rows) == len({r.image_id for r in rows}) == 23  # the green one never labels
         ws.close()
+
+
+def _screening(settings: Settings, url: str, **label_overrides: object) -> Settings:
+    label_settings = settings.label.model_copy(
+        update={"screen_share": 0.5, "followup_share": 0.5, "audit_share": 0.0} | label_overrides
+    )
+    return settings.model_copy(update={"ollama": ollama_settings(url), "label": label_settings})
+
+
+def test_screening_sheets_flag_what_is_then_labelled_one_by_one(corpus: Settings) -> None:
+    from corpus.catalog import screenings
+
+    with FakeOllama({MODEL: "sha256:" + "06" * 32}, responder=by_colour) as server:
+        settings = _screening(corpus, server.url, explore_share=0.0, screen_check_share=0.25)
+        ws = open_workspace(settings)
+        report = label(ws.catalog, ws.blobs, settings, budget=12)
+        sheets = [
+            r for r in server.chat_requests if "sheet of 16" in r.body["messages"][1]["content"]
+        ]
+        assert report.screen["grid"] == 4 and report.screen["sheets"] == len(sheets) == 2
+        assert report.screen["sprites"] == 24 and report.screen["flagged"] == 4  # the red ones
+        with ws.catalog.read() as conn:
+            screened = conn.execute(sa.select(screenings)).all()
+            rows = conn.execute(
+                sa.select(labels.c.image_id, labels.c.selection, labels.c.category).where(
+                    labels.c.labeler == "ollama"
+                )
+            ).all()
+            calls = conn.execute(sa.select(llm_calls).where(llm_calls.c.purpose == "screen")).all()
+        # Each sprite in one cell of one sheet; never a label by itself.
+        assert len(screened) == len({r.image_id for r in screened}) == 24
+        flagged = {r.image_id for r in screened if r.flagged}
+        by_selection: dict[str, set[int]] = {}
+        for r in rows:
+            by_selection.setdefault(r.selection, set()).add(r.image_id)
+        assert by_selection["screen_flagged"] == flagged
+        assert all(r.category == "explicit" for r in rows if r.image_id in flagged)
+        assert len(by_selection["screen_check"]) == 5  # a quarter of the 20 unflagged
+        assert not by_selection["screen_check"] & flagged
+        # Within the budget: 2 sheets + 4 flagged + 5 checks + 1 steered pick.
+        assert len(rows) + len(sheets) == 12 == report.cost["calls"]
+        assert {c.sprites for c in calls} == {16, 8} and all(c.ok for c in calls)
+        quality = report.screen["quality"]
+        assert quality["precision"] == 1.0 and quality["recall"] == 1.0
+        assert report.cost["positives_found"] == 4
+        ws.close()
+
+
+def test_a_screen_that_misses_positives_gets_smaller_sheets(
+    corpus: Settings, tmp_path: Path
+) -> None:
+    def blind_on_sheets(rgb: NDArray[np.uint8], info: ChatRequestInfo) -> str:
+        red = (rgb == (220, 30, 30)).all(axis=2).mean() > 0.3
+        small = "grid of 2 rows" in info.prompt  # it sees well only on the smallest sheets
+        return "explicit" if red and (small or not sheet_layout(info)) else "safe"
+
+    rng = np.random.default_rng(5)
+    more = tmp_path / "more"
+    more.mkdir()
+    for i in range(150):
+        tile = sprite(rng, 16)
+        if i % 4 == 0:
+            tile[..., :3] = (220, 30, 30)
+        (more / f"{i}.png").write_bytes(png(tile))
+    responder = rubric_responder(blind_on_sheets)
+    with FakeOllama({MODEL: "sha256:" + "07" * 32}, responder=responder) as server:
+        settings = _screening(
+            corpus,
+            server.url,
+            screen_share=0.2,
+            followup_share=0.75,
+            explore_share=0.0,
+            screen_check_share=1.0,
+            screen_min_positives=1,
+        )
+        ws = open_workspace(settings)
+        ingest(ws.catalog, ws.blobs, [parse_source(str(more), settings)], settings)
+        seen = []
+        for _ in range(3):
+            report = label(ws.catalog, ws.blobs, settings, budget=20)
+            seen.append((report.screen["grid"], report.screen["flagged"]))
+        # 4x4 and 3x3 flag nothing, the checks find the misses, and the sheets shrink.
+        assert seen[0] == (4, 0) and seen[1] == (3, 0)
+        assert seen[2][0] == 2 and seen[2][1] > 0
+        assert report.screen["quality"]["recall"] == 1.0
+        ws.close()
+
+
+def test_killed_screening_run_asks_nothing_twice(corpus: Settings) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from corpus.catalog import screenings
+
+    spritesafe = str(Path(sys.executable).with_name("spritesafe"))
+    with FakeOllama({MODEL: "sha256:" + "08" * 32}, responder=by_colour, latency_s=0.3) as server:
+        env = os.environ | {
+            "SPRITESAFE_DATA_DIR": str(corpus.data_path),
+            "SPRITESAFE_OLLAMA_HOSTS": server.url,
+            "SPRITESAFE_OLLAMA__MODEL": MODEL,
+            "SPRITESAFE_OLLAMA__PER_HOST_CONCURRENCY": "1",
+            "SPRITESAFE_LABEL__BATCH_SIZE": "1",
+            "SPRITESAFE_LABEL__SCREEN_SHARE": "0.5",
+            "SPRITESAFE_LABEL__SCREEN_GRID": "2",
+            "SPRITESAFE_LABEL__AUDIT_SHARE": "0",
+            "SPRITESAFE_LABEL__EXPLORE_SHARE": "0",
+            "SPRITESAFE_LABEL__SCREEN_CHECK_SHARE": "0",
+        }
+        command = [spritesafe, "label", "--budget", "12", "--json"]
+        proc = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        ws = open_workspace(corpus)
+        deadline = time.monotonic() + 60
+        while _count(ws, screenings) < 8:  # two sheets of four answered
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        first = {r.image_id for r in _rows(ws, screenings)}
+        assert 8 <= len(first) < 24
+        subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+        screened = _rows(ws, screenings)
+        labelled = [r.image_id for r in _rows(ws, labels) if r.labeler == "ollama"]
+        # Each sprite screened once, each labelled once, whatever the kill interrupted.
+        assert len(screened) == len({r.image_id for r in screened})
+        assert len(labelled) == len(set(labelled))
+        red = {r.image_id for r in screened if r.flagged}
+        assert red <= set(labelled)  # what the sheets flagged was followed up
+        ws.close()
+
+
+def _rows(ws: Workspace, table: sa.Table) -> list[Any]:
+    with ws.catalog.read() as conn:
+        return list(conn.execute(sa.select(table)).all())
 
 
 def test_a_host_dying_mid_run_loses_no_work() -> None:

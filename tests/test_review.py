@@ -3,7 +3,6 @@ real browser (Debian's headless Chromium driven by Playwright)."""
 
 from __future__ import annotations
 
-import io
 import json
 import threading
 import time
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 import uvicorn
-from PIL import Image
+from numpy.typing import NDArray
 
 from corpus.catalog import insert_ignore, labels, model_scores, review_queue
 from corpus.workspace import open_workspace
@@ -29,24 +28,23 @@ from review.scores import score_catalog, trained_on
 from spritesafe.config import Settings
 from tests.helpers import free_port, png
 from tests.learning import GREY, LENIENT, RED, coloured_corpus, labelled
-from tests.ollama_server import ChatRequestInfo
+from tests.ollama_server import ChatRequestInfo, rubric_responder
 from training.snapshot import snapshot
 from training.train import train
 
 
-def _wavering(info: ChatRequestInfo) -> str:
+def _wavering_verdict(rgb: NDArray[np.uint8], info: ChatRequestInfo) -> str:
     """Red: explicit; grey: the answer depends on the sample's seed (low self-consistency);
     else safe."""
-    rgb = np.asarray(Image.open(io.BytesIO(info.images[0])).convert("RGB"))
     share = {c: float((rgb == c).all(axis=2).mean()) for c in (RED, GREY)}
     if share[RED] > 0.2:
-        category = "explicit"
-    elif share[GREY] > 0.2:
-        category = ("safe", "suggestive", "explicit")[int(info.options.get("seed", 0)) % 3]
-    else:
-        category = "safe"
-    scores = {"safe": 0.1, "suggestive": 0.1, "explicit": 0.1} | {category: 0.8}
-    return json.dumps({"category": category, "scores": scores, "rationale": f"{category} look"})
+        return "explicit"
+    if share[GREY] > 0.2:
+        return ("safe", "suggestive", "explicit")[int(info.options.get("seed", 0)) % 3]
+    return "safe"
+
+
+_wavering = rubric_responder(_wavering_verdict)
 
 
 @pytest.fixture(scope="module")
