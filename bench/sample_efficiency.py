@@ -199,7 +199,9 @@ def labelled_subsets(
 def write_labels(
     settings: Settings, chosen: list[int], truth: dict[int, tuple[bool, str]], noisy: bool
 ) -> dict[str, int]:
-    """The simulated LLM's labels, as the label stage stores them (one vote each)."""
+    """The simulated LLM's labels, as the label stage stores them: one answer each, and a
+    second, confirming one for its positives (its errors are fixed per image, so a second
+    opinion agrees with the first)."""
     rubric = load_rubric(settings.label.rubric)
     rows, said = [], {"explicit": 0, "safe": 0, "wrong": 0}
     for image_id in chosen:
@@ -212,7 +214,7 @@ def write_labels(
         said[category] += 1
         said["wrong"] += answer != positive
         scores = {"safe": 0.05, "suggestive": 0.05, "explicit": 0.05} | {category: 0.9}
-        rows.append(
+        rows += [
             {
                 "image_id": image_id,
                 "labeler": "ollama",
@@ -224,11 +226,12 @@ def write_labels(
                 "score_explicit": scores["explicit"],
                 "category": category,
                 "rationale": "simulated",
-                "selection": "audit",
-                "sample": 0,
+                "selection": "audit" if sample == 0 else "confirm",
+                "sample": sample,
                 "created_at": utcnow(),
             }
-        )
+            for sample in ((0, 1) if answer else (0,))
+        ]
     with open_workspace(settings) as ws, ws.catalog.write() as conn:
         conn.execute(labels.insert(), rows)
     return said

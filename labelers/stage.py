@@ -65,6 +65,7 @@ class LabelReport:
     teacher_scored: int = 0  # pre-screen labels written on the way
     steered_by: str = ""  # what ranked the steered part: "model <id>" or "teacher"
     screen: dict[str, Any] = field(default_factory=dict)  # group screening, when used
+    second_opinions: Counter[str] = field(default_factory=Counter)  # confirm, recheck
     cost: dict[str, Any] = field(default_factory=dict)  # labelers.cost.run_cost
     seconds: float = 0.0
     status: str = "running"
@@ -83,6 +84,7 @@ class LabelReport:
             "teacher_scored": self.teacher_scored,
             "steered_by": self.steered_by,
             "screen": self.screen,
+            "second_opinions": dict(self.second_opinions),
             "cost": self.cost,
             "seconds": round(self.seconds, 3),
             "per_s": round(self.labelled / self.seconds, 2) if self.seconds else None,
@@ -342,7 +344,9 @@ def _label_ollama(
     report.model, report.model_digest, report.rubric_version = cfg.model, digest, rubric.version
     pending, report.skipped_done = _pending(catalog, "ollama", digest, rubric.version, cfg.samples)
     budget = min(budget, len(pending))
-    if budget == 0:
+    if budget == 0:  # nothing new to ask; positives a killed run left unconfirmed still are
+        plan = Plan(0.0, 0.0, 0.0, 1)
+        second_opinions(catalog, blobs, settings, llm, rubric, digest, report, {}, plan, 0)
         return
     seed = _seed(report.run_id)
     scores, plan = _steering(catalog, blobs, settings, pending, budget, seed, report)
@@ -416,10 +420,74 @@ def _label_ollama(
     chosen = fill_random(chosen, pending, budget - spent, seed)
     report.selected.update(chosen.values())
     ask_llm(catalog, blobs, settings, llm, rubric, digest, chosen, report, progress)
+    second_opinions(catalog, blobs, settings, llm, rubric, digest, report, scores, plan, budget)
     if n_sheets:
-        report.screen["quality"] = quality(
-            catalog, digest, rubric, grid, settings.snapshot.positive
-        )
+        positive = settings.snapshot.positive
+        report.screen["quality"] = quality(catalog, digest, rubric, grid, positive)
+
+
+def single_votes(catalog: Catalog, digest: str, rubric: Rubric) -> dict[int, str | None]:
+    """Candidates with exactly one LLM answer for the key and no human decision: image id ->
+    the category it said."""
+    key = _key("ollama", digest, rubric.version)
+    decided = sa.select(labels.c.image_id).where(labels.c.labeler == "human")
+    with catalog.read() as conn:
+        rows = conn.execute(
+            sa.select(labels.c.image_id, sa.func.min(labels.c.category).label("category"))
+            .join(images, images.c.id == labels.c.image_id)
+            .where(key, images.c.status == "candidate", labels.c.image_id.not_in(decided))
+            .group_by(labels.c.image_id)
+            .having(sa.func.count(sa.distinct(labels.c.sample)) == 1)
+        ).all()
+    return {r.image_id: r.category for r in rows}
+
+
+def second_opinions(
+    catalog: Catalog,
+    blobs: BlobStore,
+    settings: Settings,
+    llm: OllamaLabeler,
+    rubric: Rubric,
+    digest: str,
+    report: LabelReport,
+    scores: dict[int, float],
+    plan: Plan,
+    budget: int,
+) -> None:
+    """One more sample, at the sampling temperature, for every single-vote LLM positive (a
+    positive trains only when confirmed) and for the single-vote negatives the promoted model
+    most confidently calls positive (a conflict is asked again before it reaches people)."""
+    config = settings.label
+    single = single_votes(catalog, digest, rubric)
+    positive = settings.snapshot.positive
+    ask: dict[int, str] = {}
+    if config.confirm_positives:
+        ask = {i: "confirm" for i, category in single.items() if category in positive}
+    if report.steered_by.startswith("model"):
+        doubted = [
+            i
+            for i, category in single.items()
+            if category not in positive and scores.get(i, 0.0) >= plan.threshold
+        ]
+        doubted.sort(key=lambda i: (-scores[i], i))
+        ask |= dict.fromkeys(doubted[: round(budget * config.recheck_share)], "recheck")
+    for purpose in ("confirm", "recheck"):
+        part = {i: why for i, why in ask.items() if why == purpose}
+        if part:
+            report.second_opinions[purpose] = len(part)
+            ask_llm(
+                catalog,
+                blobs,
+                settings,
+                llm,
+                rubric,
+                digest,
+                part,
+                report,
+                purpose=purpose,
+                samples=2,
+                temperature=settings.ollama.sample_temperature,
+            )
 
 
 def ask_llm(
@@ -435,6 +503,7 @@ def ask_llm(
     *,
     purpose: str = "label",
     samples: int | None = None,
+    temperature: float | None = None,
 ) -> None:
     """Label the `chosen` images (id -> selection reason) with the connected LLM: every
     missing self-consistency sample (0 .. `samples` - 1, by default ollama.samples), stored in
@@ -450,7 +519,9 @@ def ask_llm(
         missing = [s for s in range(n_samples) if s not in have.get(image_id, set())]
         if missing:
             views[image_id] = llm_view(blobs.get(keys[image_id]), settings)
-        jobs.extend(Job(image_id, views[image_id], sample) for sample in missing)
+        jobs.extend(
+            Job(image_id, views[image_id], sample, temperature=temperature) for sample in missing
+        )
     buffer: list[Outcome] = []
     total = len(jobs)
     done = 0

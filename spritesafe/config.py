@@ -147,6 +147,12 @@ class LabelSettings(BaseModel):
     screen_check_share: float = Field(0.03, ge=0, le=1)
     screen_recall_floor: float = Field(0.7, ge=0, le=1)
     screen_min_positives: int = Field(5, ge=1)
+    # Label hygiene: an LLM positive gets a second opinion (one more sample at the sampling
+    # temperature) before it may train; LLM negatives that the promoted model confidently
+    # calls positive are asked again, `recheck_share` of the budget at most. Both come on top
+    # of the budget and are reported as `confirm` and `recheck` calls.
+    confirm_positives: bool = True
+    recheck_share: float = Field(0.05, ge=0, le=1)
     batch_size: int = Field(32, gt=0, description="labels committed per transaction")
     teacher_pool: int = Field(10, ge=1, description="teacher pre-screens budget x this")
     rubric: Path | None = Field(None, description="rubric TOML; default labelers/rubrics")
@@ -179,6 +185,9 @@ class SnapshotSettings(BaseModel):
     # train.positive_share positives, so every epoch sees all negatives once.
     balance: Literal["resample", "downsample", "weights", "none"] = "resample"
     negatives_per_positive: float = Field(4.0, gt=0)
+    # An LLM positive trains only when confirmed: a second LLM answer agreeing (label stage,
+    # label.confirm_positives) or a person. Unconfirmed ones are left out and counted.
+    confirmed_positives_only: bool = True
     min_positives: int = Field(20, ge=3, description="refuse to snapshot with fewer")
     min_negatives: int = Field(60, ge=3, description="refuse to snapshot with fewer")
     seed: int = 0

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -175,9 +176,12 @@ def corpus(tmp_path: Path) -> Settings:
         if i == 5:
             tile[..., :3] = (30, 220, 30)  # the model cannot read this one
         (folder / f"{i}.png").write_bytes(png(tile))
-    # One sprite per call here; group screening has its own tests.
+    # One sprite per call and one answer each here; screening and confirmation have their own
+    # tests.
     settings = load_settings(
-        data_dir=tmp_path / "data", ingest={"workers": 1}, label={"screen_share": 0}
+        data_dir=tmp_path / "data",
+        ingest={"workers": 1},
+        label={"screen_share": 0, "confirm_positives": False},
     )
     ws = open_workspace(settings)
     ingest(ws.catalog, ws.blobs, [parse_source(str(folder), settings)], settings)
@@ -297,6 +301,7 @@ def test_killed_label_run_resumes_without_labelling_twice(corpus: Settings, tmp_
             "SPRITESAFE_OLLAMA__PER_HOST_CONCURRENCY": "1",
             "SPRITESAFE_LABEL__BATCH_SIZE": "2",
             "SPRITESAFE_LABEL__SCREEN_SHARE": "0",
+            "SPRITESAFE_LABEL__CONFIRM_POSITIVES": "false",
         }
         command = [spritesafe, "label", "--budget", "24", "--json"]
         proc = subprocess.Popen(
@@ -446,18 +451,66 @@ def test_killed_screening_run_asks_nothing_twice(corpus: Settings) -> None:
         assert 8 <= len(first) < 24
         subprocess.run(command, env=env, capture_output=True, text=True, check=True)
         screened = _rows(ws, screenings)
-        labelled = [r.image_id for r in _rows(ws, labels) if r.labeler == "ollama"]
-        # Each sprite screened once, each labelled once, whatever the kill interrupted.
+        answers = [(r.image_id, r.sample) for r in _rows(ws, labels) if r.labeler == "ollama"]
+        # Each sprite screened once, each answer asked once, whatever the kill interrupted.
         assert len(screened) == len({r.image_id for r in screened})
-        assert len(labelled) == len(set(labelled))
+        assert len(answers) == len(set(answers))
         red = {r.image_id for r in screened if r.flagged}
-        assert red <= set(labelled)  # what the sheets flagged was followed up
+        assert red <= {i for i, sample in answers if sample == 0}  # flagged: followed up
+        assert red <= {i for i, sample in answers if sample == 1}  # and confirmed
         ws.close()
 
 
 def _rows(ws: Workspace, table: sa.Table) -> list[Any]:
     with ws.catalog.read() as conn:
         return list(conn.execute(sa.select(table)).all())
+
+
+def test_llm_positives_train_only_when_a_second_opinion_confirms(corpus: Settings) -> None:
+    from corpus.dedupe import dedupe
+    from training.snapshot import snapshot
+
+    def fickle(rgb: NDArray[np.uint8], info: ChatRequestInfo) -> str | None:
+        """Red is explicit; sampled (temperature > 0), it calls some red sprites safe."""
+        category = _colour(rgb, info)
+        sampled = info.options.get("temperature", 0) > 0
+        if category == "explicit" and sampled and hashlib.sha256(rgb.tobytes()).digest()[0] % 2:
+            return "safe"
+        return category or "safe"
+
+    with FakeOllama({MODEL: "sha256:" + "09" * 32}, responder=rubric_responder(fickle)) as server:
+        label_settings = corpus.label.model_copy(update={"confirm_positives": True})
+        settings = corpus.model_copy(
+            update={"ollama": ollama_settings(server.url), "label": label_settings}
+        )
+        ws = open_workspace(settings)
+        report = label(ws.catalog, ws.blobs, settings, budget=24)
+        assert report.second_opinions == {"confirm": 4}  # each of the 4 red ones, once
+        confirm = [r.body for r in server.chat_requests][-4:]
+        assert {b["options"]["temperature"] for b in confirm} == {0.7}
+        rows = [r for r in _rows(ws, labels) if r.labeler == "ollama"]
+        second = {r.image_id: r.category for r in rows if r.sample == 1}
+        assert set(second) == {
+            r.image_id for r in rows if r.category == "explicit" and r.sample == 0
+        }
+        assert report.cost["calls_by_purpose"]["confirm"] == 4
+        # Asked once: a re-run confirms nothing again.
+        assert label(ws.catalog, ws.blobs, settings, budget=5).second_opinions == {}
+        frozen_settings = settings.model_copy(
+            update={
+                "snapshot": settings.snapshot.model_copy(
+                    update={"min_positives": 3, "min_negatives": 3, "target_base_rate": 0.2}
+                )
+            }
+        )
+        dedupe(ws.catalog, frozen_settings)
+        frozen = snapshot(ws.catalog, ws.blobs, frozen_settings)
+        disputed = sum(category == "safe" for category in second.values())
+        # A confirmed positive counts; a disputed one is uncertain and left out.
+        assert 0 < disputed < 4  # both cases happen here
+        assert frozen.excluded == {"uncertain": disputed}
+        assert f"{4 - disputed} positives (explicit)" in frozen.reason  # too few to train here
+        ws.close()
 
 
 def test_a_host_dying_mid_run_loses_no_work() -> None:

@@ -160,7 +160,12 @@ def test_snapshot_is_cluster_grouped_balanced_and_reused(tmp_path: Path) -> None
                     )
                 }
             )
+            # Suggestive answers now count as positives: each needs its second opinion first.
+            unconfirmed = snapshot(ws.catalog, ws.blobs, wider)
+            assert unconfirmed.excluded["unconfirmed_positive"] > 0
+            assert label(ws.catalog, ws.blobs, wider, budget=0).second_opinions["confirm"] > 0
             other = snapshot(ws.catalog, ws.blobs, wider)
+            assert "unconfirmed_positive" not in other.excluded
             assert other.snapshot_id != first.snapshot_id
             total_pos = sum(c["nsfw"] for c in other.counts.values())
             assert total_pos > sum(c["nsfw"] for c in first.counts.values())

@@ -234,6 +234,13 @@ def _snapshot(
             report.excluded[f"{cand.label.source}_only"] += 1
         elif cand.label.uncertain or cand.category is None:
             report.excluded["uncertain"] += 1
+        elif (
+            config.confirmed_positives_only
+            and cand.label.source == "llm"
+            and cand.category in positive
+            and sum(cand.label.votes.values()) < 2
+        ):
+            report.excluded["unconfirmed_positive"] += 1  # one LLM answer: not enough
         else:
             kept.append(cand)
     rate, rate_source, audited = estimate_base_rate(kept, positive, config.target_base_rate)
