@@ -188,6 +188,9 @@ class SnapshotSettings(BaseModel):
     # An LLM positive trains only when confirmed: a second LLM answer agreeing (label stage,
     # label.confirm_positives) or a person. Unconfirmed ones are left out and counted.
     confirmed_positives_only: bool = True
+    # The audit base rate is corrected for the LLM's errors once people have decided at least
+    # this many audit images (the grid review's `audit` items).
+    min_reviewed_audit: int = Field(20, ge=1)
     min_positives: int = Field(20, ge=3, description="refuse to snapshot with fewer")
     min_negatives: int = Field(60, ge=3, description="refuse to snapshot with fewer")
     seed: int = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 from hypothesis import given, settings
@@ -219,3 +220,36 @@ def test_base_rate_comes_from_the_audit_sample(tmp_path: Path) -> None:
         assert 0.05 < report.base_rate < 0.16
     finally:
         server.stop()
+
+
+def test_audit_base_rate_is_corrected_for_the_llms_measured_errors() -> None:
+    from datetime import UTC, datetime
+
+    from labelers.effective import LabelRow, effective_label
+    from training.snapshot import _Candidate, corrected_rate, estimate_base_rate
+
+    assert corrected_rate(0.05, 1.0, 1.0) == pytest.approx(0.05)
+    assert corrected_rate(0.0455, 0.85, 0.98) == pytest.approx(0.03, abs=1e-3)
+    assert corrected_rate(0.01, 0.85, 0.98) == 0.0  # below the false-positive floor
+
+    rng = np.random.default_rng(0)
+    when = datetime(2026, 12, 1, tzinfo=UTC)
+    audited = []
+    for i in range(4000):
+        truth = rng.random() < 0.03
+        # The LLM: 15 % misses, 2 % false positives; a person reviews every 10th audit image.
+        said = rng.random() >= 0.15 if truth else rng.random() < 0.02
+        rows = [LabelRow("ollama", "explicit" if said else "safe", when)]
+        if i % 10 == 0:
+            rows.append(LabelRow("human", "explicit" if truth else "safe", when, by="ana"))
+        cand = _Candidate(i, f"{i}", f"{i}", f"{i}", "", "", rows, audit=True)
+        cand.label = effective_label(rows)
+        audited.append(cand)
+    positive = frozenset({"explicit"})
+    estimate = estimate_base_rate(audited, positive, None, min_reviewed=20)
+    assert estimate.source == "audit corrected" and estimate.reviewed == 400
+    assert estimate.raw is not None and estimate.raw > 0.04  # inflated by false positives
+    assert abs(estimate.rate - 0.03) < 0.008 < abs(estimate.raw - 0.03)
+    # Too few reviews: the audit share as labelled, said so.
+    assert estimate_base_rate(audited, positive, None, min_reviewed=401).source == "audit"
+    assert estimate_base_rate(audited, positive, 0.05).source == "configured"

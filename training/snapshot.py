@@ -46,6 +46,7 @@ class SnapshotReport:
     base_rate: float = 0.0
     base_rate_source: str = ""
     audited: int = 0  # certain labels in the uniform audit sample
+    base_rate_estimate: dict[str, Any] = field(default_factory=dict)  # raw and corrected
     excluded: Counter[str] = field(default_factory=Counter)  # why labelled images were left out
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> sfw/nsfw
     train_dropped: int = 0  # negatives downsampled away from training
@@ -63,6 +64,7 @@ class SnapshotReport:
             "base_rate": round(self.base_rate, 5),
             "base_rate_source": self.base_rate_source,
             "audited": self.audited,
+            "base_rate_estimate": self.base_rate_estimate,
             "excluded": dict(self.excluded),
             "counts": self.counts,
             "train_dropped": self.train_dropped,
@@ -175,21 +177,68 @@ def _load(
     return list(by_id.values()), undeduped, used
 
 
+def corrected_rate(observed: float, sensitivity: float, specificity: float) -> float:
+    """Rogan-Gladen: the true share of positives behind the share an imperfect labeler
+    reports, given its sensitivity and specificity (clipped to [0, 1])."""
+    informative = sensitivity + specificity - 1
+    if informative <= 0:
+        return observed
+    return min(1.0, max(0.0, (observed + specificity - 1) / informative))
+
+
+@dataclass(frozen=True)
+class BaseRate:
+    rate: float
+    source: str  # configured, audit, audit corrected, labelled (biased)
+    audited: int
+    raw: float | None = None  # the LLM's own audit share, before correction
+    reviewed: int = 0  # audited images a person decided too
+    sensitivity: float | None = None  # of the LLM against those decisions
+    specificity: float | None = None
+
+
 def estimate_base_rate(
-    candidates: list[_Candidate], positive: frozenset[str], configured: float | None
-) -> tuple[float, str, int]:
-    """(rate, where it came from, audited): configured, else the uniform audit sample (with
-    add-one smoothing so a sample without positives does not claim 0), else the labelled
-    share (biased towards positives by the label budget; said so in the source)."""
+    candidates: list[_Candidate],
+    positive: frozenset[str],
+    configured: float | None,
+    min_reviewed: int = 20,
+) -> BaseRate:
+    """Configured, else the uniform audit sample: the LLM's positive share there, corrected
+    for its errors as measured where people reviewed audit images (at least `min_reviewed`;
+    add-one smoothing on both error rates), else with add-half smoothing so a sample without
+    positives does not claim 0; else the labelled share (biased towards positives by the
+    label budget; said so in the source). At a low base rate the LLM's false positives on
+    the many negatives inflate its raw share: the correction is what removes them."""
     certain = [c for c in candidates if c.label and not c.label.uncertain and c.category]
     audited = [c for c in certain if c.audit]
     if configured is not None:
-        return configured, "configured", len(audited)
-    if audited:
-        hits = sum(c.category in positive for c in audited)
-        return (hits + 0.5) / (len(audited) + 1), "audit", len(audited)
-    hits = sum(c.category in positive for c in certain)
-    return max(hits, 1) / max(len(certain), 2), "labelled (biased)", 0
+        return BaseRate(configured, "configured", len(audited))
+    if not audited:
+        hits = sum(c.category in positive for c in certain)
+        return BaseRate(max(hits, 1) / max(len(certain), 2), "labelled (biased)", 0)
+    said: list[bool] = []  # the LLM's verdict on each audited image
+    pairs: list[tuple[bool, bool]] = []  # (LLM, person) where a person decided
+    for c in audited:
+        llm = effective_label([r for r in c.rows if r.labeler == LLM])
+        if llm.category is None or llm.uncertain:
+            continue
+        said.append(llm.category in positive)
+        if c.label is not None and c.label.source == "human":
+            pairs.append((said[-1], c.category in positive))
+    hits = sum(c.category in positive for c in audited)
+    smoothed = (hits + 0.5) / (len(audited) + 1)
+    if not said or len(pairs) < min_reviewed:
+        return BaseRate(smoothed, "audit", len(audited), reviewed=len(pairs))
+    raw = (sum(said) + 0.5) / (len(said) + 1)
+    tp = sum(a and b for a, b in pairs)
+    fn = sum(b and not a for a, b in pairs)
+    tn = sum(not a and not b for a, b in pairs)
+    fp = sum(a and not b for a, b in pairs)
+    sensitivity, specificity = (tp + 1) / (tp + fn + 2), (tn + 1) / (tn + fp + 2)
+    rate = max(corrected_rate(raw, sensitivity, specificity), 0.5 / (len(said) + 1))
+    return BaseRate(
+        rate, "audit corrected", len(audited), raw, len(pairs), sensitivity, specificity
+    )
 
 
 def _snapshot_id(rubric_version: str, settings: dict[str, Any], rows: list[tuple[Any, ...]]) -> str:
@@ -243,8 +292,14 @@ def _snapshot(
             report.excluded["unconfirmed_positive"] += 1  # one LLM answer: not enough
         else:
             kept.append(cand)
-    rate, rate_source, audited = estimate_base_rate(kept, positive, config.target_base_rate)
-    report.base_rate, report.base_rate_source, report.audited = rate, rate_source, audited
+    estimate = estimate_base_rate(
+        kept, positive, config.target_base_rate, config.min_reviewed_audit
+    )
+    rate, rate_source = estimate.rate, estimate.source
+    report.base_rate, report.base_rate_source, report.audited = rate, rate_source, estimate.audited
+    report.base_rate_estimate = {
+        k: round(v, 5) if isinstance(v, float) else v for k, v in estimate.__dict__.items()
+    }
     n_pos = sum(c.category in positive for c in kept)
     n_neg = len(kept) - n_pos
     if n_pos < config.min_positives or n_neg < config.min_negatives:
@@ -322,7 +377,8 @@ def _snapshot(
         "positive_categories": sorted(positive),
         "base_rate": rate,
         "base_rate_source": rate_source,
-        "audited": audited,
+        "audited": estimate.audited,
+        "base_rate_estimate": report.base_rate_estimate,
         "pos_weight": report.pos_weight,
         "counts": report.counts,
         "excluded": dict(report.excluded),
