@@ -1,14 +1,19 @@
 """Disagreement mining: which images people should look at, and why.
 
-Reasons (each a queue row with a priority, higher first):
-- llm_vs_model: the LLM's certain label and the model's out-of-sample score disagree by more
-  than `margin` beyond the threshold; priority = how sure both are.
-- low_agreement: the LLM's own samples disagree (self-consistency below the bar).
-- teacher_vs_llm: the teacher and the LLM are `teacher_gap` apart on P(positive).
-- near_threshold: unlabelled, and the model's score is within `near_band` of the threshold.
+Reasons (each a queue row whose priority is the chance that what people would correct is
+wrong, higher first):
+- label_issue: confident learning (review.label_issues) flags the LLM's label against the
+  model's out-of-sample score; priority = the chance the *label* is wrong, from the model's
+  posterior at the base rate and the LLM's error rates as people measured them;
+- low_agreement: the LLM's own samples disagree; priority = 1 - agreement;
+- teacher_vs_llm: the teacher and the LLM are `teacher_gap` apart (the photo-trained teacher
+  is weak evidence: a quarter of the gap);
+- near_threshold: unlabelled, and the model's score is within `near_band` of the threshold
+  (no label to be wrong: low priority);
 - audit: a small random share of scored images, so reviewers also see ordinary cases.
-Images with a human decision are never queued; an (image, reason) pair is queued once ever.
-Only out-of-sample model scores are used (review.scores).
+Each run queues at most `max_per_run` new items, no reason more than `max_reason_share` of
+them. Images with a human decision are never queued; an (image, reason) pair is queued once
+ever. Only out-of-sample model scores are used (review.scores).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 
 from corpus.catalog import (
@@ -25,15 +31,22 @@ from corpus.catalog import (
     insert_ignore,
     labels,
     model_scores,
+    models,
     recorded,
     review_queue,
     utcnow,
 )
 from labelers.effective import HUMAN, LLM, TEACHER, LabelRow, effective_label
 from labelers.rubric import load_rubric
+from review.label_issues import (
+    chance_label_wrong,
+    error_rates,
+    find_label_issues,
+    posterior_at,
+)
 from spritesafe.config import Settings
 
-REASONS = ("llm_vs_model", "low_agreement", "teacher_vs_llm", "near_threshold", "audit")
+REASONS = ("label_issue", "low_agreement", "teacher_vs_llm", "near_threshold", "audit")
 
 
 @dataclass
@@ -41,6 +54,7 @@ class MineReport:
     run_id: str
     model_id: str = ""
     queued: Counter[str] = field(default_factory=Counter)  # new rows by reason
+    llm_error_rates: dict[str, Any] = field(default_factory=dict)  # as people measured them
     open: dict[str, int] = field(default_factory=dict)  # open rows by reason, after the run
     seconds: float = 0.0
     status: str = "running"
@@ -98,15 +112,20 @@ def mine(catalog: Catalog, settings: Settings, model_id: str, threshold: float) 
                 )
             }
         found: dict[str, list[tuple[float, int, dict[str, Any]]]] = defaultdict(list)
+        judged: list[tuple[int, bool, float, dict[str, Any]]] = []  # LLM verdict vs model
+        pairs: list[tuple[bool, bool]] = []  # (LLM, person) wherever both said something
         for image_id, item in by_image.items():
-            if item.human:
-                continue  # decided by a person: nothing left to mine
             llm = [r for r in item.rows if r.labeler == LLM and r.rubric_version == rubric.version]
+            verdict = effective_label(llm, rubric_version=rubric.version) if llm else None
+            if item.human:
+                person = effective_label(item.rows, rubric_version=rubric.version)
+                if verdict and verdict.category and not verdict.uncertain and person.category:
+                    pairs.append((verdict.category in positive, person.category in positive))
+                continue  # decided by a person: nothing left to mine
             score = scores.get(image_id)
             llm_p = sum(item.llm_p) / len(item.llm_p) if item.llm_p else None
             detail = {"model": score, "llm": llm_p, "teacher": item.teacher}
-            if llm:
-                verdict = effective_label(llm, rubric_version=rubric.version)
+            if verdict is not None:
                 if verdict.uncertain and len(llm) >= 2:
                     found["low_agreement"].append(
                         (
@@ -116,16 +135,14 @@ def mine(catalog: Catalog, settings: Settings, model_id: str, threshold: float) 
                         )
                     )
                 elif score is not None and verdict.category is not None:
-                    llm_pos = verdict.category in positive
-                    if (llm_pos and score < threshold - config.margin) or (
-                        not llm_pos and score > threshold + config.margin
-                    ):
-                        sure = abs(score - threshold) + abs((llm_p or 0.5) - 0.5)
-                        found["llm_vs_model"].append((sure, image_id, detail))
+                    judged.append((image_id, verdict.category in positive, score, detail))
                 if item.teacher is not None and llm_p is not None:
                     gap = abs(item.teacher - llm_p)
                     if gap >= config.teacher_gap:
-                        found["teacher_vs_llm"].append((gap, image_id, detail))
+                        found["teacher_vs_llm"].append((gap / 4, image_id, detail))
+        report.llm_error_rates = _label_issues(
+            catalog, settings, model_id, judged, pairs, found["label_issue"]
+        )
         for image_id, score in scores.items():
             known = by_image.get(image_id)
             if known is not None and (known.human or known.llm_p):
@@ -133,14 +150,23 @@ def mine(catalog: Catalog, settings: Settings, model_id: str, threshold: float) 
             distance = abs(score - threshold)
             if distance < config.near_band:
                 found["near_threshold"].append(
-                    (1 - distance / config.near_band, image_id, {"model": score})
+                    ((1 - distance / config.near_band) / 10, image_id, {"model": score})
                 )
-        picked: dict[str, list[tuple[float, int, dict[str, Any]]]] = {
-            reason: sorted(items, key=lambda t: (-t[0], t[1]))[: config.max_per_reason]
+        per_reason = max(1, round(config.max_per_run * config.max_reason_share))
+        ranked = {
+            reason: sorted(items, key=lambda t: (-t[0], t[1]))[:per_reason]
             for reason, items in found.items()
         }
+        # The run's cap goes to the likeliest label errors over all reasons.
+        best = sorted(
+            ((entry, reason) for reason, entries in ranked.items() for entry in entries),
+            key=lambda t: (-t[0][0], t[0][1]),
+        )[: config.max_per_run]
+        picked: dict[str, list[tuple[float, int, dict[str, Any]]]] = defaultdict(list)
+        for entry, reason in best:
+            picked[reason].append(entry)
         others = sum(len(v) for v in picked.values())
-        audit_n = round(config.audit_share * others) if others else 0
+        audit_n = min(round(config.audit_share * others), per_reason) if others else 0
         pool = sorted(
             (i for i in scores if not (by_image.get(i) and by_image[i].human)),
             key=lambda i: hashlib.sha256(f"{config.seed}:{model_id}:{i}".encode()).hexdigest(),
@@ -187,3 +213,36 @@ def _queued(conn: sa.Connection, reason: str) -> int:
             .where(review_queue.c.reason == reason)
         ).scalar_one()
     )
+
+
+def _label_issues(
+    catalog: Catalog,
+    settings: Settings,
+    model_id: str,
+    judged: list[tuple[int, bool, float, dict[str, Any]]],
+    pairs: list[tuple[bool, bool]],
+    out: list[tuple[float, int, dict[str, Any]]],
+) -> dict[str, Any]:
+    """Append the confident-learning label issues among `judged` (image, LLM says positive,
+    model score, detail) to `out`, each with the chance its label is wrong; returns the LLM's
+    error rates used."""
+    config = settings.review
+    llm = np.array([a for a, _ in pairs], dtype=bool)
+    person = np.array([b for _, b in pairs], dtype=bool)
+    rates = error_rates(llm, person, config.llm_miss_prior, config.llm_false_alarm_prior)
+    if not judged:
+        return rates
+    given = np.array([j[1] for j in judged], dtype=bool)
+    p = np.array([j[2] for j in judged], dtype=np.float64)
+    with catalog.read() as conn:
+        info = conn.execute(sa.select(models.c.metrics).where(models.c.id == model_id)).scalar()
+    info = info or {}
+    base_rate = float(info.get("base_rate") or given.mean() or 0.01)
+    trained_share = float(info.get("trained_share") or base_rate)
+    posterior = posterior_at(p, trained_share, base_rate)
+    chance = chance_label_wrong(given, posterior, rates["miss"], rates["false_alarm"])
+    for k in np.flatnonzero(find_label_issues(given, p)):
+        image_id, _, _, detail = judged[k]
+        extra = {"posterior": round(float(posterior[k]), 4), "chance_wrong": float(chance[k])}
+        out.append((float(chance[k]), image_id, detail | extra))
+    return rates

@@ -19,12 +19,9 @@ import sqlalchemy as sa
 from corpus.blobs import BlobStore
 from corpus.catalog import (
     Catalog,
-    insert_ignore,
     labels,
     model_scores,
     recorded,
-    review_queue,
-    utcnow,
 )
 from export.classify import Classifier
 from labelers.budget import Plan, plan_budget
@@ -44,7 +41,7 @@ class PositivesReport:
     labelled: int = 0
     model_positives: int = 0  # asked images the model calls positive
     confirmed: int = 0  # ... that the LLM calls positive too
-    queued: int = 0  # disagreements sent to review
+    disagreements: int = 0  # the review stage ranks them by the chance the label is wrong
     errors: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     status: str = "running"
@@ -104,7 +101,6 @@ def verify_positives(
             votes.setdefault(row.image_id, []).append(
                 LabelRow(row.labeler, row.category, row.created_at, row.rubric_version)
             )
-        disagreements = []
         for image_id, image_votes in votes.items():
             verdict = effective_label(image_votes, rubric_version=rubric.version)
             if verdict.uncertain or verdict.category is None:
@@ -113,25 +109,5 @@ def verify_positives(
             llm_pos = verdict.category in positive
             report.model_positives += model_pos
             report.confirmed += model_pos and llm_pos
-            if model_pos != llm_pos:
-                disagreements.append(
-                    {
-                        "image_id": image_id,
-                        "reason": "llm_vs_model",
-                        "priority": abs(scores[image_id] - clf.threshold),
-                        "detail": {
-                            "model": scores[image_id],
-                            "llm": verdict.category,
-                            "selection": chosen[image_id],
-                        },
-                        "model_id": clf.model_id,
-                        "status": "open",
-                        "created_at": utcnow(),
-                    }
-                )
-        with catalog.write() as conn:
-            before = conn.execute(sa.select(sa.func.count()).select_from(review_queue)).scalar_one()
-            insert_ignore(conn, review_queue, disagreements, ["image_id", "reason"])
-            after = conn.execute(sa.select(sa.func.count()).select_from(review_queue)).scalar_one()
-        report.queued = int(after - before)
+            report.disagreements += model_pos != llm_pos
     return report

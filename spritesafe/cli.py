@@ -805,7 +805,8 @@ def verify_positives_command(
     out.print(
         f"the model called {report.model_positives} of them nsfw; the LLM confirmed "
         f"{report.confirmed} (precision {'-' if precision is None else f'{precision:.3f}'}); "
-        f"{report.queued} disagreements queued for review"
+        f"{report.disagreements} disagreements (`spritesafe disagreements` queues the likely "
+        "label errors)"
     )
 
 

@@ -298,10 +298,13 @@ class ExportSettings(BaseModel):
 class ReviewSettings(BaseModel):
     """Disagreement mining and the review page."""
 
-    margin: float = Field(0.2, gt=0, lt=0.5, description="model beyond threshold +/- this")
     near_band: float = Field(0.05, gt=0, lt=0.5, description="'uncertain': |p - threshold| <")
     teacher_gap: float = Field(0.7, gt=0, le=1, description="|teacher - LLM| for a conflict")
-    max_per_reason: int = Field(200, ge=1, description="new queue items per reason per run")
+    max_per_run: int = Field(100, ge=1, description="new queue items per run")
+    max_reason_share: float = Field(0.5, gt=0, le=1, description="of max_per_run, per reason")
+    # The LLM's error rates before people have measured them (pulled towards these).
+    llm_miss_prior: float = Field(0.15, ge=0, lt=1)
+    llm_false_alarm_prior: float = Field(0.02, ge=0, lt=1)
     audit_share: float = Field(0.1, ge=0, le=1, description="random items, share of the rest")
     host: str = "127.0.0.1"
     port: int = Field(8765, ge=0, le=65535)

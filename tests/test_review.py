@@ -3,6 +3,7 @@ real browser (Debian's headless Chromium driven by Playwright)."""
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
@@ -16,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 import uvicorn
 from numpy.typing import NDArray
+from PIL import Image
 
 from corpus.catalog import insert_ignore, labels, model_scores, review_queue
 from corpus.workspace import open_workspace
@@ -61,7 +63,7 @@ def mined(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         snapshot={"target_base_rate": 0.1},
         train={"epochs": 2, "min_steps": 0, "batch_size": 32, "size": 64},
         export={"calibration_images": 64, "unlabelled_sample": 0} | LENIENT,
-        review={"margin": 0.05, "near_band": 0.2},
+        review={"near_band": 0.2},
     )
     with open_workspace(settings) as ws:
         assert snapshot(ws.catalog, ws.blobs, settings).status == "ok"
@@ -104,7 +106,7 @@ def test_mining_queues_each_image_once_per_reason(mined: Settings) -> None:
                 ).scalars()
             )
         # A model never judges a label with a score from having trained on the image.
-        assert not {q.image_id for q in queue if q.reason == "llm_vs_model"} & in_sample
+        assert not {q.image_id for q in queue if q.reason == "label_issue"} & in_sample
         assert all(q.detail is not None for q in queue)
         again = mine(ws.catalog, mined, clf.model_id, clf.threshold)
         assert sum(again.queued.values()) == 0
@@ -332,15 +334,6 @@ def test_verify_positives_asks_the_llm_about_the_models_picks(
                     )
                 ).all()
             )
-            queued = (
-                conn.execute(
-                    sa.select(review_queue.c.image_id).where(
-                        review_queue.c.reason == "llm_vs_model"
-                    )
-                )
-                .scalars()
-                .all()
-            )
         picked = {r.image_id: r.selection for r in rows}
         top = [i for i, s in picked.items() if s == "model_top"]
         unasked = [i for i in scores if i not in picked and scores[i] > min(scores[t] for t in top)]
@@ -354,7 +347,7 @@ def test_verify_positives_asks_the_llm_about_the_models_picks(
         assert report.model_positives == len(called)
         assert report.confirmed == sum(verdict[i] == "explicit" for i in called)
         disagree = [i for i in picked if (scores[i] >= clf.threshold) != (verdict[i] == "explicit")]
-        assert set(disagree) <= set(queued)
+        assert report.disagreements == len(disagree)
         agreed = agreement(ws.catalog, mined, clf.model_id, clf.threshold)
     assert agreed.pairs["llm-model"]["images"] > 0 and agreed.pairs["llm-teacher"]["images"] > 0
     # Only images the LLM labelled with certainty pair up (the wavering ones do not).
@@ -373,7 +366,10 @@ def test_label_stage_is_steered_by_the_promoted_model(mined: Settings, tmp_path:
     with open_workspace(mined) as ws:
         ingest(ws.catalog, ws.blobs, [parse_source(str(fresh), mined)], mined)
         dedupe(ws.catalog, mined)
-        report = label(ws.catalog, ws.blobs, mined, budget=10)
+        one_by_one = mined.model_copy(
+            update={"label": mined.label.model_copy(update={"screen_share": 0.0})}
+        )
+        report = label(ws.catalog, ws.blobs, one_by_one, budget=10)
         assert report.steered_by == f"model {clf.model_id}" and report.teacher_scored == 0
         assert report.selected == {"audit": 2, "model_top": 6, "model_near": 2}
         with ws.catalog.read() as conn:
@@ -407,6 +403,84 @@ def _cluster_full(settings: Settings, image_id: int, picked: list[int]) -> bool:
     with open_workspace(settings) as ws:
         clusters = clusters_of(ws.catalog, [image_id, *picked])
     return sum(clusters[p] == clusters[image_id] for p in picked) >= settings.label.per_cluster
+
+
+def test_the_queue_puts_likely_label_errors_first(mined: Settings, tmp_path: Path) -> None:
+    """LLM labels with planted errors on sprites the model never saw: the queue's label
+    issues are ranked by the chance the label is wrong, and its top is mostly real errors."""
+    from corpus.catalog import utcnow
+    from corpus.dedupe import dedupe
+    from corpus.ingest import ingest
+    from corpus.sources import parse_source
+    from labelers.rubric import load_rubric
+
+    fresh = coloured_corpus(tmp_path, positives=20, negatives=120, seed=17)
+    clf = _model(mined)
+    rubric = load_rubric(mined.label.rubric)
+    with open_workspace(mined) as ws:
+        before = ingest(ws.catalog, ws.blobs, [parse_source(str(fresh), mined)], mined)
+        assert before.status == "ok"
+        dedupe(ws.catalog, mined)
+        score_catalog(ws.catalog, ws.blobs, mined, promoted_model(mined))
+        with ws.catalog.read() as conn:
+            scored = dict(
+                conn.execute(
+                    sa.select(model_scores.c.image_id, model_scores.c.score).where(
+                        model_scores.c.model_id == clf.model_id,
+                        model_scores.c.out_of_sample,
+                        model_scores.c.image_id.not_in(sa.select(labels.c.image_id)),
+                    )
+                ).all()
+            )
+        red = {i for i in scored if _is_red(ws, i)}
+        plain = sorted(set(scored) - red)
+        assert len(red) >= 15 and len(plain) >= 100
+        # The LLM misses 4 red sprites and calls 6 plain ones explicit; the rest it gets right.
+        wrong = set(sorted(red)[:4]) | set(plain[:6])
+        rows = []
+        for image_id in scored:
+            truth = image_id in red
+            said = (not truth) if image_id in wrong else truth
+            category = "explicit" if said else "safe"
+            rows += [
+                {
+                    "image_id": image_id,
+                    "labeler": "ollama",
+                    "model": "qwen2.5vl:3b",
+                    "model_digest": "sha256:" + "0c" * 32,
+                    "rubric_version": rubric.version,
+                    "score_explicit": 0.9 if said else 0.05,
+                    "category": category,
+                    "selection": "audit",
+                    "sample": sample,
+                    "created_at": utcnow(),
+                }
+                for sample in range(3)
+            ]
+        with ws.catalog.write() as conn:
+            conn.execute(labels.insert(), rows)
+        report = mine(ws.catalog, mined, clf.model_id, clf.threshold)
+        with ws.catalog.read() as conn:
+            issues = conn.execute(
+                sa.select(review_queue.c.image_id, review_queue.c.priority, review_queue.c.detail)
+                .where(review_queue.c.reason == "label_issue")
+                .where(review_queue.c.image_id.in_(list(scored)))
+                .order_by(review_queue.c.priority.desc())
+            ).all()
+    assert report.queued["label_issue"] >= 5
+    top = [r.image_id for r in issues[:10]]
+    assert sum(i in wrong for i in top) >= 0.5 * len(top)
+    assert all(0 <= r.priority <= 1 and "chance_wrong" in r.detail for r in issues)
+    assert sum(report.queued.values()) <= mined.review.max_per_run
+
+
+def _is_red(ws: Any, image_id: int) -> bool:
+    from corpus.catalog import images
+
+    with ws.catalog.read() as conn:
+        key = conn.execute(sa.select(images.c.blob_key).where(images.c.id == image_id)).scalar()
+    rgb = np.asarray(Image.open(io.BytesIO(ws.blobs.get(key))).convert("RGB"))
+    return bool((rgb == RED).all(axis=2).mean() > 0.2)
 
 
 def _llm_labelled_before(settings: Settings, image_id: int) -> bool:

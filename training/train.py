@@ -79,6 +79,7 @@ class TrainReport:
     resumed_at_epoch: int = 0
     train_images_per_s: float = 0.0
     base_rate: float = 0.0
+    trained_share: float = 0.0  # the positive share training saw (its scores' prior)
     threshold: float = 0.5
     threshold_met: bool = False
     threshold_rule: str = ""
@@ -245,7 +246,12 @@ def train(
         path=str(folder),
         epochs_done=report.epochs_done,
         threshold=report.threshold,
-        metrics={"validation": report.validation, "test": report.test},
+        metrics={
+            "validation": report.validation,
+            "test": report.test,
+            "base_rate": report.base_rate,
+            "trained_share": report.trained_share,
+        },
         finished_at=utcnow(),
     )
     return report
@@ -291,6 +297,7 @@ def _train(
         share = weighted / (weighted + negatives)
     # Said once (on stderr: stdout may be a JSON report); also in the checkpoint and the card.
     print(f"init: {start.describe()}", file=sys.stderr)
+    report.trained_share = share
     model = create_model(config.arch, None if resume else start, prior=share).to(device)
     base = {
         "arch": config.arch,
