@@ -1,0 +1,504 @@
+"""The loop, measured: positives found per LLM call, and what the student learns from them.
+
+The proxy world of bench/sample_efficiency.py (real Cataclysm DDA sprites, a semantic concept
+from the tilesets' own ids at ~3 %, a holdout never ingested; its ingested, deduplicated and
+pretrained catalog is reused) and a simulated vision LLM behind the real Ollama test server
+(tests/ollama_server.py, real HTTP, the real `ollama` client). It recognises each sprite it is
+shown, alone or in a cell of a contact sheet, and answers from the truth with realistic noise:
+per sprite and sticky (2 % false positives, 15 % misses: asking again does not fix them), plus
+2 % per call; on a sheet it misses a further 10 % (4x4), 5 % (3x3) or 2 % (2x2) of positives.
+
+- the **ceiling**: every corpus sprite labelled individually once (plus the second opinion
+  every positive gets), the default recipe trained on it, holdout PR-AUC;
+- the **loop**: round 0 (no model: screening, the teacher) and `--rounds` growth rounds, each
+  the real stages in grow's order: label (budgeted), snapshot, train, export, verify (promote),
+  review queue (score + mine); then a simulated reviewer decides the top `--reviews` queue
+  items from the truth. The rounds share LLM calls equal to `--calls-share` of the corpus.
+
+Per round: LLM calls (by purpose) and image tokens so far, true positives found (the loop's
+effective label positive, the sprite truly positive) and their share of the corpus's,
+positives per 100 calls, holdout PR-AUC, and the share of the queue's top 20 whose label is
+really wrong. Targets (issue 13) are checked at the end (exit 1 when one fails).
+
+    .venv/bin/python -m bench.loop_bench [--rounds 3] [--calls-share 0.2] [--reviews 50]
+        [--skip-ceiling] [--work DIR]
+
+Results go to `--work`/rounds.json as each round finishes and to bench/out/loop_bench.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sqlite3
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from numpy.typing import NDArray
+from PIL import Image
+
+from bench import sample_efficiency as se
+from bench.common import cpu, machine, report_machine, write_figures
+from bench.proxy import CONCEPTS, build_proxy
+from corpus.canonical import content_box, from_bytes
+from corpus.catalog import images, labels, llm_calls, review_queue, utcnow
+from corpus.workspace import open_workspace
+from export.stage import export_model, verify_model
+from labelers.effective import LabelRow, effective_label
+from labelers.rubric import load_rubric
+from labelers.stage import label
+from review.decisions import decide
+from review.mining import mine
+from review.scores import score_catalog
+from spritesafe.config import Settings, load_settings
+from spritesafe.preprocess import PreprocessSpec
+from tests.ollama_server import ChatRequestInfo, FakeOllama, rubric_responder, sheet_layout
+from training import metrics
+from training.data import eval_batches
+from training.model import load_checkpoint, predict
+from training.snapshot import snapshot
+from training.train import train
+
+OUT = Path(__file__).resolve().parent / "out"
+MODEL = "simulated-vlm"
+FALSE_ALARM, MISS, PER_CALL = 0.02, 0.15, 0.02
+SHEET_MISS = {4: 0.10, 3: 0.05, 2: 0.02}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--concept", choices=sorted(CONCEPTS), default="zombies")
+    parser.add_argument("--rounds", type=int, default=3, help="growth rounds after round 0")
+    parser.add_argument("--calls-share", type=float, default=0.2, help="of the corpus, in all")
+    parser.add_argument("--reviews", type=int, default=50, help="queue decisions per round")
+    parser.add_argument("--skip-ceiling", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", type=Path, default=OUT / "loop")
+    parser.add_argument("--world", type=Path, default=OUT / "sample_efficiency")
+    return parser.parse_args(argv)
+
+
+def _unit(*parts: object) -> float:
+    return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:12], 16) / 16**12
+
+
+def signature(rgb: NDArray[np.uint8], background: tuple[int, int, int]) -> str:
+    """Scale-free identity of a drawing: its content box sampled at 16 x 16 cell centres (an
+    integer nearest enlargement samples the same source pixels), plus the box's shape."""
+    box = content_box(rgb, background)
+    h, w = box.shape[:2]
+    rows = ((np.arange(16) + 0.5) * h / 16).astype(int)
+    cols = ((np.arange(16) + 0.5) * w / 16).astype(int)
+    sample = np.ascontiguousarray(box[rows][:, cols])
+    ratio = round(h / w, 3)
+    return hashlib.sha1(sample.tobytes() + str(ratio).encode()).hexdigest()
+
+
+class SimulatedLLM:
+    """Knows every corpus sprite's truth; answers with the noise of the module docstring."""
+
+    def __init__(self, settings: Settings, truth: dict[int, tuple[bool, str]]) -> None:
+        canon = settings.canonical
+        self.background = canon.background
+        self.truth = truth
+        self.by_signature: dict[str, int] = {}
+        self.small: dict[int, NDArray[np.float32]] = {}  # fallback: 8x8 thumbnails
+        with open_workspace(settings) as ws, ws.catalog.read() as conn:
+            keys = conn.execute(
+                sa.select(images.c.id, images.c.blob_key).where(images.c.id.in_(list(truth)))
+            ).all()
+            for image_id, key in keys:
+                pixels = from_bytes(
+                    ws.blobs.get(key), settings.image, canon.background, canon.max_scale
+                ).pixels
+                self.by_signature[signature(pixels, self.background)] = image_id
+                self.small[image_id] = _thumb(content_box(pixels, self.background))
+        self.ids = np.array(list(self.small))
+        self.thumbs = np.stack([self.small[i] for i in self.ids])
+        self.unknown = 0
+
+    def which(self, rgb: NDArray[np.uint8]) -> int:
+        found = self.by_signature.get(signature(rgb, self.background))
+        if found is not None:
+            return found
+        self.unknown += 1  # a sheet cell shrunk by a non-integer factor: the nearest thumbnail
+        thumb = _thumb(content_box(rgb, self.background))
+        return int(self.ids[np.argmin(((self.thumbs - thumb) ** 2).sum(axis=(1, 2, 3)))])
+
+    def says_positive(self, image_id: int, call: str, grid: int = 1) -> bool:
+        positive, sha = self.truth[image_id]
+        sticky = _unit("sticky", sha)
+        said = sticky >= MISS if positive else sticky < FALSE_ALARM
+        if said and positive and _unit("sheet", sha) < SHEET_MISS.get(grid, 0.0):
+            said = False
+        if _unit("call", sha, call) < PER_CALL:
+            said = not said
+        return said
+
+    def verdict(self, rgb: NDArray[np.uint8], info: ChatRequestInfo) -> str:
+        layout = sheet_layout(info)
+        grid = layout[0] if layout else 1
+        options = info.options
+        # Per-call noise: a sheet is a new look each time; one sprite at the same seed and
+        # temperature answers the same (as Ollama does).
+        seq = info.seq if grid > 1 else ""
+        call = f"{options.get('seed')}:{options.get('temperature')}:{grid}:{seq}"
+        return "explicit" if self.says_positive(self.which(rgb), call, grid) else "safe"
+
+
+def _thumb(rgb: NDArray[np.uint8]) -> NDArray[np.float32]:
+    return np.asarray(Image.fromarray(rgb).resize((8, 8), Image.Resampling.BOX), np.float32)
+
+
+def make_world(args: argparse.Namespace, base: Settings, name: str, keep: set[int]) -> Settings:
+    """A copy of the base catalog (blobs and pretrained backbone shared) where only the proxy's
+    corpus sprites are candidates (crawl's unlabelled sheets have no truth)."""
+    data = args.work / name / "data"
+    if not (data / "catalog.db").is_file():
+        shutil.rmtree(args.work / name, ignore_errors=True)
+        data.mkdir(parents=True)
+        source = sqlite3.connect(base.data_path / "catalog.db", isolation_level=None)
+        source.execute("VACUUM INTO ?", (str(data / "catalog.db"),))
+        source.close()
+        with sqlite3.connect(data / "catalog.db") as conn:
+            conn.execute("CREATE TEMP TABLE keep (id INTEGER PRIMARY KEY)")
+            conn.executemany("INSERT INTO keep VALUES (?)", [(i,) for i in keep])
+            conn.execute(
+                "UPDATE images SET status = 'rejected', reject_reason = 'not_in_proxy' "
+                "WHERE status = 'candidate' AND id NOT IN (SELECT id FROM keep)"
+            )
+    return load_settings(
+        None,
+        data_dir=data,
+        blob_url=str(base.blob_root),
+        ollama={"model": MODEL, "per_host_concurrency": 8, "timeout_s": 60},
+    )
+
+
+def found_positives(
+    settings: Settings, truth: dict[int, tuple[bool, str]]
+) -> tuple[int, int, dict[int, bool]]:
+    """(true positives the loop holds as positive, sprites it holds as positive, the loop's
+    effective verdict per labelled sprite) from the catalog's label rows."""
+    rubric = load_rubric(settings.label.rubric)
+    rows: dict[int, list[LabelRow]] = {}
+    with open_workspace(settings) as ws, ws.catalog.read() as conn:
+        for r in conn.execute(
+            sa.select(labels).where(labels.c.labeler.in_(("ollama", "human"))).order_by(labels.c.id)
+        ):
+            rows.setdefault(r.image_id, []).append(
+                LabelRow(r.labeler, r.category, r.created_at, r.rubric_version, by=r.model)
+            )
+    verdicts: dict[int, bool] = {}
+    for image_id, votes in rows.items():
+        v = effective_label(votes, rubric_version=rubric.version)
+        if v.category is not None and not v.uncertain:
+            verdicts[image_id] = v.category in settings.snapshot.positive
+    said = [i for i, pos in verdicts.items() if pos and i in truth]
+    return sum(truth[i][0] for i in said), len(said), verdicts
+
+
+def holdout_pr_auc(model_path: Path, held: Any) -> float:
+    model = load_checkpoint(model_path / "model.pt")
+    return metrics.average_precision(
+        held.labels, predict(model.model, eval_batches(held, model.spec))
+    )
+
+
+def train_round(settings: Settings) -> dict[str, Any]:
+    """snapshot, train, export, verify: what grow does when a retrain is due."""
+    out: dict[str, Any] = {}
+    with open_workspace(settings) as ws:
+        frozen = snapshot(ws.catalog, ws.blobs, settings)
+        out["snapshot"] = {
+            k: frozen.as_dict()[k]
+            for k in (
+                "status",
+                "reason",
+                "counts",
+                "excluded",
+                "base_rate",
+                "base_rate_source",
+                "base_rate_estimate",
+            )
+        }
+        if frozen.status != "ok":
+            return out
+        trained = train(ws.catalog, settings, frozen.snapshot_id)
+        out["train"] = {
+            "model_id": trained.model_id,
+            "path": trained.path,
+            "test_pr_auc": trained.test["pr_auc"],
+            "steps": trained.steps_done,
+            "init": trained.init.get("kind"),
+        }
+        export_model(ws.catalog, settings, trained.model_id)
+        verified = verify_model(ws.catalog, ws.blobs, settings, trained.model_id)
+        out["promoted"] = verified.promoted
+    return out
+
+
+def review_round(
+    settings: Settings, truth: dict[int, tuple[bool, str]], reviews: int
+) -> dict[str, Any]:
+    """Score + mine with the promoted model; the top-20 check; a reviewer's decisions."""
+    from export.classify import Classifier
+    from export.stage import promoted_model
+
+    model = promoted_model(settings)
+    clf = Classifier(model)
+    _, _, verdicts = found_positives(settings, truth)
+    with open_workspace(settings) as ws:
+        score_catalog(ws.catalog, ws.blobs, settings, model)
+        mined = mine(ws.catalog, settings, clf.model_id, clf.threshold)
+        with ws.catalog.read() as conn:
+            queue = conn.execute(
+                sa.select(review_queue.c.id, review_queue.c.image_id, review_queue.c.reason)
+                .where(review_queue.c.status == "open")
+                .order_by(review_queue.c.priority.desc(), review_queue.c.id)
+            ).all()
+        top = queue[:20]
+        wrong = [
+            q
+            for q in top
+            if q.image_id in verdicts and verdicts[q.image_id] != truth[q.image_id][0]
+        ]
+        decided = 0
+        for q in queue[:reviews]:
+            decide(
+                ws.catalog,
+                q.id,
+                "simulated-reviewer",
+                "explicit" if truth[q.image_id][0] else "safe",
+            )
+            decided += 1
+    return {
+        "queued": dict(mined.queued),
+        "top20": len(top),
+        "top20_wrong": len(wrong),
+        "top20_reasons": dict(Counter(q.reason for q in top)),
+        "decided": decided,
+        "llm_error_rates": mined.llm_error_rates,
+    }
+
+
+def calls_so_far(settings: Settings) -> dict[str, Any]:
+    with open_workspace(settings) as ws, ws.catalog.read() as conn:
+        rows = conn.execute(
+            sa.select(
+                llm_calls.c.purpose, sa.func.count(), sa.func.sum(llm_calls.c.image_px)
+            ).group_by(llm_calls.c.purpose)
+        ).all()
+    return {
+        "calls": int(sum(r[1] for r in rows)),
+        "by_purpose": {r[0]: int(r[1]) for r in rows},
+        "image_tokens": round(sum(int(r[2] or 0) for r in rows) / 784),
+    }
+
+
+def ceiling(
+    args: argparse.Namespace,
+    base: Settings,
+    truth: dict[int, tuple[bool, str]],
+    llm: SimulatedLLM,
+    held: Any,
+) -> dict[str, Any]:
+    """Every corpus sprite labelled individually once (positives also get their second
+    opinion), then the default recipe."""
+    settings = make_world(args, base, "ceiling", set(truth))
+    rubric = load_rubric(settings.label.rubric)
+    rows = []
+    for image_id in sorted(truth):
+        first = llm.says_positive(image_id, "0:0.0:1:")
+        for sample in (0, 1) if first else (0,):
+            said = first if sample == 0 else llm.says_positive(image_id, "1:0.7:1:")
+            category = "explicit" if said else "safe"
+            rows.append(
+                {
+                    "image_id": image_id,
+                    "labeler": "ollama",
+                    "model": MODEL,
+                    "model_digest": "sha256:" + "5e" * 32,
+                    "rubric_version": rubric.version,
+                    "score_explicit": 0.9 if said else 0.05,
+                    "category": category,
+                    "rationale": "simulated",
+                    "selection": "audit",
+                    "sample": sample,
+                    "created_at": utcnow(),
+                }
+            )
+    with open_workspace(settings) as ws, ws.catalog.write() as conn:
+        conn.execute(labels.delete())
+        conn.execute(labels.insert(), rows)
+    started = time.perf_counter()
+    out = train_round(settings)
+    out["holdout_pr_auc"] = holdout_pr_auc(Path(out["train"]["path"]), held)
+    out["seconds"] = round(time.perf_counter() - started, 1)
+    return out
+
+
+COLUMNS = (
+    "calls",
+    "image tokens",
+    "positives found",
+    "share",
+    "per 100 calls",
+    "holdout PR-AUC",
+    "queue top 20 wrong",
+)
+
+
+def row(x: dict[str, Any], n_pos: int, table: bool = False) -> str:
+    """One round's figures: a table row, or a line for the log."""
+    review = x.get("review", {})
+    cells = [
+        f"{x['calls']['calls']:,}",
+        f"{x['calls']['image_tokens']:,}",
+        f"{x['true_positives_found']}/{n_pos}",
+        f"{x['found_share']:.1%}",
+        f"{x['positives_per_100_calls']:.1f}",
+        f"{x.get('holdout_pr_auc', float('nan')):.3f}",
+        f"{review.get('top20_wrong', '-')}/{review.get('top20', '-')}",
+    ]
+    if table:
+        return " | ".join(cells)
+    return ", ".join(f"{name} {cell}" for name, cell in zip(COLUMNS, cells, strict=True)) + (
+        f" ({x['calls']['by_purpose']}, {x['seconds']:.0f} s)"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    figures: dict[str, Any] = (
+        machine() | {"cpu": cpu()} | {k: str(v) for k, v in vars(args).items()}
+    )
+    args.work.mkdir(parents=True, exist_ok=True)
+    concept = CONCEPTS[args.concept]
+    proxy = args.world / f"proxy-{concept.name}"
+    truth_files = build_proxy(proxy, concept, seed=args.seed)
+    world_args = argparse.Namespace(work=args.world)
+    base = se.build_catalog(world_args, proxy, figures)
+    truth = se.corpus_truth(base, truth_files)
+    held = se.holdout(proxy, truth_files, PreprocessSpec.from_settings(base))
+    n_pos = sum(p for p, _ in truth.values())
+    rate = n_pos / len(truth)
+    figures |= {
+        "corpus": len(truth),
+        "corpus_positives": n_pos,
+        "base_rate": rate,
+        "holdout": len(held),
+        "holdout_positives": held.positives,
+    }
+    print(
+        f"proxy: {concept.description}; corpus {len(truth):,} sprites, {n_pos} positives "
+        f"(rate {rate:.4f}); holdout {len(held):,} ({held.positives} positives)",
+        flush=True,
+    )
+    results_path = args.work / "rounds.json"
+    results: dict[str, Any] = json.loads(results_path.read_text()) if results_path.is_file() else {}
+
+    def save() -> None:
+        results_path.write_text(json.dumps(results, indent=1, default=float) + "\n")
+
+    settings = make_world(args, base, "loop", set(truth))
+    llm = SimulatedLLM(settings, truth)
+    total = round(args.calls_share * len(truth))
+    with FakeOllama(
+        {MODEL: "sha256:" + "5e" * 32}, responder=rubric_responder(llm.verdict), parallelism=8
+    ) as server:
+        settings = settings.model_copy(
+            update={"ollama": settings.ollama.model_copy(update={"hosts": [server.url]})}
+        )
+        for r in range(args.rounds + 1):
+            key = f"round{r}"
+            if key in results:
+                continue
+            started = time.perf_counter()
+            spent = calls_so_far(settings)["calls"]
+            # What confirmations and rechecks add comes on top of the label budget: keep ~10 %.
+            budget = round((total - spent) / (args.rounds + 1 - r) * 0.9)
+            with open_workspace(settings) as ws:
+                labelled = label(ws.catalog, ws.blobs, settings, budget=budget)
+            round_out: dict[str, Any] = {
+                "budget": budget,
+                "label": {
+                    k: labelled.as_dict()[k]
+                    for k in (
+                        "selected",
+                        "screen",
+                        "second_opinions",
+                        "steered_by",
+                        "cost",
+                        "errors",
+                    )
+                },
+            }
+            round_out |= train_round(settings)
+            if "train" in round_out:
+                round_out["holdout_pr_auc"] = holdout_pr_auc(Path(round_out["train"]["path"]), held)
+            if round_out.get("promoted") or r > 0:
+                try:
+                    round_out["review"] = review_round(settings, truth, args.reviews)
+                except Exception as exc:  # no promoted model yet: nothing to review with
+                    round_out["review"] = {"error": repr(exc)}
+            tp, said, _ = found_positives(settings, truth)
+            calls = calls_so_far(settings)
+            round_out |= {
+                "calls": calls,
+                "true_positives_found": tp,
+                "llm_positives": said,
+                "found_share": tp / n_pos,
+                "positives_per_100_calls": 100 * tp / max(calls["calls"], 1),
+                "seconds": round(time.perf_counter() - started, 1),
+                "unrecognised_cells": llm.unknown,
+            }
+            results[key] = round_out
+            save()
+            print(f"{key}: {row(round_out, n_pos)}", flush=True)
+    if not args.skip_ceiling and "ceiling" not in results:
+        results["ceiling"] = ceiling(args, base, truth, llm, held)
+        save()
+    figures["results"] = results
+    last = results[f"round{args.rounds}"]
+    failures = []
+    print(f"\n| round | {' | '.join(COLUMNS)} |\n|---|{'---|' * len(COLUMNS)}")
+    for r in range(args.rounds + 1):
+        print(f"| {r} | {row(results[f'round{r}'], n_pos, table=True)} |")
+    checks = {
+        "found share >= 0.70": last["found_share"] >= 0.70,
+        "positives per 100 calls >= 10 x base rate": last["positives_per_100_calls"] >= 1000 * rate,
+        "holdout PR-AUC >= 10 x base rate": last.get("holdout_pr_auc", 0)
+        >= 10 * held.positives / len(held),
+    }
+    if "ceiling" in results:
+        c = results["ceiling"]["holdout_pr_auc"]
+        print(f"ceiling (every sprite labelled once): holdout PR-AUC {c:.3f}")
+        checks["holdout PR-AUC >= 0.9 x ceiling"] = last.get("holdout_pr_auc", 0) >= 0.9 * c
+    review = last.get("review", {})
+    if review.get("top20"):
+        checks["queue top 20 >= 50 % real label errors"] = (
+            review["top20_wrong"] >= 0.5 * review["top20"]
+        )
+    bound = 100 * n_pos / max(last["calls"]["calls"], 1)
+    print(
+        f"(finding every positive with these calls would give {bound:.1f} per 100 calls = "
+        f"{bound / (100 * rate):.1f} x the base rate)"
+    )
+    for name, ok in checks.items():
+        print(f"{'ok  ' if ok else 'FAIL'} {name}")
+        if not ok:
+            failures.append(name)
+    report_machine(figures)
+    return write_figures(figures, OUT / "loop_bench.json", failures)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
