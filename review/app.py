@@ -36,6 +36,9 @@ MEDIA = {
     "BMP": "image/bmp",
 }
 DISPLAY = 256  # images are shown at the largest integer zoom that fits this
+TILE = 96  # ... and in the grid, this
+GRID_SIZE = 24  # tiles per grid page
+GRID_MAX = 100  # decisions one grid submit (or one undo) may carry
 
 
 def _redirect(reason: str, item: int | None = None) -> RedirectResponse:
@@ -167,10 +170,91 @@ def create_app(
         return _redirect(reason)
 
     @app.post("/undo")
-    def undo_last(request: Request, csrf: str = Form(...), reason: str = Form("")) -> Response:
+    def undo_last(
+        request: Request,
+        csrf: str = Form(...),
+        reason: str = Form(""),
+        count: int = Form(1),
+        back: str = Form(""),
+    ) -> Response:
+        """Reopen the reviewer's last `count` decisions (a grid page: all of it)."""
         check(request, csrf)
-        reopened = undo(catalog, request.cookies.get("reviewer", ""))
+        reopened = None
+        for _ in range(max(1, min(count, GRID_MAX))):
+            reopened = undo(catalog, request.cookies.get("reviewer", "")) or reopened
+        if back == "grid":
+            response = RedirectResponse(f"/grid?reason={reason}", status_code=303)
+            response.delete_cookie("batch")
+            return response
         return _redirect(reason, reopened)
+
+    @app.get("/grid", response_class=HTMLResponse)
+    def grid(request: Request, reason: str = "audit") -> HTMLResponse:
+        """Many low-prior items at once: each tile safe until marked, one submit per page."""
+        reason = reason if reason in REASONS else "audit"
+        csrf = request.cookies.get("csrf") or secrets.token_urlsafe(24)
+        with catalog.read() as conn:
+            queue = conn.execute(
+                sa.select(review_queue.c.id, images.c.width, images.c.height)
+                .join(images, images.c.id == review_queue.c.image_id)
+                .where(review_queue.c.status == "open", review_queue.c.reason == reason)
+                .order_by(review_queue.c.priority.desc(), review_queue.c.id)
+                .limit(GRID_SIZE)
+            ).all()
+            counts = dict(
+                conn.execute(
+                    sa.select(review_queue.c.status, sa.func.count())
+                    .where(review_queue.c.reason == reason)
+                    .group_by(review_queue.c.status)
+                )
+                .tuples()
+                .all()
+            )
+        tiles = []
+        for q in queue:
+            zoom = max(1, TILE // max(q.width or 1, q.height or 1))
+            tiles.append(
+                {"id": q.id, "width": (q.width or 1) * zoom, "height": (q.height or 1) * zoom}
+            )
+        html = TEMPLATES.get_template("grid.html").render(
+            tiles=tiles,
+            reason=reason,
+            reasons=REASONS,
+            done=counts.get("decided", 0) + counts.get("skipped", 0),
+            left=counts.get("open", 0),
+            reviewer=request.cookies.get("reviewer", ""),
+            batch=int(request.cookies.get("batch", "0") or 0),
+            csrf=csrf,
+        )
+        response = HTMLResponse(html)
+        if "csrf" not in request.cookies:
+            response.set_cookie("csrf", csrf, httponly=True, samesite="strict")
+        return response
+
+    @app.post("/grid")
+    def grid_decide(
+        request: Request,
+        items: list[int] = Form(...),
+        choices: list[str] = Form(...),
+        csrf: str = Form(...),
+        reason: str = Form(""),
+    ) -> Response:
+        check(request, csrf)
+        if len(items) != len(choices) or len(items) > GRID_MAX:
+            raise HTTPException(400, "one choice per item, at most a page of them")
+        reviewer = request.cookies.get("reviewer", "")
+        decided, refused = 0, ""
+        for item, choice in zip(items, choices, strict=True):
+            try:
+                decide(catalog, item, reviewer, choice)
+                decided += 1
+            except ReviewError as exc:  # e.g. decided in another tab meanwhile: the rest count
+                refused = str(exc)
+        if refused and decided == 0:
+            raise HTTPException(409, refused)
+        response = RedirectResponse(f"/grid?reason={reason}", status_code=303)
+        response.set_cookie("batch", str(decided), httponly=True, samesite="strict")
+        return response
 
     return app
 

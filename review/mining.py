@@ -10,6 +10,7 @@ wrong, higher first):
   is weak evidence: a quarter of the gap);
 - near_threshold: unlabelled, and the model's score is within `near_band` of the threshold
   (no label to be wrong: low priority);
+- screen_miss: an LLM positive that a contact sheet passed over (low priority: for the grid);
 - audit: a small random share of scored images, so reviewers also see ordinary cases.
 Each run queues at most `max_per_run` new items, no reason more than `max_reason_share` of
 them. Images with a human decision are never queued; an (image, reason) pair is queued once
@@ -34,6 +35,7 @@ from corpus.catalog import (
     models,
     recorded,
     review_queue,
+    screenings,
     utcnow,
 )
 from labelers.effective import HUMAN, LLM, TEACHER, LabelRow, effective_label
@@ -46,7 +48,14 @@ from review.label_issues import (
 )
 from spritesafe.config import Settings
 
-REASONS = ("label_issue", "low_agreement", "teacher_vs_llm", "near_threshold", "audit")
+REASONS = (
+    "label_issue",
+    "low_agreement",
+    "teacher_vs_llm",
+    "near_threshold",
+    "screen_miss",
+    "audit",
+)
 
 
 @dataclass
@@ -143,6 +152,16 @@ def mine(catalog: Catalog, settings: Settings, model_id: str, threshold: float) 
         report.llm_error_rates = _label_issues(
             catalog, settings, model_id, judged, pairs, found["label_issue"]
         )
+        # Positives the contact sheets passed over: people confirm them in bulk (grid).
+        with catalog.read() as conn:
+            passed = set(
+                conn.execute(
+                    sa.select(screenings.c.image_id).where(~screenings.c.flagged)
+                ).scalars()
+            )
+        for image_id, llm_positive, _, detail in judged:
+            if llm_positive and image_id in passed:
+                found["screen_miss"].append((0.05, image_id, detail))
         for image_id, score in scores.items():
             known = by_image.get(image_id)
             if known is not None and (known.human or known.llm_p):

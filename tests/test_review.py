@@ -7,6 +7,7 @@ import io
 import json
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -264,6 +265,90 @@ def test_review_in_a_real_browser(server: tuple[str, Settings], tmp_path: Path) 
     for visited_url in visited:
         assert not any(w in visited_url for w in ("safe", "explicit", "suggestive", "score"))
     assert (tmp_path / "review.png").stat().st_size > 5000
+
+
+def test_grid_review_in_a_real_browser(server: tuple[str, Settings], tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    url, settings = server
+    with open_workspace(settings) as ws, ws.catalog.write() as conn:
+        # Low-prior items for the grid: a page's worth of audit items, whatever mining chose.
+        scored = (
+            conn.execute(
+                sa.select(model_scores.c.image_id).where(
+                    model_scores.c.image_id.not_in(sa.select(review_queue.c.image_id))
+                )
+            )
+            .scalars()
+            .all()
+        )
+        insert_ignore(
+            conn,
+            review_queue,
+            [
+                {
+                    "image_id": i,
+                    "reason": "audit",
+                    "priority": 0.0,
+                    "detail": {},
+                    "status": "open",
+                    "created_at": _now(),
+                }
+                for i in scored[:30]
+            ],
+            ["image_id", "reason"],
+        )
+        page_items = (
+            conn.execute(
+                sa.select(review_queue.c.id)
+                .where(review_queue.c.status == "open", review_queue.c.reason == "audit")
+                .order_by(review_queue.c.priority.desc(), review_queue.c.id)
+                .limit(24)
+            )
+            .scalars()
+            .all()
+        )
+    assert len(page_items) == 24
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1000, "height": 900})
+        page.goto(url + "/?reason=audit")
+        page.fill("#reviewer", "bo")
+        with page.expect_navigation():
+            page.click("text=set")
+        with page.expect_navigation():
+            page.click("#grid-link")
+        assert page.locator(".tile").count() == 24
+        blurred = page.eval_on_selector("#tile-5 img", "e => getComputedStyle(e).filter")
+        assert "blur" in blurred
+        page.hover("#tile-5")
+        assert "blur" not in page.eval_on_selector("#tile-5 img", "e => getComputedStyle(e).filter")
+        page.mouse.move(0, 0)
+        page.click("#tile-2")  # suggestive
+        page.click("#tile-7")
+        page.click("#tile-7")  # explicit
+        page.keyboard.press("4")  # suggestive, by its number
+        assert page.get_attribute("#tile-7", "data-choice") == "explicit"
+        page.screenshot(path=str(tmp_path / "grid.png"), full_page=True)
+        with page.expect_navigation():
+            page.keyboard.press("Enter")  # one submit for the page
+        decided = {q: _open_item(settings, q) for q in page_items}
+        assert all(v == ("decided", "bo") for v in decided.values())
+        with page.expect_navigation():
+            page.keyboard.press("u")  # undo the whole page
+        assert all(_open_item(settings, q) == ("open", None) for q in page_items)
+        browser.close()
+    with open_workspace(settings) as ws, ws.catalog.read() as conn:
+        rows = conn.execute(
+            sa.select(labels.c.category, labels.c.selection)
+            .where(labels.c.labeler == "human", labels.c.model == "bo")
+            .order_by(labels.c.id)
+        ).all()
+    said = Counter(r.category for r in rows[:24])
+    assert said == {"safe": 21, "suggestive": 2, "explicit": 1}
+    assert [r.category for r in rows[24:]] == ["retract"] * 24
+    assert {r.selection for r in rows} == {"audit"}
+    assert (tmp_path / "grid.png").stat().st_size > 5000
 
 
 def test_posts_need_the_csrf_token_and_remote_binding_a_token(server: tuple[str, Settings]) -> None:
