@@ -167,17 +167,30 @@ def plots_markdown(trained: dict[str, Any]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def publish(name: str, result: dict[str, Any], reports: Path) -> Path:
-    """Write the report file and the Prefect artifacts; the file's path."""
+def publish(
+    name: str, result: dict[str, Any], reports: Path, curve: dict[str, Any] | None = None
+) -> Path:
+    """Write the report file (with the learning curve so far, when given) and the Prefect
+    artifacts; the file's path."""
     from prefect.artifacts import create_markdown_artifact
+
+    from review.curve import curve_markdown, plot_curve
 
     text = markdown(name, result)
     reports.mkdir(parents=True, exist_ok=True)
-    path = reports / f"{name}-{utcnow():%Y%m%d-%H%M%S}.md"
-    path.write_text(text)
+    stamp = f"{name}-{utcnow():%Y%m%d-%H%M%S}"
+    path = reports / f"{stamp}.md"
+    plot = plot_curve(curve, reports / f"{stamp}-curve.png") if curve else None
+    path.write_text(text + ("\n" + curve_markdown(curve, plot) if curve else ""))
     create_markdown_artifact(
         markdown=text, key=f"spritesafe-{name}-report", description=f"spritesafe {name} run report"
     )
+    if curve:
+        create_markdown_artifact(
+            markdown=curve_markdown(curve, plot, embed=True),
+            key=f"spritesafe-{name}-learning-curve",
+            description="test PR-AUC against LLM calls; positives found per 100 calls",
+        )
     pretrained = result.get("pretrain") or {}
     loss = Path(pretrained.get("path") or "-") / "loss.png"
     if not pretrained.get("reused") and loss.is_file():

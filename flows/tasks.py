@@ -278,8 +278,11 @@ def report_task(
 ) -> str:
     """The run report: a Markdown file under data/reports/ and Prefect artifacts."""
     from flows.report import publish
+    from review.curve import learning_curve
 
     settings = load_settings(config, **overrides)
-    path = publish(name, result, settings.data_path / "reports")
+    with open_workspace(settings) as workspace:
+        curve = learning_curve(workspace.catalog, settings.snapshot.positive)
+    path = publish(name, result, settings.data_path / "reports", curve)
     get_run_logger().info("run report: %s", path)
     return str(path)

@@ -343,6 +343,7 @@ def _label_ollama(
     digest = asyncio.run(llm.connect())
     report.model, report.model_digest, report.rubric_version = cfg.model, digest, rubric.version
     pending, report.skipped_done = _pending(catalog, "ollama", digest, rubric.version, cfg.samples)
+    everything = budget >= len(pending)  # no need to screen what will all be labelled
     budget = min(budget, len(pending))
     if budget == 0:  # nothing new to ask; positives a killed run left unconfirmed still are
         plan = Plan(0.0, 0.0, 0.0, 1)
@@ -356,7 +357,7 @@ def _label_ollama(
     n_explore = min(budget - n_audit, round(budget * plan.explore_share))
     chosen = uniform_picks(pending, n_audit, n_explore, seed)
     grid = 1
-    if config.screen_share > 0 and rubric.screen_instructions:
+    if config.screen_share > 0 and rubric.screen_instructions and not everything:
         grid = grid_for(catalog, settings, digest, rubric)
     n_sheets = min(round(budget * config.screen_share), budget - len(chosen)) if grid > 1 else 0
     reserve = min(round(budget * config.followup_share), budget - len(chosen) - n_sheets)

@@ -35,9 +35,18 @@ def test_grow_and_rebuild_under_the_test_harness(tmp_path: Path) -> None:
             "export": LENIENT,
         }
         first = grow(overrides=overrides)
-        assert first["label"]["labelled"] == 216 and first["retrain"]["due"]
+        # The budget covers every sprite: each is labelled one by one (no sheets), and each
+        # positive gets its second opinion.
+        selected, confirmed = first["label"]["selected"], first["label"]["second_opinions"]
+        assert sum(selected.values()) == 216 and not first["label"]["screen"]
+        assert first["label"]["labelled"] == 216 + confirmed["confirm"] and first["retrain"]["due"]
         assert first["verify"]["promoted"] and first["review"] is not None
-        assert Path(first["report"]).is_file()
+        report = Path(first["report"])
+        text = report.read_text()
+        # The learning curve so far: the promoted model against the calls spent.
+        assert "## The loop so far" in text
+        assert f"| {216 + confirmed['confirm']:,} |" in text  # calls before the promotion
+        assert Path(report.with_name(report.stem + "-curve.png")).stat().st_size > 5000
         # rebuild: the same chain, unconditionally; same content, so the finished stages
         # come back from the cache: the same snapshot and the same model.
         again = rebuild(overrides=overrides)
