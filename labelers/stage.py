@@ -396,15 +396,17 @@ def _label_ollama(
             progress,
         )
         spent = run.sheets
-        room = budget - len(chosen) - spent
-        flagged = waiting + sorted(run.flagged, key=lambda i: (-scores.get(i, -1.0), i))
-        for image_id in flagged[:room]:
-            chosen[image_id] = "screen_flagged"
+        # The check sample first (the screen's recall is measured, not hoped for), then what
+        # the sheets flagged; flagged sprites the budget cannot take now wait for the next run.
         n_check = min(
             budget - len(chosen) - spent, round(len(run.unflagged) * config.screen_check_share)
         )
         for i in rng.permutation(len(run.unflagged))[:n_check]:
             chosen[run.unflagged[i]] = "screen_check"
+        room = budget - len(chosen) - spent
+        flagged = waiting + sorted(run.flagged, key=lambda i: (-scores.get(i, -1.0), i))
+        for image_id in flagged[:room]:
+            chosen[image_id] = "screen_flagged"
         report.screen = {
             "grid": grid,
             "sheets": run.sheets,

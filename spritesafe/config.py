@@ -128,7 +128,7 @@ class OllamaSettings(BaseModel):
 class LabelSettings(BaseModel):
     labeler: Literal["ollama", "teacher"] = "ollama"
     budget: int = Field(500, ge=0, description="labelling calls per run")
-    audit_share: float = Field(0.2, ge=0, le=1, description="uniform sample, for base rates")
+    audit_share: float = Field(0.1, ge=0, le=1, description="uniform sample, for base rates")
     # The rest of the budget is steered by the promoted model (else the teacher): a small
     # uniform exploration share, then the top scores and, `near_share` of them, the scores
     # nearest the threshold; at most `per_cluster` picks of one near-duplicate cluster.
@@ -140,11 +140,11 @@ class LabelSettings(BaseModel):
     # one by one from `followup_share` of the budget, with a `screen_check_share` random sample
     # of the unflagged ones (the screen's measured recall). Below `screen_recall_floor`, with
     # at least `screen_min_positives` positives seen, the next runs use smaller sheets.
-    screen_share: float = Field(0.3, ge=0, le=1)
-    followup_share: float = Field(0.3, ge=0, le=1)
+    screen_share: float = Field(0.35, ge=0, le=1)
+    followup_share: float = Field(0.35, ge=0, le=1)
     screen_grid: int = Field(4, ge=1, le=8, description="1 = no screening")
     screen_cell: int = Field(96, ge=32, description="px per cell")
-    screen_check_share: float = Field(0.03, ge=0, le=1)
+    screen_check_share: float = Field(0.01, ge=0, le=1)
     screen_recall_floor: float = Field(0.7, ge=0, le=1)
     screen_min_positives: int = Field(5, ge=1)
     # Label hygiene: an LLM positive gets a second opinion (one more sample at the sampling

@@ -216,7 +216,7 @@ def test_ollama_stage_labels_within_budget_and_never_twice(corpus: Settings) -> 
         report = label(ws.catalog, ws.blobs, settings, budget=10)
         assert report.labelled + sum(report.errors.values()) == 10
         assert set(report.errors) <= {"not_json"}
-        assert report.selected["audit"] == 2 and sum(report.selected.values()) == 10
+        assert report.selected["audit"] == 1 and sum(report.selected.values()) == 10
         assert report.teacher_scored == 24  # pre-screen pool: all unlabelled candidates
         again = label(ws.catalog, ws.blobs, settings, budget=100)
         assert again.skipped_done == report.labelled

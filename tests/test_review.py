@@ -456,7 +456,7 @@ def test_label_stage_is_steered_by_the_promoted_model(mined: Settings, tmp_path:
         )
         report = label(ws.catalog, ws.blobs, one_by_one, budget=10)
         assert report.steered_by == f"model {clf.model_id}" and report.teacher_scored == 0
-        assert report.selected == {"audit": 2, "model_top": 6, "model_near": 2}
+        assert report.selected == {"audit": 1, "model_top": 7, "model_near": 2}
         with ws.catalog.read() as conn:
             rows = conn.execute(
                 sa.select(labels.c.image_id, labels.c.selection).where(
