@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 from numpy.typing import NDArray
 
-from corpus.catalog import label_errors, labels, llm_calls
+from corpus.catalog import images, label_errors, labels, llm_calls, source_items
 from corpus.ingest import ingest
 from corpus.sources import parse_source
 from corpus.workspace import Workspace, open_workspace
@@ -371,6 +371,50 @@ def test_screening_sheets_flag_what_is_then_labelled_one_by_one(corpus: Settings
         assert quality["precision"] == 1.0 and quality["recall"] == 1.0
         assert report.cost["positives_found"] == 4
         ws.close()
+
+
+def test_screening_real_sprites_finds_the_concept_for_a_fraction_of_the_calls(
+    tmp_path: Path,
+) -> None:
+    """Real tiles (Debian), 8 % with the stand-in concept; the LLM (label noise fixed per
+    image, as tests.learning) screens them on sheets: most positives are found with far fewer
+    calls than labelling every sprite would take."""
+    from tests.learning import build, noisy_responder
+
+    positives = build(tmp_path / "real", 320, base_rate=0.08, seed=4)
+    settings = load_settings(
+        data_dir=tmp_path / "data",
+        ingest={"workers": 1},
+        label={
+            "audit_share": 0.0,
+            "explore_share": 0.0,
+            "screen_share": 0.5,
+            "followup_share": 0.5,
+        },
+    )
+    responder = noisy_responder(0.1, 0.01)
+    with FakeOllama({MODEL: "sha256:" + "0a" * 32}, responder=responder) as server:
+        settings = settings.model_copy(update={"ollama": ollama_settings(server.url)})
+        ws = open_workspace(settings)
+        ingest(ws.catalog, ws.blobs, [parse_source(str(tmp_path / "real"), settings)], settings)
+        report = label(ws.catalog, ws.blobs, settings, budget=60)
+        with ws.catalog.read() as conn:
+            named = dict(
+                conn.execute(
+                    sa.select(images.c.id, source_items.c.locator).join(
+                        source_items, source_items.c.image_id == images.c.id
+                    )
+                ).all()
+            )
+        rows = [r for r in _rows(ws, labels) if r.labeler == "ollama" and r.sample == 0]
+        ws.close()
+    truly = {i for i, name in named.items() if name in positives}
+    found = {r.image_id for r in rows if r.category == "explicit"} & truly
+    assert report.screen["sheets"] == 20 and report.screen["sprites"] > 300  # all candidates
+    # 60 calls (+ second opinions) for 320 sprites, and most positives found.
+    assert report.cost["calls_by_purpose"]["screen"] + len(rows) <= 60
+    assert len(found) >= 0.7 * len(truly) > 10
+    assert report.screen["quality"]["precision"] > 0.7
 
 
 def test_a_screen_that_misses_positives_gets_smaller_sheets(
