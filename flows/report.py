@@ -32,7 +32,7 @@ def markdown(name: str, result: dict[str, Any]) -> str:
         *_pretrain_rows(result.get("pretrain")),
         f"| label | {labelled['labeler']} {labelled['model']}: {labelled['labelled']} labels "
         f"({_fmt(labelled['per_s'] or 0.0)}/s), selected {_fmt(labelled['selected'])}, errors "
-        f"{_fmt(labelled['errors'])} |",
+        f"{_fmt(labelled['errors'])}{_label_extras(labelled)} |",
     ]
     due = result.get("retrain")
     if due is not None:
@@ -99,6 +99,26 @@ def markdown(name: str, result: dict[str, Any]) -> str:
         folder = Path(trained["path"])
         lines += ["", f"Training report: {folder / 'report.md'}"]
     return "\n".join(lines) + "\n"
+
+
+def _label_extras(labelled: dict[str, Any]) -> str:
+    """Screening, second opinions and what the calls bought, when there were any."""
+    from labelers.cost import cost_line
+
+    parts = []
+    screen = labelled.get("screen") or {}
+    if screen:
+        quality = screen.get("quality") or {}
+        parts.append(
+            f"{screen['sheets']} contact sheets ({screen['grid']}x{screen['grid']}) of "
+            f"{screen['sprites']} sprites, {screen['flagged']} flagged; screen recall "
+            f"{_fmt(quality.get('recall'))}, precision {_fmt(quality.get('precision'))}"
+        )
+    if labelled.get("second_opinions"):
+        parts.append(f"second opinions {_fmt(labelled['second_opinions'])}")
+    if labelled.get("cost"):
+        parts.append(cost_line(labelled["cost"]))
+    return "".join(f"; {part}" for part in parts)
 
 
 def _pretrain_rows(pretrained: dict[str, Any] | None) -> list[str]:
