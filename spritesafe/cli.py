@@ -27,14 +27,15 @@ from rich.table import Table
 from rich.text import Text
 
 from spritesafe.config import Settings, load_settings
+from spritesafe.terminal import PlainConsole, safe
 
 app = typer.Typer(
     help="Grow the training set for a tiny pixel-art SFW/NSFW classifier, and ship it.",
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console(stderr=True)
-out = Console(soft_wrap=True)  # long paths stay whole, so they can be copied
+console = Console(stderr=True)  # our own markup; untrusted parts go through safe()
+out = PlainConsole(soft_wrap=True)  # long paths stay whole, so they can be copied
 
 ConfigOpt = Annotated[
     Path | None,
@@ -60,7 +61,7 @@ def _settings(config: Path | None, **overrides: Any) -> Settings:
     try:
         return load_settings(config, **overrides)
     except (FileNotFoundError, ValueError) as exc:
-        console.print(f"[red]config error:[/] {exc}")
+        console.print(f"[red]config error:[/] {safe(exc)}")
         raise typer.Exit(2) from None
 
 
@@ -104,7 +105,7 @@ def ingest(
     try:
         parsed = [parse_source(spec, settings, base) for spec in specs]
     except SourceSpecError as exc:
-        console.print(f"[red]bad source:[/] {exc}")
+        console.print(f"[red]bad source:[/] {safe(exc)}")
         raise typer.Exit(2) from None
     report: IngestReport
     with (
@@ -161,7 +162,7 @@ def _print_ingest(report: Any) -> None:
     out.print(f"{report.processed} items read ({rate:.0f}/s), {report.new_images} new images")
     for s in report.sources:
         if s.error:
-            console.print(f"[red]source failed:[/] {s.name}: {s.error}")
+            console.print(f"[red]source failed:[/] {safe(s.name)}: {safe(s.error)}")
 
 
 @app.command()
@@ -261,7 +262,7 @@ def label_command(
 
     settings = _settings(config)
     if labeler not in (None, "ollama", "teacher"):
-        console.print(f"[red]unknown labeler {labeler!r}[/]: use ollama or teacher")
+        console.print(f"[red]unknown labeler {safe(repr(labeler))}[/]: use ollama or teacher")
         raise typer.Exit(2)
     with (
         open_workspace(settings) as workspace,
@@ -289,7 +290,7 @@ def label_command(
                 progress=lambda done, total: progress.update(task, completed=done, total=total),
             )
         except NoHostError as exc:
-            console.print(f"[red]{exc}[/]")
+            console.print(f"[red]{safe(exc)}[/]")
             raise typer.Exit(3) from None
         except KeyboardInterrupt:
             raise _interrupted() from None
@@ -303,7 +304,7 @@ def label_command(
         f"errors {dict(report.errors) or 0}, teacher pre-screen {report.teacher_scored}"
     )
     if report.cost:
-        out.print(f"cost: {cost_line(report.cost)}", markup=False)
+        out.print(f"cost: {cost_line(report.cost)}")
 
 
 @app.command("snapshot")
@@ -321,7 +322,7 @@ def snapshot_command(config: ConfigOpt = None, as_json: JsonOpt = False) -> None
     if as_json:
         out.print_json(json.dumps(report.as_dict()))
     if report.status == "refused":
-        console.print(f"[red]snapshot refused:[/] {report.reason}")
+        console.print(f"[red]snapshot refused:[/] {safe(report.reason)}")
         raise typer.Exit(1)
     if as_json:
         return
@@ -383,7 +384,7 @@ def pretrain_command(
                 progress=show,
             )
         except PretrainError as exc:
-            console.print(f"[red]cannot pretrain:[/] {exc}")
+            console.print(f"[red]cannot pretrain:[/] {safe(exc)}")
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print(
@@ -455,7 +456,9 @@ def train_command(
     from training.train import TrainError, train
 
     if init is not None and init not in ("auto", "ssl", "timm", "scratch"):
-        console.print(f"[red]cannot train:[/] --init {init!r}: use auto, ssl, timm or scratch")
+        console.print(
+            f"[red]cannot train:[/] --init {safe(repr(init))}: use auto, ssl, timm or scratch"
+        )
         raise typer.Exit(2)
 
     overrides: dict[str, Any] = {}
@@ -487,7 +490,7 @@ def train_command(
                 progress=show,
             )
         except (TrainError, FileNotFoundError, ValueError) as exc:
-            console.print(f"[red]cannot train:[/] {exc}")
+            console.print(f"[red]cannot train:[/] {safe(exc)}")
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print("[yellow]Interrupted.[/] `spritesafe train --resume` continues.")
@@ -543,14 +546,14 @@ def export_command(
         try:
             report = export_model(workspace.catalog, settings, model_id)
         except (ExportError, ValueError) as exc:
-            console.print(f"[red]cannot export:[/] {exc}")
+            console.print(f"[red]cannot export:[/] {safe(exc)}")
             raise typer.Exit(2) from None
     bundle = None
     if web:
         try:
             bundle = build_web(Path(report.path) / INT8_NAME, Path(report.path) / "web", embed)
         except BundleError as exc:
-            console.print(f"[red]cannot build the web bundle:[/] {exc}")
+            console.print(f"[red]cannot build the web bundle:[/] {safe(exc)}")
             raise typer.Exit(2) from None
     if as_json:
         out.print_json(json.dumps(report.as_dict() | {"web": str(bundle)}, default=float))
@@ -593,7 +596,7 @@ def verify_command(
         try:
             report = verify_model(workspace.catalog, workspace.blobs, settings, model_id, force)
         except ExportError as exc:
-            console.print(f"[red]cannot verify:[/] {exc}")
+            console.print(f"[red]cannot verify:[/] {safe(exc)}")
             raise typer.Exit(2) from None
     if as_json:
         out.print_json(json.dumps(report.as_dict(), default=float))
@@ -612,7 +615,9 @@ def verify_command(
                 f"passed: promoted {report.model_id} to {settings.deploy_path}; card {report.card}"
             )
     if not report.passed:
-        console.print("[red]gate failed, not promoted:[/]\n  " + "\n  ".join(report.reasons))
+        console.print(
+            "[red]gate failed, not promoted:[/]\n  " + "\n  ".join(map(safe, report.reasons))
+        )
         raise typer.Exit(1)
 
 
@@ -632,7 +637,7 @@ def classify_command(
     try:
         classifier = Classifier(model or promoted_model(settings), threads=settings.export.threads)
     except (ExportError, FileNotFoundError, ValueError) as exc:
-        console.print(f"[red]cannot classify:[/] {exc}")
+        console.print(f"[red]cannot classify:[/] {safe(exc)}")
         raise typer.Exit(2) from None
     failed = 0
     for names, items in _classify_inputs(targets, settings):
@@ -708,7 +713,7 @@ def disagreements_command(
         path = model or promoted_model(settings)
         classifier = Classifier(path)
     except (ExportError, FileNotFoundError, ValueError) as exc:
-        console.print(f"[red]cannot mine disagreements:[/] {exc}")
+        console.print(f"[red]cannot mine disagreements:[/] {safe(exc)}")
         raise typer.Exit(2) from None
     with open_workspace(settings) as workspace:
         scored = score_catalog(workspace.catalog, workspace.blobs, settings, path)
@@ -786,13 +791,13 @@ def verify_positives_command(
     try:
         path = model or promoted_model(settings)
     except ExportError as exc:
-        console.print(f"[red]cannot verify positives:[/] {exc}")
+        console.print(f"[red]cannot verify positives:[/] {safe(exc)}")
         raise typer.Exit(2) from None
     with open_workspace(settings) as workspace:
         try:
             report = verify_positives(workspace.catalog, workspace.blobs, settings, path, budget)
         except NoHostError as exc:
-            console.print(f"[red]{exc}[/]")
+            console.print(f"[red]{safe(exc)}[/]")
             raise typer.Exit(3) from None
     if as_json:
         out.print_json(json.dumps(report.as_dict()))
@@ -833,7 +838,7 @@ def review_command(
     hosts = None if local else (["*"] if host in ("0.0.0.0", "::") else [host])
     with open_workspace(settings) as workspace:
         url = f"http://{host}:{port}/" + (f"?token={token}" if token else "")
-        console.print(f"review page: {url}  (Ctrl-C to stop)")
+        console.print(f"review page: {safe(url)}  (Ctrl-C to stop)")
         uvicorn.run(
             create_app(workspace.catalog, workspace.blobs, token, hosts),
             host=host,
@@ -902,7 +907,7 @@ def _run_flow(
         try:
             flow_fn = flow_fn.with_options(task_runner=task_runner(settings))
         except DaskUnavailable as exc:
-            console.print(f"[red]{exc}[/]")
+            console.print(f"[red]{safe(exc)}[/]")
             raise typer.Exit(2) from None
 
     specs = (

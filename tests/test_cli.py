@@ -60,6 +60,24 @@ def test_ingest_dedupe_status(tmp_path: Path, folder: Path) -> None:
     assert "0 items read" in again
 
 
+def test_untrusted_names_print_as_text_without_terminal_sequences(tmp_path: Path) -> None:
+    """File names are data, not Rich markup and not terminal commands."""
+    root = tmp_path / "odd"
+    for folder in ("q[", "pack [v2]"):
+        (root / folder).mkdir(parents=True)
+    names = ["q[/x]bad.png", "pack [v2]/bad [old].png", "t\x1b]0;pwned\x07it\x1b[2J.png"]
+    for name in names:
+        (root / name).write_bytes(b"not an image at all")
+    data = tmp_path / "data"
+    ingested = cli("ingest", str(root), data=data)  # exit 0: the run finished
+    status = cli("status", data=data)
+    listed = cli("status", "--rejects", data=data)
+    for done in (ingested, status, listed):
+        assert "\x1b" not in done.stdout + done.stderr and "\x07" not in done.stdout
+    assert "q[/x]bad.png" in listed.stdout and "pack [v2]/bad [old].png" in listed.stdout
+    assert "tit.png" in listed.stdout and "pwned" not in listed.stdout
+
+
 def test_errors_are_explained(tmp_path: Path) -> None:
     data = tmp_path / "data"
     bad = cli("ingest", "sheet:x.png?tile=abc", data=data, check=False)
