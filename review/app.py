@@ -12,6 +12,7 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 import sqlalchemy as sa
 from fastapi import FastAPI, Form, HTTPException, Request
@@ -44,6 +45,14 @@ GRID_MAX = 100  # decisions one grid submit (or one undo) may carry
 def _redirect(reason: str, item: int | None = None) -> RedirectResponse:
     query = f"?reason={reason}" + (f"&item={item}" if item else "")
     return RedirectResponse("/" + query, status_code=303)
+
+
+def _reviewer(request: Request) -> str:
+    return unquote(request.cookies.get("reviewer", ""))
+
+
+# SQLite integers are 64-bit: a larger id is no queue item (and must not overflow a query).
+ID = 2**63 - 1
 
 
 def _same(a: str, b: str) -> bool:
@@ -92,6 +101,7 @@ def create_app(
 
     @app.get("/", response_class=HTMLResponse)
     def page(request: Request, reason: str = "", item: int | None = None) -> HTMLResponse:
+        item = item if item is not None and 0 < item <= ID else None
         reason = reason if reason in REASONS else ""
         csrf = request.cookies.get("csrf") or secrets.token_urlsafe(24)
         query = sa.select(review_queue).where(review_queue.c.status == "open")
@@ -118,7 +128,7 @@ def create_app(
             reasons=REASONS,
             done=counts.get("decided", 0) + counts.get("skipped", 0),
             left=counts.get("open", 0),
-            reviewer=request.cookies.get("reviewer", ""),
+            reviewer=_reviewer(request),
             csrf=csrf,
             **context,
         )
@@ -129,6 +139,8 @@ def create_app(
 
     @app.get("/image/{queue_id}")
     def image(queue_id: int) -> Response:
+        if not 0 < queue_id <= ID:
+            raise HTTPException(404, "no such queued image")
         with catalog.read() as conn:
             row = conn.execute(
                 sa.select(images.c.blob_key, images.c.format)
@@ -150,7 +162,8 @@ def create_app(
     ) -> Response:
         check(request, csrf)
         response = _redirect(reason)
-        response.set_cookie("reviewer", name.strip()[:100], samesite="strict")
+        # Cookies carry Latin-1 only: any name (日本語 too) travels percent-encoded.
+        response.set_cookie("reviewer", quote(name.strip()[:100]), samesite="strict")
         return response
 
     @app.post("/decide")
@@ -162,7 +175,7 @@ def create_app(
         reason: str = Form(""),
     ) -> Response:
         check(request, csrf)
-        reviewer = request.cookies.get("reviewer", "")
+        reviewer = _reviewer(request)
         try:
             decide(catalog, item, reviewer, choice)
         except ReviewError as exc:
@@ -181,7 +194,7 @@ def create_app(
         check(request, csrf)
         reopened = None
         for _ in range(max(1, min(count, GRID_MAX))):
-            reopened = undo(catalog, request.cookies.get("reviewer", "")) or reopened
+            reopened = undo(catalog, _reviewer(request)) or reopened
         if back == "grid":
             response = RedirectResponse(f"/grid?reason={reason}", status_code=303)
             response.delete_cookie("batch")
@@ -222,7 +235,7 @@ def create_app(
             reasons=REASONS,
             done=counts.get("decided", 0) + counts.get("skipped", 0),
             left=counts.get("open", 0),
-            reviewer=request.cookies.get("reviewer", ""),
+            reviewer=_reviewer(request),
             batch=int(request.cookies.get("batch", "0") or 0),
             csrf=csrf,
         )
@@ -242,7 +255,7 @@ def create_app(
         check(request, csrf)
         if len(items) != len(choices) or len(items) > GRID_MAX:
             raise HTTPException(400, "one choice per item, at most a page of them")
-        reviewer = request.cookies.get("reviewer", "")
+        reviewer = _reviewer(request)
         decided, refused = 0, ""
         for item, choice in zip(items, choices, strict=True):
             try:

@@ -45,6 +45,8 @@ def decide(catalog: Catalog, queue_id: int, reviewer: str, choice: str) -> None:
         raise ReviewError(f"unknown choice {choice!r}: one of {CHOICES}")
     if not reviewer.strip():
         raise ReviewError("a reviewer name is needed")
+    if not 0 < queue_id < 2**63:  # beyond a 64-bit id: no such item (and no overflow)
+        raise ReviewError(f"no queue item {queue_id}")
     with catalog.write() as conn:
         item = conn.execute(sa.select(review_queue).where(review_queue.c.id == queue_id)).first()
         if item is None:

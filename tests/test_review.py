@@ -377,6 +377,25 @@ def test_posts_need_the_csrf_token_and_remote_binding_a_token(server: tuple[str,
         assert guarded.get("/").status_code == 200
 
 
+def test_odd_input_gets_a_clean_answer_not_a_500(server: tuple[str, Settings]) -> None:
+    url, settings = server
+    with httpx.Client(base_url=url, follow_redirects=True) as client:
+        client.get("/")
+        csrf = client.cookies["csrf"]
+        named = client.post("/reviewer", data={"name": "日本語", "csrf": csrf})
+        assert named.status_code == 200  # followed the redirect: the page, with the name
+        assert "日本語" in named.text
+        huge = str(2**64)
+        assert client.get(f"/image/{huge}").status_code == 404
+        assert client.get(f"/?item={huge}").status_code == 200
+        decided = client.post("/decide", data={"item": huge, "choice": "safe", "csrf": csrf})
+        assert decided.status_code == 409
+        grid = client.post(
+            "/grid", data={"items": [huge], "choices": ["safe"], "csrf": csrf, "reason": "audit"}
+        )
+        assert grid.status_code == 409
+
+
 def test_cohen_kappa() -> None:
     from review.agreement import cohen_kappa
 
