@@ -378,7 +378,7 @@ def test_posts_need_the_csrf_token_and_remote_binding_a_token(server: tuple[str,
 
 
 def test_odd_input_gets_a_clean_answer_not_a_500(server: tuple[str, Settings]) -> None:
-    url, settings = server
+    url, _ = server
     with httpx.Client(base_url=url, follow_redirects=True) as client:
         client.get("/")
         csrf = client.cookies["csrf"]
