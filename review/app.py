@@ -9,6 +9,7 @@ catalog's write transactions, so a growth run can write at the same time.
 
 from __future__ import annotations
 
+import io
 import secrets
 from pathlib import Path
 from typing import Any
@@ -18,24 +19,21 @@ import sqlalchemy as sa
 from fastapi import FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from PIL import Image as PILImage
 
 from corpus.blobs import BlobStore
+from corpus.canonical import from_bytes
 from corpus.catalog import Catalog, images, labels, model_scores, review_queue
+from corpus.decode import Rejected
 from labelers.effective import HUMAN, LLM, TEACHER
 from review.decisions import ReviewError, decide, undo
 from review.mining import REASONS
+from spritesafe.config import Settings
 
 TEMPLATES = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
     autoescape=select_autoescape(["html"]),
 )
-MEDIA = {
-    "PNG": "image/png",
-    "GIF": "image/gif",
-    "WEBP": "image/webp",
-    "JPEG": "image/jpeg",
-    "BMP": "image/bmp",
-}
 DISPLAY = 256  # images are shown at the largest integer zoom that fits this
 TILE = 96  # ... and in the grid, this
 GRID_SIZE = 24  # tiles per grid page
@@ -51,6 +49,18 @@ def _reviewer(request: Request) -> str:
     return unquote(request.cookies.get("reviewer", ""))
 
 
+# The page runs its own inline script and styles and loads only its own images; nothing may
+# frame it (clickjacking) and no response is sniffed into another type.
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": (
+        "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; "
+        "script-src 'unsafe-inline'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",  # no-referrer would turn a form's Origin into "null"
+}
+
 # SQLite integers are 64-bit: a larger id is no queue item (and must not overflow a query).
 ID = 2**63 - 1
 
@@ -64,11 +74,14 @@ def create_app(
     blobs: BlobStore,
     token: str | None = None,
     hosts: list[str] | None = None,
+    settings: Settings | None = None,
 ) -> FastAPI:
     """The review app over a catalog; `token` is required on every request when given.
     `hosts`: the Host names it answers to (default: the loopback names), which stops a
     DNS-rebinding page from talking to it."""
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    settings = settings or Settings()
+    limits, canon = settings.image, settings.canonical
     allowed = set(hosts or ["127.0.0.1", "localhost", "[::1]"])
 
     @app.middleware("http")
@@ -92,7 +105,9 @@ def create_app(
                 return response
             if not _same(request.cookies.get("token", ""), token):
                 return Response("a review token is required (?token=...)", status_code=401)
-        return await call_next(request)
+        response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        return response
 
     def check(request: Request, csrf: str) -> None:
         expected = request.cookies.get("csrf", "")
@@ -139,20 +154,27 @@ def create_app(
 
     @app.get("/image/{queue_id}")
     def image(queue_id: int) -> Response:
+        """The canonical pixels as PNG, whatever the stored format (a browser shows a PNG;
+        it may not show a TIFF, and it never sniffs one into something else)."""
         if not 0 < queue_id <= ID:
             raise HTTPException(404, "no such queued image")
         with catalog.read() as conn:
-            row = conn.execute(
-                sa.select(images.c.blob_key, images.c.format)
+            key = conn.execute(
+                sa.select(images.c.blob_key)
                 .join(review_queue, review_queue.c.image_id == images.c.id)
                 .where(review_queue.c.id == queue_id)
-            ).first()
-        if row is None or row.blob_key is None:
+            ).scalar()
+        if key is None:
             raise HTTPException(404, "no such queued image")
-        media = MEDIA.get(str(row.format).upper(), "application/octet-stream")
+        try:
+            pixels = from_bytes(blobs.get(key), limits, canon.background, canon.max_scale).pixels
+        except (Rejected, OSError):
+            raise HTTPException(404, "the image cannot be read") from None
+        buffer = io.BytesIO()
+        PILImage.fromarray(pixels, "RGB").save(buffer, "PNG")
         return Response(
-            blobs.get(row.blob_key),
-            media_type=media,
+            buffer.getvalue(),
+            media_type="image/png",
             headers={"Cache-Control": "private, max-age=3600"},
         )
 
@@ -208,7 +230,11 @@ def create_app(
         csrf = request.cookies.get("csrf") or secrets.token_urlsafe(24)
         with catalog.read() as conn:
             queue = conn.execute(
-                sa.select(review_queue.c.id, images.c.width, images.c.height)
+                sa.select(
+                    review_queue.c.id,
+                    images.c.canonical_width.label("width"),
+                    images.c.canonical_height.label("height"),
+                )
                 .join(images, images.c.id == review_queue.c.image_id)
                 .where(review_queue.c.status == "open", review_queue.c.reason == reason)
                 .order_by(review_queue.c.priority.desc(), review_queue.c.id)
@@ -274,7 +300,9 @@ def create_app(
 
 def _item_context(conn: sa.Connection, item: Any) -> dict[str, Any]:
     picture = conn.execute(
-        sa.select(images.c.width, images.c.height).where(images.c.id == item.image_id)
+        sa.select(
+            images.c.canonical_width.label("width"), images.c.canonical_height.label("height")
+        ).where(images.c.id == item.image_id)
     ).one()
     zoom = max(1, DISPLAY // max(picture.width or 1, picture.height or 1))
     rows = conn.execute(

@@ -840,7 +840,7 @@ def review_command(
         url = f"http://{host}:{port}/" + (f"?token={token}" if token else "")
         console.print(f"review page: {safe(url)}  (Ctrl-C to stop)")
         uvicorn.run(
-            create_app(workspace.catalog, workspace.blobs, token, hosts),
+            create_app(workspace.catalog, workspace.blobs, token, hosts, settings),
             host=host,
             port=port,
             log_level="warning",

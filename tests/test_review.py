@@ -20,7 +20,7 @@ import uvicorn
 from numpy.typing import NDArray
 from PIL import Image
 
-from corpus.catalog import insert_ignore, labels, model_scores, review_queue
+from corpus.catalog import images, insert_ignore, labels, model_scores, review_queue
 from corpus.workspace import open_workspace
 from export.classify import Classifier
 from export.stage import export_model, promoted_model, verify_model
@@ -313,7 +313,7 @@ def test_grid_review_in_a_real_browser(server: tuple[str, Settings], tmp_path: P
         browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1000, "height": 900})
         page.goto(url + "/?reason=audit")
-        page.fill("#reviewer", "bo")
+        page.fill("#reviewer", "grid-cy")
         with page.expect_navigation():
             page.click("text=set")
         with page.expect_navigation():
@@ -333,7 +333,7 @@ def test_grid_review_in_a_real_browser(server: tuple[str, Settings], tmp_path: P
         with page.expect_navigation():
             page.keyboard.press("Enter")  # one submit for the page
         decided = {q: _open_item(settings, q) for q in page_items}
-        assert all(v == ("decided", "bo") for v in decided.values())
+        assert all(v == ("decided", "grid-cy") for v in decided.values())
         with page.expect_navigation():
             page.keyboard.press("u")  # undo the whole page
         assert all(_open_item(settings, q) == ("open", None) for q in page_items)
@@ -341,7 +341,7 @@ def test_grid_review_in_a_real_browser(server: tuple[str, Settings], tmp_path: P
     with open_workspace(settings) as ws, ws.catalog.read() as conn:
         rows = conn.execute(
             sa.select(labels.c.category, labels.c.selection)
-            .where(labels.c.labeler == "human", labels.c.model == "bo")
+            .where(labels.c.labeler == "human", labels.c.model == "grid-cy")
             .order_by(labels.c.id)
         ).all()
     said = Counter(r.category for r in rows[:24])
@@ -394,6 +394,49 @@ def test_odd_input_gets_a_clean_answer_not_a_500(server: tuple[str, Settings]) -
             "/grid", data={"items": [huge], "choices": ["safe"], "csrf": csrf, "reason": "audit"}
         )
         assert grid.status_code == 409
+
+
+def test_images_are_served_as_png_with_a_strict_policy(
+    server: tuple[str, Settings], tmp_path: Path
+) -> None:
+    from corpus.ingest import ingest
+    from corpus.sources import parse_source
+    from tests.helpers import sprite
+
+    url, settings = server
+    folder = tmp_path / "tiff"
+    folder.mkdir()
+    tile = sprite(np.random.default_rng(21), 16)
+    Image.fromarray(tile, "RGBA").save(folder / "odd.tiff")
+    with open_workspace(settings) as ws:
+        ingest(ws.catalog, ws.blobs, [parse_source(str(folder), settings)], settings)
+        with ws.catalog.write() as conn:
+            image_id = conn.execute(
+                sa.select(images.c.id).where(images.c.format == "TIFF")
+            ).scalar_one()
+            conn.execute(
+                review_queue.insert().values(
+                    image_id=image_id,
+                    reason="audit",
+                    priority=0.0,
+                    detail={},
+                    status="open",
+                    created_at=_now(),
+                )
+            )
+            queue_id = conn.execute(
+                sa.select(review_queue.c.id).where(review_queue.c.image_id == image_id)
+            ).scalar_one()
+    with httpx.Client(base_url=url) as client:
+        served = client.get(f"/image/{queue_id}")
+        assert served.status_code == 200 and served.headers["content-type"] == "image/png"
+        shown = np.asarray(Image.open(io.BytesIO(served.content)))
+        assert shown.shape == (16, 16, 3)  # the canonical pixels, on the fixed background
+        page = client.get("/")
+        policy = page.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in policy and "default-src 'none'" in policy
+        assert page.headers["x-content-type-options"] == "nosniff"
+        assert served.headers["x-content-type-options"] == "nosniff"
 
 
 def test_cohen_kappa() -> None:
