@@ -21,9 +21,10 @@ positives per 100 calls, holdout PR-AUC, and the share of the queue's top 20 who
 really wrong. Targets (issue 13) are checked at the end (exit 1 when one fails).
 
     .venv/bin/python -m bench.loop_bench [--rounds 3] [--calls-share 0.2] [--reviews 50]
-        [--skip-ceiling] [--work DIR]
+        [--skip-ceiling | --ceiling-only] [--work DIR]
 
-Results go to `--work`/rounds.json as each round finishes and to bench/out/loop_bench.json.
+Results go to `--work`/rounds.json as each round finishes (the ceiling to ceiling.json), and
+to bench/out/loop_bench.json; a rerun continues where an interrupted one stopped.
 """
 
 from __future__ import annotations
@@ -79,6 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--calls-share", type=float, default=0.2, help="of the corpus, in all")
     parser.add_argument("--reviews", type=int, default=50, help="queue decisions per round")
     parser.add_argument("--skip-ceiling", action="store_true")
+    parser.add_argument(
+        "--ceiling-only", action="store_true", help="only the ceiling (it can run beside the loop)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=OUT / "loop")
     parser.add_argument("--world", type=Path, default=OUT / "sample_efficiency")
@@ -410,6 +414,12 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = make_world(args, base, "loop", set(truth))
     llm = SimulatedLLM(settings, truth)
+    ceiling_path = args.work / "ceiling.json"
+    if not args.skip_ceiling and not ceiling_path.is_file() and args.ceiling_only:
+        ceiling_path.write_text(json.dumps(ceiling(args, base, truth, llm, held), default=float))
+    if args.ceiling_only:
+        print(f"ceiling: {json.loads(ceiling_path.read_text())['holdout_pr_auc']:.3f}")
+        return 0
     total = round(args.calls_share * len(truth))
     with FakeOllama(
         {MODEL: "sha256:" + "5e" * 32}, responder=rubric_responder(llm.verdict), parallelism=8
@@ -463,9 +473,10 @@ def main(argv: list[str] | None = None) -> int:
             results[key] = round_out
             save()
             print(f"{key}: {row(round_out, n_pos)}", flush=True)
-    if not args.skip_ceiling and "ceiling" not in results:
-        results["ceiling"] = ceiling(args, base, truth, llm, held)
-        save()
+    if not args.skip_ceiling and not ceiling_path.is_file():
+        ceiling_path.write_text(json.dumps(ceiling(args, base, truth, llm, held), default=float))
+    if ceiling_path.is_file():
+        results["ceiling"] = json.loads(ceiling_path.read_text())
     figures["results"] = results
     last = results[f"round{args.rounds}"]
     failures = []
