@@ -562,7 +562,8 @@ def ask_llm(
                     }
                 )
                 continue
-            report.labelled += 1
+            if purpose == "label":  # second opinions are counted as such, not as sprites
+                report.labelled += 1
             scores_ = out.answer.scores
             label_rows.append(
                 {

@@ -258,7 +258,8 @@ def test_killed_grow_resumes_without_duplicate_labels(tmp_path: Path) -> None:
         config.write_text(
             f'data_dir = "{tmp_path / "data"}"\nsources = ["{folder}"]\n'
             f'[ollama]\nhosts = ["{server.url}"]\nmodel = "{MODEL}"\n'
-            "[label]\nbudget = 40\nbatch_size = 4\n[ingest]\nworkers = 1\n"
+            "[label]\nbudget = 40\nbatch_size = 4\nscreen_share = 0\nconfirm_positives = false\n"
+            "[ingest]\nworkers = 1\n"
         )
         first = subprocess.Popen(
             [SPRITESAFE, "grow", "--config", str(config)],

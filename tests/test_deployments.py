@@ -105,7 +105,8 @@ def test_scheduled_grow_fires_on_a_server_with_a_process_worker(
         config.write_text(
             f'data_dir = "{tmp_path / "data"}"\nsources = ["{folder}"]\n'
             f'[ollama]\nhosts = ["{ollama.url}"]\nmodel = "{MODEL}"\n'
-            "[label]\nbudget = 20\n[ingest]\nworkers = 1\n"
+            "[label]\nbudget = 20\nscreen_share = 0\nconfirm_positives = false\n"
+            "[ingest]\nworkers = 1\n"
         )
         every_minute = (
             (ROOT / "prefect.yaml")

@@ -39,7 +39,8 @@ def test_grow_and_rebuild_under_the_test_harness(tmp_path: Path) -> None:
         # positive gets its second opinion.
         selected, confirmed = first["label"]["selected"], first["label"]["second_opinions"]
         assert sum(selected.values()) == 216 and not first["label"]["screen"]
-        assert first["label"]["labelled"] == 216 + confirmed["confirm"] and first["retrain"]["due"]
+        assert first["label"]["labelled"] == 216 and confirmed["confirm"] > 0
+        assert first["retrain"]["due"]
         assert first["verify"]["promoted"] and first["review"] is not None
         report = Path(first["report"])
         text = report.read_text()

@@ -99,7 +99,8 @@ def test_a_grow_run_with_the_catalog_on_postgresql(postgres: str, tmp_path: Path
         config.write_text(
             f'data_dir = "{tmp_path / "data"}"\ndb_url = "{postgres}"\nsources = ["{folder}"]\n'
             f'[ollama]\nhosts = ["{server.url}"]\nmodel = "{MODEL}"\n'
-            "[label]\nbudget = 30\n[ingest]\nworkers = 1\n"
+            "[label]\nbudget = 30\nscreen_share = 0\nconfirm_positives = false\n"
+            "[ingest]\nworkers = 1\n"
         )
         done = subprocess.run(
             [SPRITESAFE, "grow", "--config", str(config)],
