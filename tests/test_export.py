@@ -128,6 +128,32 @@ def test_gate_fails_a_broken_model_and_never_promotes_it(trained: Settings) -> N
     assert deployed == good
 
 
+def test_the_pr_auc_limit_is_never_finer_than_one_rank_swap() -> None:
+    from export.verify import agreement, allowed_pr_auc_drop, int8_reasons
+    from spritesafe.config import ExportSettings
+
+    limits = ExportSettings()
+    assert allowed_pr_auc_drop(6, 0.01) == pytest.approx(1 / 12)
+    assert allowed_pr_auc_drop(500, 0.01) == 0.01 and allowed_pr_auc_drop(0, 0.01) == 0.01
+    # 6 positives among 60: INT8 swaps one positive with the negative just above it.
+    labels = np.zeros(60, dtype=bool)
+    labels[[0, 2, 4, 6, 8, 10]] = True
+    reference = np.linspace(0.99, 0.01, 60)
+    other = reference.copy()
+    other[[4, 5]] = other[[5, 4]]  # one positive swapped with the negative below it
+    swap = agreement(reference, other, 0.5, 0.1, labels)
+    assert 0.01 < swap.pr_auc_drop < 1 / 12 and swap.positives == 6
+    assert not [r for r in int8_reasons("test", swap, limits) if "PR-AUC" in r]
+    # A real loss (the top positive falls to the bottom half) still fails.
+    worse = reference.copy()
+    worse[0] = 0.3
+    assert [
+        r
+        for r in int8_reasons("test", agreement(reference, worse, 0.5, 0.1, labels), limits)
+        if "PR-AUC" in r
+    ]
+
+
 def test_cross_layer_equalization_keeps_the_function(trained: Settings) -> None:
     with open_workspace(trained) as ws:
         exported = export_model(ws.catalog, _lenient(trained))
