@@ -260,7 +260,9 @@ def review_task(config: str | None, overrides: dict[str, Any]) -> dict[str, Any]
             scored = score_catalog(
                 workspace.catalog, workspace.blobs, settings, model, progress=tick, executor=cluster
             )
-        mined = mine(workspace.catalog, settings, classifier.model_id, classifier.threshold)
+        mined = mine(
+            workspace.catalog, settings, classifier.model_id, classifier.threshold, workspace.blobs
+        )
         agreed = agreement(workspace.catalog, settings, classifier.model_id, classifier.threshold)
     get_run_logger().info(
         "review queue: %s images scored, new %s, open %s; agreement %s",

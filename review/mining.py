@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
+from corpus.blobs import BlobStore
 from corpus.catalog import (
     Catalog,
     insert_ignore,
@@ -86,9 +87,17 @@ def _positive_p(row: Any, suggestive: bool) -> float | None:
     return float(row.score_explicit) + (float(row.score_suggestive or 0.0) if suggestive else 0.0)
 
 
-def mine(catalog: Catalog, settings: Settings, model_id: str, threshold: float) -> MineReport:
+def mine(
+    catalog: Catalog,
+    settings: Settings,
+    model_id: str,
+    threshold: float,
+    blobs: BlobStore | None = None,
+) -> MineReport:
     """Queue what the model `model_id` (with its deployment `threshold`) and the labelers
-    disagree on. Idempotent per (image, reason)."""
+    disagree on. Idempotent per (image, reason). With `blobs`, every LLM label is judged by
+    cross-validated scores on the self-supervised features (training.crossval: out of sample
+    for all of them, the training split too); else by the model's out-of-sample scores."""
     config = settings.review
     report = MineReport(run_id=catalog.start_run("mine"), model_id=model_id)
     with recorded(catalog, report):
@@ -121,7 +130,7 @@ def mine(catalog: Catalog, settings: Settings, model_id: str, threshold: float) 
                 )
             }
         found: dict[str, list[tuple[float, int, dict[str, Any]]]] = defaultdict(list)
-        judged: list[tuple[int, bool, float, dict[str, Any]]] = []  # LLM verdict vs model
+        judged: list[tuple[int, bool, float | None, dict[str, Any]]] = []  # LLM verdict, score
         pairs: list[tuple[bool, bool]] = []  # (LLM, person) wherever both said something
         for image_id, item in by_image.items():
             llm = [r for r in item.rows if r.labeler == LLM and r.rubric_version == rubric.version]
@@ -143,14 +152,14 @@ def mine(catalog: Catalog, settings: Settings, model_id: str, threshold: float) 
                             detail | {"votes": verdict.votes},
                         )
                     )
-                elif score is not None and verdict.category is not None:
+                elif verdict.category is not None:
                     judged.append((image_id, verdict.category in positive, score, detail))
                 if item.teacher is not None and llm_p is not None:
                     gap = abs(item.teacher - llm_p)
                     if gap >= config.teacher_gap:
                         found["teacher_vs_llm"].append((gap / 4, image_id, detail))
         report.llm_error_rates = _label_issues(
-            catalog, settings, model_id, judged, pairs, found["label_issue"]
+            catalog, settings, model_id, judged, pairs, found["label_issue"], blobs
         )
         # Positives the contact sheets passed over: people confirm them in bulk (grid).
         with catalog.read() as conn:
@@ -238,26 +247,46 @@ def _label_issues(
     catalog: Catalog,
     settings: Settings,
     model_id: str,
-    judged: list[tuple[int, bool, float, dict[str, Any]]],
+    judged: list[tuple[int, bool, float | None, dict[str, Any]]],
     pairs: list[tuple[bool, bool]],
     out: list[tuple[float, int, dict[str, Any]]],
+    blobs: BlobStore | None = None,
 ) -> dict[str, Any]:
     """Append the confident-learning label issues among `judged` (image, LLM says positive,
-    model score, detail) to `out`, each with the chance its label is wrong; returns the LLM's
-    error rates used."""
+    model score or None, detail) to `out`, each with the chance its label is wrong; returns
+    the LLM's error rates used."""
     config = settings.review
     llm = np.array([a for a, _ in pairs], dtype=bool)
     person = np.array([b for _, b in pairs], dtype=bool)
     rates = error_rates(llm, person, config.llm_miss_prior, config.llm_false_alarm_prior)
+    with catalog.read() as conn:
+        info = conn.execute(sa.select(models.c.metrics).where(models.c.id == model_id)).scalar()
+    info = info or {}
+    crossed = None
+    if blobs is not None and judged:
+        from training.crossval import TRAINED_SHARE, cross_val_scores
+
+        ids = [j[0] for j in judged]
+        crossed = cross_val_scores(
+            catalog, blobs, settings, ids, np.array([j[1] for j in judged], dtype=bool)
+        )
+    if crossed is not None:
+        judged = [
+            (i, g, crossed[i], d | {"crossval": crossed[i]})
+            for i, g, _, d in judged
+            if i in crossed
+        ]
+        trained_share = TRAINED_SHARE
+    else:
+        judged = [j for j in judged if j[2] is not None]
+    rates["scores"] = "cross-validated" if crossed is not None else "model, out of sample"
     if not judged:
         return rates
     given = np.array([j[1] for j in judged], dtype=bool)
     p = np.array([j[2] for j in judged], dtype=np.float64)
-    with catalog.read() as conn:
-        info = conn.execute(sa.select(models.c.metrics).where(models.c.id == model_id)).scalar()
-    info = info or {}
     base_rate = float(info.get("base_rate") or given.mean() or 0.01)
-    trained_share = float(info.get("trained_share") or base_rate)
+    if crossed is None:
+        trained_share = float(info.get("trained_share") or base_rate)
     posterior = posterior_at(p, trained_share, base_rate)
     chance = chance_label_wrong(given, posterior, rates["miss"], rates["false_alarm"])
     for k in np.flatnonzero(find_label_issues(given, p)):

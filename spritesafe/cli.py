@@ -717,7 +717,9 @@ def disagreements_command(
         raise typer.Exit(2) from None
     with open_workspace(settings) as workspace:
         scored = score_catalog(workspace.catalog, workspace.blobs, settings, path)
-        mined = mine(workspace.catalog, settings, classifier.model_id, classifier.threshold)
+        mined = mine(
+            workspace.catalog, settings, classifier.model_id, classifier.threshold, workspace.blobs
+        )
         agreed = agreement(workspace.catalog, settings, classifier.model_id, classifier.threshold)
     if as_json:
         out.print_json(
