@@ -18,7 +18,8 @@ per sprite and sticky (2 % false positives, 15 % misses: asking again does not f
 Per round: LLM calls (by purpose) and image tokens so far, true positives found (the loop's
 effective label positive, the sprite truly positive) and their share of the corpus's,
 positives per 100 calls, holdout PR-AUC, and the share of the queue's top 20 whose label is
-really wrong. Targets (issue 13) are checked at the end (exit 1 when one fails).
+really wrong. At the end, the queue that mining builds now on the final catalog (a copy) is
+checked the same way. Targets (issue 13) are checked at the end (exit 1 when one fails).
 
     .venv/bin/python -m bench.loop_bench [--rounds 3] [--calls-share 0.2] [--reviews 50]
         [--skip-ceiling | --ceiling-only] [--work DIR]
