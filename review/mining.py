@@ -79,6 +79,7 @@ class _Image:
     llm_p: list[float] = field(default_factory=list)
     teacher: float | None = None
     human: bool = False
+    audited: bool = False  # a person decided it as an unbiased (audit) item
 
 
 def _positive_p(row: Any, suggestive: bool) -> float | None:
@@ -115,6 +116,7 @@ def mine(
                 )
                 if row.labeler == HUMAN:
                     item.human = True
+                    item.audited = item.audited or row.selection == "audit"
                 elif row.labeler == LLM and row.rubric_version == rubric.version:
                     p = _positive_p(row, suggestive)
                     if p is not None:
@@ -137,8 +139,11 @@ def mine(
             verdict = effective_label(llm, rubric_version=rubric.version) if llm else None
             if item.human:
                 person = effective_label(item.rows, rubric_version=rubric.version)
-                if verdict and verdict.category and not verdict.uncertain and person.category:
-                    pairs.append((verdict.category in positive, person.category in positive))
+                # The LLM's error rates come from audit decisions only: the other queue items
+                # were chosen because they looked wrong, and would overstate its errors.
+                said = verdict.category if verdict and not verdict.uncertain else None
+                if item.audited and said and person.category:
+                    pairs.append((said in positive, person.category in positive))
                 continue  # decided by a person: nothing left to mine
             score = scores.get(image_id)
             llm_p = sum(item.llm_p) / len(item.llm_p) if item.llm_p else None
