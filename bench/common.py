@@ -66,3 +66,12 @@ def write_figures(figures: dict[str, Any], path: Path, failures: list[str]) -> i
     path.write_text(json.dumps(figures, indent=2) + "\n")
     print(f"figures written to {path}")
     return 1 if failures else 0
+
+
+def copy_catalog(source: Path, target: Path) -> None:
+    """A consistent copy of a SQLite catalog file (VACUUM INTO), even while it is in use."""
+    import sqlite3
+
+    conn = sqlite3.connect(source, isolation_level=None)
+    conn.execute("VACUUM INTO ?", (str(target),))
+    conn.close()

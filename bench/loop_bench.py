@@ -47,7 +47,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from bench import sample_efficiency as se
-from bench.common import cpu, machine, report_machine, write_figures
+from bench.common import copy_catalog, cpu, machine, report_machine, write_figures
 from bench.proxy import CONCEPTS, build_proxy
 from corpus.canonical import content_box, from_bytes
 from corpus.catalog import images, labels, llm_calls, review_queue, utcnow
@@ -169,9 +169,7 @@ def make_world(args: argparse.Namespace, base: Settings, name: str, keep: set[in
     if not (data / "catalog.db").is_file():
         shutil.rmtree(args.work / name, ignore_errors=True)
         data.mkdir(parents=True)
-        source = sqlite3.connect(base.data_path / "catalog.db", isolation_level=None)
-        source.execute("VACUUM INTO ?", (str(data / "catalog.db"),))
-        source.close()
+        copy_catalog(base.data_path / "catalog.db", data / "catalog.db")
         with sqlite3.connect(data / "catalog.db") as conn:
             conn.execute("CREATE TEMP TABLE keep (id INTEGER PRIMARY KEY)")
             conn.executemany("INSERT INTO keep VALUES (?)", [(i,) for i in keep])
@@ -304,9 +302,7 @@ def queue_check(
     work = args.work / "queue-check" / "data"
     shutil.rmtree(work.parent, ignore_errors=True)
     work.mkdir(parents=True)
-    source = sqlite3.connect(args.work / "loop" / "data" / "catalog.db", isolation_level=None)
-    source.execute("VACUUM INTO ?", (str(work / "catalog.db"),))
-    source.close()
+    copy_catalog(args.work / "loop" / "data" / "catalog.db", work / "catalog.db")
     settings = load_settings(None, data_dir=work, blob_url=str(base.blob_root))
     _, _, verdicts = found_positives(settings, truth)
 

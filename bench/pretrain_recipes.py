@@ -16,7 +16,6 @@ Figures are printed and written to bench/out/pretrain_recipes.json.
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
-from bench.common import cpu, machine, report_machine, write_figures
+from bench.common import copy_catalog, cpu, machine, report_machine, write_figures
 from bench.proxy import CONCEPTS, build_proxy
 from bench.sample_efficiency import OUT, base_settings, corpus_truth, holdout
 from corpus.catalog import images
@@ -108,9 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work / "recipes"
     work.mkdir(exist_ok=True)
     if not (work / "catalog.db").is_file():
-        source = sqlite3.connect(base.data_path / "catalog.db", isolation_level=None)
-        source.execute("VACUUM INTO ?", (str(work / "catalog.db"),))
-        source.close()
+        copy_catalog(base.data_path / "catalog.db", work / "catalog.db")
     results: dict[str, Any] = {"untrained": {160: probe(None, pool, held, 160, few)}}
     print(f"untrained backbone: linear probe holdout PR-AUC at 160 px {results['untrained'][160]}")
     for name in args.recipes.split(","):

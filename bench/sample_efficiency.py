@@ -36,7 +36,6 @@ import argparse
 import hashlib
 import json
 import shutil
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +44,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
-from bench.common import cpu, machine, report_machine, write_figures
+from bench.common import copy_catalog, cpu, machine, report_machine, write_figures
 from bench.proxy import CONCEPTS, build_proxy
 from corpus.catalog import images, labels, source_items, utcnow
 from corpus.catalog import sources as sources_table
@@ -266,9 +265,7 @@ def run_cell(
     if not (folder / "labelled").is_file():
         shutil.rmtree(folder, ignore_errors=True)
         data.mkdir(parents=True)
-        source = sqlite3.connect(base.data_path / "catalog.db", isolation_level=None)
-        source.execute("VACUUM INTO ?", (str(data / "catalog.db"),))  # a consistent copy
-        source.close()
+        copy_catalog(base.data_path / "catalog.db", data / "catalog.db")
         said = write_labels(load_settings(None, data_dir=data, **common), chosen, truth, noisy)
         (folder / "labelled").write_text(json.dumps(said) + "\n")
     said = json.loads((folder / "labelled").read_text())

@@ -32,6 +32,18 @@ class Answer:
     rationale: str
 
 
+def validated(validator: Any, text: str) -> Any:
+    """A reply's JSON, checked against the schema; never guesses: anything off raises."""
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise AnswerError("not_json", str(exc), text) from None
+    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
+    if error is not None:
+        raise AnswerError("invalid", error.message, text)
+    return data
+
+
 class Question(Protocol):
     """What the labeler asks: system text, user text, the answer's JSON schema, a parser."""
 
@@ -56,13 +68,7 @@ class ScreenQuestion:
     validator: Any = field(compare=False, repr=False, default=None)
 
     def parse(self, text: str) -> list[int]:
-        try:
-            data = json.loads(text)
-        except (json.JSONDecodeError, TypeError) as exc:
-            raise AnswerError("not_json", str(exc), text) from None
-        error = jsonschema.exceptions.best_match(self.validator.iter_errors(data))
-        if error is not None:
-            raise AnswerError("invalid", error.message, text)
+        data = validated(self.validator, text)
         return sorted({int(n) for n in data["flagged"]})
 
 
@@ -113,13 +119,7 @@ class Rubric:
 
     def parse(self, text: str) -> Answer:
         """Parse and validate a reply; never guesses: anything off raises AnswerError."""
-        try:
-            data = json.loads(text)
-        except (json.JSONDecodeError, TypeError) as exc:
-            raise AnswerError("not_json", str(exc), text) from None
-        error = jsonschema.exceptions.best_match(self.validator.iter_errors(data))
-        if error is not None:
-            raise AnswerError("invalid", error.message, text)
+        data = validated(self.validator, text)
         scores = {name: float(data["scores"][name]) for name in self.categories}
         return Answer(str(data["category"]), scores, str(data["rationale"]).strip())
 

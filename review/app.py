@@ -45,6 +45,16 @@ def _redirect(reason: str, item: int | None = None) -> RedirectResponse:
     return RedirectResponse("/" + query, status_code=303)
 
 
+def _csrf(request: Request) -> str:
+    """The session's CSRF token (double submit): its cookie, or a new one for this page."""
+    return request.cookies.get("csrf") or secrets.token_urlsafe(24)
+
+
+def _keep_csrf(request: Request, response: Response, csrf: str) -> None:
+    if "csrf" not in request.cookies:
+        response.set_cookie("csrf", csrf, httponly=True, samesite="strict")
+
+
 def _reviewer(request: Request) -> str:
     return unquote(request.cookies.get("reviewer", ""))
 
@@ -118,7 +128,7 @@ def create_app(
     def page(request: Request, reason: str = "", item: int | None = None) -> HTMLResponse:
         item = item if item is not None and 0 < item <= ID else None
         reason = reason if reason in REASONS else ""
-        csrf = request.cookies.get("csrf") or secrets.token_urlsafe(24)
+        csrf = _csrf(request)
         query = sa.select(review_queue).where(review_queue.c.status == "open")
         counted = sa.select(review_queue.c.status, sa.func.count()).group_by(review_queue.c.status)
         if reason:
@@ -148,8 +158,7 @@ def create_app(
             **context,
         )
         response = HTMLResponse(html)
-        if "csrf" not in request.cookies:
-            response.set_cookie("csrf", csrf, httponly=True, samesite="strict")
+        _keep_csrf(request, response, csrf)
         return response
 
     @app.get("/image/{queue_id}")
@@ -227,7 +236,7 @@ def create_app(
     def grid(request: Request, reason: str = "audit") -> HTMLResponse:
         """Many low-prior items at once: each tile safe until marked, one submit per page."""
         reason = reason if reason in REASONS else "audit"
-        csrf = request.cookies.get("csrf") or secrets.token_urlsafe(24)
+        csrf = _csrf(request)
         with catalog.read() as conn:
             queue = conn.execute(
                 sa.select(
@@ -266,8 +275,7 @@ def create_app(
             csrf=csrf,
         )
         response = HTMLResponse(html)
-        if "csrf" not in request.cookies:
-            response.set_cookie("csrf", csrf, httponly=True, samesite="strict")
+        _keep_csrf(request, response, csrf)
         return response
 
     @app.post("/grid")
