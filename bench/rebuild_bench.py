@@ -5,6 +5,7 @@ at a set latency complete in <= 15 minutes on 2 cores, with per-stage timings in
 
     .venv/bin/python -m bench.rebuild_bench [--sprites 10000] [--latency 0.05]
         [--parallelism 4] [--budget 10000] [--epochs 40] [--pretrain-epochs 8]
+        [--max-steps 1000]
 
 Setup (not timed): N real 32 px tiles written as PNG files, 6 % with the learning test's
 stand-in concept (a small heart, tests/learning.py); a FakeOllama host in this process
@@ -49,6 +50,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # Pretraining's default (30 passes, at most 2,000 steps) is sized for a 60k catalog: on
     # 10k sprites it alone takes ~16 min here; 8 passes (~4 min) keep a 10k rebuild in 15.
     parser.add_argument("--pretrain-epochs", type=int, default=8)
+    # Training's cap (4,000 steps of 64) is sized for the hardest concept at 10k labels and
+    # takes ~12 min here alone; the stand-in concept is learnt long before, so the rebuild
+    # bench caps it (min_steps follows) and prints the test PR-AUC it reached.
+    parser.add_argument("--max-steps", type=int, default=1000)
     return parser.parse_args(argv)
 
 
@@ -82,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                 f'[ollama]\nhosts = ["{server.url}"]\nmodel = "{MODEL}"\n'
                 f"per_host_concurrency = {2 * args.parallelism}\n"
                 f"[label]\nbudget = {args.budget}\n[train]\nepochs = {args.epochs}\n"
+                f"max_steps = {args.max_steps}\nmin_steps = {min(1500, args.max_steps)}\n"
                 f"[pretrain]\nepochs = {args.pretrain_epochs}\n"
             )
             spritesafe = str(Path(sys.executable).with_name("spritesafe"))

@@ -7,6 +7,8 @@ is a row and is never updated.
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -361,10 +363,19 @@ class Catalog:
 
     # Runs: every stage invocation is recorded, with its figures, even when it fails.
     def start_run(self, kind: str) -> str:
+        """Record a new run (its process in `stats` until it finishes), after marking runs
+        whose process died without finishing (kill -9, power loss) as interrupted."""
         run_id = str(uuid.uuid4())
         with self.write() as conn:
+            _mark_stale_runs(conn)
             conn.execute(
-                runs.insert().values(id=run_id, kind=kind, status="running", started_at=utcnow())
+                runs.insert().values(
+                    id=run_id,
+                    kind=kind,
+                    status="running",
+                    started_at=utcnow(),
+                    stats={"process": this_process()},
+                )
             )
         return run_id
 
@@ -374,6 +385,50 @@ class Catalog:
                 runs.update()
                 .where(runs.c.id == run_id)
                 .values(status=status, finished_at=utcnow(), stats=stats)
+            )
+
+
+def this_process() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _start_ticks(os.getpid())}
+
+
+def _start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks (Linux), which tells a reused pid apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])  # field 22; the name may hold spaces
+
+
+def process_alive(process: dict[str, Any]) -> bool:
+    """Whether the process recorded by `this_process` still runs (True when unknowable)."""
+    if process.get("host") != socket.gethostname() or not isinstance(process.get("pid"), int):
+        return True  # another machine's run (a shared catalog): not ours to judge
+    pid = process["pid"]
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's
+    start = process.get("start")
+    return start is None or _start_ticks(pid) in (start, None)
+
+
+def _mark_stale_runs(conn: Connection) -> None:
+    running = conn.execute(sa.select(runs.c.id, runs.c.stats).where(runs.c.status == "running"))
+    for run_id, stats in running.all():
+        process = (stats or {}).get("process")
+        if isinstance(process, dict) and not process_alive(process):
+            conn.execute(
+                runs.update()
+                .where(runs.c.id == run_id)
+                .values(
+                    status="interrupted",
+                    finished_at=utcnow(),
+                    stats={"process": process, "error": "its process ended without finishing"},
+                )
             )
 
 

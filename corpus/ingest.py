@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -44,7 +46,7 @@ from corpus.sources.base import (
     Unchanged,
     is_unchanged,
 )
-from spritesafe.config import CanonicalSettings, ImageLimits, Settings
+from spritesafe.config import CanonicalSettings, ImageLimits, IngestSettings, Settings
 
 INLINE_BELOW = 64  # batches smaller than this are analyzed in-process (no IPC overhead)
 
@@ -102,6 +104,19 @@ class IngestReport:
         }
 
 
+def exit_with_parent(parent: int) -> None:
+    """Worker initializer: end this process when its parent is gone. After a kill -9 the
+    parent cleans nothing up, and a worker waiting on its task queue (whose pipe it holds both
+    ends of) would live on, orphaned, with multiprocessing's resource tracker beside it."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _analyze_chunk(
     chunk: list[tuple[bytes, str]], limits: ImageLimits, canon: CanonicalSettings
 ) -> list[ImageFacts]:
@@ -136,7 +151,12 @@ class Analyzer:
         if self._pool is None:
             # spawn, not fork: flows run threads, and forking a threaded process can deadlock.
             context = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
+            self._pool = ProcessPoolExecutor(
+                self.workers,
+                mp_context=context,
+                initializer=exit_with_parent,
+                initargs=(os.getpid(),),
+            )
         size = -(-len(todo) // (self.workers * 2))
         futures = [
             self._pool.submit(_analyze_chunk, todo[i : i + size], self.limits, self.canon)
@@ -192,8 +212,10 @@ _ITEM_UPDATE = [
 
 
 class _Batch:
-    """One transaction's worth of entries from one source, in two steps: `prepare` reads the
-    bytes and hands new ones to the analyzer; `commit` stores blobs and writes the catalog."""
+    """One transaction's worth of entries from one source, in three steps: `add` reads each
+    item's bytes, `prepare` hands new ones to the analyzer, `commit` stores blobs and writes
+    the catalog. A batch closes at `batch_size` entries or `batch_bytes` bytes read, so memory
+    stays bounded whatever the items weigh (archive members of 32 MB each, too)."""
 
     def __init__(self, source_id: int, run_id: str, report: SourceReport) -> None:
         self.source_id = source_id
@@ -203,6 +225,8 @@ class _Batch:
         self.rows: list[dict[str, Any]] = []  # source_items to upsert
         self.loaded: list[tuple[Item, str]] = []
         self.payload: dict[str, bytes] = {}
+        self.bytes = 0  # of distinct payloads: bounds what a batch holds in memory
+        self.containers: list[dict[str, Any]] = []
         self.facts: Callable[[], list[ImageFacts]] = list
 
     def __len__(self) -> int:
@@ -228,30 +252,37 @@ class _Batch:
         )
         self.report.rejected[reason] += 1
 
+    def add(self, entry: Item | Skip | Container) -> None:
+        """Take one entry; an Item's bytes are read now, so the batch knows its size."""
+        self.entries.append(entry)
+        if isinstance(entry, Skip):
+            self._reject(entry.locator, entry.fingerprint, entry.reason, entry.detail)
+        elif isinstance(entry, Container):
+            self.containers.append(
+                self._item_row(entry.locator, entry.fingerprint, status="container")
+            )
+        else:
+            try:
+                data = entry.load()
+            except Rejected as rej:
+                self._reject(entry.locator, entry.fingerprint, rej.reason, rej.detail)
+                return
+            except OSError as exc:
+                detail = f"{type(exc).__name__}: {exc.strerror or exc}"
+                self._reject(entry.locator, entry.fingerprint, "unreadable", detail)
+                return
+            sha = hashlib.sha256(data).hexdigest()
+            self.loaded.append((entry, sha))
+            if sha not in self.payload:
+                self.payload[sha] = data
+                self.bytes += len(data)
+
+    def full(self, settings: IngestSettings) -> bool:
+        return len(self.entries) >= settings.batch_size or self.bytes >= settings.batch_bytes
+
     def prepare(self, catalog: Catalog, analyzer: Analyzer, recent: set[str]) -> None:
-        containers = []
-        for entry in self.entries:
-            if isinstance(entry, Skip):
-                self._reject(entry.locator, entry.fingerprint, entry.reason, entry.detail)
-            elif isinstance(entry, Container):
-                containers.append(
-                    self._item_row(entry.locator, entry.fingerprint, status="container")
-                )
-            else:
-                try:
-                    data = entry.load()
-                except Rejected as rej:
-                    self._reject(entry.locator, entry.fingerprint, rej.reason, rej.detail)
-                    continue
-                except OSError as exc:
-                    detail = f"{type(exc).__name__}: {exc.strerror or exc}"
-                    self._reject(entry.locator, entry.fingerprint, "unreadable", detail)
-                    continue
-                sha = hashlib.sha256(data).hexdigest()
-                self.loaded.append((entry, sha))
-                self.payload.setdefault(sha, data)
         # Containers go last: recorded only once all their members are.
-        self.rows.extend(containers)
+        self.rows.extend(self.containers)
         fresh = [sha for sha in self.payload if sha not in recent]
         with catalog.read() as conn:
             stored = conn.execute(sa.select(images.c.sha256).where(images.c.sha256.in_(fresh)))
@@ -278,11 +309,15 @@ class _Batch:
             images.c.status,
             images.c.reject_reason,
             images.c.reject_detail,
+            images.c.run_id,
         )
         with catalog.write() as conn:
             insert_ignore(conn, images, new_rows, ["sha256"])
             query = sa.select(*columns).where(images.c.sha256.in_(list(self.payload)))
             by_sha = {row.sha256: row for row in conn.execute(query)}
+            # A concurrent ingest may have inserted the same bytes first (then ours were
+            # ignored): new is what this run's rows hold, not what it tried to insert.
+            inserted = sum(by_sha[row["sha256"]].run_id == self.run_id for row in new_rows)
             for entry, sha in self.loaded:
                 image = by_sha[sha]
                 rejected = image.status == "rejected"
@@ -303,8 +338,8 @@ class _Batch:
             upsert(conn, source_items, self.rows, ["source_id", "locator"], _ITEM_UPDATE)
         skipped = sum(isinstance(e, Skip) for e in self.entries)
         self.report.processed += len(self.loaded) + skipped
-        self.report.new_images += len(new_rows)
-        self.report.linked += len(self.loaded) - len(new_rows)
+        self.report.new_images += inserted
+        self.report.linked += len(self.loaded) - inserted
 
 
 ProgressFn = Callable[[SourceReport], None]
@@ -380,8 +415,8 @@ def _ingest_source(
         if isinstance(entry, Unchanged) or _unchanged(entry, known):
             report.unchanged += 1
             continue
-        batch.entries.append(entry)
-        if len(batch) >= settings.ingest.batch_size:
+        batch.add(entry)
+        if batch.full(settings.ingest):
             # Pipeline: workers analyze this batch while the previous one is committed.
             batch.prepare(catalog, analyzer, recent)
             if pending is not None:

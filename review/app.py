@@ -1,10 +1,10 @@
 """The review page: FastAPI, server-rendered HTML, a few lines of JS for the keyboard.
 
-Safety: bound to 127.0.0.1 by default; bound anywhere else it requires a token (given once as
-`?token=`, then kept in a cookie). Every POST carries a CSRF token that must match the
-session's cookie (double submit, SameSite=Strict). URLs carry queue item ids and the reason
-filter only: never a label or a score. Decisions go through review.decisions, in the
-catalog's write transactions, so a growth run can write at the same time.
+Safety (review.security): bound to 127.0.0.1 by default; bound anywhere else it requires a
+token (given once as `?token=`, then kept in a cookie). Every POST carries a CSRF token that
+must match the session's cookie (double submit, SameSite=Strict). URLs carry queue item ids
+and the reason filter only: never a label or a score. Decisions go through review.decisions,
+in the catalog's write transactions, so a growth run can write at the same time.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from corpus.decode import Rejected
 from labelers.effective import HUMAN, LLM, TEACHER
 from review.decisions import ReviewError, decide, undo
 from review.mining import REASONS
+from review.security import HEADERS, Entry, Policy, refusal, same, token_entry
 from spritesafe.config import Settings
 
 TEMPLATES = Environment(
@@ -59,69 +60,50 @@ def _reviewer(request: Request) -> str:
     return unquote(request.cookies.get("reviewer", ""))
 
 
-# The page runs its own inline script and styles and loads only its own images; nothing may
-# frame it (clickjacking) and no response is sniffed into another type.
-SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "Content-Security-Policy": (
-        "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; "
-        "script-src 'unsafe-inline'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
-    ),
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "same-origin",  # no-referrer would turn a form's Origin into "null"
-}
-
 # SQLite integers are 64-bit: a larger id is no queue item (and must not overflow a query).
 ID = 2**63 - 1
-
-
-def _same(a: str, b: str) -> bool:
-    return secrets.compare_digest(a.encode(), b.encode())  # bytes: any text compares safely
 
 
 def create_app(
     catalog: Catalog,
     blobs: BlobStore,
-    token: str | None = None,
-    hosts: list[str] | None = None,
+    policy: Policy | None = None,
     settings: Settings | None = None,
 ) -> FastAPI:
-    """The review app over a catalog; `token` is required on every request when given.
-    `hosts`: the Host names it answers to (default: the loopback names), which stops a
-    DNS-rebinding page from talking to it."""
+    """The review app over a catalog. `policy` (review.security): the Host names it answers
+    to and the token it asks for; by default the loopback names and no token."""
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     settings = settings or Settings()
+    policy = policy or Policy.serving("127.0.0.1", [])
     limits, canon = settings.image, settings.canonical
-    allowed = set(hosts or ["127.0.0.1", "localhost", "[::1]"])
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Any:
-        host = request.headers.get("host", "").rsplit(":", 1)[0]
-        if host not in allowed and "*" not in allowed:
-            return Response("unknown host", status_code=400)
-        if request.method == "POST":
-            # Browsers say where a form came from: anything but this page is refused.
-            site = request.headers.get("sec-fetch-site")
-            origin = request.headers.get("origin")
-            if site not in (None, "same-origin", "none") or (
-                origin is not None and origin.split("://", 1)[-1].rsplit(":", 1)[0] not in allowed
-            ):
-                return Response("cross-site request refused", status_code=403)
-        if token is not None:
-            given = request.query_params.get("token")
-            if given is not None and _same(given, token):
-                response = RedirectResponse(request.url.path, status_code=303)
-                response.set_cookie("token", token, httponly=True, samesite="strict")
-                return response
-            if not _same(request.cookies.get("token", ""), token):
-                return Response("a review token is required (?token=...)", status_code=401)
+        headers = request.headers
+        refused = refusal(
+            policy,
+            request.method,
+            headers.get("host", ""),
+            headers.get("origin"),
+            headers.get("sec-fetch-site"),
+            request.url.scheme,
+        )
+        if refused is not None:
+            return Response(refused[1], status_code=refused[0])
+        entry = token_entry(policy, request.query_params.get("token"), request.cookies.get("token"))
+        if entry is Entry.ENTER:
+            response = RedirectResponse(request.url.path, status_code=303)
+            response.set_cookie("token", policy.token or "", httponly=True, samesite="strict")
+            return response
+        if entry is Entry.REFUSE:
+            return Response("a review token is required (?token=...)", status_code=401)
         response = await call_next(request)
-        response.headers.update(SECURITY_HEADERS)
+        response.headers.update(HEADERS)
         return response
 
     def check(request: Request, csrf: str) -> None:
         expected = request.cookies.get("csrf", "")
-        if not expected or not _same(csrf, expected):
+        if not expected or not same(csrf, expected):
             raise HTTPException(403, "CSRF check failed: reload the page")
 
     @app.get("/", response_class=HTMLResponse)

@@ -822,27 +822,31 @@ def review_command(
     config: ConfigOpt = None,
     host: Annotated[str | None, typer.Option(help="bind address (default 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="port (default 8765)")] = None,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(help="a host name the page is opened under (bound beyond loopback)"),
+    ] = None,
 ) -> None:
-    """Serve the review page: queued images, keyboard decisions, undo."""
-    import secrets
-
+    """Serve the review page: queued images, keyboard decisions, undo. Bound beyond loopback
+    (--host 0.0.0.0) it asks for the printed token, and answers only to the names given by
+    --allow-host or review.hosts (any name when none are given)."""
     import uvicorn
 
     from corpus.workspace import open_workspace
     from review.app import create_app
+    from review.security import ANY_ADDRESS, Policy
 
     settings = _settings(config)
     host = host or settings.review.host
     port = port if port is not None else settings.review.port
-    local = host in ("127.0.0.1", "localhost", "::1")
-    token = None if local else secrets.token_urlsafe(16)
-    # Bound to every address, any Host name may reach it: the token guards it then.
-    hosts = None if local else (["*"] if host in ("0.0.0.0", "::") else [host])
+    names = [*settings.review.hosts, *(allow_host or [])]
+    policy = Policy.serving(host, names)
     with open_workspace(settings) as workspace:
-        url = f"http://{host}:{port}/" + (f"?token={token}" if token else "")
+        shown = names[0] if names and host in ANY_ADDRESS else host
+        url = f"http://{shown}:{port}/" + (f"?token={policy.token}" if policy.token else "")
         console.print(f"review page: {safe(url)}  (Ctrl-C to stop)")
         uvicorn.run(
-            create_app(workspace.catalog, workspace.blobs, token, hosts, settings),
+            create_app(workspace.catalog, workspace.blobs, policy, settings),
             host=host,
             port=port,
             log_level="warning",

@@ -80,6 +80,9 @@ class DedupeSettings(BaseModel):
 
 class IngestSettings(BaseModel):
     batch_size: int = Field(512, gt=0, description="items committed per transaction")
+    # Two batches are in memory at once (one analyzed while the other commits), each with a
+    # copy on its way to the decode workers: 4 x 32 MB, whatever an archive holds.
+    batch_bytes: int = Field(32 * 2**20, gt=0, description="bytes read per batch, at most")
     workers: int = Field(0, ge=0, description="decode processes; 0 = one per CPU, 1 = inline")
     follow_symlinks: bool = True
     read_archives: bool = True
@@ -308,6 +311,8 @@ class ReviewSettings(BaseModel):
     audit_share: float = Field(0.1, ge=0, le=1, description="random items, share of the rest")
     host: str = "127.0.0.1"
     port: int = Field(8765, ge=0, le=65535)
+    # Bound beyond loopback: the names people open the page under (a DNS name, an address).
+    hosts: list[str] = Field(default_factory=list)
     seed: int = 0
 
 

@@ -28,6 +28,7 @@ from review.app import create_app
 from review.decisions import ReviewError, decide, undo
 from review.mining import mine
 from review.scores import score_catalog, trained_on
+from review.security import LOOPBACK, Policy
 from spritesafe.config import Settings
 from tests.helpers import free_port, png
 from tests.learning import GREY, LENIENT, RED, coloured_corpus, labelled
@@ -367,7 +368,7 @@ def test_posts_need_the_csrf_token_and_remote_binding_a_token(server: tuple[str,
         rebound = client.get("/", headers={"host": "evil.example"})
         assert rebound.status_code == 400
     with open_workspace(settings) as ws:
-        app = create_app(ws.catalog, ws.blobs, token="s3cret")
+        app = create_app(ws.catalog, ws.blobs, Policy(frozenset(LOOPBACK), "s3cret"))
         from fastapi.testclient import TestClient
 
         guarded = TestClient(app, base_url="http://127.0.0.1")
