@@ -225,7 +225,7 @@ class _Batch:
         self.rows: list[dict[str, Any]] = []  # source_items to upsert
         self.loaded: list[tuple[Item, str]] = []
         self.payload: dict[str, bytes] = {}
-        self.bytes = 0  # of distinct payloads: bounds what a batch holds in memory
+        self.bytes = 0  # read so far: bounds what a batch holds in memory
         self.containers: list[dict[str, Any]] = []
         self.facts: Callable[[], list[ImageFacts]] = list
 
@@ -273,9 +273,10 @@ class _Batch:
                 return
             sha = hashlib.sha256(data).hexdigest()
             self.loaded.append((entry, sha))
-            if sha not in self.payload:
-                self.payload[sha] = data
-                self.bytes += len(data)
+            self.payload.setdefault(sha, data)
+            # Every copy counts: a preloaded entry (an archive member) keeps its own bytes
+            # until the batch is done, even when they equal another's.
+            self.bytes += len(data)
 
     def full(self, settings: IngestSettings) -> bool:
         return len(self.entries) >= settings.batch_size or self.bytes >= settings.batch_bytes

@@ -129,19 +129,21 @@ def _peak_rss_mb(args: list[str], env: dict[str, str]) -> tuple[float, str]:
 def test_archive_members_are_read_against_a_byte_budget(tmp_path: Path) -> None:
     # 64 members of ~32 MB of zeros in a 2 MB zip drove ingest to 2.7 GB when a batch of 512
     # members was held in memory (twice, while the previous batch committed).
-    member = bytes(32 * 2**20 - 1)  # just under max_bytes: read, then rejected as not an image
+    zeros = bytes(32 * 2**20 - 5)  # just under max_bytes: read, then rejected as not an image
     archive = tmp_path / "zeros.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as out:
-        for n in range(64):
-            out.writestr(f"m{n:03d}.png", member)
+        for n in range(64):  # distinct bytes (no member is a duplicate of another) ...
+            out.writestr(f"m{n:03d}.png", n.to_bytes(4, "big") + zeros)
+        for n in range(8):  # ... and a few identical ones, which each hold their own copy
+            out.writestr(f"same{n}.png", zeros)
         out.writestr("too-big.png", bytes(32 * 2**20 + 1))
     assert archive.stat().st_size < 4 * 2**20
     env = os.environ | {"SPRITESAFE_DATA_DIR": str(tmp_path / "data")}
     peak, stdout = _peak_rss_mb([SPRITESAFE, "ingest", str(archive), "--json"], env)
     report = json.loads(stdout)
-    assert report["processed"] == 65
-    assert report["rejected"] == {"not_an_image": 64, "file_too_large": 1}
-    print(f"peak RSS of ingest over 64 x 32 MB archive members: {peak:.0f} MB")
+    assert report["processed"] == 73
+    assert report["rejected"] == {"not_an_image": 72, "file_too_large": 1}
+    print(f"peak RSS of ingest over 72 x 32 MB archive members: {peak:.0f} MB")
     assert peak <= 500
 
 
