@@ -11,9 +11,11 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import onnx
 import pytest
@@ -28,7 +30,7 @@ from export.quantize import equalize
 from export.stage import INT8_NAME, export_model, verify_model
 from spritesafe.config import Settings
 from spritesafe.preprocess import PreprocessSpec, fit_bytes, normalize, rgba
-from tests.helpers import png, sprite
+from tests.helpers import free_port, png, sprite
 from tests.learning import LENIENT, coloured_corpus, labelled
 from training.model import load_checkpoint
 from training.snapshot import snapshot
@@ -428,3 +430,89 @@ def test_a_worse_model_is_not_promoted_unless_forced(trained: Settings) -> None:
         forced = verify_model(ws.catalog, ws.blobs, settings, worse.model_id, force=True)
         assert forced.promoted
         assert Classifier(settings.deploy_path / INT8_NAME).model_id == worse.model_id
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_and_serves_what_it_needs(trained: Settings, tmp_path: Path) -> None:
+    """`pip install` of the built wheel (not editable) into a fresh venv: the review page and
+    `export --web` work from the installed package (templates, migrations, rubric, JS, runtime)."""
+    import shutil
+    import venv
+
+    from export.bundle import RUNTIME
+
+    dist, env_dir, source = tmp_path / "dist", tmp_path / "venv", tmp_path / "source"
+    repo = Path(__file__).resolve().parents[1]
+    # Built from a copy: setuptools leaves build/ and *.egg-info in the tree it builds.
+    skip = (".*", "node_modules", "data", "build", "*.egg-info", "__pycache__", "out")
+    shutil.copytree(repo, source, ignore=shutil.ignore_patterns(*skip))
+    runtime = Path("export/web/node_modules/onnxruntime-web/dist")
+    (source / runtime).mkdir(parents=True)
+    for name in RUNTIME:
+        shutil.copy2(repo / runtime / name, source / runtime / name)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+    subprocess.run(
+        [*pip, "wheel", str(source), "--no-deps", "--no-build-isolation", "-w", str(dist), "-q"],
+        check=True,
+        cwd=tmp_path,
+    )
+    (wheel,) = dist.glob("spritesafe-*.whl")
+    venv.create(env_dir, with_pip=False)
+    python = env_dir / "bin" / "python"
+    subprocess.run(
+        [*pip, "--python", str(python), "install", "--no-deps", "--no-index", str(wheel), "-q"],
+        check=True,
+    )
+    # Dependencies come from this venv; its editable spritesafe does not (a path added by a
+    # .pth line has its own .pth files, the editable hook among them, left unread).
+    site = Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
+    deps = Path(next(p for p in sys.path if p.endswith("site-packages")))
+    (site / "zz_dependencies.pth").write_text(f"{deps}\n")
+    where = subprocess.run(
+        [str(python), "-c", "import export, review, corpus; print(export.__file__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert where.startswith(str(site)), where
+
+    env = os.environ | {
+        "SPRITESAFE_DATA_DIR": str(trained.data_dir),
+        "SPRITESAFE_EXPORT__CALIBRATION_IMAGES": "64",
+        "SPRITESAFE_EXPORT__UNLABELLED_SAMPLE": "0",
+    }
+    cli = str(env_dir / "bin" / "spritesafe")
+    done = subprocess.run(
+        [cli, "export", "--web", "--json"], env=env, capture_output=True, text=True, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    bundle = Path(json.loads(done.stdout)["web"])
+    for name in ("spritesafe.js", "worker.js", "model.int8.onnx", "ort/ort.wasm.min.mjs"):
+        assert (bundle / name).is_file(), name
+    assert (bundle / "ort" / "ort-wasm-simd-threaded.wasm").stat().st_size > 1_000_000
+
+    port = free_port()
+    server = subprocess.Popen(
+        [cli, "review", "--port", str(port)], env=env, stderr=subprocess.DEVNULL, cwd=tmp_path
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                page = httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
+                break
+            except httpx.TransportError:
+                assert server.poll() is None, "the installed review command exited"
+                assert time.monotonic() < deadline, "the installed review page did not start"
+                time.sleep(0.3)
+        assert page.status_code == 200 and "<form" in page.text
+    finally:
+        server.terminate()
+        server.wait(10)
