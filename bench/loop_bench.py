@@ -49,16 +49,16 @@ from PIL import Image
 from bench import sample_efficiency as se
 from bench.common import copy_catalog, cpu, machine, report_machine, write_figures
 from bench.proxy import CONCEPTS, build_proxy
-from corpus.canonical import content_box, from_bytes
 from corpus.catalog import images, labels, llm_calls, review_queue, utcnow
 from corpus.workspace import open_workspace
+from export.scores import score_catalog
 from export.stage import export_model, verify_model
 from labelers.effective import LabelRow, effective_label
 from labelers.rubric import load_rubric
 from labelers.stage import label
 from review.decisions import decide
 from review.mining import mine
-from review.scores import score_catalog
+from spritesafe.canonical import content_box, from_bytes
 from spritesafe.config import Settings, load_settings
 from spritesafe.preprocess import PreprocessSpec
 from tests.ollama_server import ChatRequestInfo, FakeOllama, rubric_responder, sheet_layout

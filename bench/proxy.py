@@ -29,11 +29,11 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from corpus.canonical import canonicalize, content_box
 from corpus.hashindex import self_join
-from corpus.hashing import perceptual_hashes
 from corpus.sources.sheets import encode_png, slice_sheet, tileset_grids
+from spritesafe.canonical import canonicalize, content_box
 from spritesafe.config import CanonicalSettings, DedupeSettings
+from spritesafe.hashing import perceptual_hashes
 
 CDDA = Path("/usr/share/games/cataclysm-dda/gfx")
 # ASCII glyph tilesets and the fallback glyph sheets hold letters, not drawings.

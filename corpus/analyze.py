@@ -10,10 +10,10 @@ import hashlib
 from dataclasses import dataclass, fields
 from typing import Any
 
-from corpus.canonical import canon_version, canonicalize, content_box
-from corpus.decode import Rejected, decode
-from corpus.hashing import perceptual_hashes
+from spritesafe.canonical import canon_version, canonicalize, content_box
 from spritesafe.config import CanonicalSettings, ImageLimits
+from spritesafe.decode import Rejected, decode
+from spritesafe.hashing import perceptual_hashes
 
 
 @dataclass(frozen=True)

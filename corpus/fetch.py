@@ -25,8 +25,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from corpus.decode import sniff
 from spritesafe.config import HttpSettings
+from spritesafe.decode import sniff
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 MAX_RETRY_AFTER_S = 60.0

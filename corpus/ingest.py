@@ -35,7 +35,6 @@ from corpus.catalog import (
     upsert,
     utcnow,
 )
-from corpus.decode import Rejected
 from corpus.sources.base import (
     Container,
     Entry,
@@ -47,6 +46,7 @@ from corpus.sources.base import (
     is_unchanged,
 )
 from spritesafe.config import CanonicalSettings, ImageLimits, IngestSettings, Settings
+from spritesafe.decode import Rejected
 
 INLINE_BELOW = 64  # batches smaller than this are analyzed in-process (no IPC overhead)
 

@@ -21,9 +21,9 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from corpus.canonical import canonicalize
-from corpus.decode import Rejected
 from export.onnx import read_metadata, run, session
+from spritesafe.canonical import canonicalize
+from spritesafe.decode import Rejected
 from spritesafe.preprocess import PreprocessSpec, fit, fit_bytes
 
 ImageInput = bytes | str | Path | Image.Image

@@ -25,11 +25,11 @@ from numpy.typing import NDArray
 
 from corpus.blobs import BlobStore
 from corpus.catalog import Catalog, exports, images, labels, models, recorded, snapshots, utcnow
-from corpus.decode import Rejected
 from export.onnx import export_fp32, run, session
 from export.quantize import Recipe, candidate_recipes, needs_reduce_range, quantize
 from export.verify import Agreement, agreement, gate, int8_reasons
 from spritesafe.config import ExportSettings, Settings
+from spritesafe.decode import Rejected
 from spritesafe.preprocess import PreprocessSpec, fit, fit_bytes, normalize
 
 FP32_NAME, INT8_NAME = "model.onnx", "model.int8.onnx"
@@ -296,8 +296,8 @@ def _against_current(
     candidate INT8 file) on the candidate's test split, leaving out images the promoted model
     trained on; each model through its own preprocessing. (figures, reasons not to replace)."""
     from export.classify import Classifier
-    from review.scores import trained_on
     from training.metrics import average_precision
+    from training.snapshot import trained_on
 
     current = settings.deploy_path / INT8_NAME
     if not current.is_file():

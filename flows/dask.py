@@ -4,7 +4,7 @@
 `flows.dask_workers` processes started for the run, or the scheduler at `flows.dask_address`.
 The stages stay plain functions; a task hands them `executor()`, the cluster's
 concurrent.futures executor, and they submit their chunks to it: ingest's decode/hash
-(corpus.ingest.Analyzer) and scoring (review.scores.score_chunk). Without Dask, the same
+(corpus.ingest.Analyzer) and scoring (export.scores.score_chunk). Without Dask, the same
 stages use their own process pool or run inline.
 """
 

@@ -247,10 +247,10 @@ def retrain_due_task(config: str | None, overrides: dict[str, Any]) -> dict[str,
 def review_task(config: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
     """Score the catalog with the promoted model and refresh the review queue."""
     from export.classify import Classifier
+    from export.scores import score_catalog
     from export.stage import promoted_model
     from review.agreement import agreement
     from review.mining import mine
-    from review.scores import score_catalog
 
     settings = load_settings(config, **overrides)
     model = promoted_model(settings)

@@ -19,13 +19,13 @@ from typing import Any
 import sqlalchemy as sa
 
 from corpus.blobs import BlobStore
-from corpus.canonical import from_bytes
 from corpus.catalog import Catalog, image_column, images, labels, llm_calls, screenings, utcnow
 from labelers.cost import call_rows
 from labelers.effective import LLM
 from labelers.ollama import Job, OllamaLabeler, Outcome
 from labelers.rubric import Rubric
 from labelers.sheets import Sheet, compose
+from spritesafe.canonical import from_bytes
 from spritesafe.config import Settings
 
 

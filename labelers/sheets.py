@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageFont
 
-from corpus.canonical import content_box, enlarge_to
+from spritesafe.canonical import content_box, enlarge_to
 
 LINE = 2  # px between cells
 BAND = 18  # px of the number band on top of each cell

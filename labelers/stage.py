@@ -25,7 +25,6 @@ import numpy as np
 import sqlalchemy as sa
 
 from corpus.blobs import BlobStore
-from corpus.canonical import from_bytes
 from corpus.catalog import (
     Catalog,
     image_column,
@@ -46,6 +45,7 @@ from labelers.rubric import Rubric, load_rubric
 from labelers.screen import grid_for, quality, screen, screened
 from labelers.teacher import TeacherModel
 from labelers.views import llm_view
+from spritesafe.canonical import from_bytes
 from spritesafe.config import Settings
 
 TEACHER_RUBRIC = "-"  # the teacher reads no rubric; its labels are valid for any
@@ -281,7 +281,7 @@ def model_ranking(
 ) -> tuple[str, float, dict[int, float]]:
     """The promoted model's id, threshold and out-of-sample scores of every candidate (scored
     now where it has not scored them yet)."""
-    from review.scores import score_catalog  # onnxruntime: only when a model exists
+    from export.scores import score_catalog  # onnxruntime: only when a model exists
 
     scored = score_catalog(catalog, blobs, settings, model)
     with catalog.read() as conn:

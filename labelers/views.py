@@ -6,7 +6,7 @@ import io
 
 from PIL import Image
 
-from corpus.canonical import enlarge_to, from_bytes
+from spritesafe.canonical import enlarge_to, from_bytes
 from spritesafe.config import Settings
 
 

@@ -22,14 +22,14 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from PIL import Image as PILImage
 
 from corpus.blobs import BlobStore
-from corpus.canonical import from_bytes
 from corpus.catalog import Catalog, images, labels, model_scores, review_queue
-from corpus.decode import Rejected
 from labelers.effective import HUMAN, LLM, TEACHER
 from review.decisions import ReviewError, decide, undo
 from review.mining import REASONS
 from review.security import HEADERS, Entry, Policy, refusal, same, token_entry
+from spritesafe.canonical import from_bytes
 from spritesafe.config import Settings
+from spritesafe.decode import Rejected
 
 TEMPLATES = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),

@@ -14,7 +14,7 @@ wrong, higher first):
 - audit: a small random share of scored images, so reviewers also see ordinary cases.
 Each run queues at most `max_per_run` new items, no reason more than `max_reason_share` of
 them. Images with a human decision are never queued; an (image, reason) pair is queued once
-ever. Only out-of-sample model scores are used (review.scores).
+ever. Only out-of-sample model scores are used (export.scores).
 """
 
 from __future__ import annotations

@@ -24,12 +24,12 @@ from corpus.catalog import (
     recorded,
 )
 from export.classify import Classifier
+from export.scores import score_catalog
 from labelers.budget import Plan, plan_budget
 from labelers.effective import LLM, LabelRow, effective_label
 from labelers.ollama import OllamaLabeler
 from labelers.rubric import load_rubric
 from labelers.stage import LabelReport, ask_llm, clusters_of
-from review.scores import score_catalog
 from spritesafe.config import Settings
 
 

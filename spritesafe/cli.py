@@ -703,10 +703,10 @@ def disagreements_command(
     """Score the catalog with the model and queue what it and the labelers disagree on."""
     from corpus.workspace import open_workspace
     from export.classify import Classifier
+    from export.scores import score_catalog
     from export.stage import ExportError, promoted_model
     from review.agreement import agreement
     from review.mining import mine
-    from review.scores import score_catalog
 
     settings = _settings(config)
     try:

@@ -1,7 +1,7 @@
 """The one preprocessing of the model, torch-free: training, classify() and verify all use it.
 
 An image becomes the model's input in three steps:
-1. canonical pixels (corpus.canonical): alpha on the fixed background, native pixel grid;
+1. canonical pixels (spritesafe.canonical): alpha on the fixed background, native pixel grid;
 2. fit into size x size without blurring pixel art: enlarge by the largest integer factor
    that fits (nearest: every sprite pixel an exact block); shrink larger images by area
    averaging (Pillow BOX); then centre on a square of the background colour;
@@ -24,8 +24,8 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from corpus.canonical import enlarge_to
-from corpus.canonical import from_bytes as canonical_from_bytes
+from spritesafe.canonical import enlarge_to
+from spritesafe.canonical import from_bytes as canonical_from_bytes
 from spritesafe.config import ImageLimits, Settings
 
 VERSION = "pixel-fit-1"
@@ -107,7 +107,7 @@ def from_pixels(pixels: NDArray[np.uint8], spec: PreprocessSpec) -> NDArray[np.f
 def canonical_pixels(
     data: bytes, spec: PreprocessSpec, limits: ImageLimits | None = None
 ) -> NDArray[np.uint8]:
-    """Image file bytes -> canonical RGB pixels, step 1 (raises corpus.decode.Rejected).
+    """Image file bytes -> canonical RGB pixels, step 1 (raises spritesafe.decode.Rejected).
     Training augments these before `from_pixels`; everything else goes on directly."""
     limits = limits or ImageLimits()
     return canonical_from_bytes(data, limits, spec.background, spec.max_scale).pixels
@@ -116,14 +116,14 @@ def canonical_pixels(
 def fit_bytes(
     data: bytes, spec: PreprocessSpec, limits: ImageLimits | None = None
 ) -> NDArray[np.uint8]:
-    """Image file bytes -> fitted pixels, steps 1 and 2 (raises corpus.decode.Rejected)."""
+    """Image file bytes -> fitted pixels, steps 1 and 2 (raises spritesafe.decode.Rejected)."""
     return fit(canonical_pixels(data, spec, limits), spec)
 
 
 def from_bytes(
     data: bytes, spec: PreprocessSpec, limits: ImageLimits | None = None
 ) -> NDArray[np.float32]:
-    """Image file bytes -> float model input (raises corpus.decode.Rejected for bad input)."""
+    """Image file bytes -> float model input (raises spritesafe.decode.Rejected for bad input)."""
     return normalize(fit_bytes(data, spec, limits), spec)
 
 

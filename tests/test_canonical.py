@@ -12,7 +12,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from corpus.analyze import analyze
-from corpus.canonical import canonicalize, composite, detect_scale, grid_determined
+from spritesafe.canonical import canonicalize, composite, detect_scale, grid_determined
 from spritesafe.config import CanonicalSettings, ImageLimits
 from tests.helpers import encode, png, real_tiles, sprite, upscale
 
@@ -197,7 +197,7 @@ def test_modes_are_normalized(name: str, make: object, mode: str, frames: int, a
 
 
 def test_sixteen_bit_values_are_scaled_not_clipped() -> None:
-    from corpus.decode import decode
+    from spritesafe.decode import decode
 
     gray = (np.arange(256, dtype=np.uint16).reshape(16, 16) * 257).astype(np.uint16)
     decoded = decode(encode(Image.fromarray(gray), "PNG"), LIMITS)

@@ -72,7 +72,7 @@ def test_scoring_on_the_cluster_matches_scoring_here(cluster: Any, tmp_path: Pat
     from export.classify import Classifier
     from export.onnx import export_fp32
     from export.quantize import Recipe, quantize
-    from review.scores import score_catalog
+    from export.scores import score_catalog
     from spritesafe.config import Settings
     from spritesafe.preprocess import PreprocessSpec, fit_bytes
     from training.model import Trained, create_model

@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from corpus.canonical import canonicalize
 from corpus.catalog import images, pretrains
 from corpus.dedupe import dedupe
 from corpus.ingest import ingest
 from corpus.sources import parse_source
 from corpus.workspace import open_workspace
+from spritesafe.canonical import canonicalize
 from spritesafe.config import Settings, load_settings
 from spritesafe.preprocess import PreprocessSpec
 from tests.helpers import png, real_tiles, sprite

@@ -23,17 +23,17 @@ from PIL import Image
 from corpus.catalog import images, insert_ignore, labels, model_scores, review_queue
 from corpus.workspace import open_workspace
 from export.classify import Classifier
+from export.scores import score_catalog
 from export.stage import export_model, promoted_model, verify_model
 from review.app import create_app
 from review.decisions import ReviewError, decide, undo
 from review.mining import mine
-from review.scores import score_catalog, trained_on
 from review.security import LOOPBACK, Policy
 from spritesafe.config import Settings
 from tests.helpers import free_port, png
 from tests.learning import GREY, LENIENT, RED, coloured_corpus, labelled
 from tests.ollama_server import ChatRequestInfo, rubric_responder
-from training.snapshot import snapshot
+from training.snapshot import snapshot, trained_on
 from training.train import train
 
 

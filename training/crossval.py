@@ -21,8 +21,8 @@ from numpy.typing import NDArray
 
 from corpus.blobs import BlobStore
 from corpus.catalog import Catalog, image_column, images
-from corpus.decode import Rejected
 from spritesafe.config import Settings
+from spritesafe.decode import Rejected
 from spritesafe.preprocess import PreprocessSpec, canonical_pixels
 from training.data import SplitData
 from training.head import DEFAULT_L2, embed, fit_logistic

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from corpus.decode import Rejected
 from spritesafe.config import TrainSettings
+from spritesafe.decode import Rejected
 from spritesafe.preprocess import PreprocessSpec, batch, canonical_pixels, from_pixels
 from training.augment import augment
 

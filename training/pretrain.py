@@ -33,8 +33,8 @@ from numpy.typing import NDArray
 
 from corpus.blobs import BlobStore
 from corpus.catalog import Catalog, images, pretrains, recorded, utcnow
-from corpus.decode import Rejected
 from spritesafe.config import PretrainSettings, Settings
+from spritesafe.decode import Rejected
 from spritesafe.preprocess import PreprocessSpec, canonical_pixels, normalize
 from training.model import pick_device, save_checkpoint
 from training.probe import linear_probe

@@ -20,7 +20,16 @@ from typing import Any
 import sqlalchemy as sa
 
 from corpus.blobs import BlobStore
-from corpus.catalog import Catalog, images, labels, recorded, snapshots, source_items, utcnow
+from corpus.catalog import (
+    Catalog,
+    images,
+    labels,
+    models,
+    recorded,
+    snapshots,
+    source_items,
+    utcnow,
+)
 from corpus.catalog import sources as sources_table
 from labelers.effective import HUMAN, LLM, TEACHER, EffectiveLabel, LabelRow, effective_label
 from labelers.rubric import load_rubric
@@ -506,3 +515,17 @@ __all__ = [
     "load_snapshot",
     "snapshot",
 ]
+
+
+def trained_on(catalog: Catalog, model_id: str) -> set[int]:
+    """Image ids in the training split of the model's snapshot (empty if unknown)."""
+    with catalog.read() as conn:
+        path = conn.execute(
+            sa.select(snapshots.c.path)
+            .join(models, models.c.snapshot_id == snapshots.c.id)
+            .where(models.c.id == model_id)
+        ).scalar()
+    if path is None or not Path(path).is_dir():
+        return set()
+    data, _ = load_snapshot(Path(path))
+    return set(data["train"]["image_id"])

@@ -12,7 +12,6 @@ from collections import Counter
 from collections.abc import Generator, Mapping
 from pathlib import Path, PurePosixPath
 
-from corpus.decode import Rejected
 from corpus.sources.base import (
     Entry,
     Item,
@@ -23,6 +22,7 @@ from corpus.sources.base import (
     is_unchanged,
     read_limited,
 )
+from spritesafe.decode import Rejected
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 

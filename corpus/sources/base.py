@@ -31,7 +31,7 @@ class Known:
 class Item:
     locator: str
     fingerprint: str | None
-    load: Callable[[], bytes]  # may raise corpus.decode.Rejected or OSError
+    load: Callable[[], bytes]  # may raise spritesafe.decode.Rejected or OSError
     etag: str | None = None
     last_modified: str | None = None
 
@@ -87,7 +87,7 @@ def is_unchanged(known: Mapping[str, Known], locator: str, fingerprint: str | No
 
 def read_limited(read: Callable[[int], bytes], max_bytes: int, what: str) -> bytes:
     """Read at most max_bytes (+1 to detect overflow) from a file-like `read`."""
-    from corpus.decode import Rejected
+    from spritesafe.decode import Rejected
 
     data = read(max_bytes + 1)
     if len(data) > max_bytes:

@@ -20,7 +20,6 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from corpus.decode import Rejected, decode
 from corpus.sources.base import (
     Container,
     Entry,
@@ -35,6 +34,7 @@ from corpus.sources.base import (
 )
 from corpus.sources.folder import stat_fingerprint
 from spritesafe.config import ImageLimits
+from spritesafe.decode import Rejected, decode
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from corpus.blobs import BlobStore
-from corpus.catalog import Catalog, images, model_scores, models, recorded, snapshots, utcnow
+from corpus.catalog import Catalog, images, model_scores, recorded, utcnow
 from export.classify import Classifier
 from spritesafe.config import Settings
+from training.snapshot import trained_on
 
 
 @dataclass
@@ -36,22 +37,6 @@ class ScoreReport:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-def trained_on(catalog: Catalog, model_id: str) -> set[int]:
-    """Image ids in the training split of the model's snapshot (empty if unknown)."""
-    from training.snapshot import load_snapshot
-
-    with catalog.read() as conn:
-        path = conn.execute(
-            sa.select(snapshots.c.path)
-            .join(models, models.c.snapshot_id == snapshots.c.id)
-            .where(models.c.id == model_id)
-        ).scalar()
-    if path is None or not Path(path).is_dir():
-        return set()
-    data, _ = load_snapshot(Path(path))
-    return set(data["train"]["image_id"])
 
 
 @functools.lru_cache(maxsize=2)

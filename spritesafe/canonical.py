@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from corpus.decode import decode
 from spritesafe.config import ImageLimits
+from spritesafe.decode import decode
 
 ALGORITHM = "grid-gcd-1/bbox-hash-1"
 
@@ -156,7 +156,7 @@ def canonicalize(
 def from_bytes(
     data: bytes, limits: ImageLimits, background: tuple[int, int, int], max_scale: int
 ) -> Canonical:
-    """Image file bytes -> canonical image (raises corpus.decode.Rejected for bad input)."""
+    """Image file bytes -> canonical image (raises spritesafe.decode.Rejected for bad input)."""
     return canonicalize(decode(data, limits).rgba, background, max_scale)
 
 
