@@ -14,7 +14,7 @@ Splits later keep every cluster on one side (no copy of a test image is trained 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 from corpus.catalog import Catalog, images, recorded
 from corpus.hashindex import HashIndex, self_join
 from spritesafe.config import Settings
+from spritesafe.reports import as_dict
 
 _CANDIDATE = images.c.status == "candidate"
 _DONE = images.c.cluster_id.is_not(None)
@@ -49,7 +50,7 @@ class DedupeReport:
     status: str = "running"
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return as_dict(self)
 
 
 class _UnionFind:

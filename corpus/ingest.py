@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor, ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -47,6 +47,7 @@ from corpus.sources.base import (
 )
 from spritesafe.config import CanonicalSettings, ImageLimits, IngestSettings, Settings
 from spritesafe.decode import Rejected
+from spritesafe.reports import as_dict
 
 INLINE_BELOW = 64  # batches smaller than this are analyzed in-process (no IPC overhead)
 
@@ -91,17 +92,14 @@ class IngestReport:
         return total
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "status": self.status,
-            "seconds": round(self.seconds, 3),
-            "processed": self.processed,
-            "new_images": self.new_images,
-            "unchanged": self.unchanged,
-            "rejected": dict(self.rejected),
-            "items_per_s": round(self.processed / self.seconds, 1) if self.seconds else None,
-            "sources": [asdict(s) | {"rejected": dict(s.rejected)} for s in self.sources],
-        }
+        return as_dict(
+            self,
+            processed=self.processed,
+            new_images=self.new_images,
+            unchanged=self.unchanged,
+            rejected=dict(self.rejected),
+            items_per_s=round(self.processed / self.seconds, 1) if self.seconds else None,
+        )
 
 
 def exit_with_parent(parent: int) -> None:

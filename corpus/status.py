@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 
 from corpus.catalog import Catalog, images, label_errors, labels, runs, source_items, sources
+from spritesafe.reports import as_dict
 
 
 @dataclass
@@ -25,7 +26,7 @@ class CatalogStatus:
     last_runs: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return as_dict(self)
 
 
 def catalog_status(catalog: Catalog) -> CatalogStatus:

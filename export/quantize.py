@@ -20,7 +20,7 @@ import logging
 import platform
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from onnx import helper, numpy_helper
 
 from export.onnx import INPUT, PIXELS, read_metadata, set_metadata
 from spritesafe.preprocess import PreprocessSpec, rgba
+from spritesafe.reports import as_dict
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class Recipe:
         return "+".join(parts)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"name": self.name}
+        return as_dict(self, name=self.name)
 
 
 def needs_reduce_range() -> bool:

@@ -22,6 +22,7 @@ from corpus.blobs import BlobStore
 from corpus.catalog import Catalog, images, model_scores, recorded, utcnow
 from export.classify import Classifier
 from spritesafe.config import Settings
+from spritesafe.reports import as_dict
 from training.snapshot import trained_on
 
 
@@ -36,7 +37,7 @@ class ScoreReport:
     status: str = "running"
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return as_dict(self)
 
 
 @functools.lru_cache(maxsize=2)

@@ -31,6 +31,7 @@ from export.verify import Agreement, agreement, gate, int8_reasons
 from spritesafe.config import ExportSettings, Settings
 from spritesafe.decode import Rejected
 from spritesafe.preprocess import PreprocessSpec, fit, fit_bytes, normalize
+from spritesafe.reports import as_dict
 
 FP32_NAME, INT8_NAME = "model.onnx", "model.int8.onnx"
 
@@ -53,7 +54,7 @@ class ExportReport:
     status: str = "running"
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return as_dict(self)
 
 
 @dataclass
@@ -71,7 +72,7 @@ class VerifyReport:
     status: str = "running"
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return as_dict(self)
 
 
 def parse_recipe(name: str, reduce_range: bool) -> Recipe:

@@ -9,13 +9,14 @@ arrays; export.stage feeds them.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from spritesafe.config import ExportSettings
+from spritesafe.reports import as_dict
 from training import metrics
 
 
@@ -42,7 +43,7 @@ class Agreement:
         return self.pr_auc_reference - self.pr_auc
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"flip_share": self.flip_share, "pr_auc_drop": self.pr_auc_drop}
+        return as_dict(self, flip_share=self.flip_share, pr_auc_drop=self.pr_auc_drop)
 
 
 def agreement(

@@ -14,6 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from corpus.catalog import Catalog, labels, llm_calls, utcnow
+from labelers.effective import LLM
 from labelers.ollama import CallCost, png_size
 
 PATCH_PX = 28 * 28  # one vision token (Qwen2.5-VL)
@@ -75,7 +76,7 @@ def run_cost(catalog: Catalog, run_ids: list[str], positive: frozenset[str]) -> 
         ).all()
         rows = conn.execute(
             sa.select(labels.c.image_id, labels.c.category)
-            .where(labels.c.run_id.in_(run_ids), labels.c.labeler == "ollama")
+            .where(labels.c.run_id.in_(run_ids), labels.c.labeler == LLM)
             .where(labels.c.sample == 0)
         ).all()
     labelled = {r.image_id for r in rows}

@@ -18,10 +18,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+# Labelers: who wrote a label row (the catalog's `labels.labeler`), one name each.
 HUMAN = "human"
-LLM = "ollama"
-TEACHER = "teacher"
-RETRACT = "retract"
+LLM = "ollama"  # the vision LLM, served by Ollama
+TEACHER = "teacher"  # open_nsfw's pre-screen
+RETRACT = "retract"  # a human row's category that cancels the reviewer's previous decision
+
+# Label sources: which precedence rule gave an effective label (snapshot manifests, the
+# `snapshot.min_label_source` setting, agreement tables). The LLM's rule is called "llm"
+# there, whichever LLM labelled: SOURCE maps each labeler to its source.
+SOURCE_HUMAN, SOURCE_LLM, SOURCE_TEACHER, SOURCE_NONE = "human", "llm", "teacher", "none"
+SOURCE = {HUMAN: SOURCE_HUMAN, LLM: SOURCE_LLM, TEACHER: SOURCE_TEACHER}
 
 
 @dataclass(frozen=True)
@@ -63,7 +70,7 @@ def effective_label(
         elif row.category is not None:
             decisions.append((row.by, row.category))
     if decisions:
-        return EffectiveLabel(decisions[-1][1], "human", uncertain=False, agreement=1.0)
+        return EffectiveLabel(decisions[-1][1], SOURCE_HUMAN, uncertain=False, agreement=1.0)
 
     votes = Counter(
         row.category
@@ -80,7 +87,7 @@ def effective_label(
         agreement = count / total
         return EffectiveLabel(
             None if tie else top,
-            "llm",
+            SOURCE_LLM,
             uncertain=tie or agreement < min_agreement,
             agreement=agreement,
             votes=dict(votes),
@@ -91,8 +98,8 @@ def effective_label(
         p = teacher[-1].score_explicit
         assert p is not None
         if p >= teacher_high:
-            return EffectiveLabel("explicit", "teacher", uncertain=False)
+            return EffectiveLabel("explicit", SOURCE_TEACHER, uncertain=False)
         if p <= teacher_low:
-            return EffectiveLabel("safe", "teacher", uncertain=False)
-        return EffectiveLabel(None, "teacher", uncertain=True)
-    return EffectiveLabel(None, "none", uncertain=True)
+            return EffectiveLabel("safe", SOURCE_TEACHER, uncertain=False)
+        return EffectiveLabel(None, SOURCE_TEACHER, uncertain=True)
+    return EffectiveLabel(None, SOURCE_NONE, uncertain=True)

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import ollama
 
+from labelers.effective import LLM
 from labelers.rubric import AnswerError, Question, Rubric
 from spritesafe.config import OllamaSettings
 
@@ -108,7 +109,7 @@ def _model_digest(listing: Any, model: str) -> str | None:
 
 
 class OllamaLabeler:
-    name = "ollama"
+    name = LLM
 
     def __init__(self, settings: OllamaSettings, rubric: Rubric) -> None:
         self.settings = settings

@@ -40,6 +40,7 @@ from corpus.catalog import (
 from export.stage import ExportError, promoted_model
 from labelers.budget import Plan, fill_random, steered_picks, uniform_picks
 from labelers.cost import call_rows, run_cost
+from labelers.effective import HUMAN, LLM, TEACHER
 from labelers.ollama import Job, OllamaLabeler, Outcome
 from labelers.rubric import Rubric, load_rubric
 from labelers.screen import grid_for, quality, screen, screened
@@ -47,6 +48,7 @@ from labelers.teacher import TeacherModel
 from labelers.views import llm_view
 from spritesafe.canonical import from_bytes
 from spritesafe.config import Settings
+from spritesafe.reports import as_dict
 
 TEACHER_RUBRIC = "-"  # the teacher reads no rubric; its labels are valid for any
 
@@ -71,25 +73,8 @@ class LabelReport:
     status: str = "running"
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "labeler": self.labeler,
-            "model": self.model,
-            "model_digest": self.model_digest,
-            "rubric_version": self.rubric_version,
-            "selected": dict(self.selected),
-            "labelled": self.labelled,
-            "skipped_done": self.skipped_done,
-            "errors": dict(self.errors),
-            "teacher_scored": self.teacher_scored,
-            "steered_by": self.steered_by,
-            "screen": self.screen,
-            "second_opinions": dict(self.second_opinions),
-            "cost": self.cost,
-            "seconds": round(self.seconds, 3),
-            "per_s": round(self.labelled / self.seconds, 2) if self.seconds else None,
-            "status": self.status,
-        }
+        per_s = round(self.labelled / self.seconds, 2) if self.seconds else None
+        return as_dict(self, per_s=per_s)
 
 
 Progress = Callable[[int, int], None]  # done, total
@@ -153,7 +138,7 @@ def _teacher_scores(catalog: Catalog, digest: str, ids: list[int]) -> dict[int, 
         for start in range(0, len(ids), 500):
             rows = conn.execute(
                 sa.select(labels.c.image_id, labels.c.score_explicit).where(
-                    labels.c.labeler == "teacher",
+                    labels.c.labeler == TEACHER,
                     labels.c.model_digest == digest,
                     labels.c.image_id.in_(ids[start : start + 500]),
                 )
@@ -190,7 +175,7 @@ def run_teacher(
         rows = [
             {
                 "image_id": image_id,
-                "labeler": "teacher",
+                "labeler": TEACHER,
                 "model": teacher.name,
                 "model_digest": teacher.digest,
                 "rubric_version": TEACHER_RUBRIC,
@@ -229,7 +214,7 @@ def label(
     budget = settings.label.budget if budget is None else budget
     report = LabelReport(run_id=catalog.start_run(f"label-{which}"), labeler=which)
     with recorded(catalog, report):
-        if which == "teacher":
+        if which == TEACHER:
             _label_teacher(catalog, blobs, settings, budget, report, progress)
         else:
             rubric = load_rubric(settings.label.rubric)
@@ -255,7 +240,7 @@ def _label_teacher(
     teacher = TeacherModel()
     digest = teacher.digest
     report.model, report.model_digest, report.rubric_version = "open_nsfw", digest, TEACHER_RUBRIC
-    pending, report.skipped_done = _pending(catalog, "teacher", digest, TEACHER_RUBRIC)
+    pending, report.skipped_done = _pending(catalog, TEACHER, digest, TEACHER_RUBRIC)
     rng = np.random.default_rng(_seed(report.run_id))
     chosen = [pending[i] for i in sorted(rng.permutation(len(pending))[:budget])]
     report.selected["random"] = len(chosen)
@@ -325,7 +310,7 @@ def _steering(
             catalog, blobs, settings, teacher, unscored, report.run_id, "prescreen"
         )
         scores.update(_teacher_scores(catalog, teacher.digest, unscored))
-    report.steered_by = "teacher"
+    report.steered_by = TEACHER
     return scores, replace(plan, top_name="teacher_top", near_name="teacher_near")
 
 
@@ -342,7 +327,7 @@ def _label_ollama(
     llm = OllamaLabeler(cfg, rubric)
     digest = asyncio.run(llm.connect())
     report.model, report.model_digest, report.rubric_version = cfg.model, digest, rubric.version
-    pending, report.skipped_done = _pending(catalog, "ollama", digest, rubric.version, cfg.samples)
+    pending, report.skipped_done = _pending(catalog, LLM, digest, rubric.version, cfg.samples)
     everything = budget >= len(pending)  # no need to screen what will all be labelled
     budget = min(budget, len(pending))
     if budget == 0:  # nothing new to ask; positives a killed run left unconfirmed still are
@@ -432,8 +417,8 @@ def _label_ollama(
 def single_votes(catalog: Catalog, digest: str, rubric: Rubric) -> dict[int, str | None]:
     """Candidates with exactly one LLM answer for the key and no human decision: image id ->
     the category it said."""
-    key = _key("ollama", digest, rubric.version)
-    decided = sa.select(labels.c.image_id).where(labels.c.labeler == "human")
+    key = _key(LLM, digest, rubric.version)
+    decided = sa.select(labels.c.image_id).where(labels.c.labeler == HUMAN)
     with catalog.read() as conn:
         rows = conn.execute(
             sa.select(labels.c.image_id, sa.func.min(labels.c.category).label("category"))
@@ -515,7 +500,7 @@ def ask_llm(
     n_samples = cfg.samples if samples is None else samples
     keys = image_column(catalog, images.c.blob_key, list(chosen))
     # Resume: samples an interrupted run already stored are not asked again.
-    have = _samples_done(catalog, _key("ollama", digest, rubric.version), list(chosen))
+    have = _samples_done(catalog, _key(LLM, digest, rubric.version), list(chosen))
     jobs: list[Job] = []
     views: dict[int, bytes] = {}
     for image_id in chosen:
@@ -554,7 +539,7 @@ def ask_llm(
                 error_rows.append(
                     {
                         "image_id": out.image_id,
-                        "labeler": "ollama",
+                        "labeler": LLM,
                         "kind": out.error_kind or "error",
                         "detail": out.detail,
                         "raw": out.raw,
@@ -568,7 +553,7 @@ def ask_llm(
             label_rows.append(
                 {
                     "image_id": out.image_id,
-                    "labeler": "ollama",
+                    "labeler": LLM,
                     "score_safe": scores_["safe"],
                     "score_suggestive": scores_["suggestive"],
                     "score_explicit": scores_["explicit"],

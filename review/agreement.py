@@ -16,9 +16,19 @@ from typing import Any
 import sqlalchemy as sa
 
 from corpus.catalog import Catalog, labels, model_scores, review_queue
-from labelers.effective import HUMAN, LLM, TEACHER, LabelRow, effective_label
+from labelers.effective import (
+    HUMAN,
+    LLM,
+    SOURCE_HUMAN,
+    SOURCE_LLM,
+    SOURCE_TEACHER,
+    TEACHER,
+    LabelRow,
+    effective_label,
+)
 from labelers.rubric import load_rubric
 from spritesafe.config import Settings
+from spritesafe.reports import as_dict
 
 
 def cohen_kappa(a: list[bool], b: list[bool]) -> float | None:
@@ -42,7 +52,7 @@ class AgreementReport:
     overturned_llm: int = 0  # human binary label differs from the LLM's
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return as_dict(self)
 
 
 def agreement(
@@ -76,17 +86,17 @@ def agreement(
         if llm:
             verdict = effective_label(llm, rubric_version=rubric.version)
             if not verdict.uncertain and verdict.category is not None:
-                votes["llm"][image_id] = verdict.category in positive
+                votes[SOURCE_LLM][image_id] = verdict.category in positive
         teacher = [r.score_explicit for r in image_rows if r.labeler == TEACHER]
         if teacher and teacher[-1] is not None:
-            votes["teacher"][image_id] = teacher[-1] >= 0.5
+            votes[SOURCE_TEACHER][image_id] = teacher[-1] >= 0.5
         human = [r for r in image_rows if r.labeler == HUMAN]
         if human:
             verdict = effective_label(human)
             if verdict.category is not None:
-                votes["human"][image_id] = verdict.category in positive
+                votes[SOURCE_HUMAN][image_id] = verdict.category in positive
     report = AgreementReport()
-    for a, b in combinations(("llm", "model", "teacher", "human"), 2):
+    for a, b in combinations((SOURCE_LLM, "model", SOURCE_TEACHER, SOURCE_HUMAN), 2):
         common = sorted(set(votes[a]) & set(votes[b]))
         xs = [votes[a][i] for i in common]
         ys = [votes[b][i] for i in common]
@@ -98,9 +108,9 @@ def agreement(
             else None,
             "kappa": kappa,
         }
-    report.human_decisions = len(votes["human"])
+    report.human_decisions = len(votes[SOURCE_HUMAN])
     report.overturned_llm = sum(
-        votes["llm"][i] != h for i, h in votes["human"].items() if i in votes["llm"]
+        votes[SOURCE_LLM][i] != h for i, h in votes[SOURCE_HUMAN].items() if i in votes[SOURCE_LLM]
     )
     by_reviewer: dict[str, list[Any]] = defaultdict(list)
     for who, when in decided:

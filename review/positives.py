@@ -31,6 +31,7 @@ from labelers.ollama import OllamaLabeler
 from labelers.rubric import load_rubric
 from labelers.stage import LabelReport, ask_llm, clusters_of
 from spritesafe.config import Settings
+from spritesafe.reports import as_dict
 
 
 @dataclass
@@ -51,7 +52,7 @@ class PositivesReport:
         return self.confirmed / self.model_positives if self.model_positives else None
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__) | {"confirmed_precision": self.confirmed_precision}
+        return as_dict(self, confirmed_precision=self.confirmed_precision)
 
 
 def verify_positives(

@@ -13,7 +13,7 @@ The choice (`Init`) goes into the checkpoint, the ONNX metadata and the model ca
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import torch
 from corpus.catalog import Catalog, pretrains
 from spritesafe.config import Settings
 from spritesafe.preprocess import PreprocessSpec
+from spritesafe.reports import as_dict
 
 TIMM_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm publishes on the hub
 
@@ -39,7 +40,7 @@ class Init:
     note: str = ""  # one line for people: where the weights came from, or why scratch
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return as_dict(self)
 
     def describe(self) -> str:
         return f"{self.kind}{f' ({self.source})' if self.source else ''}: {self.note}"

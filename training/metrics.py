@@ -4,11 +4,13 @@ is called positive when its score is >= the threshold."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
+
+from spritesafe.reports import as_dict
 
 
 def pr_curve(
@@ -59,11 +61,12 @@ class AtThreshold:
         return self.fp / actual if actual else float("nan")
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self) | {
-            "precision": self.precision,
-            "recall": self.recall,
-            "false_positive_rate": self.false_positive_rate,
-        }
+        return as_dict(
+            self,
+            precision=self.precision,
+            recall=self.recall,
+            false_positive_rate=self.false_positive_rate,
+        )
 
 
 def at_threshold(y: NDArray[Any], p: NDArray[Any], threshold: float) -> AtThreshold:

@@ -36,6 +36,7 @@ from corpus.catalog import Catalog, images, pretrains, recorded, utcnow
 from spritesafe.config import PretrainSettings, Settings
 from spritesafe.decode import Rejected
 from spritesafe.preprocess import PreprocessSpec, canonical_pixels, normalize
+from spritesafe.reports import as_dict
 from training.model import pick_device, save_checkpoint
 from training.probe import linear_probe
 from training.ssl import Pretrainer
@@ -76,7 +77,7 @@ class PretrainReport:
     status: str = "running"
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return as_dict(self)
 
 
 def view_spec(settings: Settings) -> PreprocessSpec:
@@ -145,7 +146,7 @@ class Due:
     pretrained_on: int = 0  # candidates of the newest backbone
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return as_dict(self)
 
 
 def pretrain_due(catalog: Catalog, settings: Settings) -> Due:
