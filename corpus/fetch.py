@@ -10,6 +10,8 @@
   URL costs one 304 and no body;
 - robots.txt fetched once per origin and obeyed (4xx: allow all; 5xx or unreachable:
   disallow all, as RFC 9309 says).
+
+`fetch_bytes` reads one URL a user named (classify) with the same client settings and byte cap.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import urllib.robotparser
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -81,12 +84,7 @@ class Fetcher:
 
     async def __aenter__(self) -> Fetcher:
         if self._client is None:
-            self._client = httpx.AsyncClient(
-                timeout=self.settings.timeout_s,
-                follow_redirects=True,
-                max_redirects=5,
-                headers={"User-Agent": self.settings.user_agent},
-            )
+            self._client = httpx.AsyncClient(**_client_options(self.settings))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -168,9 +166,9 @@ class Fetcher:
                 return reject("retryable_status", f"HTTP {status}")[0], retry_after
             if status != 200:
                 return reject("http_error", f"HTTP {status}")
-            declared = response.headers.get("Content-Length")
-            if declared and declared.isdigit() and int(declared) > max_bytes:
-                return reject("response_too_large", f"Content-Length {declared} > {max_bytes}")
+            too_large = _declared_too_large(response, max_bytes)
+            if too_large:
+                return reject("response_too_large", too_large)
             chunks: list[bytes] = []
             size = 0
             async for chunk in response.aiter_bytes():
@@ -224,6 +222,57 @@ class Fetcher:
         if delay:
             self._limiter.delays[host] = float(delay)
         return parser
+
+
+class FetchError(OSError):
+    """One URL could not be fetched; the message says which and why. An OSError, so callers
+    that read files and URLs alike handle both the same way."""
+
+
+def _client_options(settings: HttpSettings) -> dict[str, Any]:
+    """What every client we open shares: the user agent, the timeout, bounded redirects."""
+    return {
+        "timeout": settings.timeout_s,
+        "follow_redirects": True,
+        "max_redirects": 5,
+        "headers": {"User-Agent": settings.user_agent},
+    }
+
+
+def _declared_too_large(response: httpx.Response, max_bytes: int) -> str | None:
+    declared = response.headers.get("Content-Length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        return f"Content-Length {declared} > {max_bytes}"
+    return None
+
+
+def fetch_bytes(url: str, settings: HttpSettings) -> bytes:
+    """The body of one URL the user named (classify), read synchronously and stopped as soon
+    as it passes `max_bytes`. No robots.txt, retries or sniffing: those are for crawling
+    sources; here a failure is reported, not retried. Raises FetchError."""
+    max_bytes = settings.max_bytes
+    try:
+        with (
+            httpx.Client(**_client_options(settings)) as client,
+            client.stream("GET", url) as response,
+        ):
+            if not response.is_success:
+                raise FetchError(f"{url}: HTTP {response.status_code}")
+            too_large = _declared_too_large(response, max_bytes)
+            if too_large:
+                raise FetchError(f"{url}: response too large, {too_large}")
+            chunks: list[bytes] = []
+            size = 0
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise FetchError(f"{url}: response too large, body over {max_bytes} bytes")
+                chunks.append(chunk)
+    except httpx.TimeoutException as exc:
+        raise FetchError(f"{url}: timed out after {settings.timeout_s}s ({exc!r})") from exc
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        raise FetchError(f"{url}: {exc!r}") from exc
+    return b"".join(chunks)
 
 
 def _with_attempts(result: FetchResult, attempts: int, suffix: str = "") -> FetchResult:

@@ -1,5 +1,6 @@
 """The run report of a `grow` or `rebuild` flow: one Markdown page from the stages' reports,
-written under data/reports/ and published as Prefect artifacts (with the training plots)."""
+written under data/reports/ and published as Prefect artifacts (with the training plots), and
+the shorter summary the CLI prints after a run; both from the same phrases."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from corpus.catalog import utcnow
+from spritesafe.config import Settings
 
 
 def _fmt(value: Any) -> str:
@@ -25,10 +27,8 @@ def markdown(name: str, result: dict[str, Any]) -> str:
         "",
         "| stage | figures | seconds |",
         "|---|---|---|",
-        f"| ingest | {ingested['processed']} items read, {ingested['new_images']} new images, "
-        f"{ingested['unchanged']} unchanged, rejected: {_fmt(ingested['rejected'] or {})} |",
-        f"| dedupe | {deduped['processed']} checked, {deduped['exact_duplicates']} exact "
-        f"duplicates, {deduped['near_links']} near-duplicate links |",
+        f"| ingest | {_ingest(ingested)} |",
+        f"| dedupe | {deduped['processed']} checked, {_dedupe(deduped)} |",
         *_pretrain_rows(result.get("pretrain")),
         f"| label | {labelled['labeler']} {labelled['model']}: {labelled['labelled']} labels "
         f"({_fmt(labelled['per_s'] or 0.0)}/s), selected {_fmt(labelled['selected'])}, errors "
@@ -37,17 +37,14 @@ def markdown(name: str, result: dict[str, Any]) -> str:
     due = result.get("retrain")
     if due is not None:
         verdict = "retrain" if due["due"] else "no retraining"
-        lines.append(
-            f"| retrain? | {due['new_labels']} new labels, {due['needed']} needed: {verdict} |"
-        )
+        lines.append(f"| retrain? | {due['reason']}: {verdict} |")
     frozen = result.get("snapshot")
     if frozen is not None:
         if frozen["status"] == "refused":
             lines.append(f"| snapshot | refused: {frozen['reason']} |")
         else:
-            reused = " (unchanged)" if frozen["reused"] else ""
             lines.append(
-                f"| snapshot | `{frozen['snapshot_id']}`{reused}"
+                f"| snapshot | `{frozen['snapshot_id']}`{_reused(frozen)}"
                 f": {_fmt(frozen['counts'])}; base rate {frozen['base_rate']:.4f} "
                 f"({frozen['base_rate_source']}) |"
             )
@@ -65,18 +62,13 @@ def markdown(name: str, result: dict[str, Any]) -> str:
     exported = result.get("export")
     if exported is not None:
         lines.append(
-            f"| export | INT8 {exported['recipe']['name']}, {exported['size_bytes'] / 1e6:.2f} MB "
-            f"({exported['size_gzip'] / 1e6:.2f} MB gzipped) |"
+            f"| export | {_export(exported)} ({exported['size_gzip'] / 1e6:.2f} MB gzipped) |"
         )
     verified = result.get("verify")
     if verified is not None:
         test = verified["checks"].get("test", {})
         int8 = test.get("onnx_int8", {})
-        verdict = (
-            "**promoted**"
-            if verified["promoted"]
-            else "not promoted: " + "; ".join(verified["reasons"])
-        )
+        verdict = "**promoted**" if verified["promoted"] else _not_promoted(verified)
         lines.append(
             f"| verify | ONNX FP32 max Δp {test.get('onnx_fp32', {}).get('max_delta', 0):.1e}; "
             f"INT8 max Δp {int8.get('max_delta', 0):.4f}, flips {int8.get('flips')} "
@@ -89,8 +81,7 @@ def markdown(name: str, result: dict[str, Any]) -> str:
         kappas = {k: v["kappa"] for k, v in agreed["pairs"].items() if v["images"]}
         reviewers = {who: r["items"] for who, r in agreed["reviewers"].items()}
         lines.append(
-            f"| review queue | new {_fmt(dict(queue['mine']['queued']))}; open "
-            f"{_fmt(queue['mine']['open'])}; kappa {_fmt(kappas)}; people decided "
+            f"| review queue | {_queue(queue)}; kappa {_fmt(kappas)}; people decided "
             f"{agreed['human_decisions']} images ({_fmt(reviewers)}) and overturned "
             f"{agreed['overturned_llm']} LLM labels |"
         )
@@ -124,9 +115,8 @@ def _label_extras(labelled: dict[str, Any]) -> str:
 def _pretrain_rows(pretrained: dict[str, Any] | None) -> list[str]:
     if pretrained is None:
         return []
-    status = pretrained.get("status")
-    if status in ("skipped", "refused"):
-        return [f"| pretrain | {status}: {pretrained['reason']} |"]
+    if skipped := _pretrain_skipped(pretrained):
+        return [f"| pretrain | {skipped} |"]
     probe = pretrained.get("probe") or {}
     found = (
         f"linear probe test PR-AUC {_fmt(probe['pr_auc'])}"
@@ -145,6 +135,95 @@ def _pretrain_rows(pretrained: dict[str, Any] | None) -> list[str]:
         f"| pretrain | `{pretrained['pretrain_id']}` on {pretrained['images']} sprites: {how}; "
         f"{found} |"
     ]
+
+
+def summary(name: str, result: dict[str, Any], settings: Settings) -> list[str]:
+    """The run in a few lines for the terminal: the report's figures, shorter, and where the
+    catalog and the full report are."""
+    ingested, deduped, labelled = result["ingest"], result["dedupe"], result["label"]
+    lines = [
+        f"{name}: {_ingest(ingested)}; dedupe: {_dedupe(deduped)}; label "
+        f"({labelled['labeler']}): {labelled['labelled']} labelled, errors "
+        f"{_fmt(labelled['errors'])}"
+    ]
+    pretrained = result.get("pretrain")
+    skipped = _pretrain_skipped(pretrained) if pretrained is not None else None
+    if skipped:
+        lines.append(f"pretrain {skipped}")
+    elif pretrained is not None:
+        how = (
+            "unchanged corpus, reused"
+            if pretrained["reused"]
+            else f"{pretrained['steps_done']} steps, {pretrained['seconds'] / 60:.1f} min"
+        )
+        lines.append(f"pretrain {pretrained['pretrain_id']}: {pretrained['images']} sprites, {how}")
+    due = result.get("retrain")
+    if due is not None and not due["due"]:
+        lines.append(f"no retraining: {due['reason']}")
+    frozen, trained = result.get("snapshot"), result.get("train")
+    if frozen is not None and frozen["status"] == "refused":
+        lines.append(f"snapshot refused: {frozen['reason']}")
+    elif frozen is not None:
+        lines.append(
+            f"snapshot {frozen['snapshot_id']}{_reused(frozen)}: {frozen['counts']} at base rate "
+            f"{frozen['base_rate']:.4f}"
+        )
+    if trained is not None:
+        lines.append(
+            f"train {trained['model_id']}: test PR-AUC {trained['test']['pr_auc']:.4f} at base "
+            f"rate {trained['base_rate']:.4f}, threshold {trained['threshold']:.4f}; "
+            f"report {Path(trained['path']) / 'report.md'}"
+        )
+    exported, verified = result.get("export"), result.get("verify")
+    if exported is not None and verified is not None:
+        verdict = (
+            f"passed, promoted to {settings.deploy_path}"
+            if verified["promoted"]
+            else f"gate failed, {_not_promoted(verified)}"
+        )
+        lines.append(f"export: {_export(exported)}; verify: {verdict}")
+    queue = result.get("review")
+    if queue is not None:
+        lines.append(f"review queue refreshed: {_queue(queue)} (`spritesafe review`)")
+    return [*lines, f"catalog: {settings.catalog_url}", f"report: {result['report']}"]
+
+
+# Phrases the report and the summary share, so both say the same thing the same way.
+
+
+def _ingest(ingested: dict[str, Any]) -> str:
+    return (
+        f"{ingested['processed']} items read, {ingested['new_images']} new images, "
+        f"{ingested['unchanged']} unchanged, rejected: {_fmt(ingested['rejected'] or {})}"
+    )
+
+
+def _dedupe(deduped: dict[str, Any]) -> str:
+    return (
+        f"{deduped['exact_duplicates']} exact duplicates, {deduped['near_links']} "
+        "near-duplicate links"
+    )
+
+
+def _pretrain_skipped(pretrained: dict[str, Any]) -> str | None:
+    status = pretrained.get("status")
+    return f"{status}: {pretrained['reason']}" if status in ("skipped", "refused") else None
+
+
+def _reused(frozen: dict[str, Any]) -> str:
+    return " (unchanged)" if frozen["reused"] else ""
+
+
+def _export(exported: dict[str, Any]) -> str:
+    return f"INT8 {exported['recipe']['name']}, {exported['size_bytes'] / 1e6:.2f} MB"
+
+
+def _not_promoted(verified: dict[str, Any]) -> str:
+    return "not promoted: " + "; ".join(verified["reasons"])
+
+
+def _queue(queue: dict[str, Any]) -> str:
+    return f"new {_fmt(dict(queue['mine']['queued']))}; open {_fmt(queue['mine']['open'])}"
 
 
 STAGES = {

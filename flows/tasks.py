@@ -20,6 +20,7 @@ from corpus.workspace import open_workspace
 from flows import keys
 from flows.dask import executor
 from flows.progress import stage
+from labelers.effective import TEACHER
 from spritesafe.config import load_settings
 
 
@@ -66,7 +67,7 @@ def label_task(config: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
         except NoHostError as exc:
             logger.warning("%s\nFalling back to the teacher labeler.", exc)
             report = label(
-                workspace.catalog, workspace.blobs, settings, labeler="teacher", progress=tick
+                workspace.catalog, workspace.blobs, settings, labeler=TEACHER, progress=tick
             )
     summary = report.as_dict()
     logger.info(
@@ -221,57 +222,39 @@ def verify_task(
 @task(name="retrain-due", cache_policy=NO_CACHE)
 def retrain_due_task(config: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
     """Whether enough LLM or human labels arrived since the latest snapshot to retrain."""
-    import sqlalchemy as sa
-
-    from corpus.catalog import labels, snapshots
+    from training.due import retrain_due
 
     settings = load_settings(config, **overrides)
-    with open_workspace(settings) as workspace, workspace.catalog.read() as conn:
-        since = conn.execute(sa.select(sa.func.max(snapshots.c.created_at))).scalar()
-        query = sa.select(sa.func.count()).select_from(labels)
-        query = query.where(labels.c.labeler.in_(("ollama", "human")))
-        if since is not None:
-            query = query.where(labels.c.created_at > since)
-        new = int(conn.execute(query).scalar_one())
-    due = since is None or new >= settings.grow.min_new_labels
-    get_run_logger().info(
-        "%s new labels since the last snapshot (%s needed): %s",
-        new,
-        settings.grow.min_new_labels,
-        "retraining" if due else "no retraining",
-    )
-    return {"due": due, "new_labels": new, "needed": settings.grow.min_new_labels}
+    with open_workspace(settings) as workspace:
+        due = retrain_due(workspace.catalog, settings)
+    get_run_logger().info("%s: %s", "retraining" if due.due else "no retraining", due.reason)
+    return due.as_dict()
 
 
 @task(name="review-queue", cache_key_fn=keys.review, persist_result=True)
 def review_task(config: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
     """Score the catalog with the promoted model and refresh the review queue."""
-    from export.classify import Classifier
-    from export.scores import score_catalog
     from export.stage import promoted_model
-    from review.agreement import agreement
-    from review.mining import mine
+    from review.queue import refresh_queue
 
     settings = load_settings(config, **overrides)
     model = promoted_model(settings)
-    classifier = Classifier(model)
-    with open_workspace(settings) as workspace, stage("review-queue") as tick:
-        with executor() as cluster:
-            scored = score_catalog(
-                workspace.catalog, workspace.blobs, settings, model, progress=tick, executor=cluster
-            )
-        mined = mine(
-            workspace.catalog, settings, classifier.model_id, classifier.threshold, workspace.blobs
+    with (
+        open_workspace(settings) as workspace,
+        stage("review-queue") as tick,
+        executor() as cluster,
+    ):
+        report = refresh_queue(
+            workspace.catalog, workspace.blobs, settings, model, progress=tick, executor=cluster
         )
-        agreed = agreement(workspace.catalog, settings, classifier.model_id, classifier.threshold)
     get_run_logger().info(
         "review queue: %s images scored, new %s, open %s; agreement %s",
-        scored.scored,
-        dict(mined.queued),
-        mined.open,
-        {pair: f["kappa"] for pair, f in agreed.pairs.items()},
+        report.scores.scored,
+        dict(report.mine.queued),
+        report.mine.open,
+        {pair: f["kappa"] for pair, f in report.agreement.pairs.items()},
     )
-    return {"scores": scored.as_dict(), "mine": mined.as_dict(), "agreement": agreed.as_dict()}
+    return report.as_dict()
 
 
 @task(name="report", cache_policy=NO_CACHE)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import numbers
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -26,8 +28,11 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from spritesafe.config import Settings, load_settings
+from spritesafe.config import HttpSettings, Settings, load_settings
 from spritesafe.terminal import PlainConsole, safe
+
+if TYPE_CHECKING:
+    from corpus.workspace import Workspace
 
 app = typer.Typer(
     help="Grow the training set for a tiny pixel-art SFW/NSFW classifier, and ship it.",
@@ -57,20 +62,63 @@ class RateColumn(ProgressColumn):
         return Text(f"{task.speed:.1f}/s" if task.speed else "-/s")
 
 
+RERUN = "Committed batches are kept; run the same command again to finish without duplicates."
+
+
 def _settings(config: Path | None, **overrides: Any) -> Settings:
-    try:
+    with _explained(FileNotFoundError, ValueError, failure="config error"):
         return load_settings(config, **overrides)
-    except (FileNotFoundError, ValueError) as exc:
-        console.print(f"[red]config error:[/] {safe(exc)}")
-        raise typer.Exit(2) from None
 
 
-def _interrupted() -> typer.Exit:
-    console.print(
-        "[yellow]Interrupted.[/] Committed batches are kept; run the same command again to "
-        "finish without duplicates."
+def _refused(head: str, detail: str = "", code: int = 2) -> typer.Exit:
+    """Say in red why the command stops (`head` is markup: escape what is not ours)."""
+    console.print(f"[red]{head}[/]" + (f" {detail}" if detail else ""))
+    return typer.Exit(code)
+
+
+@contextmanager
+def _explained(
+    *errors: type[Exception], failure: str = "", code: int = 2, resume: str | None = None
+) -> Iterator[None]:
+    """A stage's expected `errors` end the command with one red line ("failure: why") and
+    `code` (2: the input or the state is wrong; 3: a service is down), not a traceback. With
+    `resume`, Ctrl-C says how to go on and exits 130."""
+    try:
+        yield
+    except errors as exc:
+        why = safe(exc)
+        raise (_refused(f"{failure}:", why, code) if failure else _refused(why, "", code)) from None
+    except KeyboardInterrupt:
+        if resume is None:
+            raise
+        console.print(f"[yellow]Interrupted.[/] {resume}")
+        raise typer.Exit(130) from None
+
+
+@contextmanager
+def _workspace(
+    settings: Settings,
+    *errors: type[Exception],
+    failure: str = "",
+    code: int = 2,
+    resume: str | None = None,
+) -> Iterator[Workspace]:
+    """The workspace for one stage run, its expected errors explained (see _explained)."""
+    from corpus.workspace import open_workspace
+
+    with (
+        _explained(*errors, failure=failure, code=code, resume=resume),
+        open_workspace(settings) as workspace,
+    ):
+        yield workspace
+
+
+def _json(data: dict[str, Any]) -> None:
+    """A report on stdout, for --json: numpy numbers as numbers, anything else (datetimes,
+    paths) as text."""
+    out.print_json(
+        json.dumps(data, default=lambda v: float(v) if isinstance(v, numbers.Real) else str(v))
     )
-    return typer.Exit(130)
 
 
 @app.command()
@@ -89,9 +137,8 @@ def ingest(
     as_json: JsonOpt = False,
 ) -> None:
     """Add candidate images from SOURCES (default: the configured sources) to the catalog."""
-    from corpus.ingest import IngestReport, SourceReport, ingest
+    from corpus.ingest import SourceReport, ingest
     from corpus.sources import SourceSpecError, parse_source
-    from corpus.workspace import open_workspace
 
     overrides: dict[str, Any] = {}
     if workers is not None:
@@ -99,17 +146,12 @@ def ingest(
     settings = _settings(config, **overrides)
     specs = sources or settings.sources
     if not specs:
-        console.print("[red]No sources.[/] Name some (spritesafe ingest DIR) or set `sources`.")
-        raise typer.Exit(2)
+        raise _refused("No sources.", "Name some (spritesafe ingest DIR) or set `sources`.")
     base = Path.cwd() if sources else settings.base_dir
-    try:
+    with _explained(SourceSpecError, failure="bad source"):
         parsed = [parse_source(spec, settings, base) for spec in specs]
-    except SourceSpecError as exc:
-        console.print(f"[red]bad source:[/] {safe(exc)}")
-        raise typer.Exit(2) from None
-    report: IngestReport
     with (
-        open_workspace(settings) as workspace,
+        _workspace(settings, resume=RERUN) as workspace,
         Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
@@ -128,19 +170,16 @@ def ingest(
                 f"{r.unchanged} unchanged, {sum(r.rejected.values())} rejected",
             )
 
-        try:
-            report = ingest(
-                workspace.catalog,
-                workspace.blobs,
-                parsed,
-                settings,
-                retry_rejected=retry_rejected,
-                progress=show,
-            )
-        except KeyboardInterrupt:
-            raise _interrupted() from None
+        report = ingest(
+            workspace.catalog,
+            workspace.blobs,
+            parsed,
+            settings,
+            retry_rejected=retry_rejected,
+            progress=show,
+        )
     if as_json:
-        out.print_json(json.dumps(report.as_dict()))
+        _json(report.as_dict())
     else:
         _print_ingest(report)
     if report.status != "ok":
@@ -169,16 +208,12 @@ def _print_ingest(report: Any) -> None:
 def dedupe(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Mark exact duplicates and group near-duplicates into clusters (incremental)."""
     from corpus.dedupe import dedupe as run_dedupe
-    from corpus.workspace import open_workspace
 
     settings = _settings(config)
-    try:
-        with open_workspace(settings) as workspace:
-            report = run_dedupe(workspace.catalog, settings)
-    except KeyboardInterrupt:
-        raise _interrupted() from None
+    with _workspace(settings, resume=RERUN) as workspace:
+        report = run_dedupe(workspace.catalog, settings)
     if as_json:
-        out.print_json(json.dumps(report.as_dict()))
+        _json(report.as_dict())
         return
     out.print(
         f"dedupe: {report.processed} images checked, {report.exact_duplicates} exact duplicates, "
@@ -200,14 +235,13 @@ def status(
 ) -> None:
     """Counts by status, rejects by reason, clusters, sources and recent runs."""
     from corpus.status import catalog_status, list_rejects
-    from corpus.workspace import open_workspace
 
     settings = _settings(config)
-    with open_workspace(settings) as workspace:
+    with _workspace(settings) as workspace:
         state = catalog_status(workspace.catalog)
         listed = list_rejects(workspace.catalog, reason, limit) if (rejects or reason) else []
     if as_json:
-        out.print_json(json.dumps(state.as_dict() | {"rejects": listed}, default=str))
+        _json(state.as_dict() | {"rejects": listed})
         return
     out.print(f"catalog: {workspace.catalog.url}")
     images = ", ".join(f"{k} {v}" for k, v in sorted(state.images_by_status.items())) or "none"
@@ -255,17 +289,16 @@ def label_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Label candidates within a budget (audit sample + likely positives + uncertain)."""
-    from corpus.workspace import open_workspace
     from labelers.cost import cost_line
+    from labelers.effective import LLM, TEACHER
     from labelers.ollama import NoHostError
     from labelers.stage import label
 
     settings = _settings(config)
-    if labeler not in (None, "ollama", "teacher"):
-        console.print(f"[red]unknown labeler {safe(repr(labeler))}[/]: use ollama or teacher")
-        raise typer.Exit(2)
+    if labeler not in (None, LLM, TEACHER):
+        raise _refused(f"unknown labeler {safe(repr(labeler))}:", f"use {LLM} or {TEACHER}")
     with (
-        open_workspace(settings) as workspace,
+        _workspace(settings, NoHostError, code=3, resume=RERUN) as workspace,
         Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
@@ -280,22 +313,16 @@ def label_command(
         ) as progress,
     ):
         task = progress.add_task("label", total=None)
-        try:
-            report = label(
-                workspace.catalog,
-                workspace.blobs,
-                settings,
-                labeler=labeler,
-                budget=budget,
-                progress=lambda done, total: progress.update(task, completed=done, total=total),
-            )
-        except NoHostError as exc:
-            console.print(f"[red]{safe(exc)}[/]")
-            raise typer.Exit(3) from None
-        except KeyboardInterrupt:
-            raise _interrupted() from None
+        report = label(
+            workspace.catalog,
+            workspace.blobs,
+            settings,
+            labeler=labeler,
+            budget=budget,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
     if as_json:
-        out.print_json(json.dumps(report.as_dict()))
+        _json(report.as_dict())
         return
     rate = report.labelled / report.seconds if report.seconds else 0.0
     out.print(
@@ -310,20 +337,15 @@ def label_command(
 @app.command("snapshot")
 def snapshot_command(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Freeze the effective labels into a versioned dataset (cluster-grouped splits)."""
-    from corpus.workspace import open_workspace
     from training.snapshot import snapshot
 
     settings = _settings(config)
-    with open_workspace(settings) as workspace:
-        try:
-            report = snapshot(workspace.catalog, workspace.blobs, settings)
-        except KeyboardInterrupt:
-            raise _interrupted() from None
+    with _workspace(settings, resume=RERUN) as workspace:
+        report = snapshot(workspace.catalog, workspace.blobs, settings)
     if as_json:
-        out.print_json(json.dumps(report.as_dict()))
+        _json(report.as_dict())
     if report.status == "refused":
-        console.print(f"[red]snapshot refused:[/] {safe(report.reason)}")
-        raise typer.Exit(1)
+        raise _refused("snapshot refused:", safe(report.reason), 1)
     if as_json:
         return
     table = Table(
@@ -361,7 +383,6 @@ def pretrain_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Self-supervised pretraining of the student's backbone on every candidate sprite."""
-    from corpus.workspace import open_workspace
     from training.pretrain import PretrainError, pretrain
 
     settings = _settings(config, **({"pretrain": {"max_steps": steps}} if steps else {}))
@@ -373,26 +394,17 @@ def pretrain_command(
                 f"{entry['views_per_s']:.0f} views/s"
             )
 
-    with open_workspace(settings) as workspace:
-        try:
-            report = pretrain(
-                workspace.catalog,
-                workspace.blobs,
-                settings,
-                resume=resume,
-                force=force,
-                progress=show,
-            )
-        except PretrainError as exc:
-            console.print(f"[red]cannot pretrain:[/] {safe(exc)}")
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            console.print(
-                "[yellow]Interrupted.[/] `spritesafe pretrain` continues from the last checkpoint."
-            )
-            raise typer.Exit(130) from None
+    with _workspace(
+        settings,
+        PretrainError,
+        failure="cannot pretrain",
+        resume="`spritesafe pretrain` continues from the last checkpoint.",
+    ) as workspace:
+        report = pretrain(
+            workspace.catalog, workspace.blobs, settings, resume=resume, force=force, progress=show
+        )
     if as_json:
-        out.print_json(json.dumps(report.as_dict(), default=float))
+        _json(report.as_dict())
         return
     folder = Path(report.path)
     if report.reused:
@@ -452,14 +464,12 @@ def train_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Train the MobileNetV4 student on a snapshot; writes checkpoints and a report."""
-    from corpus.workspace import open_workspace
     from training.train import TrainError, train
 
     if init is not None and init not in ("auto", "ssl", "timm", "scratch"):
-        console.print(
-            f"[red]cannot train:[/] --init {safe(repr(init))}: use auto, ssl, timm or scratch"
+        raise _refused(
+            "cannot train:", f"--init {safe(repr(init))}: use auto, ssl, timm or scratch"
         )
-        raise typer.Exit(2)
 
     overrides: dict[str, Any] = {}
     if device is not None:
@@ -476,27 +486,27 @@ def train_command(
                 f"({entry['seconds']}s)"
             )
 
-    with open_workspace(settings) as workspace:
-        try:
-            report = train(
-                workspace.catalog,
-                settings,
-                snapshot_id,
-                resume=resume,
-                pretrained=pretrained,
-                init=init,
-                head_only=head_only,
-                epochs=epochs,
-                progress=show,
-            )
-        except (TrainError, FileNotFoundError, ValueError) as exc:
-            console.print(f"[red]cannot train:[/] {safe(exc)}")
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            console.print("[yellow]Interrupted.[/] `spritesafe train --resume` continues.")
-            raise typer.Exit(130) from None
+    with _workspace(
+        settings,
+        TrainError,
+        FileNotFoundError,
+        ValueError,
+        failure="cannot train",
+        resume="`spritesafe train --resume` continues.",
+    ) as workspace:
+        report = train(
+            workspace.catalog,
+            settings,
+            snapshot_id,
+            resume=resume,
+            pretrained=pretrained,
+            init=init,
+            head_only=head_only,
+            epochs=epochs,
+            progress=show,
+        )
     if as_json:
-        out.print_json(json.dumps(report.as_dict(), default=float))
+        _json(report.as_dict())
         return
     test = report.test
     at = test["at_threshold"]
@@ -537,26 +547,18 @@ def export_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Export a trained model to FP32 ONNX and quantize it to INT8 (static, per-channel)."""
-    from corpus.workspace import open_workspace
     from export.bundle import BundleError, build_web
     from export.stage import INT8_NAME, ExportError, export_model
 
     settings = _settings(config, **({"export": {"recipe": recipe}} if recipe else {}))
-    with open_workspace(settings) as workspace:
-        try:
-            report = export_model(workspace.catalog, settings, model_id)
-        except (ExportError, ValueError) as exc:
-            console.print(f"[red]cannot export:[/] {safe(exc)}")
-            raise typer.Exit(2) from None
+    with _workspace(settings, ExportError, ValueError, failure="cannot export") as workspace:
+        report = export_model(workspace.catalog, settings, model_id)
     bundle = None
     if web:
-        try:
+        with _explained(BundleError, failure="cannot build the web bundle"):
             bundle = build_web(Path(report.path) / INT8_NAME, Path(report.path) / "web", embed)
-        except BundleError as exc:
-            console.print(f"[red]cannot build the web bundle:[/] {safe(exc)}")
-            raise typer.Exit(2) from None
     if as_json:
-        out.print_json(json.dumps(report.as_dict() | {"web": str(bundle)}, default=float))
+        _json(report.as_dict() | {"web": str(bundle)})
         return
     for attempt in report.tried:
         check = attempt["validation"]
@@ -588,18 +590,13 @@ def verify_command(
 ) -> None:
     """Compare torch FP32, ONNX FP32 and ONNX INT8; promote the export when the gate passes
     and it is not worse than the promoted model on the same test split."""
-    from corpus.workspace import open_workspace
     from export.stage import ExportError, verify_model
 
     settings = _settings(config)
-    with open_workspace(settings) as workspace:
-        try:
-            report = verify_model(workspace.catalog, workspace.blobs, settings, model_id, force)
-        except ExportError as exc:
-            console.print(f"[red]cannot verify:[/] {safe(exc)}")
-            raise typer.Exit(2) from None
+    with _workspace(settings, ExportError, failure="cannot verify") as workspace:
+        report = verify_model(workspace.catalog, workspace.blobs, settings, model_id, force)
     if as_json:
-        out.print_json(json.dumps(report.as_dict(), default=float))
+        _json(report.as_dict())
     else:
         for name, check in report.checks.items():
             f32, i8 = check["onnx_fp32"], check["onnx_int8"]
@@ -630,18 +627,24 @@ def classify_command(
     ] = None,
 ) -> None:
     """Print one JSON line per image: name, P(nsfw), label at the model's threshold."""
-    from export.classify import Classifier
+    from export.classify import Classifier, Result
     from export.stage import ExportError, promoted_model
 
     settings = _settings(config)
-    try:
+    with _explained(ExportError, FileNotFoundError, ValueError, failure="cannot classify"):
         classifier = Classifier(model or promoted_model(settings), threads=settings.export.threads)
-    except (ExportError, FileNotFoundError, ValueError) as exc:
-        console.print(f"[red]cannot classify:[/] {safe(exc)}")
-        raise typer.Exit(2) from None
     failed = 0
-    for names, items in _classify_inputs(targets, settings):
-        for result in classifier.classify(items, names):
+    inputs = _classify_inputs(targets, settings.http)
+    while batch := list(itertools.islice(inputs, 64)):
+        read = [(name, data) for name, data in batch if isinstance(data, bytes)]
+        scored = iter(classifier.classify([d for _, d in read], [n for n, _ in read]))
+        for name, data in batch:
+            # What could not be read gets the error line the classifier gives unreadable input.
+            result = (
+                next(scored)
+                if isinstance(data, bytes)
+                else Result(name, None, None, f"unreadable: {data}")
+            )
             failed += result.error is not None
             out.print(
                 json.dumps(result.as_dict() | {"model_id": classifier.model_id}), highlight=False
@@ -650,46 +653,26 @@ def classify_command(
         raise typer.Exit(1)
 
 
-def _classify_inputs(targets: list[str], settings: Settings) -> Any:
-    """(names, contents) batches of up to 64: files as bytes, URLs fetched, errors as text."""
-    import httpx
+def _classify_inputs(
+    targets: list[str], http: HttpSettings
+) -> Iterator[tuple[str, bytes | OSError]]:
+    """(name, bytes or why they could not be read) for each file, file under a folder (sorted)
+    and URL, in the order given."""
+    from corpus.fetch import fetch_bytes
 
-    def expand() -> Any:
-        for target in targets:
-            if target.startswith(("http://", "https://")):
-                yield target
-            elif Path(target).is_dir():
-                yield from sorted(str(p) for p in Path(target).rglob("*") if p.is_file())
-            else:
-                yield target
-
-    names: list[str] = []
-    items: list[Any] = []
-    with httpx.Client(
-        timeout=settings.http.timeout_s,
-        headers={"User-Agent": settings.http.user_agent},
-        follow_redirects=True,
-    ) as client:
-        for name in expand():
+    for target in targets:
+        url = target.startswith(("http://", "https://"))
+        folder = not url and Path(target).is_dir()
+        names = (
+            sorted(str(p) for p in Path(target).rglob("*") if p.is_file()) if folder else [target]
+        )
+        for name in names:
+            data: bytes | OSError
             try:
-                if name.startswith(("http://", "https://")):
-                    response = client.get(name)
-                    response.raise_for_status()
-                    if len(response.content) > settings.http.max_bytes:
-                        raise OSError(f"response over {settings.http.max_bytes} bytes")
-                    items.append(response.content)
-                else:
-                    items.append(Path(name).read_bytes())
-            except (OSError, httpx.HTTPError) as exc:
-                items.append(Path(name))  # unreadable: classify() reports the error
-                if isinstance(exc, httpx.HTTPError):
-                    items[-1] = b""
-            names.append(name)
-            if len(names) == 64:
-                yield names, items
-                names, items = [], []
-    if names:
-        yield names, items
+                data = fetch_bytes(name, http) if url else Path(name).read_bytes()
+            except OSError as exc:  # corpus.fetch.FetchError is one too
+                data = exc
+            yield name, data
 
 
 @app.command("disagreements")
@@ -701,38 +684,19 @@ def disagreements_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Score the catalog with the model and queue what it and the labelers disagree on."""
-    from corpus.workspace import open_workspace
-    from export.classify import Classifier
-    from export.scores import score_catalog
     from export.stage import ExportError, promoted_model
-    from review.agreement import agreement
-    from review.mining import mine
+    from review.queue import refresh_queue
 
     settings = _settings(config)
-    try:
+    failure = "cannot mine disagreements"
+    with _explained(ExportError, failure=failure):  # no model: leave the workspace unopened
         path = model or promoted_model(settings)
-        classifier = Classifier(path)
-    except (ExportError, FileNotFoundError, ValueError) as exc:
-        console.print(f"[red]cannot mine disagreements:[/] {safe(exc)}")
-        raise typer.Exit(2) from None
-    with open_workspace(settings) as workspace:
-        scored = score_catalog(workspace.catalog, workspace.blobs, settings, path)
-        mined = mine(
-            workspace.catalog, settings, classifier.model_id, classifier.threshold, workspace.blobs
-        )
-        agreed = agreement(workspace.catalog, settings, classifier.model_id, classifier.threshold)
+    with _workspace(settings, FileNotFoundError, ValueError, failure=failure) as workspace:
+        queue = refresh_queue(workspace.catalog, workspace.blobs, settings, path)
     if as_json:
-        out.print_json(
-            json.dumps(
-                {
-                    "scores": scored.as_dict(),
-                    "mine": mined.as_dict(),
-                    "agreement": agreed.as_dict(),
-                },
-                default=str,
-            )
-        )
+        _json(queue.as_dict())
         return
+    scored, mined, agreed = queue.scores, queue.mine, queue.agreement
     out.print(
         f"scored {scored.scored} images with {scored.model_id} ({scored.in_sample} trained on: "
         f"their scores judge nothing), {scored.unreadable} unreadable"
@@ -784,25 +748,17 @@ def verify_positives_command(
 ) -> None:
     """Send the model's top-scoring unlabelled images (and some near its threshold) to the
     LLM; report how many of the model's positives the LLM confirms."""
-    from corpus.workspace import open_workspace
     from export.stage import ExportError, promoted_model
     from labelers.ollama import NoHostError
     from review.positives import verify_positives
 
     settings = _settings(config)
-    try:
+    with _explained(ExportError, failure="cannot verify positives"):
         path = model or promoted_model(settings)
-    except ExportError as exc:
-        console.print(f"[red]cannot verify positives:[/] {safe(exc)}")
-        raise typer.Exit(2) from None
-    with open_workspace(settings) as workspace:
-        try:
-            report = verify_positives(workspace.catalog, workspace.blobs, settings, path, budget)
-        except NoHostError as exc:
-            console.print(f"[red]{safe(exc)}[/]")
-            raise typer.Exit(3) from None
+    with _workspace(settings, NoHostError, code=3) as workspace:
+        report = verify_positives(workspace.catalog, workspace.blobs, settings, path, budget)
     if as_json:
-        out.print_json(json.dumps(report.as_dict()))
+        _json(report.as_dict())
         return
     precision = report.confirmed_precision
     out.print(
@@ -832,7 +788,6 @@ def review_command(
     --allow-host or review.hosts (any name when none are given)."""
     import uvicorn
 
-    from corpus.workspace import open_workspace
     from review.app import create_app
     from review.security import ANY_ADDRESS, Policy
 
@@ -841,7 +796,7 @@ def review_command(
     port = port if port is not None else settings.review.port
     names = [*settings.review.hosts, *(allow_host or [])]
     policy = Policy.serving(host, names)
-    with open_workspace(settings) as workspace:
+    with _workspace(settings) as workspace:
         shown = names[0] if names and host in ANY_ADDRESS else host
         url = f"http://{shown}:{port}/" + (f"?token={policy.token}" if policy.token else "")
         console.print(f"review page: {safe(url)}  (Ctrl-C to stop)")
@@ -896,99 +851,28 @@ def _run_flow(
 ) -> None:
     """Run the `grow` or `rebuild` flow on Prefect's temporary local API; print its summary."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    settings = _settings(config)
-    if dask:
-        settings = settings.model_copy(
-            update={"flows": settings.flows.model_copy(update={"dask": True})}
-        )
+    settings = _settings(config, **({"flows": {"dask": True}} if dask else {}))
     if not (sources or settings.sources):
-        console.print("[red]No sources.[/] Name some or set `sources` in spritesafe.toml.")
-        raise typer.Exit(2)
+        raise _refused("No sources.", "Name some or set `sources` in spritesafe.toml.")
     from flows.dask import DaskUnavailable, task_runner
     from flows.grow import grow
     from flows.rebuild import rebuild
+    from flows.report import summary
 
     flow_fn: Any = grow if name == "grow" else rebuild
     if settings.flows.dask:
-        try:
+        with _explained(DaskUnavailable):
             flow_fn = flow_fn.with_options(task_runner=task_runner(settings))
-        except DaskUnavailable as exc:
-            console.print(f"[red]{safe(exc)}[/]")
-            raise typer.Exit(2) from None
-
     specs = (
         [str(Path(s).absolute()) if Path(s).exists() else s for s in sources] if sources else None
     )
     config_path = str(config.absolute()) if config else None
-    try:
-        with _stage_bars():
-            if name == "grow":
-                result = flow_fn(sources=specs, config=config_path)
-            else:
-                result = flow_fn(sources=specs, config=config_path, force=force)
-    except KeyboardInterrupt:
-        raise _interrupted() from None
-    ingested, deduped, labelled = result["ingest"], result["dedupe"], result["label"]
-    out.print(
-        f"{name}: {ingested['processed']} items read, {ingested['new_images']} new images, "
-        f"{ingested['unchanged']} unchanged, rejected {ingested['rejected'] or 0}; "
-        f"dedupe: {deduped['exact_duplicates']} exact duplicates, "
-        f"{deduped['near_links']} near-duplicate links; label ({labelled['labeler']}): "
-        f"{labelled['labelled']} labelled, errors {labelled['errors'] or 0}"
-    )
-    pretrained = result.get("pretrain")
-    if pretrained is not None:
-        if pretrained.get("status") in ("skipped", "refused"):
-            out.print(f"pretrain {pretrained['status']}: {pretrained['reason']}")
-        else:
-            how = (
-                "unchanged corpus, reused"
-                if pretrained["reused"]
-                else (f"{pretrained['steps_done']} steps, {pretrained['seconds'] / 60:.1f} min")
-            )
-            out.print(
-                f"pretrain {pretrained['pretrain_id']}: {pretrained['images']} sprites, {how}"
-            )
-    due = result.get("retrain")
-    if due is not None and not due["due"]:
-        out.print(
-            f"no retraining: {due['new_labels']} new labels since the last snapshot, "
-            f"{due['needed']} needed"
-        )
-    frozen, trained = result["snapshot"], result["train"]
-    if frozen is not None and frozen["status"] == "refused":
-        out.print(f"snapshot refused: {frozen['reason']}")
-    elif frozen is not None:
-        out.print(
-            f"snapshot {frozen['snapshot_id']}{' (unchanged)' if frozen['reused'] else ''}: "
-            f"{frozen['counts']} at base rate {frozen['base_rate']:.4f}"
-        )
-    if trained is not None:
-        out.print(
-            f"train {trained['model_id']}: test PR-AUC {trained['test']['pr_auc']:.4f} at base "
-            f"rate {trained['base_rate']:.4f}, threshold {trained['threshold']:.4f}; "
-            f"report {Path(trained['path']) / 'report.md'}"
-        )
-    exported, verified = result["export"], result["verify"]
-    if exported is not None and verified is not None:
-        verdict = (
-            f"passed, promoted to {settings.deploy_path}"
-            if verified["promoted"]
-            else "gate failed, not promoted: " + "; ".join(verified["reasons"])
-        )
-        out.print(
-            f"export: INT8 {exported['recipe']['name']}, {exported['size_bytes'] / 1e6:.2f} MB; "
-            f"verify: {verdict}"
-        )
-    queue = result.get("review")
-    if queue is not None:
-        out.print(
-            f"review queue refreshed: new {dict(queue['mine']['queued'])}, "
-            f"open {queue['mine']['open']} (`spritesafe review`)"
-        )
-    out.print(f"catalog: {settings.catalog_url}")
-    out.print(f"report: {result['report']}")
-    if ingested["status"] != "ok":
+    options = {"force": force} if name == "rebuild" else {}
+    with _explained(resume=RERUN), _stage_bars():
+        result = flow_fn(sources=specs, config=config_path, **options)
+    for line in summary(name, result, settings):
+        out.print(line)
+    if result["ingest"]["status"] != "ok":
         raise typer.Exit(1)
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from corpus.fetch import FetchResult, Previous, fetch_urls
+from corpus.fetch import FetchError, FetchResult, Previous, fetch_bytes, fetch_urls
 from corpus.sources.base import Item, Known, Skip, Unchanged
 from corpus.sources.web import UrlSource, read_url_list
 from spritesafe.config import HttpSettings
@@ -496,6 +496,47 @@ def test_streamed_body_over_cap_is_rejected(server: SpriteServer, framing: str) 
         assert request.reply_headers["connection"] == "close"
     assert small.outcome == "ok"
     assert small.data == big[:5000]
+
+
+# --------------------------------------------------------------------------- one URL (classify)
+
+
+def test_fetch_bytes_returns_the_body_with_our_user_agent(server: SpriteServer) -> None:
+    server.routes["/one.png"] = png_reply(4)
+    server.routes["/page.html"] = Reply(200, b"<html></html>", {"Content-Type": "text/html"})
+
+    assert fetch_bytes(server.url("/one.png"), settings()) == sprite_png(4)
+    # No sniffing here: what the bytes are is the classifier's to say.
+    assert fetch_bytes(server.url("/page.html"), settings()) == b"<html></html>"
+    [request] = server.hits("/one.png")
+    assert request.headers["user-agent"] == settings().user_agent
+    with pytest.raises(FetchError, match="HTTP 404"):
+        fetch_bytes(server.url("/missing.png"), settings())
+
+
+def test_fetch_bytes_refuses_a_declared_length_over_the_cap(server: SpriteServer) -> None:
+    server.routes["/big.png"] = Reply(200, b"\x89PNG\r\n\x1a\n" + bytes(20_000))
+
+    with pytest.raises(FetchError, match="too large, Content-Length 20008 > 10000"):
+        fetch_bytes(server.url("/big.png"), settings(max_bytes=10_000))
+
+
+@pytest.mark.parametrize("framing", ["chunked", "close"])
+def test_fetch_bytes_stops_reading_past_the_cap(server: SpriteServer, framing: str) -> None:
+    """No length declared: the body is counted as it arrives, and the connection dropped once
+    it passes max_bytes, long before the server could send all of it."""
+    huge = b"\x89PNG\r\n\x1a\n" + bytes(32 * 2**20)
+    server.routes["/huge.png"] = Reply(200, huge, {"Content-Type": "image/png"}, framing=framing)
+
+    with pytest.raises(FetchError, match="too large, body over 10000 bytes"):
+        fetch_bytes(server.url("/huge.png"), settings(max_bytes=10_000))
+
+    [request] = server.hits("/huge.png")
+    deadline = time.monotonic() + 10
+    while server._in_flight and time.monotonic() < deadline:
+        time.sleep(0.05)  # the handler notices the closed connection on a later write
+    assert server._in_flight == 0
+    assert request.body_sent < len(huge) // 2  # what the socket buffers took, not the body
 
 
 # --------------------------------------------------------------------------- sniffing
