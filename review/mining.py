@@ -15,12 +15,17 @@ wrong, higher first):
 Each run queues at most `max_per_run` new items, no reason more than `max_reason_share` of
 them. Images with a human decision are never queued; an (image, reason) pair is queued once
 ever. Only out-of-sample model scores are used (export.scores).
+
+find_disagreements decides all of that from plain evidence, with no catalog; mine reads the
+catalog, calls it, and writes the queue.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import Counter, defaultdict
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +52,7 @@ from review.label_issues import (
     find_label_issues,
     posterior_at,
 )
-from spritesafe.config import Settings
+from spritesafe.config import ReviewSettings, Settings
 
 REASONS = (
     "label_issue",
@@ -74,12 +79,26 @@ class MineReport:
 
 
 @dataclass
-class _Image:
+class ImageEvidence:
+    """What the catalog says about one image, as mining reads it."""
+
     rows: list[LabelRow] = field(default_factory=list)
-    llm_p: list[float] = field(default_factory=list)
+    llm_p: list[float] = field(default_factory=list)  # P(positive) of each current LLM row
     teacher: float | None = None
     human: bool = False
     audited: bool = False  # a person decided it as an unbiased (audit) item
+
+
+Entry = tuple[float, int, dict[str, Any]]  # (priority, image id, detail) of a queue row
+Judged = tuple[int, bool, float | None, dict[str, Any]]  # image, LLM says positive, score, detail
+
+
+@dataclass
+class Disagreements:
+    """What find_disagreements decided: the rows to queue and the LLM error rates it used."""
+
+    queue: dict[str, list[Entry]]  # reason -> rows, in the order they are inserted
+    llm_error_rates: dict[str, Any]
 
 
 def _positive_p(row: Any, suggestive: bool) -> float | None:
@@ -99,143 +118,114 @@ def mine(
     disagree on. Idempotent per (image, reason). With `blobs`, every LLM label is judged by
     cross-validated scores on the self-supervised features (training.crossval: out of sample
     for all of them, the training split too); else by the model's out-of-sample scores."""
-    config = settings.review
     report = MineReport(run_id=catalog.start_run("mine"), model_id=model_id)
     with recorded(catalog, report):
         rubric = load_rubric(settings.label.rubric)
-        suggestive = settings.snapshot.suggestive_is_positive
         positive = settings.snapshot.positive
-        by_image: dict[int, _Image] = defaultdict(_Image)
-        with catalog.read() as conn:
-            for row in conn.execute(sa.select(labels).order_by(labels.c.id)):
-                item = by_image[row.image_id]
-                item.rows.append(
-                    LabelRow(
-                        row.labeler, row.category, row.created_at, row.rubric_version, by=row.model
-                    )
-                )
-                if row.labeler == HUMAN:
-                    item.human = True
-                    item.audited = item.audited or row.selection == "audit"
-                elif row.labeler == LLM and row.rubric_version == rubric.version:
-                    p = _positive_p(row, suggestive)
-                    if p is not None:
-                        item.llm_p.append(p)
-                elif row.labeler == TEACHER and row.score_explicit is not None:
-                    item.teacher = float(row.score_explicit)
-            scores: dict[int, float] = {
-                row.image_id: float(row.score)
-                for row in conn.execute(
-                    sa.select(model_scores.c.image_id, model_scores.c.score)
-                    .where(model_scores.c.model_id == model_id)
-                    .where(model_scores.c.out_of_sample)
-                )
-            }
-        found: dict[str, list[tuple[float, int, dict[str, Any]]]] = defaultdict(list)
-        judged: list[tuple[int, bool, float | None, dict[str, Any]]] = []  # LLM verdict, score
-        pairs: list[tuple[bool, bool]] = []  # (LLM, person) wherever both said something
-        for image_id, item in by_image.items():
-            llm = [r for r in item.rows if r.labeler == LLM and r.rubric_version == rubric.version]
-            verdict = effective_label(llm, rubric_version=rubric.version) if llm else None
-            if item.human:
-                person = effective_label(item.rows, rubric_version=rubric.version)
-                # The LLM's error rates come from audit decisions only: the other queue items
-                # were chosen because they looked wrong, and would overstate its errors.
-                said = verdict.category if verdict and not verdict.uncertain else None
-                if item.audited and said and person.category:
-                    pairs.append((said in positive, person.category in positive))
-                continue  # decided by a person: nothing left to mine
-            score = scores.get(image_id)
-            llm_p = sum(item.llm_p) / len(item.llm_p) if item.llm_p else None
-            detail = {"model": score, "llm": llm_p, "teacher": item.teacher}
-            if verdict is not None:
-                if verdict.uncertain and len(llm) >= 2:
-                    found["low_agreement"].append(
-                        (
-                            1 - (verdict.agreement or 0.0),
-                            image_id,
-                            detail | {"votes": verdict.votes},
-                        )
-                    )
-                elif verdict.category is not None:
-                    judged.append((image_id, verdict.category in positive, score, detail))
-                if item.teacher is not None and llm_p is not None:
-                    gap = abs(item.teacher - llm_p)
-                    if gap >= config.teacher_gap:
-                        found["teacher_vs_llm"].append((gap / 4, image_id, detail))
-        report.llm_error_rates = _label_issues(
-            catalog, settings, model_id, judged, pairs, found["label_issue"], blobs
+        suggestive = settings.snapshot.suggestive_is_positive
+        by_image, scores, passed, info = _read(catalog, model_id, rubric.version, suggestive)
+        crossed, share = None, info.get("trained_share")
+        if blobs is not None:
+            from training.crossval import TRAINED_SHARE, cross_val_scores
+
+            judged = llm_judged(by_image, rubric_version=rubric.version, positive=positive)
+            if judged:
+                ids = [i for i, _ in judged]
+                said = np.array([s for _, s in judged], dtype=bool)
+                crossed = cross_val_scores(catalog, blobs, settings, ids, said)
+            if crossed is not None:
+                share = TRAINED_SHARE  # the prior cross-validated scores are calibrated to
+        found = find_disagreements(
+            by_image,
+            scores,
+            settings.review,
+            threshold=threshold,
+            rubric_version=rubric.version,
+            positive=positive,
+            model_id=model_id,
+            passed=passed,
+            base_rate=float(info["base_rate"]) if info.get("base_rate") else None,
+            trained_share=float(share) if share else None,
+            crossed=crossed,
         )
-        # Positives the contact sheets passed over: people confirm them in bulk (grid).
-        with catalog.read() as conn:
-            passed = set(
-                conn.execute(
-                    sa.select(screenings.c.image_id).where(~screenings.c.flagged)
-                ).scalars()
-            )
-        for image_id, llm_positive, _, detail in judged:
-            if llm_positive and image_id in passed:
-                found["screen_miss"].append((0.05, image_id, detail))
-        for image_id, score in scores.items():
-            known = by_image.get(image_id)
-            if known is not None and (known.human or known.llm_p):
-                continue
-            distance = abs(score - threshold)
-            if distance < config.near_band:
-                found["near_threshold"].append(
-                    ((1 - distance / config.near_band) / 10, image_id, {"model": score})
-                )
-        per_reason = max(1, round(config.max_per_run * config.max_reason_share))
-        ranked = {
-            reason: sorted(items, key=lambda t: (-t[0], t[1]))[:per_reason]
-            for reason, items in found.items()
-        }
-        # The run's cap goes to the likeliest label errors over all reasons.
-        best = sorted(
-            ((entry, reason) for reason, entries in ranked.items() for entry in entries),
-            key=lambda t: (-t[0][0], t[0][1]),
-        )[: config.max_per_run]
-        picked: dict[str, list[tuple[float, int, dict[str, Any]]]] = defaultdict(list)
-        for entry, reason in best:
-            picked[reason].append(entry)
-        others = sum(len(v) for v in picked.values())
-        audit_n = min(round(config.audit_share * others), per_reason) if others else 0
-        pool = sorted(
-            (i for i in scores if not (by_image.get(i) and by_image[i].human)),
-            key=lambda i: hashlib.sha256(f"{config.seed}:{model_id}:{i}".encode()).hexdigest(),
-        )
-        picked["audit"] = [(0.0, i, {"model": scores[i]}) for i in pool[:audit_n]]
-        now = utcnow()
-        with catalog.write() as conn:
-            for reason, items in picked.items():
-                before = _queued(conn, reason)  # the inserts that were new, not ignored
-                insert_ignore(
-                    conn,
-                    review_queue,
-                    [
-                        {
-                            "image_id": image_id,
-                            "reason": reason,
-                            "priority": round(priority, 6),
-                            "detail": detail,
-                            "model_id": model_id,
-                            "status": "open",
-                            "created_at": now,
-                        }
-                        for priority, image_id, detail in items
-                    ],
-                    ["image_id", "reason"],
-                )
-                report.queued[reason] = _queued(conn, reason) - before
-            report.open = {
-                r: int(n)
-                for r, n in conn.execute(
-                    sa.select(review_queue.c.reason, sa.func.count())
-                    .where(review_queue.c.status == "open")
-                    .group_by(review_queue.c.reason)
-                )
-            }
+        report.llm_error_rates = found.llm_error_rates
+        _write(catalog, model_id, found.queue, report)
     return report
+
+
+def _read(
+    catalog: Catalog, model_id: str, rubric_version: str, suggestive: bool
+) -> tuple[dict[int, ImageEvidence], dict[int, float], set[int], dict[str, Any]]:
+    """Each labelled image's evidence, the model's out-of-sample scores, the images a contact
+    sheet passed over, and the model's metrics."""
+    by_image: dict[int, ImageEvidence] = defaultdict(ImageEvidence)
+    with catalog.read() as conn:
+        for row in conn.execute(sa.select(labels).order_by(labels.c.id)):
+            item = by_image[row.image_id]
+            item.rows.append(
+                LabelRow(
+                    row.labeler, row.category, row.created_at, row.rubric_version, by=row.model
+                )
+            )
+            if row.labeler == HUMAN:
+                item.human = True
+                item.audited = item.audited or row.selection == "audit"
+            elif row.labeler == LLM and row.rubric_version == rubric_version:
+                p = _positive_p(row, suggestive)
+                if p is not None:
+                    item.llm_p.append(p)
+            elif row.labeler == TEACHER and row.score_explicit is not None:
+                item.teacher = float(row.score_explicit)
+        scores: dict[int, float] = {
+            row.image_id: float(row.score)
+            for row in conn.execute(
+                sa.select(model_scores.c.image_id, model_scores.c.score)
+                .where(model_scores.c.model_id == model_id)
+                .where(model_scores.c.out_of_sample)
+            )
+        }
+        passed = set(
+            conn.execute(sa.select(screenings.c.image_id).where(~screenings.c.flagged)).scalars()
+        )
+        info = conn.execute(sa.select(models.c.metrics).where(models.c.id == model_id)).scalar()
+    return dict(by_image), scores, passed, info or {}
+
+
+def _write(
+    catalog: Catalog, model_id: str, queue: dict[str, list[Entry]], report: MineReport
+) -> None:
+    """Insert the queue rows (an (image, reason) pair already queued is left alone); count the
+    new ones and the open ones into `report`."""
+    now = utcnow()
+    with catalog.write() as conn:
+        for reason, items in queue.items():
+            before = _queued(conn, reason)  # the inserts that were new, not ignored
+            insert_ignore(
+                conn,
+                review_queue,
+                [
+                    {
+                        "image_id": image_id,
+                        "reason": reason,
+                        "priority": round(priority, 6),
+                        "detail": detail,
+                        "model_id": model_id,
+                        "status": "open",
+                        "created_at": now,
+                    }
+                    for priority, image_id, detail in items
+                ],
+                ["image_id", "reason"],
+            )
+            report.queued[reason] = _queued(conn, reason) - before
+        report.open = {
+            r: int(n)
+            for r, n in conn.execute(
+                sa.select(review_queue.c.reason, sa.func.count())
+                .where(review_queue.c.status == "open")
+                .group_by(review_queue.c.reason)
+            )
+        }
 
 
 def _queued(conn: sa.Connection, reason: str) -> int:
@@ -248,40 +238,137 @@ def _queued(conn: sa.Connection, reason: str) -> int:
     )
 
 
+def llm_judged(
+    images: Mapping[int, ImageEvidence], *, rubric_version: str, positive: frozenset[str]
+) -> list[tuple[int, bool]]:
+    """(image id, the LLM says positive) for each image whose LLM label find_disagreements
+    checks for a label issue: the labels cross-validation learns from (`mine` with blobs)."""
+    _, judged, _ = _by_labels(images, {}, math.inf, rubric_version, positive)
+    return [(image_id, said) for image_id, said, _, _ in judged]
+
+
+def find_disagreements(
+    images: Mapping[int, ImageEvidence],
+    scores: Mapping[int, float],
+    config: ReviewSettings,
+    *,
+    threshold: float,
+    rubric_version: str,
+    positive: frozenset[str],
+    model_id: str = "",
+    passed: Collection[int] = frozenset(),
+    base_rate: float | None = None,
+    trained_share: float | None = None,
+    crossed: Mapping[int, float] | None = None,
+) -> Disagreements:
+    """Which images to queue, for which reason, at what priority (the module's docstring has
+    the reasons), capped at `config.max_per_run` over all reasons and `max_reason_share` of
+    that per reason. Pure: `images` are the labelled images' evidence, `scores` the model's
+    out-of-sample scores, `passed` the images a contact sheet passed over, `base_rate` and
+    `trained_share` the model's (None: the LLM's positive share, the base rate), `crossed`
+    cross-validated scores that replace `scores` for label issues (trained at a share of
+    `trained_share`). `model_id` seeds the audit draw."""
+    found, judged, pairs = _by_labels(images, scores, config.teacher_gap, rubric_version, positive)
+    rates = _label_issues(
+        judged, pairs, config, base_rate, trained_share, crossed, found["label_issue"]
+    )
+    # Positives the contact sheets passed over: people confirm them in bulk (grid).
+    for image_id, llm_positive, _, detail in judged:
+        if llm_positive and image_id in passed:
+            found["screen_miss"].append((0.05, image_id, detail))
+    for image_id, score in scores.items():
+        known = images.get(image_id)
+        if known is not None and (known.human or known.llm_p):
+            continue
+        distance = abs(score - threshold)
+        if distance < config.near_band:
+            found["near_threshold"].append(
+                ((1 - distance / config.near_band) / 10, image_id, {"model": score})
+            )
+    per_reason = max(1, round(config.max_per_run * config.max_reason_share))
+    ranked = {
+        reason: sorted(items, key=lambda t: (-t[0], t[1]))[:per_reason]
+        for reason, items in found.items()
+    }
+    # The run's cap goes to the likeliest label errors over all reasons.
+    best = sorted(
+        ((entry, reason) for reason, entries in ranked.items() for entry in entries),
+        key=lambda t: (-t[0][0], t[0][1]),
+    )[: config.max_per_run]
+    picked: dict[str, list[Entry]] = defaultdict(list)
+    for entry, reason in best:
+        picked[reason].append(entry)
+    others = sum(len(v) for v in picked.values())
+    audit_n = min(round(config.audit_share * others), per_reason) if others else 0
+    pool = sorted(
+        (i for i in scores if not (i in images and images[i].human)),
+        key=lambda i: hashlib.sha256(f"{config.seed}:{model_id}:{i}".encode()).hexdigest(),
+    )
+    picked["audit"] = [(0.0, i, {"model": scores[i]}) for i in pool[:audit_n]]
+    return Disagreements(dict(picked), rates)
+
+
+def _by_labels(
+    images: Mapping[int, ImageEvidence],
+    scores: Mapping[int, float],
+    teacher_gap: float,
+    rubric_version: str,
+    positive: frozenset[str],
+) -> tuple[dict[str, list[Entry]], list[Judged], list[tuple[bool, bool]]]:
+    """What the labels alone say: the low_agreement and teacher_vs_llm rows; the images with a
+    certain LLM label (for label issues); (LLM, person) on audited images people decided."""
+    found: dict[str, list[Entry]] = defaultdict(list)
+    judged: list[Judged] = []
+    pairs: list[tuple[bool, bool]] = []  # (LLM, person) wherever both said something
+    for image_id, item in images.items():
+        llm = [r for r in item.rows if r.labeler == LLM and r.rubric_version == rubric_version]
+        verdict = effective_label(llm, rubric_version=rubric_version) if llm else None
+        if item.human:
+            person = effective_label(item.rows, rubric_version=rubric_version)
+            # The LLM's error rates come from audit decisions only: the other queue items
+            # were chosen because they looked wrong, and would overstate its errors.
+            said = verdict.category if verdict and not verdict.uncertain else None
+            if item.audited and said and person.category:
+                pairs.append((said in positive, person.category in positive))
+            continue  # decided by a person: nothing left to mine
+        score = scores.get(image_id)
+        llm_p = sum(item.llm_p) / len(item.llm_p) if item.llm_p else None
+        detail = {"model": score, "llm": llm_p, "teacher": item.teacher}
+        if verdict is None:
+            continue
+        if verdict.uncertain and len(llm) >= 2:
+            found["low_agreement"].append(
+                (1 - (verdict.agreement or 0.0), image_id, detail | {"votes": verdict.votes})
+            )
+        elif verdict.category is not None:
+            judged.append((image_id, verdict.category in positive, score, detail))
+        if item.teacher is not None and llm_p is not None:
+            gap = abs(item.teacher - llm_p)
+            if gap >= teacher_gap:
+                found["teacher_vs_llm"].append((gap / 4, image_id, detail))
+    return found, judged, pairs
+
+
 def _label_issues(
-    catalog: Catalog,
-    settings: Settings,
-    model_id: str,
-    judged: list[tuple[int, bool, float | None, dict[str, Any]]],
+    judged: list[Judged],
     pairs: list[tuple[bool, bool]],
-    out: list[tuple[float, int, dict[str, Any]]],
-    blobs: BlobStore | None = None,
+    config: ReviewSettings,
+    base_rate: float | None,
+    trained_share: float | None,
+    crossed: Mapping[int, float] | None,
+    out: list[Entry],
 ) -> dict[str, Any]:
-    """Append the confident-learning label issues among `judged` (image, LLM says positive,
-    model score or None, detail) to `out`, each with the chance its label is wrong; returns
-    the LLM's error rates used."""
-    config = settings.review
+    """Append the confident-learning label issues among `judged` to `out`, each with the
+    chance its label is wrong; returns the LLM's error rates used."""
     llm = np.array([a for a, _ in pairs], dtype=bool)
     person = np.array([b for _, b in pairs], dtype=bool)
     rates = error_rates(llm, person, config.llm_miss_prior, config.llm_false_alarm_prior)
-    with catalog.read() as conn:
-        info = conn.execute(sa.select(models.c.metrics).where(models.c.id == model_id)).scalar()
-    info = info or {}
-    crossed = None
-    if blobs is not None and judged:
-        from training.crossval import TRAINED_SHARE, cross_val_scores
-
-        ids = [j[0] for j in judged]
-        crossed = cross_val_scores(
-            catalog, blobs, settings, ids, np.array([j[1] for j in judged], dtype=bool)
-        )
     if crossed is not None:
         judged = [
             (i, g, crossed[i], d | {"crossval": crossed[i]})
             for i, g, _, d in judged
             if i in crossed
         ]
-        trained_share = TRAINED_SHARE
     else:
         judged = [j for j in judged if j[2] is not None]
     rates["scores"] = "cross-validated" if crossed is not None else "model, out of sample"
@@ -289,10 +376,8 @@ def _label_issues(
         return rates
     given = np.array([j[1] for j in judged], dtype=bool)
     p = np.array([j[2] for j in judged], dtype=np.float64)
-    base_rate = float(info.get("base_rate") or given.mean() or 0.01)
-    if crossed is None:
-        trained_share = float(info.get("trained_share") or base_rate)
-    posterior = posterior_at(p, trained_share, base_rate)
+    base = float(base_rate or given.mean() or 0.01)
+    posterior = posterior_at(p, float(trained_share or base), base)
     chance = chance_label_wrong(given, posterior, rates["miss"], rates["false_alarm"])
     for k in np.flatnonzero(find_label_issues(given, p)):
         image_id, _, _, detail = judged[k]

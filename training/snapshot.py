@@ -33,7 +33,7 @@ from corpus.catalog import (
 from corpus.catalog import sources as sources_table
 from labelers.effective import HUMAN, LLM, TEACHER, EffectiveLabel, LabelRow, effective_label
 from labelers.rubric import load_rubric
-from spritesafe.config import Settings
+from spritesafe.config import Settings, SnapshotSettings
 from training.splits import SPLITS, TEST, TRAIN, VALIDATION, Item, assign_splits
 from training.splits import downsample_negatives as downsample
 
@@ -281,34 +281,63 @@ def _snapshot(
             f"{undeduped} labelled images are not deduped yet, so their near-duplicates "
             "are unknown and could leak across splits: run `spritesafe dedupe` first"
         )
+    kept = _select(candidates, config, rubric.version, report.excluded)
+    # Estimated before the checks: a refused report still says what the base rate was.
+    estimate = _estimate(kept, config, report)
+    items = _check(kept, config, report.excluded)
+    split_of = _split_and_balance(items, estimate.rate, config, report)
+    frozen = [c for c in kept if c.id in split_of]
+    _persist(catalog, blobs, settings, report, rubric.version, frozen, split_of, used, estimate)
+
+
+def _select(
+    candidates: list[_Candidate],
+    config: SnapshotSettings,
+    rubric_version: str,
+    excluded: Counter[str],
+) -> list[_Candidate]:
+    """The candidates whose effective label (set on each) is certain and strong enough;
+    `excluded` counts the others by why."""
     positive = config.positive
     min_rank = SOURCE_RANK[config.min_label_source]
     kept: list[_Candidate] = []
     for cand in candidates:
         cand.label = effective_label(
-            cand.rows, rubric_version=rubric.version, min_agreement=config.min_agreement
+            cand.rows, rubric_version=rubric_version, min_agreement=config.min_agreement
         )
         if SOURCE_RANK[cand.label.source] < min_rank:
-            report.excluded[f"{cand.label.source}_only"] += 1
+            excluded[f"{cand.label.source}_only"] += 1
         elif cand.label.uncertain or cand.category is None:
-            report.excluded["uncertain"] += 1
+            excluded["uncertain"] += 1
         elif (
             config.confirmed_positives_only
             and cand.label.source == "llm"
             and cand.category in positive
             and sum(cand.label.votes.values()) < 2
         ):
-            report.excluded["unconfirmed_positive"] += 1  # one LLM answer: not enough
+            excluded["unconfirmed_positive"] += 1  # one LLM answer: not enough
         else:
             kept.append(cand)
+    return kept
+
+
+def _estimate(kept: list[_Candidate], config: SnapshotSettings, report: SnapshotReport) -> BaseRate:
+    """The base rate of validation and test (estimate_base_rate), recorded in `report`."""
     estimate = estimate_base_rate(
-        kept, positive, config.target_base_rate, config.min_reviewed_audit
+        kept, config.positive, config.target_base_rate, config.min_reviewed_audit
     )
-    rate, rate_source = estimate.rate, estimate.source
-    report.base_rate, report.base_rate_source, report.audited = rate, rate_source, estimate.audited
+    report.base_rate, report.base_rate_source = estimate.rate, estimate.source
+    report.audited = estimate.audited
     report.base_rate_estimate = {
         k: round(v, 5) if isinstance(v, float) else v for k, v in estimate.__dict__.items()
     }
+    return estimate
+
+
+def _check(kept: list[_Candidate], config: SnapshotSettings, excluded: Counter[str]) -> list[Item]:
+    """The kept candidates as split items; NotEnoughLabels, saying what to do, when there are
+    too few positives or negatives, or too few distinct positives for three splits."""
+    positive = config.positive
     n_pos = sum(c.category in positive for c in kept)
     n_neg = len(kept) - n_pos
     if n_pos < config.min_positives or n_neg < config.min_negatives:
@@ -316,15 +345,15 @@ def _snapshot(
             "Label more (`spritesafe label --budget N`) or lower snapshot.min_positives / "
             "snapshot.min_negatives."
         )
-        if report.excluded.get("teacher_only"):
+        if excluded.get("teacher_only"):
             hint += (
-                f" {report.excluded['teacher_only']} images have only the teacher's photo-trained "
+                f" {excluded['teacher_only']} images have only the teacher's photo-trained "
                 'pre-screen; snapshot.min_label_source = "teacher" would use it.'
             )
         raise NotEnoughLabels(
             f"too few labels to train: {n_pos} positives ({'/'.join(sorted(positive))}) "
             f"and {n_neg} negatives are usable, at least {config.min_positives} and "
-            f"{config.min_negatives} are needed ({dict(report.excluded)} left out). {hint}"
+            f"{config.min_negatives} are needed ({dict(excluded)} left out). {hint}"
         )
     items = [Item(c.id, c.cluster, c.category in positive) for c in kept]
     positive_clusters = len({i.cluster for i in items if i.positive})
@@ -334,6 +363,15 @@ def _snapshot(
             "clusters): at least 3 distinct ones are needed, one each for training, validation "
             "and test. Label more."
         )
+    return items
+
+
+def _split_and_balance(
+    items: list[Item], rate: float, config: SnapshotSettings, report: SnapshotReport
+) -> dict[int, str]:
+    """Item id -> split, by cluster at the base rate; negatives downsampled away from
+    training are left out, or the positives' loss weight set (`config.balance`). The counts
+    per split go into `report`."""
     split_of = assign_splits(items, rate, config.val_share, config.test_share, config.seed)
     train_items = [i for i in items if split_of[i.id] == TRAIN]
     n_train_pos = sum(i.positive for i in train_items)
@@ -348,8 +386,25 @@ def _snapshot(
         members = [i for i in items if split_of.get(i.id) == name]
         pos = sum(i.positive for i in members)
         report.counts[name] = {"sfw": len(members) - pos, "nsfw": pos}
+    return split_of
 
-    snapshot_settings = config.model_dump(mode="json") | {"base_rate": round(rate, 6)}
+
+def _persist(
+    catalog: Catalog,
+    blobs: BlobStore,
+    settings: Settings,
+    report: SnapshotReport,
+    rubric_version: str,
+    frozen: list[_Candidate],
+    split_of: dict[int, str],
+    used: set[tuple[str, ...]],
+    estimate: BaseRate,
+) -> None:
+    """Write the `frozen` candidates as the snapshot their content hashes to, and record it
+    in the catalog; an existing snapshot of the same content is only marked frozen again."""
+    config = settings.snapshot
+    positive = config.positive
+    snapshot_settings = config.model_dump(mode="json") | {"base_rate": round(estimate.rate, 6)}
     rows = [
         (
             c.sha256,
@@ -358,10 +413,9 @@ def _snapshot(
             split_of[c.id],
             c.label.source if c.label else "",
         )
-        for c in kept
-        if c.id in split_of
+        for c in frozen
     ]
-    report.snapshot_id = _snapshot_id(rubric.version, snapshot_settings, rows)
+    report.snapshot_id = _snapshot_id(rubric_version, snapshot_settings, rows)
     path = settings.snapshots_path / report.snapshot_id
     report.path = str(path)
     with catalog.read() as conn:
@@ -375,36 +429,20 @@ def _snapshot(
         with catalog.write() as conn:
             _mark_frozen(conn, report.snapshot_id)
         return
-    manifest = {
-        "id": report.snapshot_id,
-        "created_at": utcnow().isoformat(),
-        "rubric_version": rubric.version,
-        "labelers": [
-            dict(zip(("labeler", "model", "model_digest"), u, strict=True)) for u in sorted(used)
-        ],
-        "class_names": list(CLASS_NAMES),
-        "positive_categories": sorted(positive),
-        "base_rate": rate,
-        "base_rate_source": rate_source,
-        "audited": estimate.audited,
-        "base_rate_estimate": report.base_rate_estimate,
-        "pos_weight": report.pos_weight,
-        "counts": report.counts,
-        "excluded": dict(report.excluded),
-        "sources": dict(Counter(c.source for c in kept if c.id in split_of).most_common()),
-        "settings": snapshot_settings,
-    }
-    _write_dataset(path, [c for c in kept if c.id in split_of], split_of, positive, blobs, manifest)
+    manifest = _manifest(
+        report, rubric_version, frozen, used, positive, estimate, snapshot_settings
+    )
+    _write_dataset(path, frozen, split_of, positive, blobs, manifest)
     with catalog.write() as conn:
         if known is None:
             conn.execute(
                 snapshots.insert().values(
                     id=report.snapshot_id,
                     path=str(path),
-                    rubric_version=rubric.version,
+                    rubric_version=rubric_version,
                     labelers=manifest["labelers"],
-                    base_rate=rate,
-                    base_rate_source=rate_source,
+                    base_rate=estimate.rate,
+                    base_rate_source=estimate.source,
                     counts=report.counts,
                     settings=snapshot_settings,
                     created_at=utcnow(),
@@ -414,6 +452,37 @@ def _snapshot(
             )
         else:  # its folder had gone and is written again
             _mark_frozen(conn, report.snapshot_id)
+
+
+def _manifest(
+    report: SnapshotReport,
+    rubric_version: str,
+    frozen: list[_Candidate],
+    used: set[tuple[str, ...]],
+    positive: frozenset[str],
+    estimate: BaseRate,
+    snapshot_settings: dict[str, Any],
+) -> dict[str, Any]:
+    """The snapshot's own record of what it holds and how it was made (snapshot.json)."""
+    return {
+        "id": report.snapshot_id,
+        "created_at": utcnow().isoformat(),
+        "rubric_version": rubric_version,
+        "labelers": [
+            dict(zip(("labeler", "model", "model_digest"), u, strict=True)) for u in sorted(used)
+        ],
+        "class_names": list(CLASS_NAMES),
+        "positive_categories": sorted(positive),
+        "base_rate": estimate.rate,
+        "base_rate_source": estimate.source,
+        "audited": estimate.audited,
+        "base_rate_estimate": report.base_rate_estimate,
+        "pos_weight": report.pos_weight,
+        "counts": report.counts,
+        "excluded": dict(report.excluded),
+        "sources": dict(Counter(c.source for c in frozen).most_common()),
+        "settings": snapshot_settings,
+    }
 
 
 def _mark_frozen(conn: sa.Connection, snapshot_id: str) -> None:

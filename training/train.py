@@ -257,6 +257,48 @@ def train(
     return report
 
 
+@dataclass
+class _Setup:
+    """What training runs on: the device, the splits, the model and what its checkpoints
+    carry."""
+
+    device: torch.device
+    spec: PreprocessSpec
+    train_data: SplitData
+    val_data: SplitData
+    test_data: SplitData
+    model: torch.nn.Module
+    pos_weight: float  # the snapshot's, for the loss
+    trained_share: float  # the positive share training sees
+    base: dict[str, Any]  # the fields every checkpoint carries
+
+
+@dataclass
+class _Optimization:
+    """The optimizer and what steps with it, for the planned length of a fine-tuning run."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    ema: torch.nn.Module | None
+    judged: torch.nn.Module  # what validation scores and best.pt keeps: the average, if any
+    loss_fn: torch.nn.Module
+    batches: Callable[[SplitData, PreprocessSpec, TrainSettings, np.random.Generator], Batches]
+    steps_per_epoch: int
+    epochs: int
+    total: int
+
+
+@dataclass
+class _LoopState:
+    """Where the epoch loop stands: what `last.pt` keeps and `--resume` restores."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_criterion: float = -1.0
+    best_epoch: int = 0
+    epoch: int = 0  # the last one checkpointed
+    step: int = 0
+
+
 def _train(
     settings: Settings,
     config: TrainSettings,
@@ -267,8 +309,29 @@ def _train(
     resume: bool,
     progress: Progress | None,
 ) -> None:
-    from training.report import write_report
+    setup = _setup(settings, config, snapshot_path, report, start, resume)
+    if report.head_only:
+        history = _fit_head(
+            setup.model, setup.train_data, setup.val_data, setup.spec, setup.device, report
+        )
+        save_checkpoint(
+            folder / "best.pt", setup.base | {"state_dict": setup.model.state_dict(), "epoch": 1}
+        )
+    else:
+        history = _fine_tune(setup, config, folder, report, resume, progress)
+    _finish(setup, config, snapshot_path, folder, report, history)
 
+
+def _setup(
+    settings: Settings,
+    config: TrainSettings,
+    snapshot_path: Path,
+    report: TrainReport,
+    start: Init,
+    resume: bool,
+) -> _Setup:
+    """The device, the snapshot's splits and a model to train (its weights from `start`,
+    unless `resume` loads them later)."""
     device = pick_device(config.device)
     report.device = str(device)
     if config.threads:
@@ -287,13 +350,14 @@ def _train(
 
     # The positive share training sees, as weighted by the loss or drawn into batches: the
     # head starts there, and the threshold's fallback rule corrects from it.
+    pos_weight = float(manifest.get("pos_weight", 1.0))
     negatives = len(train_data) - train_data.positives
     if report.head_only:
         share = 0.5  # the head's loss weighs the classes equally
     elif report.balance == "resample" and negatives:
         share = batch_shape(config)[0] / config.batch_size
     else:
-        weighted = train_data.positives * float(manifest.get("pos_weight", 1.0))
+        weighted = train_data.positives * pos_weight
         share = weighted / (weighted + negatives)
     # Said once (on stderr: stdout may be a JSON report); also in the checkpoint and the card.
     print(f"init: {start.describe()}", file=sys.stderr)
@@ -311,35 +375,33 @@ def _train(
         "head_only": report.head_only,
         "trained_share": share,
     }
-    if report.head_only:
-        history = _fit_head(model, train_data, val_data, spec, device, report)
-        save_checkpoint(folder / "best.pt", base | {"state_dict": model.state_dict(), "epoch": 1})
-    else:
-        history = _fine_tune(
-            model,
-            config,
-            train_data,
-            val_data,
-            spec,
-            device,
-            folder,
-            base,
-            report,
-            float(manifest.get("pos_weight", 1.0)),
-            resume,
-            progress,
-        )
+    return _Setup(device, spec, train_data, val_data, test_data, model, pos_weight, share, base)
 
+
+def _finish(
+    setup: _Setup,
+    config: TrainSettings,
+    snapshot_path: Path,
+    folder: Path,
+    report: TrainReport,
+    history: list[dict[str, Any]],
+) -> None:
+    """Score validation and test with the kept weights, choose the threshold, and write the
+    model, its report, its scores and its snapshot's manifest into `folder`."""
+    from training.report import write_report
+
+    model, device, spec = setup.model, setup.device, setup.spec
+    val_data, test_data = setup.val_data, setup.test_data
     best = torch.load(folder / "best.pt", map_location=device, weights_only=False)
     model.load_state_dict(best["state_dict"])
     val_scores = predict(model, eval_batches(val_data, spec), device)
     test_scores = predict(model, eval_batches(test_data, spec), device)
     report.threshold, report.threshold_met, report.threshold_rule = _threshold(
-        config, val_data, val_scores, share, report.base_rate
+        config, val_data, val_scores, setup.trained_share, report.base_rate
     )
     report.validation = _summary(val_data, val_scores, report.threshold)
     report.test = _summary(test_data, test_scores, report.threshold)
-    final = base | {
+    final = setup.base | {
         "state_dict": best["state_dict"],
         "epoch": report.best_epoch,
         "threshold": report.threshold,
@@ -409,20 +471,39 @@ def _fit_head(
 
 
 def _fine_tune(
-    model: torch.nn.Module,
+    setup: _Setup,
     config: TrainSettings,
-    train_data: SplitData,
-    val_data: SplitData,
-    spec: PreprocessSpec,
-    device: torch.device,
     folder: Path,
-    base: dict[str, Any],
     report: TrainReport,
-    pos_weight: float,
     resume: bool,
     progress: Progress | None,
 ) -> list[dict[str, Any]]:
-    resampled = report.balance == "resample" and train_data.positives < len(train_data)
+    """Fine-tune all the weights (from `last.pt` on, with `resume`); the history."""
+    opt = _optimization(setup, config, report.balance)
+    report.steps = opt.total
+    state = _resume(setup, opt, folder) if resume else _LoopState()
+    start_epoch = report.resumed_at_epoch = state.epoch
+    # Too few validation positives to rank epochs by: keep the last weights (no early stop).
+    ranks = setup.val_data.positives >= config.min_val_positives
+    report.selection = (
+        f"best validation PR-AUC averaged over {config.selection_window} validations"
+        if ranks
+        else f"last weights (validation has {setup.val_data.positives} positives, fewer than "
+        f"{config.min_val_positives} to rank)"
+    )
+    seen, busy = _epochs(setup, config, opt, state, ranks, folder, report, progress)
+    report.epochs_done = max(report.epochs_done, start_epoch)
+    report.steps_done = max(report.steps_done, state.step)
+    report.best_epoch = state.best_epoch
+    report.train_images_per_s = round(seen / busy, 1) if busy else 0.0
+    return state.history
+
+
+def _optimization(setup: _Setup, config: TrainSettings, balance: str) -> _Optimization:
+    """The optimizer, its warm-up and cosine schedule over the planned steps, the weights'
+    moving average and the loss."""
+    train_data = setup.train_data
+    resampled = balance == "resample" and train_data.positives < len(train_data)
     if resampled:
         n_neg = batch_shape(config)[1]
         steps_per_epoch = math.ceil((len(train_data) - train_data.positives) / n_neg)
@@ -431,113 +512,171 @@ def _fine_tune(
         full, rest = divmod(len(train_data), config.batch_size)
         steps_per_epoch = max(1, full + (rest > 1))
     epochs, total = plan_steps(config, steps_per_epoch)
-    report.steps = total
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        setup.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
     warmup = min(round(config.warmup_epochs * steps_per_epoch), round(config.warmup_share * total))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, warmup, total)
     )
-    ema = copy.deepcopy(model) if config.ema_decay else None
+    ema = copy.deepcopy(setup.model) if config.ema_decay else None
     # The loss weighs positives by the snapshot's pos_weight (the class ratio for "weights").
-    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight, device=device))
-    history: list[dict[str, Any]] = []
-    best_criterion, best_epoch, start_epoch, step = -1.0, 0, 0, 0
-    if resume:
-        state = torch.load(folder / "last.pt", map_location=device, weights_only=False)
-        model.load_state_dict(state["state_dict"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        history, best_criterion, best_epoch = (
-            state["history"],
-            state["best_criterion"],
-            state["best_epoch"],
-        )
-        start_epoch = report.resumed_at_epoch = int(state["epoch"])
-        step = int(state["step"])
-    judged = ema if ema is not None else model
-    batches = resampled_batches if resampled else train_batches
-    # Too few validation positives to rank epochs by: keep the last weights (no early stop).
-    ranks = val_data.positives >= config.min_val_positives
-    report.selection = (
-        f"best validation PR-AUC averaged over {config.selection_window} validations"
-        if ranks
-        else f"last weights (validation has {val_data.positives} positives, fewer than "
-        f"{config.min_val_positives} to rank)"
+    loss_fn = torch.nn.BCEWithLogitsLoss(
+        pos_weight=torch.tensor(setup.pos_weight, device=setup.device)
+    )
+    return _Optimization(
+        optimizer,
+        scheduler,
+        ema,
+        ema if ema is not None else setup.model,
+        loss_fn,
+        resampled_batches if resampled else train_batches,
+        steps_per_epoch,
+        epochs,
+        total,
     )
 
+
+def _resume(setup: _Setup, opt: _Optimization, folder: Path) -> _LoopState:
+    """Restore the weights, their average, the optimizer, the schedule and the loop's place
+    from `last.pt`."""
+    saved = torch.load(folder / "last.pt", map_location=setup.device, weights_only=False)
+    setup.model.load_state_dict(saved["state_dict"])
+    if opt.ema is not None:
+        opt.ema.load_state_dict(saved["ema"])
+    opt.optimizer.load_state_dict(saved["optimizer"])
+    opt.scheduler.load_state_dict(saved["scheduler"])
+    return _LoopState(
+        saved["history"],
+        saved["best_criterion"],
+        saved["best_epoch"],
+        int(saved["epoch"]),
+        int(saved["step"]),
+    )
+
+
+def _epochs(
+    setup: _Setup,
+    config: TrainSettings,
+    opt: _Optimization,
+    state: _LoopState,
+    ranks: bool,
+    folder: Path,
+    report: TrainReport,
+    progress: Progress | None,
+) -> tuple[int, float]:
+    """The epochs after `state.epoch`, validated and checkpointed every few, stopped early
+    once past min_steps when validation `ranks`; (images seen, seconds spent training)."""
     # Tiny splits make epochs of a few steps: validate (and checkpoint) every few epochs.
-    every = max(1, math.ceil(config.eval_every_steps / steps_per_epoch))
+    every = max(1, math.ceil(config.eval_every_steps / opt.steps_per_epoch))
     seen, busy = 0, 0.0
-    for epoch in range(start_epoch + 1, epochs + 1):
-        late = step >= config.min_steps
-        if ranks and late and best_epoch and epoch - best_epoch > config.patience * every:
+    for epoch in range(state.epoch + 1, opt.epochs + 1):
+        late = state.step >= config.min_steps
+        waited = epoch - state.best_epoch > config.patience * every
+        if ranks and late and state.best_epoch and waited:
             report.stopped_early = True
             break
-        rng = np.random.default_rng([config.seed, epoch])
-        torch.manual_seed(config.seed * 100_003 + epoch)
-        losses = []
-        started = time.perf_counter()
-        for inputs, targets in batches(train_data, spec, config, rng):
-            losses.append(train_step(model, optimizer, loss_fn, inputs, targets, device))
-            scheduler.step()
-            step += 1
-            if ema is not None:
-                # Warm-up of the average: early on it follows the weights closely.
-                update_ema(ema, model, min(config.ema_decay, (1 + step) / (10 + step)))
-            seen += len(targets)
+        losses, images, started = _train_epoch(setup, config, opt, state, epoch)
+        seen += images
         busy += time.perf_counter() - started
-        if epoch % every and epoch != epochs:
+        if epoch % every and epoch != opt.epochs:
             continue
-        val_scores = predict(judged, eval_batches(val_data, spec), device)
-        ap = metrics.average_precision(val_data.labels, val_scores)
-        earlier = history[len(history) - config.selection_window + 1 :]
-        window = [h["val_pr_auc"] for h in earlier] if config.selection_window > 1 else []
-        criterion = float(np.mean([*window, ap])) if ranks else float(step)
-        entry = {
-            "epoch": epoch,
-            "step": step,
-            "of_steps": total,
-            "train_loss": float(np.mean(losses)),
-            "val_loss": _bce(val_scores, val_data.labels),
-            "val_pr_auc": ap,
-            "criterion": criterion,
-            "lr": float(scheduler.get_last_lr()[0]),
-            "seconds": round(time.perf_counter() - started, 2),
-        }
-        history.append(entry)
-        if criterion > best_criterion:
-            best_criterion, best_epoch = criterion, epoch
-            save_checkpoint(
-                folder / "best.pt", base | {"state_dict": judged.state_dict(), "epoch": epoch}
-            )
-        save_checkpoint(
-            folder / "last.pt",
-            base
-            | {
-                "state_dict": model.state_dict(),
-                "ema": ema.state_dict() if ema is not None else None,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "epoch": epoch,
-                "step": step,
-                "history": history,
-                "best_criterion": best_criterion,
-                "best_epoch": best_epoch,
-            },
-        )
+        entry = _validate(setup, config, opt, state, ranks, epoch, losses, started)
+        _checkpoint(setup, opt, state, epoch, entry, folder)
         report.epochs_done = epoch
-        report.steps_done = step
+        report.steps_done = state.step
         if progress is not None:
             progress(entry)
-    report.epochs_done = max(report.epochs_done, start_epoch)
-    report.steps_done = max(report.steps_done, step)
-    report.best_epoch = best_epoch
-    report.train_images_per_s = round(seen / busy, 1) if busy else 0.0
-    return history
+    return seen, busy
+
+
+def _train_epoch(
+    setup: _Setup, config: TrainSettings, opt: _Optimization, state: _LoopState, epoch: int
+) -> tuple[list[float], int, float]:
+    """One epoch of optimizer steps: (the batches' losses, images seen, when it started)."""
+    # Shuffling and augmentation from (seed, epoch): a resumed run draws what a straight one did.
+    rng = np.random.default_rng([config.seed, epoch])
+    torch.manual_seed(config.seed * 100_003 + epoch)
+    losses, seen = [], 0
+    started = time.perf_counter()
+    for inputs, targets in opt.batches(setup.train_data, setup.spec, config, rng):
+        losses.append(
+            train_step(setup.model, opt.optimizer, opt.loss_fn, inputs, targets, setup.device)
+        )
+        opt.scheduler.step()
+        state.step += 1
+        if opt.ema is not None:
+            # Warm-up of the average: early on it follows the weights closely.
+            decay = min(config.ema_decay, (1 + state.step) / (10 + state.step))
+            update_ema(opt.ema, setup.model, decay)
+        seen += len(targets)
+    return losses, seen, started
+
+
+def _validate(
+    setup: _Setup,
+    config: TrainSettings,
+    opt: _Optimization,
+    state: _LoopState,
+    ranks: bool,
+    epoch: int,
+    losses: list[float],
+    started: float,
+) -> dict[str, Any]:
+    """The epoch's history entry: validation scored with the judged weights, and the
+    criterion that picks the kept ones (the PR-AUC averaged over the last validations, or
+    the step when validation cannot rank)."""
+    val_data = setup.val_data
+    val_scores = predict(opt.judged, eval_batches(val_data, setup.spec), setup.device)
+    ap = metrics.average_precision(val_data.labels, val_scores)
+    earlier = state.history[len(state.history) - config.selection_window + 1 :]
+    window = [h["val_pr_auc"] for h in earlier] if config.selection_window > 1 else []
+    criterion = float(np.mean([*window, ap])) if ranks else float(state.step)
+    return {
+        "epoch": epoch,
+        "step": state.step,
+        "of_steps": opt.total,
+        "train_loss": float(np.mean(losses)),
+        "val_loss": _bce(val_scores, val_data.labels),
+        "val_pr_auc": ap,
+        "criterion": criterion,
+        "lr": float(opt.scheduler.get_last_lr()[0]),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def _checkpoint(
+    setup: _Setup,
+    opt: _Optimization,
+    state: _LoopState,
+    epoch: int,
+    entry: dict[str, Any],
+    folder: Path,
+) -> None:
+    """Record the entry; write `best.pt` when the criterion improved, and `last.pt`, with
+    everything `--resume` needs, always."""
+    state.history.append(entry)
+    if entry["criterion"] > state.best_criterion:
+        state.best_criterion, state.best_epoch = entry["criterion"], epoch
+        save_checkpoint(
+            folder / "best.pt", setup.base | {"state_dict": opt.judged.state_dict(), "epoch": epoch}
+        )
+    state.epoch = epoch
+    save_checkpoint(
+        folder / "last.pt",
+        setup.base
+        | {
+            "state_dict": setup.model.state_dict(),
+            "ema": opt.ema.state_dict() if opt.ema is not None else None,
+            "optimizer": opt.optimizer.state_dict(),
+            "scheduler": opt.scheduler.state_dict(),
+            "epoch": epoch,
+            "step": state.step,
+            "history": state.history,
+            "best_criterion": state.best_criterion,
+            "best_epoch": state.best_epoch,
+        },
+    )
 
 
 def _threshold(

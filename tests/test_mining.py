@@ -1,0 +1,92 @@
+"""Which images mining queues, for which reason, at what priority (review.mining's pure core,
+find_disagreements), on hand-made evidence: no catalog."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from labelers.effective import HUMAN, LLM, LabelRow
+from review.mining import ImageEvidence, find_disagreements, llm_judged
+from spritesafe.config import ReviewSettings
+
+RUBRIC = "r1"
+POSITIVE = frozenset({"explicit"})
+_T0 = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def _llm(*categories: str) -> ImageEvidence:
+    """An image the LLM labelled once per category (its samples), with no other label."""
+    rows = [LabelRow(LLM, c, _T0 + timedelta(seconds=k), RUBRIC) for k, c in enumerate(categories)]
+    p = [1.0 if c in POSITIVE else 0.0 for c in categories]
+    return ImageEvidence(rows=rows, llm_p=p)
+
+
+def test_a_clear_label_error_is_queued_first_within_the_caps() -> None:
+    images: dict[int, ImageEvidence] = {}
+    scores: dict[int, float] = {}
+    for i in range(1, 21):  # the LLM and the model agree: positive
+        images[i], scores[i] = _llm("explicit", "explicit", "explicit"), 0.9
+    for i in range(21, 61):  # ... and negative
+        images[i], scores[i] = _llm("safe", "safe", "safe"), 0.05
+    false_alarm, missed = 61, 62  # the LLM is sure, and the model is surer of the opposite
+    images[false_alarm], scores[false_alarm] = _llm("explicit", "explicit", "explicit"), 0.001
+    images[missed], scores[missed] = _llm("safe", "safe", "safe"), 0.97
+    wavering = [63, 64, 65]  # three samples, three answers: low agreement (priority 2/3)
+    for i in wavering:
+        images[i], scores[i] = _llm("safe", "suggestive", "explicit"), 0.2
+    decided = 66  # a person decided it: never queued, whatever the model says
+    images[decided] = ImageEvidence(
+        rows=[*_llm("safe", "safe").rows, LabelRow(HUMAN, "explicit", _T0, RUBRIC, by="me")],
+        llm_p=[0.0, 0.0],
+        human=True,
+        audited=True,
+    )
+    scores[decided] = 0.5
+    near = [67, 68, 69]  # unlabelled, near the threshold: nearest first
+    scores.update({67: 0.51, 68: 0.52, 69: 0.47})
+
+    config = ReviewSettings(max_per_run=5, max_reason_share=0.4, audit_share=0.4)
+    found = find_disagreements(
+        images,
+        scores,
+        config,
+        threshold=0.5,
+        rubric_version=RUBRIC,
+        positive=POSITIVE,
+        model_id="m",
+        base_rate=0.5,
+        trained_share=0.5,
+    )
+    queue = found.queue
+
+    # The likeliest wrong label comes first, over all reasons.
+    assert next(iter(queue)) == "label_issue"
+    assert [i for _, i, _ in queue["label_issue"]] == [false_alarm, missed]
+    first = queue["label_issue"][0]
+    assert first[0] > 0.9 and first[2]["chance_wrong"] == first[0]
+    # Per reason at most max_per_run * max_reason_share = 2: one wavering image is left out,
+    # though its priority is above every near-threshold one.
+    assert len(queue["low_agreement"]) == 2
+    assert {i for _, i, _ in queue["low_agreement"]} < set(wavering)
+    assert all(p == 1 - 1 / 3 for p, _, _ in queue["low_agreement"])
+    # The run's cap of 5 leaves room for one near the threshold: the nearest.
+    assert sum(len(v) for r, v in queue.items() if r != "audit") == config.max_per_run
+    assert [i for _, i, _ in queue["near_threshold"]] == [near[0]]
+    # Audit items: audit_share of the rest, a random draw of scored images people left.
+    assert len(queue["audit"]) == 2 and all(p == 0.0 for p, _, _ in queue["audit"])
+    assert all(i != decided for rows in queue.values() for _, i, _ in rows)
+    # The audited decision is the one measurement of the LLM's error rates.
+    assert found.llm_error_rates["decided"] == 1
+    assert found.llm_error_rates["scores"] == "model, out of sample"
+    # What cross-validation would learn from: the certain LLM labels people left.
+    judged = dict(llm_judged(images, rubric_version=RUBRIC, positive=POSITIVE))
+    assert len(judged) == 62 and judged[false_alarm] and not judged[missed]
+
+    # With room for everything, every reason keeps what it found.
+    roomy = ReviewSettings(max_per_run=100, audit_share=0.0)
+    more = find_disagreements(
+        images, scores, roomy, threshold=0.5, rubric_version=RUBRIC, positive=POSITIVE
+    ).queue
+    assert len(more["low_agreement"]) == 3
+    assert [i for _, i, _ in more["near_threshold"]] == near
+    assert more["audit"] == []
