@@ -53,6 +53,7 @@ from review.label_issues import (
     posterior_at,
 )
 from spritesafe.config import ReviewSettings, Settings
+from spritesafe.reports import as_dict
 
 REASONS = (
     "label_issue",
@@ -75,7 +76,7 @@ class MineReport:
     status: str = "running"
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__) | {"queued": dict(self.queued)}
+        return as_dict(self)
 
 
 @dataclass

@@ -31,14 +31,26 @@ from corpus.catalog import (
     utcnow,
 )
 from corpus.catalog import sources as sources_table
-from labelers.effective import HUMAN, LLM, TEACHER, EffectiveLabel, LabelRow, effective_label
+from labelers.effective import (
+    HUMAN,
+    LLM,
+    SOURCE_HUMAN,
+    SOURCE_LLM,
+    SOURCE_NONE,
+    SOURCE_TEACHER,
+    TEACHER,
+    EffectiveLabel,
+    LabelRow,
+    effective_label,
+)
 from labelers.rubric import load_rubric
 from spritesafe.config import Settings, SnapshotSettings
+from spritesafe.reports import as_dict
 from training.splits import SPLITS, TEST, TRAIN, VALIDATION, Item, assign_splits
 from training.splits import downsample_negatives as downsample
 
 CLASS_NAMES = ("sfw", "nsfw")  # label 0, 1: the model's single logit is P(nsfw)
-SOURCE_RANK = {"none": 0, "teacher": 1, "llm": 2, "human": 3}
+SOURCE_RANK = {SOURCE_NONE: 0, SOURCE_TEACHER: 1, SOURCE_LLM: 2, SOURCE_HUMAN: 3}
 MANIFEST = "snapshot.json"
 
 
@@ -65,23 +77,9 @@ class SnapshotReport:
     status: str = "running"
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "snapshot_id": self.snapshot_id,
-            "path": self.path,
-            "reused": self.reused,
-            "base_rate": round(self.base_rate, 5),
-            "base_rate_source": self.base_rate_source,
-            "audited": self.audited,
-            "base_rate_estimate": self.base_rate_estimate,
-            "excluded": dict(self.excluded),
-            "counts": self.counts,
-            "train_dropped": self.train_dropped,
-            "pos_weight": round(self.pos_weight, 4),
-            "reason": self.reason,
-            "seconds": round(self.seconds, 3),
-            "status": self.status,
-        }
+        return as_dict(
+            self, base_rate=round(self.base_rate, 5), pos_weight=round(self.pos_weight, 4)
+        )
 
 
 @dataclass
@@ -232,7 +230,7 @@ def estimate_base_rate(
         if llm.category is None or llm.uncertain:
             continue
         said.append(llm.category in positive)
-        if c.label is not None and c.label.source == "human":
+        if c.label is not None and c.label.source == SOURCE_HUMAN:
             pairs.append((said[-1], c.category in positive))
     hits = sum(c.category in positive for c in audited)
     smoothed = (hits + 0.5) / (len(audited) + 1)
@@ -311,7 +309,7 @@ def _select(
             excluded["uncertain"] += 1
         elif (
             config.confirmed_positives_only
-            and cand.label.source == "llm"
+            and cand.label.source == SOURCE_LLM
             and cand.category in positive
             and sum(cand.label.votes.values()) < 2
         ):

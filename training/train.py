@@ -40,6 +40,7 @@ import torch
 from corpus.catalog import Catalog, models, recorded, snapshots, utcnow
 from spritesafe.config import Settings, TrainSettings
 from spritesafe.preprocess import PreprocessSpec
+from spritesafe.reports import as_dict
 from training import metrics
 from training.data import (
     SplitData,
@@ -91,7 +92,7 @@ class TrainReport:
     status: str = "running"
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return as_dict(self)
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
