@@ -39,11 +39,12 @@ def _count(db: Path, sql: str) -> int:
 
 
 def _start_and_wait(data: Path, at_least: int) -> subprocess.Popen[bytes]:
+    data.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         [SPRITESAFE, "ingest", SPEC, "--json"],
         env=_env(data),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=(data / "stdout.log").open("wb"),
+        stderr=(data / "stderr.log").open("wb"),
         start_new_session=True,
     )
     deadline = time.monotonic() + 120
@@ -109,7 +110,9 @@ def test_ctrl_c_is_recorded_and_rerun_completes(
     data = tmp_path / "interrupted"
     proc = _start_and_wait(data, at_least=600)
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) == 130
+    code = proc.wait(timeout=60)
+    output = (data / "stdout.log").read_text()[-1500:] + (data / "stderr.log").read_text()[-1500:]
+    assert code == 130, output
     db = data / "catalog.db"
     assert _count(db, "select count(*) from runs where status='interrupted'") == 1
     assert _ingest(data)["status"] == "ok"

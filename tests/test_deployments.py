@@ -146,7 +146,13 @@ def test_scheduled_grow_fires_on_a_server_with_a_process_worker(
             assert done[0]["auto_scheduled"] is True  # fired by the schedule, not by hand
         finally:
             os.killpg(worker.pid, signal.SIGTERM)  # the worker first, then (fixture) the server
-            worker.wait(30)
+            try:
+                worker.wait(60)
+            except subprocess.TimeoutExpired:
+                # Its shutdown is not under test (it once took > 30 s on a loaded machine):
+                # what matters is that nothing outlives the test.
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait(10)
             log.close()
     artifacts = _api(env, "/artifacts/filter", {})
     assert any(a["key"] == "spritesafe-grow-report" for a in artifacts)
