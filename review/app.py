@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 import sqlalchemy as sa
-from fastapi import FastAPI, Form, HTTPException, Request
+from fastapi import APIRouter, FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from PIL import Image as PILImage
@@ -73,9 +73,14 @@ def create_app(
     """The review app over a catalog. `policy` (review.security): the Host names it answers
     to and the token it asks for; by default the loopback names and no token."""
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
-    settings = settings or Settings()
-    policy = policy or Policy.serving("127.0.0.1", [])
-    limits, canon = settings.image, settings.canonical
+    _guard(app, policy or Policy.serving("127.0.0.1", []))
+    app.include_router(_item_routes(catalog, blobs, settings or Settings()))
+    app.include_router(_grid_routes(catalog))
+    return app
+
+
+def _guard(app: FastAPI, policy: Policy) -> None:
+    """Every request passes review.security's rules first; every answer gets its headers."""
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Any:
@@ -101,12 +106,19 @@ def create_app(
         response.headers.update(HEADERS)
         return response
 
-    def check(request: Request, csrf: str) -> None:
-        expected = request.cookies.get("csrf", "")
-        if not expected or not same(csrf, expected):
-            raise HTTPException(403, "CSRF check failed: reload the page")
 
-    @app.get("/", response_class=HTMLResponse)
+def _check_csrf(request: Request, csrf: str) -> None:
+    expected = request.cookies.get("csrf", "")
+    if not expected or not same(csrf, expected):
+        raise HTTPException(403, "CSRF check failed: reload the page")
+
+
+def _item_routes(catalog: Catalog, blobs: BlobStore, settings: Settings) -> APIRouter:
+    """One queued item at a time: the page, its image, the reviewer's name, decide, undo."""
+    router = APIRouter()
+    limits, canon = settings.image, settings.canonical
+
+    @router.get("/", response_class=HTMLResponse)
     def page(request: Request, reason: str = "", item: int | None = None) -> HTMLResponse:
         item = item if item is not None and 0 < item <= ID else None
         reason = reason if reason in REASONS else ""
@@ -143,7 +155,7 @@ def create_app(
         _keep_csrf(request, response, csrf)
         return response
 
-    @app.get("/image/{queue_id}")
+    @router.get("/image/{queue_id}")
     def image(queue_id: int) -> Response:
         """The canonical pixels as PNG, whatever the stored format (a browser shows a PNG;
         it may not show a TIFF, and it never sniffs one into something else)."""
@@ -169,17 +181,17 @@ def create_app(
             headers={"Cache-Control": "private, max-age=3600"},
         )
 
-    @app.post("/reviewer")
+    @router.post("/reviewer")
     def set_reviewer(
         request: Request, name: str = Form(...), csrf: str = Form(...), reason: str = Form("")
     ) -> Response:
-        check(request, csrf)
+        _check_csrf(request, csrf)
         response = _redirect(reason)
         # Cookies carry Latin-1 only: any name (日本語 too) travels percent-encoded.
         response.set_cookie("reviewer", quote(name.strip()[:100]), samesite="strict")
         return response
 
-    @app.post("/decide")
+    @router.post("/decide")
     def decide_item(
         request: Request,
         item: int = Form(...),
@@ -187,7 +199,7 @@ def create_app(
         csrf: str = Form(...),
         reason: str = Form(""),
     ) -> Response:
-        check(request, csrf)
+        _check_csrf(request, csrf)
         reviewer = _reviewer(request)
         try:
             decide(catalog, item, reviewer, choice)
@@ -195,7 +207,7 @@ def create_app(
             raise HTTPException(409, str(exc)) from None
         return _redirect(reason)
 
-    @app.post("/undo")
+    @router.post("/undo")
     def undo_last(
         request: Request,
         csrf: str = Form(...),
@@ -204,7 +216,7 @@ def create_app(
         back: str = Form(""),
     ) -> Response:
         """Reopen the reviewer's last `count` decisions (a grid page: all of it)."""
-        check(request, csrf)
+        _check_csrf(request, csrf)
         reopened = None
         for _ in range(max(1, min(count, GRID_MAX))):
             reopened = undo(catalog, _reviewer(request)) or reopened
@@ -214,7 +226,14 @@ def create_app(
             return response
         return _redirect(reason, reopened)
 
-    @app.get("/grid", response_class=HTMLResponse)
+    return router
+
+
+def _grid_routes(catalog: Catalog) -> APIRouter:
+    """Many low-prior items at once: a page of tiles, one submit."""
+    router = APIRouter()
+
+    @router.get("/grid", response_class=HTMLResponse)
     def grid(request: Request, reason: str = "audit") -> HTMLResponse:
         """Many low-prior items at once: each tile safe until marked, one submit per page."""
         reason = reason if reason in REASONS else "audit"
@@ -260,7 +279,7 @@ def create_app(
         _keep_csrf(request, response, csrf)
         return response
 
-    @app.post("/grid")
+    @router.post("/grid")
     def grid_decide(
         request: Request,
         items: list[int] = Form(...),
@@ -268,7 +287,7 @@ def create_app(
         csrf: str = Form(...),
         reason: str = Form(""),
     ) -> Response:
-        check(request, csrf)
+        _check_csrf(request, csrf)
         if len(items) != len(choices) or len(items) > GRID_MAX:
             raise HTTPException(400, "one choice per item, at most a page of them")
         reviewer = _reviewer(request)
@@ -285,7 +304,7 @@ def create_app(
         response.set_cookie("batch", str(decided), httponly=True, samesite="strict")
         return response
 
-    return app
+    return router
 
 
 def _item_context(conn: sa.Connection, item: Any) -> dict[str, Any]:
