@@ -398,14 +398,7 @@ def test_screening_real_sprites_finds_the_concept_for_a_fraction_of_the_calls(
         ws = open_workspace(settings)
         ingest(ws.catalog, ws.blobs, [parse_source(str(tmp_path / "real"), settings)], settings)
         report = label(ws.catalog, ws.blobs, settings, budget=60)
-        with ws.catalog.read() as conn:
-            named = dict(
-                conn.execute(
-                    sa.select(images.c.id, source_items.c.locator).join(
-                        source_items, source_items.c.image_id == images.c.id
-                    )
-                ).all()
-            )
+        named = _locators(ws)
         rows = [r for r in _rows(ws, labels) if r.labeler == "ollama" and r.sample == 0]
         ws.close()
     truly = {i for i, name in named.items() if name in positives}
@@ -503,6 +496,15 @@ def test_killed_screening_run_asks_nothing_twice(corpus: Settings) -> None:
         assert red <= {i for i, sample in answers if sample == 0}  # flagged: followed up
         assert red <= {i for i, sample in answers if sample == 1}  # and confirmed
         ws.close()
+
+
+def _locators(ws: Workspace) -> dict[int, str]:
+    """image id -> where it came from (a file name, for the real-sprite tests)."""
+    with ws.catalog.read() as conn:
+        query = sa.select(images.c.id, source_items.c.locator).join(
+            source_items, source_items.c.image_id == images.c.id
+        )
+        return {int(i): str(locator) for i, locator in conn.execute(query).all()}
 
 
 def _rows(ws: Workspace, table: sa.Table) -> list[Any]:
@@ -615,14 +617,7 @@ def test_second_opinions_keep_false_alarms_out_of_training_on_real_sprites(
         ingest(ws.catalog, ws.blobs, [parse_source(str(tmp_path / "real"), settings)], settings)
         dedupe(ws.catalog, settings)
         report = label(ws.catalog, ws.blobs, settings, budget=120)
-        with ws.catalog.read() as conn:
-            named = dict(
-                conn.execute(
-                    sa.select(images.c.id, source_items.c.locator).join(
-                        source_items, source_items.c.image_id == images.c.id
-                    )
-                ).all()
-            )
+        named = _locators(ws)
         rows = [r for r in _rows(ws, labels) if r.labeler == "ollama"]
         frozen = snapshot(ws.catalog, ws.blobs, settings)
         ws.close()
