@@ -355,6 +355,9 @@ def plot(
     fig, axes = plt.subplots(
         1, len(noises), figsize=(6 * len(noises), 4.5), sharey=True, squeeze=False
     )
+    # One colour per recipe in every panel, and one legend listing every recipe drawn.
+    colours = {r.name: f"C{i}" for i, r in enumerate(recipes)}
+    shown: dict[str, Any] = {}
     for ax, noise in zip(axes[0], noises, strict=True):
         for recipe in recipes:
             xs, ys = [], []
@@ -365,15 +368,16 @@ def plot(
                     ys.append(cell["holdout_pr_auc"])
             if xs:
                 style = "-o" if recipe.name in ("default", "strong", "today") else "--."
-                ax.plot(xs, ys, style, label=recipe.title)
-        ax.axhline(rate, color="grey", ls=":", label=f"random ({rate:.3f})")
+                (line,) = ax.plot(xs, ys, style, color=colours[recipe.name], label=recipe.title)
+                shown.setdefault(recipe.title, line)
+        shown[f"random ({rate:.3f})"] = ax.axhline(rate, color="grey", ls=":")
         ax.set_xscale("log" if ax.lines else "linear")
         ax.set_xlabel("labelled sprites")
         ax.set_title(f"{noise} labels")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("holdout PR-AUC")
-    axes[0][-1].legend(loc="upper left", fontsize=8)
+    axes[0][-1].legend(list(shown.values()), list(shown), loc="upper left", fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
