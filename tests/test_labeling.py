@@ -587,7 +587,8 @@ def test_second_opinions_keep_false_alarms_out_of_training_on_real_sprites(
 ) -> None:
     """Real tiles (Debian), 10 % with the stand-in concept, screened on sheets and labelled
     within a budget by an LLM that misses some positives for good (fixed per image) and,
-    asked about one sprite alone, calls 12 % of negatives explicit at random (per call).
+    asked about one sprite alone, calls 12 % of negatives explicit at random (5 % on a second,
+    sampled look; each call draws anew).
     Every single-answer positive is asked again: the random false alarms are disputed and
     left out of the snapshot, whose positives are then all real."""
     from corpus.dedupe import dedupe
@@ -604,7 +605,12 @@ def test_second_opinions_keep_false_alarms_out_of_training_on_real_sprites(
             return "explicit" if draw(rgb.tobytes()) >= 0.1 else "safe"  # sticky misses
         if sheet_layout(info) is not None:
             return "safe"
-        return "explicit" if draw(rgb.tobytes(), str(info.seq).encode()) < 0.12 else "safe"
+        # Per call: the first answer and a sampled second opinion draw independently (keyed
+        # by the temperature, not the request's order, which concurrency shuffles); a second
+        # look repeats a random error less often.
+        sampled = info.options.get("temperature", 0) > 0
+        rate = 0.05 if sampled else 0.12
+        return "explicit" if draw(rgb.tobytes(), str(sampled).encode()) < rate else "safe"
 
     settings = load_settings(
         data_dir=tmp_path / "data",
@@ -629,7 +635,7 @@ def test_second_opinions_keep_false_alarms_out_of_training_on_real_sprites(
     assert len(false_alarms) >= 2  # the noise happened
     assert false_alarms <= set(second)  # each was asked again ...
     refuted = {i for i in false_alarms if second[i] == "safe"}
-    assert len(refuted) >= 0.7 * len(false_alarms)  # ... and most were refuted
+    assert refuted  # ... and refuted (each by 95 %: none refuted among 2+ is < 0.3 %)
     assert frozen.status == "ok", frozen.reason
     assert frozen.excluded["uncertain"] >= len(refuted)
     data, _ = load_snapshot(Path(frozen.path))
@@ -639,5 +645,6 @@ def test_second_opinions_keep_false_alarms_out_of_training_on_real_sprites(
         for image_id, label_ in zip(split["image_id"], split["label"], strict=True)
         if label_ == 1
     }
-    assert len(kept) >= 10 and len(kept & truly) >= len(kept) - (len(false_alarms) - len(refuted))
+    # Training's positives: real ones, and at most the false alarms a second look repeated.
+    assert len(kept) >= 10 and kept <= truly | (false_alarms - refuted)
     assert not kept & refuted
