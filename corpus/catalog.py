@@ -278,9 +278,13 @@ model_scores = sa.Table(
     metadata,
     sa.Column("image_id", sa.Integer, sa.ForeignKey("images.id"), primary_key=True),
     sa.Column("model_id", sa.String(36), primary_key=True),
-    sa.Column("score", sa.Float, nullable=False),
+    sa.Column("score", sa.Float, nullable=False),  # P(nsfw), the deployment's positive level
     sa.Column("out_of_sample", sa.Boolean, nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    # The three ordered scores (spritesafe.levels); null for rows scored before they existed.
+    sa.Column("score_safe", sa.Float, nullable=True),
+    sa.Column("score_suggestive", sa.Float, nullable=True),
+    sa.Column("score_explicit", sa.Float, nullable=True),
 )
 
 # What people are asked to look at, and why. One row per (image, reason): an image is never

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 LIMITS = [
-    "Scores are tags, not verdicts: P(nsfw) with a threshold chosen for a target; route "
-    "high scores to people or to stricter defaults, do not silently delete.",
+    "Scores are tags, not verdicts: safe / suggestive / explicit with a threshold per level "
+    "chosen for a target; let the app's policy (off, blur, hide) decide, route high scores "
+    "to people or to stricter defaults, do not silently delete.",
     "Trained on labels from a vision LLM (and any human review), which are noisy; the "
     "metrics are measured against those labels, not against ground truth.",
     "Made for pixel art (sprites, icons, tiles). Photos, large illustrations and text are "
@@ -36,10 +37,16 @@ def write_card(
     card: dict[str, Any] = {
         "model_id": model_row.id,
         "arch": model_row.arch,
-        "task": "P(nsfw) for pixel art; one logit, sigmoid applied by the consumer",
-        "class_names": meta.get("class_names"),
+        "task": (
+            "safe / suggestive / explicit scores for pixel art: two ordinal logits (at least "
+            "suggestive, explicit), sigmoids taken by the consumer (spritesafe.levels)"
+        ),
+        "levels": ["safe", "suggestive", "explicit"],
+        "positive_level": meta.get("positive_level", 2),
         "threshold": meta.get("threshold"),
         "threshold_rule": meta.get("threshold_rule"),
+        "thresholds": meta.get("thresholds"),
+        "level_metrics": meta.get("levels_metrics", {}),
         "preprocess": json.loads(meta["preprocess"]),
         "init": init,
         "head_only": bool(meta.get("head_only", False)),
@@ -102,6 +109,12 @@ def write_card(
         f"({meta.get('threshold_rule', '')}): precision {headline.get('precision', nan):.3f}, "
         f"recall {headline.get('recall', nan):.3f}.",
         "",
+        'Per level (each score "at least this level" against labels of at least that level):',
+        "",
+        "| level | threshold | rule | test positives | PR-AUC | precision | recall |",
+        "|---|---|---|---|---|---|---|",
+        *_level_rows(meta.get("levels_metrics", {})),
+        "",
         "## Verification (torch FP32 vs ONNX FP32 vs ONNX INT8)",
         "",
         "| set | images | FP32 max Δp | INT8 max Δp | INT8 mean Δp | flips | confident flips "
@@ -119,6 +132,21 @@ def write_card(
     path = folder / "card.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _level_rows(level_metrics: dict[str, Any]) -> list[str]:
+    rows = []
+    for name, part in level_metrics.items():
+        test = part.get("test") or {}
+        at = test.get("at_threshold") or {}
+        pr_auc = test.get("pr_auc")
+        rows.append(
+            f"| {'>= ' if name == 'suggestive' else ''}{name} | {part['threshold']:.4f} | "
+            f"{part['threshold_rule']} | {test.get('positives', 0)} | "
+            f"{'n/a' if pr_auc is None else f'{pr_auc:.4f}'} | "
+            f"{at.get('precision', float('nan')):.3f} | {at.get('recall', float('nan')):.3f} |"
+        )
+    return rows
 
 
 def _test_metrics(meta: dict[str, Any]) -> dict[str, Any]:

@@ -3,11 +3,14 @@
     from export.classify import Classifier
     clf = Classifier("data/deploy/model.int8.onnx")
     for result in clf.classify(["a.png", open("b.gif", "rb").read(), pil_image]):
-        print(result.score, result.label)
+        print(result.safe, result.suggestive, result.explicit, result.label)
 
-The preprocessing spec, threshold and model id come from the ONNX file's metadata, and
+The preprocessing spec, thresholds and model id come from the ONNX file's metadata, and
 inputs go through spritesafe.preprocess, the same code training used. Scores are tags, not
-verdicts: P(nsfw) with the threshold the model was verified at.
+verdicts: three ordered scores (safe, suggestive, explicit, summing to 1; spritesafe.levels)
+for an app's own policy, plus the label at the thresholds the model was verified at: the
+highest level whose score "at least this level" reaches its threshold. `score` is P(nsfw)
+(the deployment's positive level) and `nsfw` its decision.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from export.onnx import read_metadata, run, session
+from export.onnx import OUTPUT, read_metadata, run, session
+from spritesafe import levels as ordinal
 from spritesafe.canonical import canonicalize
 from spritesafe.decode import Rejected
 from spritesafe.preprocess import PreprocessSpec, fit, fit_bytes
@@ -32,12 +36,25 @@ ImageInput = bytes | str | Path | Image.Image
 @dataclass(frozen=True)
 class Result:
     name: str
-    score: float | None  # P(nsfw); None when the image could not be read
-    label: str | None
+    score: float | None  # P(nsfw); None (and every score) when the image could not be read
+    label: str | None  # safe, suggestive or explicit, at the model's thresholds
     error: str | None = None
+    safe: float | None = None
+    suggestive: float | None = None
+    explicit: float | None = None
+    nsfw: bool | None = None  # the deployment decision: score >= threshold
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "score": self.score, "label": self.label, "error": self.error}
+        return {
+            "name": self.name,
+            "safe": self.safe,
+            "suggestive": self.suggestive,
+            "explicit": self.explicit,
+            "label": self.label,
+            "score": self.score,
+            "nsfw": self.nsfw,
+            "error": self.error,
+        }
 
 
 class Classifier:
@@ -51,10 +68,19 @@ class Classifier:
         spec = meta["preprocess"]
         self.spec = PreprocessSpec.from_json(spec if isinstance(spec, str) else _json(spec))
         self.threshold = float(meta.get("threshold", 0.5))
-        self.class_names: list[str] = list(meta.get("class_names", ["sfw", "nsfw"]))
+        self.positive_level = int(meta.get("positive_level", 2))
+        self.thresholds: dict[str, float] = {
+            k: float(v) for k, v in (meta.get("thresholds") or {}).items()
+        }
         self.model_id = str(meta.get("model_id", self.path.stem))
         self.batch_size = batch_size
         self._session = session(self.path, threads)
+        outputs = [o.name for o in self._session.get_outputs()]
+        if outputs != [OUTPUT] or set(self.thresholds) != set(ordinal.CUMULATIVE):
+            raise ValueError(
+                f"{self.path} was exported before three-level scores (outputs {outputs}); "
+                "export the model again (`spritesafe export`)"
+            )
 
     def fitted(self, image: ImageInput) -> NDArray[np.uint8]:
         """The image's fitted pixels (size, size, 3) (spritesafe.preprocess steps 1 and 2)."""
@@ -65,9 +91,13 @@ class Classifier:
         data = image if isinstance(image, bytes) else Path(image).read_bytes()
         return fit_bytes(data, self.spec)
 
+    def cumulative(self, fitted: NDArray[np.uint8]) -> NDArray[np.float64]:
+        """(N, 2) P(>= suggestive), P(explicit) for fitted pixels (N, size, size, 3)."""
+        return run(self._session, fitted, self.spec, self.batch_size)
+
     def scores(self, fitted: NDArray[np.uint8]) -> NDArray[np.float64]:
         """P(nsfw) for fitted pixels (N, size, size, 3)."""
-        return run(self._session, fitted, self.spec, self.batch_size)
+        return self.cumulative(fitted)[:, self.positive_level - 1]
 
     def classify(
         self, images: Sequence[ImageInput], names: Iterable[str] | None = None
@@ -85,16 +115,27 @@ class Classifier:
                 errors[index] = str(exc)
             except OSError as exc:
                 errors[index] = f"unreadable: {exc}"
-        scores = self.scores(np.stack(arrays)) if arrays else np.zeros(0, dtype=np.float64)
-        by_index = dict(zip(readable, scores.tolist(), strict=True))
+        cum = self.cumulative(np.stack(arrays)) if arrays else np.zeros((0, 2))
+        by_index = dict(zip(readable, cum.tolist(), strict=True))
         results = []
         for index, name in enumerate(labels):
             if index in errors:
                 results.append(Result(name, None, None, errors[index]))
-            else:
-                score = float(by_index[index])
-                label = self.class_names[1] if score >= self.threshold else self.class_names[0]
-                results.append(Result(name, score, label))
+                continue
+            row = by_index[index]
+            safe, suggestive, explicit = ordinal.scores(np.asarray([row]))[0].tolist()
+            score = float(row[self.positive_level - 1])
+            results.append(
+                Result(
+                    name,
+                    score,
+                    ordinal.label(row, self.thresholds),
+                    safe=safe,
+                    suggestive=suggestive,
+                    explicit=explicit,
+                    nsfw=score >= self.threshold,
+                )
+            )
         return results
 
 

@@ -1,7 +1,8 @@
 """Checkpoint -> ONNX, with everything a consumer needs in the file's metadata.
 
-The graph outputs the logit (N, 1); P(nsfw) = sigmoid(logit) is computed by the consumer in
-float, so quantization never rounds the probability itself. Metadata keys start with
+The graph outputs the ordinal head's two logits (N, 2): at least suggestive, explicit; the
+consumer takes sigmoids in float64 (spritesafe.levels), so quantization never rounds the
+probabilities themselves. Metadata keys start with
 `spritesafe.`: the preprocessing spec (JSON, like timm's pretrained_cfg), class names,
 threshold, model and snapshot ids, rubric version, training metrics, and for INT8 files the
 quantization recipe. Nothing here imports torch at module level: reading metadata and running
@@ -19,6 +20,7 @@ import numpy as np
 import onnx
 from numpy.typing import NDArray
 
+from spritesafe.levels import at_least
 from spritesafe.preprocess import PreprocessSpec, normalize, rgba
 
 if TYPE_CHECKING:
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
 
     from training.model import Trained
 
-INPUT, PIXELS, OUTPUT = "input", "pixels", "logit"  # float input (FP32), uint8 input (INT8)
+INPUT, PIXELS, OUTPUT = "input", "pixels", "logits"  # float input (FP32), uint8 input (INT8)
 PREFIX = "spritesafe."
 OPSET = 17
 
@@ -35,7 +37,9 @@ def export_fp32(trained: Trained, path: Path, metadata: dict[str, Any]) -> None:
     """Write the model as FP32 ONNX with a dynamic batch axis and `metadata`."""
     import torch
 
-    model = trained.model.float().cpu().eval()
+    from training.model import exportable
+
+    model = exportable(trained.model.float().cpu().eval())
     size = trained.spec.size
     example = torch.zeros(1, 3, size, size)
     tmp = path.with_name(path.name + ".tmp")
@@ -117,12 +121,6 @@ def session(path: Path, threads: int = 2) -> onnxruntime.InferenceSession:
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def sigmoid(logits: NDArray[np.float32]) -> NDArray[np.float64]:
-    """In float64 (as training does): float32 would round every logit above ~17 to 1.0."""
-    x = logits.astype(np.float64)
-    return 0.5 * (1.0 + np.tanh(0.5 * x))  # stable for large |x|
-
-
 def feed(
     sess: onnxruntime.InferenceSession, fitted: NDArray[np.uint8], spec: PreprocessSpec
 ) -> dict[str, NDArray[Any]]:
@@ -139,9 +137,10 @@ def run(
     spec: PreprocessSpec,
     batch: int = 64,
 ) -> NDArray[np.float64]:
-    """P(nsfw) for fitted pixels (N, H, W, 3) uint8 (spritesafe.preprocess.fit)."""
-    parts = [np.zeros(0, dtype=np.float64)]
+    """(N, 2) P(>= suggestive), P(explicit) for fitted pixels (N, H, W, 3) uint8
+    (spritesafe.preprocess.fit); spritesafe.levels turns them into the three scores."""
+    parts = [np.zeros((0, 2), dtype=np.float64)]
     for start in range(0, len(fitted), batch):
         (logits,) = sess.run([OUTPUT], feed(sess, fitted[start : start + batch], spec))
-        parts.append(sigmoid(np.asarray(logits)).reshape(-1))
+        parts.append(at_least(np.asarray(logits)))
     return np.concatenate(parts)

@@ -38,7 +38,7 @@ from spritesafe.reports import as_dict
 class Recipe:
     per_channel: bool = True
     equalize: bool = False  # cross-layer equalization before quantizing
-    fp32_head: bool = False  # keep the classifier (the logit's own layer) in float
+    fp32_head: bool = False  # keep the classifier (the logits' own layer) in float
     reduce_range: bool = False  # 7-bit weights, for x86 CPUs without VNNI
 
     @property

@@ -45,10 +45,17 @@ def _classifier(path: str, mtime_ns: int, threads: int) -> Classifier:
     return Classifier(path, threads=threads)  # once per process (a Dask worker keeps it)
 
 
-def score_chunk(model: str, threads: int, images_: list[bytes]) -> list[float | None]:
-    """P(nsfw) per image (None when unreadable): the unit of work an executor runs."""
+Scores = tuple[float, float, float, float]  # P(nsfw), safe, suggestive, explicit
+
+
+def score_chunk(model: str, threads: int, images_: list[bytes]) -> list[Scores | None]:
+    """P(nsfw) and the three level scores per image (None when unreadable): the unit of work
+    an executor runs."""
     clf = _classifier(model, Path(model).stat().st_mtime_ns, threads)
-    return [r.score for r in clf.classify(images_)]
+    return [
+        None if r.score is None else (r.score, r.safe or 0.0, r.suggestive or 0.0, r.explicit or 0.0)
+        for r in clf.classify(images_)
+    ]
 
 
 def score_catalog(
@@ -76,10 +83,10 @@ def score_catalog(
                 .where(images.c.id.not_in(done))
                 .order_by(images.c.id)
             ).all()
-        pending: deque[tuple[list[int], Future[list[float | None]]]] = deque()
+        pending: deque[tuple[list[int], Future[list[Scores | None]]]] = deque()
         finished = 0
 
-        def write(ids: list[int], scores: list[float | None]) -> None:
+        def write(ids: list[int], scores: list[Scores | None]) -> None:
             nonlocal finished
             now = utcnow()
             kept = [(i, s) for i, s in zip(ids, scores, strict=True) if s is not None]
@@ -92,7 +99,10 @@ def score_catalog(
                             {
                                 "image_id": i,
                                 "model_id": clf.model_id,
-                                "score": float(s),
+                                "score": s[0],
+                                "score_safe": s[1],
+                                "score_suggestive": s[2],
+                                "score_explicit": s[3],
                                 "out_of_sample": i not in seen,
                                 "created_at": now,
                             }
@@ -125,6 +135,6 @@ def score_catalog(
 
 
 def _result(
-    item: tuple[list[int], Future[list[float | None]]],
-) -> tuple[list[int], list[float | None]]:
+    item: tuple[list[int], Future[list[Scores | None]]],
+) -> tuple[list[int], list[Scores | None]]:
     return item[0], item[1].result()

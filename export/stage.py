@@ -4,8 +4,9 @@ export: a trained model's `model.pt` -> `export/model.onnx` (FP32) and `export/m
   (the quantization recipe that agrees best with torch on the validation split; the test
   split is kept for verify).
 verify: torch FP32 vs ONNX FP32 vs ONNX INT8 on the test split and on unlabelled catalog
-  images; a passing gate promotes the model (copied to data/deploy/ with its model card), a
-  failing one is marked failed with its reasons and stays on disk, never promoted.
+  images, for each level's score (at least suggestive, explicit); a passing gate promotes
+  the model (copied to data/deploy/ with its model card), a failing one is marked failed
+  with its reasons and stays on disk, never promoted.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from corpus.catalog import Catalog, exports, images, labels, models, recorded, s
 from export.onnx import export_fp32, run, session
 from export.quantize import Recipe, candidate_recipes, needs_reduce_range, quantize
 from export.verify import Agreement, agreement, gate, int8_reasons
+from spritesafe import levels as ordinal
 from spritesafe.config import ExportSettings, Settings
 from spritesafe.decode import Rejected
 from spritesafe.preprocess import PreprocessSpec, fit, fit_bytes, normalize
@@ -121,9 +123,9 @@ def _no_images(spec: PreprocessSpec) -> NDArray[np.uint8]:
 
 def _inputs(
     records: Any, spec: PreprocessSpec, limit: int | None = None, seed: int = 0
-) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
-    """Fitted pixels (N, H, W, 3) and labels of a snapshot split (a seeded sample when
-    `limit`), read the way training reads them (training.data)."""
+) -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
+    """Fitted pixels (N, H, W, 3) and label levels (0..2) of a snapshot split (a seeded
+    sample when `limit`), read the way training reads them (training.data)."""
     from training.data import load_split
 
     if limit is not None and limit < len(records):
@@ -131,16 +133,33 @@ def _inputs(
         records = records.select(order.tolist())
     data = load_split(records, spec)
     if not len(data):
-        return _no_images(spec), data.labels
-    return np.stack([fit(p, spec) for p in data.pixels]), data.labels
+        return _no_images(spec), data.levels
+    return np.stack([fit(p, spec) for p in data.pixels]), data.levels
 
 
 def _torch_scores(trained: Any, fitted: NDArray[np.uint8]) -> NDArray[np.float64]:
-    from training.model import predict
+    """(N, 2) P(>= suggestive), P(explicit) from the trained weights."""
+    from training.model import predict_at_least
 
     spec = trained.spec
     chunks = (normalize(fitted[i : i + 128], spec) for i in range(0, len(fitted), 128))
-    return predict(trained.model, chunks)
+    return predict_at_least(trained.model, chunks)
+
+
+def _agreements(
+    reference: NDArray[np.float64],
+    other: NDArray[np.float64],
+    thresholds: dict[str, float],
+    margin: float,
+    levels: NDArray[np.int64] | None,
+) -> dict[str, Agreement]:
+    """Per cumulative level (suggestive: at least suggestive; explicit), `other` against
+    `reference`, each at its own threshold and, on labelled data, with its own labels."""
+    out = {}
+    for k, name in enumerate(ordinal.CUMULATIVE, start=1):
+        y = None if levels is None else (levels >= k).astype(np.float32)
+        out[name] = agreement(reference[:, k - 1], other[:, k - 1], thresholds[name], margin, y)
+    return out
 
 
 def export_model(catalog: Catalog, settings: Settings, model_id: str | None = None) -> ExportReport:
@@ -163,14 +182,26 @@ def export_model(catalog: Catalog, settings: Settings, model_id: str | None = No
             "class_names": trained.meta["class_names"],
             "threshold": trained.threshold,
             "threshold_rule": trained.meta.get("threshold_rule", ""),
+            "levels": list(ordinal.LEVELS),
+            "positive_level": trained.positive_level,
+            "thresholds": trained.thresholds,
+            "threshold_rules": {
+                name: part["threshold_rule"]
+                for name, part in trained.meta.get("levels_metrics", {}).items()
+            },
             "model_id": row.id,
             "snapshot_id": row.snapshot_id,
             "rubric_version": manifest["rubric_version"],
             "base_rate": manifest["base_rate"],
             "metrics": _headline(trained.meta.get("metrics", {})),
+            "level_metrics": _level_headline(trained.meta.get("levels_metrics", {})),
             "init": trained.meta.get("init") or {"kind": "unknown"},
             "head_only": bool(trained.meta.get("head_only", False)),
-            "output": "logit (N, 1); P(nsfw) = sigmoid(logit)",
+            "output": (
+                "logits (N, 2): at least suggestive, explicit; P = sigmoid(logit), P(explicit) "
+                "capped by P(>= suggestive); safe = 1 - P(>= suggestive), suggestive = "
+                "P(>= suggestive) - P(explicit); P(nsfw) = column positive_level - 1"
+            ),
         }
         export_fp32(trained, folder / FP32_NAME, metadata)
         report.fp32_size_bytes = (folder / FP32_NAME).stat().st_size
@@ -187,21 +218,34 @@ def export_model(catalog: Catalog, settings: Settings, model_id: str | None = No
         )
         # Every recipe is tried and the one that agrees best with torch on validation ships
         # (the test split stays untouched for verify). Ranked by: meets the limits, then
-        # confident flips, flips, PR-AUC drop, mean |Δp|.
+        # confident flips, flips, PR-AUC drop, mean |Δp| (summed over the levels, the drop
+        # the largest).
         best: tuple[tuple[bool, int, int, float, float], Path, dict[str, Any]] | None = None
         for index, recipe in enumerate(recipes):
             out = folder / f"model.int8.try{index}.onnx"
             done = quantize(folder / FP32_NAME, out, calibration, recipe, trained.spec)
             scores = run(session(out, config.threads), val_x, trained.spec)
-            check = agreement(reference, scores, trained.threshold, config.confident_margin, val_y)
-            reasons = int8_reasons("validation", check, config)
-            report.tried.append({"recipe": done, "validation": check.as_dict(), "reasons": reasons})
+            checks = _agreements(
+                reference, scores, trained.thresholds, config.confident_margin, val_y
+            )
+            reasons = [
+                r
+                for name, c in checks.items()
+                for r in int8_reasons(f"validation/{name}", c, config)
+            ]
+            report.tried.append(
+                {
+                    "recipe": done,
+                    "validation": {name: c.as_dict() for name, c in checks.items()},
+                    "reasons": reasons,
+                }
+            )
             rank = (
                 bool(reasons),
-                check.confident_flips,
-                check.flips,
-                round(check.pr_auc_drop, 4),
-                check.mean_delta,
+                sum(c.confident_flips for c in checks.values()),
+                sum(c.flips for c in checks.values()),
+                round(max(c.pr_auc_drop for c in checks.values()), 4),
+                sum(c.mean_delta for c in checks.values()),
             )
             if best is None or rank < best[0]:
                 if best is not None:
@@ -243,6 +287,22 @@ def _headline(model_metrics: dict[str, Any]) -> dict[str, Any]:
                 "images": part["images"],
                 "positives": part["positives"],
             }
+    return out
+
+
+def _level_headline(level_metrics: dict[str, Any]) -> dict[str, Any]:
+    """Per level: its threshold and its test PR-AUC, precision and recall."""
+    out = {}
+    for name, part in level_metrics.items():
+        test = part.get("test") or {}
+        at = test.get("at_threshold") or {}
+        out[name] = {
+            "threshold": part.get("threshold"),
+            "pr_auc": test.get("pr_auc"),
+            "precision": at.get("precision"),
+            "recall": at.get("recall"),
+            "positives": test.get("positives"),
+        }
     return out
 
 
@@ -303,7 +363,10 @@ def _against_current(
     current = settings.deploy_path / INT8_NAME
     if not current.is_file():
         return {}, []
-    clf = Classifier(current, threads=settings.export.threads)
+    try:
+        clf = Classifier(current, threads=settings.export.threads)
+    except ValueError as exc:  # a model from before the three-level scores: nothing to compare
+        return {"skipped": str(exc)}, []
     if clf.model_id == model_id:
         return {}, []
     seen = trained_on(catalog, clf.model_id)
@@ -364,7 +427,7 @@ def verify_model(
             model_row = conn.execute(sa.select(models).where(models.c.id == row.model_id)).one()
         trained = load_checkpoint(Path(model_row.path) / "model.pt")
         data, manifest = _snapshot_data(catalog, model_row.snapshot_id)
-        sets: dict[str, tuple[NDArray[np.uint8], NDArray[np.float32] | None]] = {}
+        sets: dict[str, tuple[NDArray[np.uint8], NDArray[np.int64] | None]] = {}
         test_x, test_y = _inputs(data["test"], trained.spec)
         sets["test"] = (test_x, test_y)
         extra = _unlabelled(catalog, blobs, trained.spec, config.unlabelled_sample, config.seed)
@@ -374,16 +437,18 @@ def verify_model(
         int8 = session(folder / INT8_NAME, config.threads)
         checks: dict[str, tuple[Agreement, Agreement]] = {}
         for name, (x, y) in sets.items():
+            # Each level's score checked on its own ("test/explicit", "test/suggestive", ...).
             reference = _torch_scores(trained, x)
-            margin, threshold = config.confident_margin, trained.threshold
-            checks[name] = (
-                agreement(reference, run(fp32, x, trained.spec), threshold, margin, y),
-                agreement(reference, run(int8, x, trained.spec), threshold, margin, y),
-            )
-            report.checks[name] = {
-                "onnx_fp32": checks[name][0].as_dict(),
-                "onnx_int8": checks[name][1].as_dict(),
-            }
+            margin, thresholds = config.confident_margin, trained.thresholds
+            by_fp32 = _agreements(reference, run(fp32, x, trained.spec), thresholds, margin, y)
+            by_int8 = _agreements(reference, run(int8, x, trained.spec), thresholds, margin, y)
+            for level in ordinal.CUMULATIVE:
+                key = f"{name}/{level}"
+                checks[key] = (by_fp32[level], by_int8[level])
+                report.checks[key] = {
+                    "onnx_fp32": by_fp32[level].as_dict(),
+                    "onnx_int8": by_int8[level].as_dict(),
+                }
         result = gate(checks, config)
         from export.classify import Classifier
 

@@ -66,15 +66,19 @@ def markdown(name: str, result: dict[str, Any]) -> str:
         )
     verified = result.get("verify")
     if verified is not None:
-        test = verified["checks"].get("test", {})
-        int8 = test.get("onnx_int8", {})
         verdict = "**promoted**" if verified["promoted"] else _not_promoted(verified)
-        lines.append(
-            f"| verify | ONNX FP32 max Δp {test.get('onnx_fp32', {}).get('max_delta', 0):.1e}; "
-            f"INT8 max Δp {int8.get('max_delta', 0):.4f}, flips {int8.get('flips')} "
-            f"({int8.get('confident_flips')} confident), PR-AUC drop "
-            f"{int8.get('pr_auc_drop', 0):.4f}: {verdict} |"
-        )
+        parts = []
+        for name, check in verified["checks"].items():
+            if not name.startswith("test/"):
+                continue
+            f32, int8 = check.get("onnx_fp32", {}), check.get("onnx_int8", {})
+            parts.append(
+                f"{name.removeprefix('test/')}: ONNX FP32 max Δp {f32.get('max_delta', 0):.1e}, "
+                f"INT8 max Δp {int8.get('max_delta', 0):.4f}, flips {int8.get('flips')} "
+                f"({int8.get('confident_flips')} confident), PR-AUC drop "
+                f"{int8.get('pr_auc_drop', 0):.4f}"
+            )
+        lines.append(f"| verify | {'; '.join(parts)}: {verdict} |")
     queue = result.get("review")
     if queue is not None:
         agreed = queue["agreement"]

@@ -317,19 +317,35 @@ def _item_context(conn: sa.Connection, item: Any) -> dict[str, Any]:
     rows = conn.execute(
         sa.select(labels).where(labels.c.image_id == item.image_id).order_by(labels.c.id)
     ).all()
-    score = conn.execute(
-        sa.select(model_scores.c.score)
+    scored = conn.execute(
+        sa.select(
+            model_scores.c.score,
+            model_scores.c.score_safe,
+            model_scores.c.score_suggestive,
+            model_scores.c.score_explicit,
+        )
         .where(model_scores.c.image_id == item.image_id)
         .where(model_scores.c.out_of_sample)
         .order_by(model_scores.c.created_at.desc())
         .limit(1)
-    ).scalar()
+    ).first()
     teacher = [r.score_explicit for r in rows if r.labeler == TEACHER]
     return {
         "width": (picture.width or 1) * zoom,
         "height": (picture.height or 1) * zoom,
         "llm": [r for r in rows if r.labeler == LLM][-3:],
         "humans": [r for r in rows if r.labeler == HUMAN],
-        "model_score": f"{score:.3f}" if score is not None else "not scored (or trained on it)",
+        "model_score": _model_score(scored),
         "teacher_score": f"{teacher[-1]:.3f}" if teacher else "-",
     }
+
+
+def _model_score(row: Any) -> str:
+    if row is None:
+        return "not scored (or trained on it)"
+    if row.score_explicit is None:  # scored before the three levels
+        return f"P(nsfw) {row.score:.3f}"
+    return (
+        f"safe {row.score_safe:.2f}, suggestive {row.score_suggestive:.2f}, explicit "
+        f"{row.score_explicit:.2f} (P(nsfw) {row.score:.3f})"
+    )

@@ -2,7 +2,8 @@
 
 The learning-proof corpus: real sprites (Debian tile packages) in which a visual concept,
 a small pink heart stamped on a sprite, stands in for the positive class at a low base rate,
-and an Ollama responder that sees the concept but answers with injected label noise."""
+and an Ollama responder that sees the concept but answers with injected label noise. For the
+three levels, a second stamp (a cyan diamond) stands in for "suggestive"."""
 
 from __future__ import annotations
 
@@ -41,45 +42,80 @@ HEART = np.array(
 )
 
 
-def stamp(tile: NDArray[np.uint8], rng: np.random.Generator) -> NDArray[np.uint8]:
+DIAMOND_RGB = (40, 200, 230)
+DIAMOND = np.array(
+    [
+        [0, 0, 1, 0, 0],
+        [0, 1, 1, 1, 0],
+        [1, 1, 0, 1, 1],
+        [0, 1, 1, 1, 0],
+        [0, 0, 1, 0, 0],
+    ],
+    dtype=bool,
+)
+
+
+def stamp(
+    tile: NDArray[np.uint8],
+    rng: np.random.Generator,
+    shape: NDArray[np.bool_] = HEART,
+    colour: tuple[int, int, int] = HEART_RGB,
+) -> NDArray[np.uint8]:
     out = tile.copy()
-    y = int(rng.integers(0, out.shape[0] - HEART.shape[0] + 1))
-    x = int(rng.integers(0, out.shape[1] - HEART.shape[1] + 1))
-    region = out[y : y + HEART.shape[0], x : x + HEART.shape[1]]
-    region[HEART] = (*HEART_RGB, 255)
+    y = int(rng.integers(0, out.shape[0] - shape.shape[0] + 1))
+    x = int(rng.integers(0, out.shape[1] - shape.shape[1] + 1))
+    region = out[y : y + shape.shape[0], x : x + shape.shape[1]]
+    region[shape] = (*colour, 255)
     return out
 
 
 def build(folder: Path, n: int, base_rate: float, seed: int = 0) -> set[str]:
     """Write n real tiles as PNGs, `base_rate` of them with the heart; the positive names."""
+    return build_levels(folder, n, base_rate, 0.0, seed)[0]
+
+
+def build_levels(
+    folder: Path, n: int, explicit_rate: float, suggestive_rate: float, seed: int = 0
+) -> tuple[set[str], set[str]]:
+    """n real tiles as PNGs: `explicit_rate` of them with the heart, `suggestive_rate` with
+    the diamond (never both); (heart names, diamond names)."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    positives = set()
+    hearts, diamonds = set(), set()
     for i, tile in enumerate(real_tiles(n, seed)):
         name = f"{i:05d}.png"
-        if rng.random() < base_rate:
+        draw = rng.random()
+        if draw < explicit_rate:
             tile = stamp(tile, rng)
-            positives.add(name)
+            hearts.add(name)
+        elif draw < explicit_rate + suggestive_rate:
+            tile = stamp(tile, rng, DIAMOND, DIAMOND_RGB)
+            diamonds.add(name)
         (folder / name).write_bytes(png(tile))
-    return positives
+    return hearts, diamonds
 
 
 def has_heart(rgb: NDArray[np.uint8]) -> bool:
     return int((rgb == HEART_RGB).all(axis=2).sum()) > 0
 
 
+def has_diamond(rgb: NDArray[np.uint8]) -> bool:
+    return int((rgb == DIAMOND_RGB).all(axis=2).sum()) > 0
+
+
 def noisy_responder(missed: float, false_alarms: float) -> Responder:
-    """explicit for the heart, safe otherwise, with label noise fixed per image: a `missed`
-    share of hearts answered safe, a `false_alarms` share of the rest answered explicit, and
-    a tenth of the remaining hearts only suggestive (a negative for the default target).
-    Sheets too: each cell is judged the same way (its own view, so its own draw)."""
+    """explicit for the heart, suggestive for the diamond, safe otherwise, with label noise
+    fixed per image: a `missed` share of hearts (and diamonds) answered safe, a
+    `false_alarms` share of the rest answered explicit, and a tenth of the remaining hearts
+    only suggestive (a negative for the default target). Sheets too: each cell is judged the
+    same way (its own view, so its own draw)."""
 
     def verdict(rgb: NDArray[np.uint8], info: ChatRequestInfo) -> str:
         draw = int.from_bytes(hashlib.sha256(rgb.tobytes()).digest()[:4], "big") / 2**32
-        heart = has_heart(rgb)
-        positive = draw >= missed if heart else draw < false_alarms
+        heart, diamond = has_heart(rgb), has_diamond(rgb)
+        positive = draw >= missed if heart or diamond else draw < false_alarms
         category = "explicit" if positive else "safe"
-        if heart and positive and draw > 0.9:
+        if (heart and positive and draw > 0.9) or (diamond and positive):
             category = "suggestive"
         return category
 

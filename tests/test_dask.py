@@ -88,7 +88,12 @@ def test_scoring_on_the_cluster_matches_scoring_here(cluster: Any, tmp_path: Pat
     head.weight.data.normal_(0, 0.01)  # scores spread around 0.5, not a constant prior
     head.bias.data.zero_()
     fp32, int8 = tmp_path / "model.onnx", tmp_path / "model.int8.onnx"
-    export_fp32(Trained(model, spec, {}), fp32, {"preprocess": spec.to_json(), "model_id": "m1"})
+    meta = {
+        "preprocess": spec.to_json(),
+        "model_id": "m1",
+        "thresholds": {"suggestive": 0.5, "explicit": 0.5},
+    }
+    export_fp32(Trained(model, spec, {}), fp32, meta)
     quantize(fp32, int8, np.stack([fit_bytes(t, spec) for t in tiles[:32]]), Recipe(), spec)
 
     settings = Settings(data_dir=tmp_path / "data", base_dir=tmp_path)
@@ -99,9 +104,9 @@ def test_scoring_on_the_cluster_matches_scoring_here(cluster: Any, tmp_path: Pat
         )
         with ws.catalog.read() as conn:
             rows = conn.execute(
-                sa.select(images.c.blob_key, model_scores.c.score).join(
-                    images, images.c.id == model_scores.c.image_id
-                )
+                sa.select(
+                    images.c.blob_key, model_scores.c.score, model_scores.c.score_suggestive
+                ).join(images, images.c.id == model_scores.c.image_id)
             ).all()
         # The same images scored here, in this process, give the same scores.
         here = Classifier(int8).classify([ws.blobs.get(r.blob_key) for r in rows])
@@ -110,3 +115,6 @@ def test_scoring_on_the_cluster_matches_scoring_here(cluster: Any, tmp_path: Pat
     theirs = np.array([r.score for r in rows])
     assert theirs.std() > 1e-3
     np.testing.assert_allclose(theirs, [h.score for h in here], atol=1e-6)
+    # The three level scores travel too (the suggestive one, stored and recomputed here).
+    stored = [r.score_suggestive for r in rows]
+    np.testing.assert_allclose(stored, [h.suggestive for h in here], atol=1e-6)

@@ -18,7 +18,7 @@ from corpus.catalog import images, models
 from corpus.workspace import open_workspace
 from spritesafe.config import TrainSettings, load_settings
 from spritesafe.preprocess import PreprocessSpec, fit
-from tests.learning import MODEL, build, coloured_corpus, labelled, noisy_responder
+from tests.learning import MODEL, build_levels, coloured_corpus, labelled, noisy_responder
 from tests.ollama_server import FakeOllama
 from training import metrics
 from training.augment import augment, hue_turn, shift
@@ -247,9 +247,13 @@ def _bits(xor: np.ndarray) -> np.ndarray:
 def test_student_learns_a_rare_concept_from_noisy_llm_labels(
     tmp_path: Path, debian_sprites: None
 ) -> None:
-    """~1,600 real sprites, 6% carry the concept; the LLM misses 10% of them, flags 1% of the
-    rest, and calls a tenth of the remainder only suggestive. Everything through the CLI."""
-    positives = build(tmp_path / "sprites", 1600, base_rate=0.06, seed=3)
+    """~1,600 real sprites: 6% carry the explicit concept (a heart), 6% the suggestive one (a
+    diamond); the LLM misses 10% of them, flags 1% of the rest as explicit, and calls a tenth
+    of the remaining hearts only suggestive. Everything through the CLI; the model learns
+    each level (three rank-consistent scores)."""
+    positives, diamonds = build_levels(
+        tmp_path / "sprites", 1600, explicit_rate=0.06, suggestive_rate=0.06, seed=3
+    )
     with FakeOllama({MODEL: "sha256:" + "1e" * 32}, responder=noisy_responder(0.1, 0.01)) as server:
         (tmp_path / "spritesafe.toml").write_text(
             f'data_dir = "data"\n[ollama]\nhosts = ["{server.url}"]\nmodel = "{MODEL}"\n'
@@ -273,12 +277,14 @@ def test_student_learns_a_rare_concept_from_noisy_llm_labels(
         )
         verdict = json.loads(gate.stdout)
         assert gate.returncode == (0 if verdict["promoted"] else 1), gate.stderr
-        assert verdict["checks"]["test"]["onnx_fp32"]["max_delta"] <= 1e-4
-        assert verdict["checks"]["test"]["onnx_int8"]["confident_flips"] <= 1
+        for level in ("suggestive", "explicit"):  # every level's score is checked
+            assert verdict["checks"][f"test/{level}"]["onnx_fp32"]["max_delta"] <= 1e-4
+            assert verdict["checks"][f"test/{level}"]["onnx_int8"]["confident_flips"] <= 1
         assert all("INT8" in reason for reason in verdict["reasons"]), verdict["reasons"]
         if verdict["promoted"]:
             heart = str(tmp_path / "sprites" / sorted(positives)[0])
-            assert json.loads(_cli("classify", heart, env=env).stdout)["score"] is not None
+            shown = json.loads(_cli("classify", heart, env=env).stdout)
+            assert shown["safe"] + shown["suggestive"] + shown["explicit"] == pytest.approx(1)
     report = json.loads(done.stdout)
     base_rate = report["base_rate"]
     assert 0.03 < base_rate < 0.12  # estimated from the audit sample, not the 20% it trains at
@@ -292,9 +298,29 @@ def test_student_learns_a_rare_concept_from_noisy_llm_labels(
     splits = {name: data[name].remove_columns("image").to_list() for name in data}
     # Against the truth (the concept is really there): the model found the hearts.
     scores = np.load(folder / "scores.npz")
-    truth = {r["image_id"]: Path(r["locator"]).name in positives for r in splits["test"]}
-    y = np.array([truth[int(i)] for i in scores["test_ids"]])
+    name = {r["image_id"]: Path(r["locator"]).name for r in splits["test"]}
+    names = [name[int(i)] for i in scores["test_ids"]]
+    y = np.array([n in positives for n in names])
     assert metrics.average_precision(y, scores["test_scores"]) > max(0.5, 5 * y.mean())
+    # Each level is learnt, against the truth. A random scorer's PR-AUC is the level's share
+    # (~6 % explicit, ~12 % at least suggestive); the floors ask for 0.5 (8x and 4x that).
+    # Then the order inside the unsafe: among hearts and diamonds (~half each), P(explicit)
+    # must rank the hearts first (random: ~0.5).
+    cumulative = scores["test_cumulative"]
+    assert (cumulative[:, 1] <= cumulative[:, 0]).all()  # rank-consistent
+    unsafe = np.array([n in positives or n in diamonds for n in names])
+    explicit_ap = metrics.average_precision(y, cumulative[:, 1])
+    suggestive_ap = metrics.average_precision(unsafe, cumulative[:, 0])
+    order_ap = metrics.average_precision(y[unsafe], cumulative[unsafe, 1])
+    print(
+        f"PR-AUC explicit {explicit_ap:.3f} (share {y.mean():.3f}), >= suggestive "
+        f"{suggestive_ap:.3f} (share {unsafe.mean():.3f}), hearts among unsafe {order_ap:.3f} "
+        f"(share {y[unsafe].mean():.3f})"
+    )
+    assert explicit_ap > max(0.5, 5 * y.mean()), explicit_ap
+    assert suggestive_ap > max(0.5, 3 * unsafe.mean()), suggestive_ap
+    assert order_ap > max(0.75, y[unsafe].mean() + 0.2), order_ap
+    assert set(report["levels"]) == {"suggestive", "explicit"}
 
     # No near-duplicate of a test image was trained on, by dedupe's own definition: both
     # hashes within their radii, between images with enough content to hash.

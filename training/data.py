@@ -8,12 +8,13 @@ images fits in memory easily; fitting to 160 px happens per batch.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from spritesafe import levels as ordinal
 from spritesafe.config import TrainSettings
 from spritesafe.decode import Rejected
 from spritesafe.preprocess import PreprocessSpec, batch, canonical_pixels, from_pixels
@@ -23,10 +24,25 @@ from training.augment import augment
 @dataclass
 class SplitData:
     pixels: list[NDArray[np.uint8]]
-    labels: NDArray[np.float32]
+    labels: NDArray[np.float32]  # the binary nsfw of the snapshot
     image_ids: NDArray[np.int64]
     clusters: list[str]
     rejected: int = 0  # records whose bytes no longer decode (counted, not fatal)
+    levels: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))  # 0..2
+
+    def __post_init__(self) -> None:
+        if not len(self.levels) and len(self.labels):
+            # Binary labels only (benchmarks, cross-validation): positives are explicit.
+            self.levels = np.where(self.labels > 0, 2, 0).astype(np.int64)
+
+    @property
+    def targets(self) -> NDArray[np.float32]:
+        """(N, 2) cumulative targets of the ordinal head: [>= suggestive, explicit]."""
+        return ordinal.targets(self.levels)
+
+    def at_least(self, level: int) -> NDArray[np.float32]:
+        """Binary labels of "at least LEVELS[level]" (level 1 or 2)."""
+        return (self.levels >= level).astype(np.float32)
 
     def __len__(self) -> int:
         return len(self.pixels)
@@ -37,9 +53,10 @@ class SplitData:
 
 
 def load_split(records: Any, spec: PreprocessSpec) -> SplitData:
-    """A `datasets` split (image bytes embedded) -> canonical pixels with labels."""
+    """A `datasets` split (image bytes embedded) -> canonical pixels with labels and levels."""
     pixels: list[NDArray[np.uint8]] = []
     labels: list[float] = []
+    levels: list[int] = []
     ids: list[int] = []
     clusters: list[str] = []
     rejected = 0
@@ -51,6 +68,7 @@ def load_split(records: Any, spec: PreprocessSpec) -> SplitData:
             rejected += 1
             continue
         labels.append(float(row["label"]))
+        levels.append(ordinal.level_of(str(row["category"])))
         ids.append(int(row["image_id"]))
         clusters.append(str(row["cluster"]))
     return SplitData(
@@ -59,6 +77,7 @@ def load_split(records: Any, spec: PreprocessSpec) -> SplitData:
         np.asarray(ids, dtype=np.int64),
         clusters,
         rejected,
+        np.asarray(levels, dtype=np.int64),
     )
 
 
@@ -68,15 +87,15 @@ def train_batches(
     config: TrainSettings,
     rng: np.random.Generator,
 ) -> Iterator[tuple[NDArray[np.float32], NDArray[np.float32]]]:
-    """One epoch of shuffled, augmented batches. The last short batch is dropped when it
-    would hold a single image (batch norm cannot train on one)."""
+    """One epoch of shuffled, augmented batches with their (N, 2) targets. The last short
+    batch is dropped when it would hold a single image (batch norm cannot train on one)."""
     order = rng.permutation(len(data))
     for start in range(0, len(order), config.batch_size):
         part = order[start : start + config.batch_size]
         if len(part) < 2:
             break
         inputs = batch([augment(data.pixels[i], spec, config, rng) for i in part])
-        yield inputs, data.labels[part]
+        yield inputs, data.targets[part]
 
 
 def resampled_batches(
@@ -102,7 +121,7 @@ def resampled_batches(
         part = np.concatenate([order[start : start + n_neg], np.asarray(pool[:n_pos])])
         del pool[:n_pos]
         inputs = batch([augment(data.pixels[i], spec, config, rng) for i in part])
-        yield inputs, data.labels[part]
+        yield inputs, data.targets[part]
 
 
 def batch_shape(config: TrainSettings) -> tuple[int, int]:

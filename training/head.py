@@ -105,8 +105,11 @@ def fit_head(
 
 
 def set_classifier(model: torch.nn.Module, head: LinearHead) -> None:
-    """Write the head into the student's classifier layer (one logit)."""
+    """Write the head into the student's classifier layer. The fit is binary (nsfw or not),
+    so both ordinal logits get it: the gap between them is closed (suggestive ~ 0)."""
     classifier = model.get_classifier()  # type: ignore[operator]
     with torch.no_grad():
         classifier.weight.copy_(head.weight.to(classifier.weight)[None])
         classifier.bias.fill_(head.bias)
+        if hasattr(classifier, "gap"):
+            classifier.gap.fill_(-10.0)  # softplus(-10) = 4.5e-5

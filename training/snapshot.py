@@ -49,7 +49,7 @@ from spritesafe.reports import as_dict
 from training.splits import SPLITS, TEST, TRAIN, VALIDATION, Item, assign_splits
 from training.splits import downsample_negatives as downsample
 
-CLASS_NAMES = ("sfw", "nsfw")  # label 0, 1: the model's single logit is P(nsfw)
+CLASS_NAMES = ("sfw", "nsfw")  # the binary label 0, 1 (the model also scores each level)
 SOURCE_RANK = {SOURCE_NONE: 0, SOURCE_TEACHER: 1, SOURCE_LLM: 2, SOURCE_HUMAN: 3}
 MANIFEST = "snapshot.json"
 

@@ -1,6 +1,7 @@
 """The train stage: a snapshot in, a checkpoint with its threshold and report out.
 
-timm MobileNetV4 (one logit), its weights from training.init (a self-supervised backbone of
+timm MobileNetV4 with the ordinal head (two logits: at least suggestive, explicit; see
+spritesafe.levels), its weights from training.init (a self-supervised backbone of
 this catalog, timm's published weights, a local checkpoint, or scratch: decided once, recorded
 in the checkpoint). Fine-tuning: channels_last, AdamW with a linear warm-up then cosine decay
 per step, bf16 autocast on a CUDA GPU. Its length is counted in optimizer steps: `epochs`,
@@ -18,6 +19,10 @@ the threshold chosen on validation mean what they will mean in production; with 
 validation positives to rank, the threshold comes from the scores' calibration at the base
 rate instead (training.metrics.prior_shift_threshold). Deterministic for a seed: each epoch's
 shuffling and augmentation come from (seed, epoch), so a resumed run continues exactly.
+
+Both logits learn from the labels' categories (safe < suggestive < explicit); the snapshot's
+binary nsfw (its positive level) drives balance, validation, early stopping and the
+deployment threshold. Each level gets its own threshold, chosen by the same rule.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import sqlalchemy as sa
 import torch
 
 from corpus.catalog import Catalog, models, recorded, snapshots, utcnow
+from spritesafe import levels as ordinal
 from spritesafe.config import Settings, TrainSettings
 from spritesafe.preprocess import PreprocessSpec
 from spritesafe.reports import as_dict
@@ -51,7 +57,13 @@ from training.data import (
     train_batches,
 )
 from training.init import Init, resolve_init
-from training.model import create_model, pick_device, predict, save_checkpoint
+from training.model import (
+    create_model,
+    pick_device,
+    predict,
+    predict_at_least,
+    save_checkpoint,
+)
 from training.snapshot import CLASS_NAMES, latest_snapshot, load_snapshot
 
 Progress = Callable[[dict[str, Any]], None]  # called with each epoch's history entry
@@ -81,9 +93,12 @@ class TrainReport:
     train_images_per_s: float = 0.0
     base_rate: float = 0.0
     trained_share: float = 0.0  # the positive share training saw (its scores' prior)
-    threshold: float = 0.5
+    threshold: float = 0.5  # the deployment decision's (the positive level's)
     threshold_met: bool = False
     threshold_rule: str = ""
+    positive_level: int = 2  # spritesafe.levels: 2 explicit, 1 suggestive counts as nsfw
+    # per level ("suggestive": at least suggestive, "explicit"): threshold, rule, metrics
+    levels: dict[str, dict[str, Any]] = field(default_factory=dict)
     selection: str = ""  # how the kept weights were chosen
     validation: dict[str, Any] = field(default_factory=dict)
     test: dict[str, Any] = field(default_factory=dict)
@@ -118,7 +133,7 @@ def train_step(
     x = x.contiguous(memory_format=memory_format)
     y = torch.from_numpy(targets).to(device, non_blocking=True)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        logits = model(x).squeeze(1)
+        logits = model(x)  # (N, 2) against cumulative targets (N, 2)
     loss = loss_fn(logits.float(), y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -250,6 +265,7 @@ def train(
         metrics={
             "validation": report.validation,
             "test": report.test,
+            "levels": report.levels,
             "base_rate": report.base_rate,
             "trained_share": report.trained_share,
         },
@@ -271,6 +287,7 @@ class _Setup:
     model: torch.nn.Module
     pos_weight: float  # the snapshot's, for the loss
     trained_share: float  # the positive share training sees
+    level_shares: tuple[float, float]  # the shares of >= suggestive and explicit it sees
     base: dict[str, Any]  # the fields every checkpoint carries
 
 
@@ -363,7 +380,11 @@ def _setup(
     # Said once (on stderr: stdout may be a JSON report); also in the checkpoint and the card.
     print(f"init: {start.describe()}", file=sys.stderr)
     report.trained_share = share
-    model = create_model(config.arch, None if resume else start, prior=share).to(device)
+    report.positive_level = 1 if "suggestive" in manifest.get("positive_categories", []) else 2
+    shares = _level_shares(train_data, share)
+    model = create_model(
+        config.arch, None if resume else start, prior=shares, positive_level=report.positive_level
+    ).to(device)
     base = {
         "arch": config.arch,
         "preprocess": spec.to_json(),
@@ -375,8 +396,26 @@ def _setup(
         "init": start.as_dict(),
         "head_only": report.head_only,
         "trained_share": share,
+        "positive_level": report.positive_level,
+        "levels": list(ordinal.LEVELS),
     }
-    return _Setup(device, spec, train_data, val_data, test_data, model, pos_weight, share, base)
+    return _Setup(
+        device, spec, train_data, val_data, test_data, model, pos_weight, share, shares, base
+    )
+
+
+def _level_shares(data: SplitData, share: float) -> tuple[float, float]:
+    """The shares of >= suggestive and of explicit training sees, when its positives (the
+    binary nsfw) are seen at `share`: each level's rate among positives and negatives,
+    mixed at that share. Clipped away from 0 and 1 (they start the head's biases)."""
+    out = []
+    positive = data.labels > 0
+    for level in (1, 2):
+        hit = data.levels >= level
+        among_pos = float(hit[positive].mean()) if positive.any() else 0.0
+        among_neg = float(hit[~positive].mean()) if (~positive).any() else 0.0
+        out.append(min(max(share * among_pos + (1 - share) * among_neg, 1e-4), 1 - 1e-4))
+    return out[0], out[1]
 
 
 def _finish(
@@ -395,11 +434,28 @@ def _finish(
     val_data, test_data = setup.val_data, setup.test_data
     best = torch.load(folder / "best.pt", map_location=device, weights_only=False)
     model.load_state_dict(best["state_dict"])
-    val_scores = predict(model, eval_batches(val_data, spec), device)
-    test_scores = predict(model, eval_batches(test_data, spec), device)
-    report.threshold, report.threshold_met, report.threshold_rule = _threshold(
-        config, val_data, val_scores, setup.trained_share, report.base_rate
-    )
+    val_cum = predict_at_least(model, eval_batches(val_data, spec), device)
+    test_cum = predict_at_least(model, eval_batches(test_data, spec), device)
+    column = report.positive_level - 1
+    val_scores, test_scores = val_cum[:, column], test_cum[:, column]
+    for level, name in enumerate(ordinal.CUMULATIVE, start=1):
+        positive = level == report.positive_level
+        val_y, test_y = val_data.at_least(level), test_data.at_least(level)
+        # The deployment level's base rate is the snapshot's (the audit's); the other's is
+        # what validation, drawn at that rate, holds.
+        base_rate = report.base_rate if positive else float(val_y.mean()) if len(val_y) else 0
+        threshold, met, rule = _threshold(
+            config, val_y, val_cum[:, level - 1], setup.level_shares[level - 1], base_rate
+        )
+        report.levels[name] = {
+            "threshold": threshold,
+            "threshold_met": met,
+            "threshold_rule": rule,
+            "validation": _level_summary(val_y, val_cum[:, level - 1], threshold),
+            "test": _level_summary(test_y, test_cum[:, level - 1], threshold),
+        }
+        if positive:
+            report.threshold, report.threshold_met, report.threshold_rule = threshold, met, rule
     report.validation = _summary(val_data, val_scores, report.threshold)
     report.test = _summary(test_data, test_scores, report.threshold)
     final = setup.base | {
@@ -407,6 +463,8 @@ def _finish(
         "epoch": report.best_epoch,
         "threshold": report.threshold,
         "threshold_rule": report.threshold_rule,
+        "thresholds": {name: part["threshold"] for name, part in report.levels.items()},
+        "levels_metrics": report.levels,
         "metrics": {"validation": report.validation, "test": report.test},
         "history": history,
     }
@@ -424,6 +482,11 @@ def _finish(
         val_scores=val_scores,
         test_ids=test_data.image_ids,
         test_scores=test_scores,
+        # (N, 2) P(>= suggestive), P(explicit), and the labels' levels (the error gallery)
+        val_cumulative=val_cum,
+        val_levels=val_data.levels,
+        test_cumulative=test_cum,
+        test_levels=test_data.levels,
     )
     shutil.copyfile(snapshot_path / "snapshot.json", folder / "snapshot.json")
 
@@ -523,7 +586,7 @@ def _optimization(setup: _Setup, config: TrainSettings, balance: str) -> _Optimi
     ema = copy.deepcopy(setup.model) if config.ema_decay else None
     # The loss weighs positives by the snapshot's pos_weight (the class ratio for "weights").
     loss_fn = torch.nn.BCEWithLogitsLoss(
-        pos_weight=torch.tensor(setup.pos_weight, device=setup.device)
+        pos_weight=torch.full((2,), setup.pos_weight, device=setup.device)
     )
     return _Optimization(
         optimizer,
@@ -682,29 +745,40 @@ def _checkpoint(
 
 def _threshold(
     config: TrainSettings,
-    val_data: SplitData,
+    val_y: np.ndarray[Any, Any],
     val_scores: np.ndarray[Any, Any],
     trained_share: float,
     base_rate: float,
 ) -> tuple[float, bool, str]:
-    """(threshold, target met on validation, the rule as words)."""
+    """(threshold, target met on validation, the rule as words) for binary labels `val_y`."""
     rule = f"{config.threshold_for} >= {config.threshold_target}"
-    if val_data.positives >= config.min_val_positives or config.threshold_for != "precision":
+    positives = int(np.sum(val_y))
+    if positives >= config.min_val_positives or config.threshold_for != "precision":
         threshold, met = metrics.choose_threshold(
-            val_data.labels, val_scores, config.threshold_for, config.threshold_target
+            val_y, val_scores, config.threshold_for, config.threshold_target
         )
         return threshold, met, f"{rule} on validation"
     threshold = metrics.prior_shift_threshold(trained_share, base_rate, config.threshold_target)
-    met = metrics.at_threshold(val_data.labels, val_scores, threshold).precision >= (
-        config.threshold_target
-    )
+    met = metrics.at_threshold(val_y, val_scores, threshold).precision >= (config.threshold_target)
     return (
         threshold,
         met,
         f"{rule} by calibration: posterior at base rate {base_rate:.4f} >= "
-        f"{config.threshold_target} (validation has {val_data.positives} positives, fewer "
+        f"{config.threshold_target} (validation has {positives} positives, fewer "
         f"than {config.min_val_positives} to rank)",
     )
+
+
+def _level_summary(
+    labels: np.ndarray[Any, Any], scores: np.ndarray[Any, Any], threshold: float
+) -> dict[str, Any]:
+    """One level's figures on a split (labels: at least that level)."""
+    return {
+        "images": len(labels),
+        "positives": int(np.sum(labels)),
+        "pr_auc": metrics.average_precision(labels, scores) if np.any(labels) else None,
+        "at_threshold": metrics.at_threshold(labels, scores, threshold).as_dict(),
+    }
 
 
 def _summary(data: SplitData, scores: np.ndarray[Any, Any], threshold: float) -> dict[str, Any]:
