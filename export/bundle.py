@@ -5,9 +5,9 @@ INT8 model and its metadata, copied into one folder a web server can serve as is
     web/spritesafe.js   the ES module (preprocessing, coalescing, worker or main thread)
     web/worker.js       the Web Worker
     web/ort/            ort.wasm.min.mjs, ort-wasm-simd-threaded.{mjs,wasm}
-    web/model.int8.onnx web/model.json (preprocessing spec, threshold, class names, model id)
+    web/model.int8.onnx web/model.json (preprocessing spec, levels, thresholds, model id)
     web/model.js        the same model embedded as base64 (only with embed=True)
-    web/index.html      a demo page: drop images, see scores
+    web/index.html      a demo page: drop images, see the three scores under a policy
 """
 
 from __future__ import annotations
@@ -21,30 +21,108 @@ from typing import Any
 import onnx
 
 from export.onnx import PIXELS, read_metadata
+from spritesafe.levels import LEVELS
 
 SOURCE = Path(__file__).parent / "web"
 RUNTIME = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
 
+# The "tag, not filter" pattern: the model only scores; the page's policy decides what a
+# flagged image looks like. The policy stays in the page (no form, no URL, no history).
 DEMO = """<!doctype html>
 <meta charset="utf-8">
 <title>spritesafe</title>
-<style>img { image-rendering: pixelated; width: 96px; } li { list-style: none; margin: 4px }</style>
-<p>Drop pixel art here (or pick files): <input type="file" id="files" multiple accept="image/*"></p>
+<style>
+  body { font: 14px system-ui, sans-serif; margin: 1em }
+  fieldset { display: inline-block; vertical-align: top; margin: 0 1em 1em 0 }
+  input[type=range] { vertical-align: middle }
+  #out { display: flex; flex-wrap: wrap; gap: 12px; padding: 0 }
+  #out li { list-style: none; width: 128px; font-size: 12px; white-space: pre-line }
+  .frame { width: 128px; height: 128px; overflow: hidden; background: #ddd;
+           display: grid; place-items: center }
+  .frame img { width: 128px; height: 128px; object-fit: contain; image-rendering: pixelated }
+  .note { display: none; color: #555 }
+  /* Never drawn before its scores are known, nor when hidden or unreadable. */
+  .pending img, .hidden img, .error img { display: none }
+  .hidden .note { display: block }
+  .blurred img { filter: blur(12px); cursor: pointer }
+</style>
+<h1>spritesafe</h1>
+<p>Scores are tags, not verdicts: this page's policy decides what to show.
+Drop pixel art here (or pick files):
+<input type="file" id="files" multiple accept="image/*"> <span id="status">loading</span></p>
+<fieldset><legend>flagged images</legend>
+  <label><input type="radio" name="mode" value="off" autocomplete="off"> off: show</label>
+  <label><input type="radio" name="mode" value="blur" autocomplete="off" checked>
+    blur: click to reveal</label>
+  <label><input type="radio" name="mode" value="hide" autocomplete="off"> hide</label>
+</fieldset>
+<fieldset><legend>flag when</legend>
+  <label>explicit &gt; <input type="range" id="explicit" min="0" max="1" step="0.001"
+    value="0.5" autocomplete="off"> <output id="explicit-value">0.500</output></label><br>
+  <label>or suggestive &gt; <input type="range" id="suggestive" min="0" max="1" step="0.001"
+    value="0.7" autocomplete="off"> <output id="suggestive-value">0.700</output></label>
+</fieldset>
 <ul id="out"></ul>
 <script type="module">
   import { createClassifier } from './spritesafe.js';
+  const $ = (id) => document.getElementById(id);
   const clf = await createClassifier();
-  async function show(files) {
-    await Promise.all([...files].map(async (file) => {
-      const r = await clf.classify(file);
-      const li = document.createElement('li');
-      li.innerHTML = `<img src="${URL.createObjectURL(file)}"> ${r.label} ${r.score.toFixed(3)}`;
-      document.getElementById('out').append(li);
-    }));
+  $('status').textContent = 'ready';
+
+  // Re-applied to every shown image on any change: the scores are kept, never recomputed.
+  function apply(li) {
+    const r = li.result;
+    if (!r) return;
+    const mode = document.querySelector('input[name=mode]:checked').value;
+    const flagged = r.explicit > +$('explicit').value || r.suggestive > +$('suggestive').value;
+    li.dataset.flagged = flagged;
+    if (!flagged || mode === 'off' || (mode === 'blur' && li.revealed)) li.className = 'shown';
+    else li.className = mode === 'blur' ? 'blurred' : 'hidden';
   }
-  document.getElementById('files').onchange = (e) => show(e.target.files);
-  document.body.ondragover = (e) => e.preventDefault();
-  document.body.ondrop = (e) => { e.preventDefault(); show(e.dataTransfer.files); };
+  const applyAll = () => [...$('out').children].forEach(apply);
+
+  function show(files) {
+    for (const file of files) {
+      const li = document.createElement('li');
+      li.className = 'pending';
+      li.dataset.name = file.name;
+      li.innerHTML = '<div class="frame"><img alt=""><span class="note">hidden</span></div>'
+        + '<span class="scores">classifying</span>';
+      li.querySelector('img').src = URL.createObjectURL(file);
+      li.querySelector('.frame').onclick = () => {
+        if (li.className === 'blurred') { li.revealed = true; apply(li); }
+      };
+      $('out').append(li);
+      clf.classify(file).then((r) => {
+        li.result = r;
+        li.dataset.label = r.label;
+        li.querySelector('.scores').textContent = `${file.name}: ${r.label}
+          safe ${r.safe.toFixed(3)}
+          suggestive ${r.suggestive.toFixed(3)}
+          explicit ${r.explicit.toFixed(3)}`;
+        apply(li);
+      }, (error) => {
+        li.className = 'error';
+        li.querySelector('.scores').textContent = `${file.name}: ${error.message}`;
+      });
+    }
+  }
+
+  for (const radio of document.querySelectorAll('input[name=mode]')) {
+    radio.onchange = () => {
+      for (const li of $('out').children) li.revealed = false; // a new mode starts afresh
+      applyAll();
+    };
+  }
+  for (const id of ['explicit', 'suggestive']) {
+    $(id).oninput = () => {
+      $(`${id}-value`).textContent = Number($(id).value).toFixed(3);
+      applyAll();
+    };
+  }
+  $('files').onchange = (e) => show(e.target.files);
+  document.ondragover = (e) => e.preventDefault();
+  document.ondrop = (e) => { e.preventDefault(); show(e.dataTransfer.files); };
 </script>
 """
 
@@ -54,13 +132,20 @@ class BundleError(RuntimeError):
 
 
 def web_metadata(model: Path) -> dict[str, Any]:
+    """model.json: what spritesafe.js needs to turn the two logits into scores and a label."""
     meta = read_metadata(model)
+    if "thresholds" not in meta:
+        raise BundleError(
+            f"{model} was exported before three-level scores: export it again (`spritesafe export`)"
+        )
     spec = meta["preprocess"]
     return {
         "model_id": meta.get("model_id"),
         "preprocess": json.loads(spec) if isinstance(spec, str) else spec,
-        "threshold": meta.get("threshold", 0.5),
-        "class_names": meta.get("class_names", ["sfw", "nsfw"]),
+        "levels": meta.get("levels", list(LEVELS)),
+        "thresholds": meta["thresholds"],  # per cumulative level: the label's
+        "positive_level": meta.get("positive_level", 2),  # score = P(>= levels[this])
+        "threshold": meta.get("threshold", 0.5),  # the deployment's, for `nsfw`
         "snapshot_id": meta.get("snapshot_id"),
     }
 

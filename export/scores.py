@@ -53,7 +53,9 @@ def score_chunk(model: str, threads: int, images_: list[bytes]) -> list[Scores |
     an executor runs."""
     clf = _classifier(model, Path(model).stat().st_mtime_ns, threads)
     return [
-        None if r.score is None else (r.score, r.safe or 0.0, r.suggestive or 0.0, r.explicit or 0.0)
+        None
+        if r.score is None
+        else (r.score, r.safe or 0.0, r.suggestive or 0.0, r.explicit or 0.0)
         for r in clf.classify(images_)
     ]
 

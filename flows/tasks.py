@@ -8,6 +8,7 @@ label talk to the network and retry; they have no key (see flows/keys.py for why
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -181,7 +182,29 @@ def train_task(config: str | None, overrides: dict[str, Any], snapshot_id: str) 
         report.base_rate,
         report.threshold,
     )
+    _errors_artifact(report.model_id, Path(report.path))
     return summary
+
+
+def _errors_artifact(model_id: str, folder: Path) -> None:
+    """The test split's error gallery (blurred where the label is unsafe) as a Markdown
+    artifact, its sheets embedded as data: URIs (Prefect's UI renders them; it cannot reach
+    this machine's files), and their paths on this machine."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from training.gallery import SECTION, SHEETS, embed_images
+
+    section = folder / SECTION
+    if not section.is_file():
+        return
+    paths = [f"`{folder / name}`" for name in SHEETS.values() if (folder / name).is_file()]
+    create_markdown_artifact(
+        markdown=f"# Training {model_id}\n\n"
+        + embed_images(section.read_text(), folder)
+        + (f"\nSheets on the training machine: {', '.join(paths)}\n" if paths else ""),
+        key="spritesafe-training-errors",
+        description="the test split's most confident false positives and false negatives",
+    )
 
 
 @task(name="export", cache_key_fn=keys.export, persist_result=True)

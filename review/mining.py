@@ -62,6 +62,8 @@ REASONS = (
     "near_threshold",
     "screen_miss",
     "audit",
+    "audit_fp",  # spritesafe audit --queue: a model's errors on a held-out split
+    "audit_fn",
 )
 
 
@@ -150,7 +152,7 @@ def mine(
             crossed=crossed,
         )
         report.llm_error_rates = found.llm_error_rates
-        _write(catalog, model_id, found.queue, report)
+        write_queue(catalog, model_id, found.queue, report)
     return report
 
 
@@ -192,7 +194,7 @@ def _read(
     return dict(by_image), scores, passed, info or {}
 
 
-def _write(
+def write_queue(
     catalog: Catalog, model_id: str, queue: dict[str, list[Entry]], report: MineReport
 ) -> None:
     """Insert the queue rows (an (image, reason) pair already queued is left alone); count the

@@ -561,12 +561,13 @@ def export_command(
         _json(report.as_dict() | {"web": str(bundle)})
         return
     for attempt in report.tried:
-        check = attempt["validation"]
         verdict = "; ".join(attempt["reasons"]) or "meets the INT8 limits"
-        out.print(
-            f"  {attempt['recipe']['name']}: validation max |Δp| {check['max_delta']:.4f}, "
-            f"flips {check['flips']} ({check['confident_flips']} confident): {verdict}"
+        levels = ", ".join(
+            f"{level} max |Δp| {check['max_delta']:.4f}, flips {check['flips']} "
+            f"({check['confident_flips']} confident)"
+            for level, check in attempt["validation"].items()
         )
+        out.print(f"  {attempt['recipe']['name']}: validation {levels}: {verdict}")
     out.print(
         f"exported {report.model_id}: INT8 {report.recipe['name']}, "
         f"{report.size_bytes / 1e6:.2f} MB ({report.size_gzip / 1e6:.2f} MB gzipped; FP32 "
@@ -626,7 +627,8 @@ def classify_command(
         Path | None, typer.Option(help="an exported .onnx (default: the promoted model)")
     ] = None,
 ) -> None:
-    """Print one JSON line per image: name, P(nsfw), label at the model's threshold."""
+    """Print one JSON line per image: name, the safe / suggestive / explicit scores, the
+    label at the model's thresholds, P(nsfw) and its decision."""
     from export.classify import Classifier, Result
     from export.stage import ExportError, promoted_model
 
@@ -771,6 +773,55 @@ def verify_positives_command(
         f"{report.disagreements} disagreements (`spritesafe disagreements` queues the likely "
         "label errors)"
     )
+
+
+@app.command("audit")
+def audit_command(
+    model_id: Annotated[
+        str | None,
+        typer.Argument(help="trained model id or prefix (default: the promoted, else the latest)"),
+    ] = None,
+    config: ConfigOpt = None,
+    split: Annotated[str, typer.Option(help="test or validation")] = "test",
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", help="folder to write into (default: <model folder>/audit-SPLIT)"),
+    ] = None,
+    reveal: Annotated[
+        bool, typer.Option("--reveal", help="draw images labelled unsafe unblurred in the sheets")
+    ] = False,
+    queue: Annotated[
+        bool, typer.Option("--queue", help="queue the errors for review (audit_fp, audit_fn)")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write every image of a held-out split the model gets wrong at its threshold (files,
+    errors.csv, contact sheets of the most confident false positives and negatives)."""
+    from review.audit import AuditError, audit
+
+    settings = _settings(config)
+    with _workspace(settings, AuditError, FileNotFoundError, failure="cannot audit") as workspace:
+        report = audit(
+            workspace.catalog, settings, model_id, split, out_dir, reveal=reveal, queue=queue
+        )
+    if as_json:
+        _json(report.as_dict())
+        return
+    out.print(
+        f"model {report.model_id}, {report.split} split ({report.images} images) at threshold "
+        f"{report.threshold:.4f}: false positives {report.false_positives}, false negatives "
+        f"{report.false_negatives}"
+        + (f", {report.unreadable} unreadable" if report.unreadable else "")
+    )
+    for kind, path in report.sheets.items():
+        out.print(f"{kind} sheet: {path}" + ("" if report.revealed else " (unsafe labels blurred)"))
+    out.print(f"errors: {report.csv}")
+    if queue:
+        new = ", ".join(f"{reason} {n}" for reason, n in report.queued.items())
+        decided = (
+            f"; {report.human_decided} already decided by people" if report.human_decided else ""
+        )
+        out.print(f"queued for review: {new}{decided}; `spritesafe review` to go through them")
 
 
 @app.command("review")

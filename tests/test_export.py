@@ -25,7 +25,7 @@ from PIL import Image
 from corpus.catalog import exports
 from corpus.workspace import open_workspace
 from export.classify import Classifier
-from export.onnx import OUTPUT, PIXELS, read_metadata, run, session
+from export.onnx import OUTPUT, PIXELS, feed, read_metadata, run, session
 from export.quantize import equalize
 from export.stage import INT8_NAME, export_model, verify_model
 from spritesafe.config import Settings
@@ -43,7 +43,7 @@ SPRITESAFE = str(Path(sys.executable).with_name("spritesafe"))
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """A tiny trained model (64 px, 3 epochs) on a labelled generated corpus."""
     tmp = tmp_path_factory.mktemp("export")
-    folder = coloured_corpus(tmp, positives=40, negatives=200)
+    folder = coloured_corpus(tmp, positives=40, negatives=200, grey=30)
     settings, server = labelled(
         tmp,
         folder,
@@ -77,17 +77,34 @@ def test_export_verify_promote(trained: Settings) -> None:
         # Where the weights started travels with the file (offline: no backbone, no timm).
         assert meta["init"]["kind"] == "scratch" and meta["head_only"] is False
         assert {"snapshot_id", "rubric_version", "class_names", "metrics"} <= set(meta)
-        # The INT8 file takes the fitted pixels as RGBA bytes; any batch size runs.
+        # A threshold per level, each with its rule; the deployment's is its positive level's.
+        assert meta["levels"] == ["safe", "suggestive", "explicit"] and meta["positive_level"] == 2
+        assert meta["thresholds"] == checkpoint.thresholds and set(meta["thresholds"]) == {
+            "suggestive",
+            "explicit",
+        }
+        assert meta["thresholds"]["explicit"] == meta["threshold"]
+        assert set(meta["threshold_rules"]) == {"suggestive", "explicit"}
+        # The INT8 file takes the fitted pixels as RGBA bytes; any batch size runs; its two
+        # outputs stay in order (P(explicit) <= P(>= suggestive)) before any capping.
         (pixels,) = onnx.load(str(folder / INT8_NAME)).graph.input
         assert pixels.name == PIXELS and pixels.type.tensor_type.elem_type == onnx.TensorProto.UINT8
-        x = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
-        assert run(session(folder / INT8_NAME), x, checkpoint.spec).shape == (3,)
+        x = np.random.default_rng(0).integers(0, 256, (64, 64, 64, 3), dtype=np.uint8)
+        assert run(session(folder / INT8_NAME), x, checkpoint.spec).shape == (64, 2)
+        for name in (INT8_NAME, "model.onnx"):
+            sess = session(folder / name)
+            (logits,) = sess.run([OUTPUT], feed(sess, x, checkpoint.spec))
+            assert logits.shape == (64, 2) and (logits[:, 1] <= logits[:, 0]).all()
+            assert np.ptp(logits[:, 0]) > 0  # the outputs differ: the check compares something
         assert exported.size_bytes < (folder / "model.onnx").stat().st_size / 2
 
         verified = verify_model(ws.catalog, ws.blobs, settings)
         assert verified.passed and verified.promoted, verified.reasons
-        f32 = verified.checks["test"]["onnx_fp32"]
-        assert f32["max_delta"] <= 1e-4 and f32["flips"] == 0
+        # The gate checked every level's score; ONNX FP32 equals torch on each.
+        assert set(verified.checks) == {"test/suggestive", "test/explicit"}
+        for check in verified.checks.values():
+            f32 = check["onnx_fp32"]
+            assert f32["max_delta"] <= 1e-4 and f32["flips"] == 0
         with ws.catalog.read() as conn:
             assert conn.execute(sa.select(exports.c.status)).scalar_one() == "promoted"
     deployed = settings.deploy_path
@@ -95,12 +112,13 @@ def test_export_verify_promote(trained: Settings) -> None:
     card = (deployed / "card.md").read_text()
     assert exported.model_id in card and "tags, not verdicts" in card
     assert "## Initialisation" in card and "Weights started from scratch" in card
+    assert "| >= suggestive |" in card and "| explicit |" in card  # metrics per level
     assert json.loads((deployed / "card.json").read_text())["data"]["labelers"]
     assert json.loads((deployed / "card.json").read_text())["init"]["kind"] == "scratch"
 
 
 def _invert_output(path: Path) -> None:
-    """A deliberately broken model: the logit's sign flipped just before the output."""
+    """A deliberately broken model: the logits' signs flipped just before the output."""
     proto = onnx.load(str(path))
     graph = proto.graph
     last = next(n for n in graph.node if OUTPUT in n.output)
@@ -233,9 +251,16 @@ def test_classify_api_takes_bytes_paths_and_images(model_path: Path, tmp_path: P
     results = clf.classify([data, tmp_path / "a.png", str(tmp_path / "a.png"), image, b"junk"])
     scores = [r.score for r in results[:4]]
     assert scores[0] is not None and all(s == pytest.approx(scores[0], abs=1e-6) for s in scores)
-    expected = run(session(model_path), fit_bytes(data, clf.spec)[None], clf.spec)[0]
-    assert scores[0] == pytest.approx(float(expected), abs=1e-6)
-    assert results[0].label in ("sfw", "nsfw") and results[1].name.endswith("a.png")
+    cumulative = run(session(model_path), fit_bytes(data, clf.spec)[None], clf.spec)[0]
+    assert scores[0] == pytest.approx(float(cumulative[1]), abs=1e-6)  # P(nsfw) = P(explicit)
+    first = results[0]
+    assert first.safe is not None and first.suggestive is not None and first.explicit is not None
+    assert first.safe + first.suggestive + first.explicit == pytest.approx(1.0, abs=1e-12)
+    assert first.explicit == pytest.approx(float(cumulative[1]), abs=1e-12)
+    assert first.safe == pytest.approx(1 - float(cumulative[0]), abs=1e-12)
+    assert min(first.safe, first.suggestive, first.explicit) >= 0
+    assert first.nsfw == (first.score >= clf.threshold)
+    assert first.label in ("safe", "suggestive", "explicit") and results[1].name.endswith("a.png")
     assert results[4].score is None and results[4].error and "not_an_image" in results[4].error
 
 
@@ -251,7 +276,7 @@ def test_classify_needs_no_torch(model_path: Path, tmp_path: Path) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1]
     )
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["label"] in ("sfw", "nsfw")
+    assert json.loads(done.stdout)["label"] in ("safe", "suggestive", "explicit")
 
 
 @pytest.fixture
@@ -294,7 +319,9 @@ def test_classify_command_prints_json_lines(
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     by_name = {Path(r["name"]).name: r for r in lines}
     assert set(by_name) == {"a.png", "b.png", "notes.txt", "c.png", "missing.png"}
-    assert by_name["c.png"]["label"] in ("sfw", "nsfw") and by_name["c.png"]["error"] is None
+    c = by_name["c.png"]
+    assert c["label"] in ("safe", "suggestive", "explicit") and c["error"] is None
+    assert c["safe"] + c["suggestive"] + c["explicit"] == pytest.approx(1.0)
     assert by_name["notes.txt"]["score"] is None and by_name["notes.txt"]["error"]
     assert by_name["missing.png"]["error"]
     assert all(r["model_id"] == lines[0]["model_id"] for r in lines)
@@ -311,8 +338,10 @@ PARITY_PAGE = Path(__file__).with_name("web_parity.html")  # NAMES is filled in
 
 
 def _parity_images(folder: Path) -> list[Path]:
-    """Real sprites, an upscaled one (grid reduction), a half-transparent one (compositing)."""
+    """Real sprites, an upscaled one (grid reduction), a half-transparent one (compositing),
+    and a red and a grey one like the training corpus's (explicit, suggestive)."""
     from tests.helpers import real_tiles, upscale
+    from tests.learning import GREY, RED
 
     folder.mkdir(parents=True, exist_ok=True)
     tiles = real_tiles(6, seed=9)
@@ -332,6 +361,12 @@ def _parity_images(folder: Path) -> list[Path]:
     big[..., 3] = 255
     paths.append(folder / "big.png")
     paths[-1].write_bytes(png(big))
+    for name, colour in (("red", RED), ("grey", GREY)):
+        tile = sprite(rng, 16, colors=6)
+        tile[..., 3] = 255
+        tile[2:14, 2:14, :3] = colour
+        paths.append(folder / f"{name}.png")
+        paths[-1].write_bytes(png(tile))
     return paths
 
 
@@ -345,9 +380,14 @@ def _check_parity(results: list[dict[str, object]], model_path: Path) -> None:
         expected_input = rgba(fit_bytes(data, clf.spec)).reshape(-1)
         got = np.frombuffer(base64.b64decode(str(r["input"])), dtype=np.uint8)
         assert np.array_equal(got, expected_input), f"{path.name}: input tensors differ"
-        expected = clf.classify([data])[0].score
-        assert expected is not None
-        assert abs(float(str(r["score"])) - expected) <= 1e-4, path.name
+        expected = clf.classify([data])[0].as_dict()
+        for key in ("safe", "suggestive", "explicit", "score"):
+            assert abs(float(str(r[key])) - expected[key]) <= 1e-4, (path.name, key)
+        # The label too, unless a score sits within the tolerance of its threshold.
+        cumulative = {"suggestive": 1 - expected["safe"], "explicit": expected["explicit"]}
+        if all(abs(cumulative[k] - t) > 1e-4 for k, t in clf.thresholds.items()):
+            assert r["label"] == expected["label"], path.name
+        assert r["nsfw"] == expected["nsfw"] or abs(expected["score"] - clf.threshold) <= 1e-4
 
 
 @pytest.fixture
@@ -368,7 +408,7 @@ def test_web_bundle_matches_python_in_node(bundle: Path, model_path: Path, tmp_p
     )
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
-    assert out["where"] == "main thread" and out["batches"] == 1  # seven calls, one batch
+    assert out["where"] == "main thread" and out["batches"] == 1  # nine calls, one batch
     _check_parity(out["results"], model_path)
 
 
@@ -407,7 +447,8 @@ def test_web_bundle_matches_python_in_chromium(
     for r in out["results"]:
         r["name"] = str(site / "images" / r["name"])
     _check_parity(out["results"], model_path)
-    assert abs(out["embedded"] - out["results"][0]["score"]) <= 1e-6  # base64 model: same answer
+    for key in ("safe", "suggestive", "explicit"):  # the base64 model: the same answer
+        assert abs(out["embedded"][key] - out["results"][0][key]) <= 1e-6
     assert shot.stat().st_size > 1000
 
 

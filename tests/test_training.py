@@ -257,7 +257,7 @@ def test_student_learns_a_rare_concept_from_noisy_llm_labels(
     with FakeOllama({MODEL: "sha256:" + "1e" * 32}, responder=noisy_responder(0.1, 0.01)) as server:
         (tmp_path / "spritesafe.toml").write_text(
             f'data_dir = "data"\n[ollama]\nhosts = ["{server.url}"]\nmodel = "{MODEL}"\n'
-            "[train]\nepochs = 8\nmin_steps = 0\npatience = 8\n"
+            "[train]\nepochs = 16\nmin_steps = 0\npatience = 8\n"
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("SPRITESAFE_")}
         env["SPRITESAFE_CONFIG"] = str(tmp_path / "spritesafe.toml")

@@ -59,7 +59,6 @@ class OrdinalLinear(torch.nn.Linear):
             # softplus(gap) = z1 - z2 > 0
             self.gap.fill_(math.log(math.expm1(max(z1 - z2, 1e-4))))
 
-
     def as_linear(self) -> torch.nn.Linear:
         """The same function as one Linear with two outputs (rows w, w; biases b, b - softplus
         (gap)): a single Gemm in ONNX, and in INT8 both rows share their quantized weights, so

@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from training import metrics
+from spritesafe.preprocess import PreprocessSpec
+from training import gallery, metrics
 
 Scored = tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]  # labels, scores
 
@@ -26,7 +27,12 @@ def write_report(
     history: list[dict[str, Any]],
     validation: Scored,
     test: Scored,
+    snapshot: Path | None = None,
+    spec: PreprocessSpec | None = None,
 ) -> None:
+    """report.json, the plots and report.md into the model `folder`. With the `snapshot`
+    folder and the model's `spec`, after the folder's scores.npz is written: also the test
+    split's error gallery (training.gallery), blurred, as gallery.SECTION and in report.md."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display needed
@@ -90,7 +96,30 @@ def write_report(
     fig.savefig(folder / "calibration.png", dpi=100)
     plt.close(fig)
 
-    (folder / "report.md").write_text(_markdown(summary, history))
+    text = _markdown(summary, history)
+    if snapshot is not None and spec is not None:
+        section = _gallery(folder, summary, snapshot, spec)
+        (folder / gallery.SECTION).write_text(section)
+        text += "\n" + section
+    (folder / "report.md").write_text(text)
+
+
+def _gallery(folder: Path, summary: dict[str, Any], snapshot: Path, spec: PreprocessSpec) -> str:
+    """Draw the test split's error sheets into `folder`; their Markdown section."""
+    from training.snapshot import TEST, load_snapshot
+
+    data, _ = load_snapshot(snapshot)
+    with np.load(folder / "scores.npz") as scores:
+        drawn = gallery.draw_gallery(
+            scores,
+            TEST,
+            data[TEST],
+            spec,
+            float(summary["threshold"]),
+            int(summary.get("positive_level", 2)),
+            folder,
+        )
+    return gallery.markdown(drawn, str(summary["model_id"]))
 
 
 def _markdown(summary: dict[str, Any], history: list[dict[str, Any]]) -> str:

@@ -469,13 +469,6 @@ def _finish(
         "history": history,
     }
     save_checkpoint(folder / "model.pt", final)
-    write_report(
-        folder,
-        report.as_dict(),
-        history,
-        (val_data.labels, val_scores),
-        (test_data.labels, test_scores),
-    )
     np.savez_compressed(
         folder / "scores.npz",
         val_ids=val_data.image_ids,
@@ -489,6 +482,15 @@ def _finish(
         test_levels=test_data.levels,
     )
     shutil.copyfile(snapshot_path / "snapshot.json", folder / "snapshot.json")
+    write_report(  # after scores.npz: the error gallery is drawn from it
+        folder,
+        report.as_dict(),
+        history,
+        (val_data.labels, val_scores),
+        (test_data.labels, test_scores),
+        snapshot=snapshot_path,
+        spec=spec,
+    )
 
 
 def _fit_head(

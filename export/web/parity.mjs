@@ -1,6 +1,6 @@
 // Node side of the parity test and the browser-path benchmark: runs the built bundle's
 // spritesafe.js on onnxruntime-web (WASM, this thread) over PNG files.
-//   node parity.mjs BUNDLE_DIR FILE.png...        -> JSON: inputs (base64 RGBA uint8), scores
+//   node parity.mjs BUNDLE_DIR FILE.png...        -> JSON: inputs (base64 RGBA uint8), results
 //   node parity.mjs --bench BUNDLE_DIR FILE.png   -> JSON: ms per image at batch 1
 import { readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
@@ -41,8 +41,7 @@ if (bench) {
     results: files.map((name, i) => ({
       name,
       input: Buffer.from(inputs[i].buffer).toString('base64'),
-      score: results[i].score,
-      label: results[i].label,
+      ...results[i],
     })),
   }));
 }

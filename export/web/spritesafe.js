@@ -1,12 +1,19 @@
-// spritesafe in the browser (and Node): P(nsfw) for pixel art with the exported INT8 model on
-// onnxruntime-web (WASM). The preprocessing is a line-by-line port of spritesafe/preprocess.py
-// and corpus/canonical.py (Pillow's BOX filter included); a test runs both on the same images
-// and requires identical tensors. (A browser canvas may round semi-transparent colours by a
+// spritesafe in the browser (and Node): three ordered scores for pixel art (safe, suggestive,
+// explicit; they sum to 1) with the exported INT8 model on onnxruntime-web (WASM). Scores are
+// tags, not verdicts: the page applies its own policy (see the demo, index.html). The model
+// outputs two logits, at least suggestive and explicit; `levels` turns them into the scores
+// exactly as spritesafe/levels.py does. The preprocessing is a line-by-line port of
+// spritesafe/preprocess.py and corpus/canonical.py (Pillow's BOX filter included); a test runs
+// both on the same images and requires identical tensors and scores. (A browser canvas may round semi-transparent colours by a
 // level where Python does not; opaque and fully transparent pixels are exact.)
 //
 //   import { createClassifier } from './spritesafe.js';
 //   const clf = await createClassifier();                 // model.json + model.int8.onnx beside
-//   const { score, label } = await clf.classify(imgElementOrBlobOrImageData);
+//   const r = await clf.classify(imgElementOrBlobOrImageData);
+//   // r.safe, r.suggestive, r.explicit: the three scores;
+//   // r.label: the highest level whose "at least" score reaches its threshold (model.json);
+//   // r.score: P(nsfw) at the deployment's positive level, r.nsfw: score >= threshold.
+//   if (r.explicit > 0.5 || r.suggestive > 0.7) blur(img);      // a policy of your own
 //
 // Calls made within `batchWindowMs` of each other run as one batch. Inference runs in a Web
 // Worker when the platform has one (the page stays responsive), else on the calling thread.
@@ -230,7 +237,33 @@ export function preprocess(pixels, width, height, spec) {
 }
 
 export function sigmoid(logit) {
-  return 0.5 * (1 + Math.tanh(0.5 * logit));
+  return 0.5 * (1 + Math.tanh(0.5 * logit)); // stable for large |logit|, as in Python
+}
+
+/** The two logits -> scores and label, as spritesafe/levels.py (at_least, scores, label).
+ * meta: model.json (levels, thresholds, positive_level, threshold). */
+export function levels(logits, meta) {
+  const atLeast = sigmoid(logits[0]);
+  // Capped: an INT8 graph rounds each output on its own and could break the order by a step.
+  const explicit = Math.min(sigmoid(logits[1]), atLeast);
+  const cumulative = [atLeast, explicit];
+  let label = meta.levels[0];
+  for (const k of [2, 1]) {
+    if (cumulative[k - 1] >= meta.thresholds[meta.levels[k]]) {
+      label = meta.levels[k];
+      break;
+    }
+  }
+  const score = cumulative[meta.positive_level - 1];
+  return {
+    safe: 1 - atLeast,
+    suggestive: atLeast - explicit,
+    explicit,
+    label,
+    score,
+    nsfw: score >= meta.threshold,
+    logits: [logits[0], logits[1]],
+  };
 }
 
 // --- decoding in the browser --------------------------------------------------------------
@@ -290,12 +323,12 @@ class Runner {
     });
   }
 
-  /** inputs: Uint8Array of n * size * size * 4 (RGBA) -> Float32Array of n logits. */
+  /** inputs: Uint8Array of n * size * size * 4 (RGBA) -> Float32Array of n * 2 logits. */
   async run(inputs, n, size) {
     if (this.worker) return this.call({ type: 'run', inputs, n, size });
     const tensor = new this.ort.Tensor('uint8', inputs, [n, size, size, 4]);
     const out = await this.session.run({ pixels: tensor });
-    return out.logit.data;
+    return out.logits.data;
   }
 }
 
@@ -304,8 +337,6 @@ export class Classifier {
     this.runner = runner;
     this.meta = meta;
     this.spec = meta.preprocess;
-    this.threshold = meta.threshold;
-    this.classNames = meta.class_names;
     this.batchWindowMs = options.batchWindowMs ?? 4;
     this.maxBatch = options.maxBatch ?? 32;
     this.queue = [];
@@ -323,16 +354,15 @@ export class Classifier {
     return preprocess(data, width, height, this.spec);
   }
 
-  /** P(nsfw) and the label at the threshold the model was verified at. */
+  /** { safe, suggestive, explicit, label, score, nsfw, logits } (see `levels`). */
   async classify(image) {
     const input = await this.input(image);
-    const logit = await new Promise((resolve, reject) => {
+    const logits = await new Promise((resolve, reject) => {
       this.queue.push({ input, resolve, reject });
       if (this.queue.length >= this.maxBatch) this.flush();
       else if (this.timer === null) this.timer = setTimeout(() => this.flush(), this.batchWindowMs);
     });
-    const score = sigmoid(logit);
-    return { score, label: score >= this.threshold ? this.classNames[1] : this.classNames[0], logit };
+    return levels(logits, this.meta);
   }
 
   async flush() {
@@ -346,7 +376,7 @@ export class Classifier {
     this.batches += 1;
     try {
       const logits = await this.runner.run(inputs, work.length, this.spec.size);
-      work.forEach((w, i) => w.resolve(logits[i]));
+      work.forEach((w, i) => w.resolve(logits.subarray(i * 2, i * 2 + 2)));
     } catch (error) {
       work.forEach((w) => w.reject(error));
     }
@@ -374,6 +404,10 @@ export async function createClassifier(options = {}) {
   if (model === undefined || typeof model === 'string' || model instanceof URL) {
     const url = model ?? new URL('./model.int8.onnx', import.meta.url);
     model = new Uint8Array(await (await fetch(url)).arrayBuffer());
+  }
+  if (!meta.thresholds) {
+    throw new Error('model.json has no thresholds: the model was exported before three-level '
+      + 'scores; export it again (spritesafe export --web)');
   }
   const runner = await Runner.create(model, options);
   return new Classifier(runner, meta, options);

@@ -12,7 +12,7 @@ self.onmessage = async ({ data }) => {
     } else {
       const tensor = new ort.Tensor('uint8', data.inputs, [data.n, data.size, data.size, 4]);
       const out = await session.run({ pixels: tensor });
-      self.postMessage({ id: data.id, logits: out.logit.data });
+      self.postMessage({ id: data.id, logits: out.logits.data }); // (n, 2), flat
     }
   } catch (error) {
     self.postMessage({ id: data.id, error: String(error) });
