@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import threading
 import time
 from collections import Counter
@@ -89,6 +90,10 @@ def test_scores_are_out_of_sample_only_where_the_model_never_trained(mined: Sett
             rows = conn.execute(sa.select(model_scores)).all()
         assert report.scored == len(rows) > 0 and report.in_sample == len(trained) > 0
         assert {r.image_id for r in rows if not r.out_of_sample} == trained
+        # The three level scores are kept beside P(nsfw) (= P(explicit), the default level).
+        for r in rows:
+            assert r.score_safe + r.score_suggestive + r.score_explicit == pytest.approx(1.0)
+            assert r.score == pytest.approx(r.score_explicit, abs=1e-12)
         again = score_catalog(ws.catalog, ws.blobs, mined, promoted_model(mined))
         assert again.scored == 0  # incremental
 
@@ -229,6 +234,9 @@ def test_review_in_a_real_browser(server: tuple[str, Settings], tmp_path: Path) 
         assert "hidden" not in (page.get_attribute("#sprite", "class") or "")
         first = int(page.get_attribute("#decide-form input[name=item]", "value") or 0)
         assert page.inner_text("#reason") == "low_agreement"
+        three = r"safe \d\.\d\d, suggestive \d\.\d\d, explicit \d\.\d\d \(P\(nsfw\) \d\.\d{3}\)"
+        shown = page.inner_text("#model-score")
+        assert re.fullmatch(f"{three}|not scored \\(or trained on it\\)", shown), shown
         progress = page.inner_text("#progress")
 
         with page.expect_navigation():

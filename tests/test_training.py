@@ -99,7 +99,9 @@ def test_resampled_epochs_see_every_negative_once_and_positives_in_every_batch()
     n_pos, n_neg = 7, 100
     pixels = [np.full((4, 4, 3), i, np.uint8) for i in range(n_pos + n_neg)]
     labels = np.array([1.0] * n_pos + [0.0] * n_neg, dtype=np.float32)
-    data = SplitData(pixels, labels, np.arange(len(pixels)), ["c"] * len(pixels))
+    # Explicit positives; ten of the negatives suggestive (a negative of the binary target).
+    levels = np.array([2] * n_pos + [1] * 10 + [0] * (n_neg - 10))
+    data = SplitData(pixels, labels, np.arange(len(pixels)), ["c"] * len(pixels), levels=levels)
     config = TrainSettings(
         batch_size=16, positive_share=0.25, flip=False, max_shift=0, hue_jitter=0
     )
@@ -108,8 +110,9 @@ def test_resampled_epochs_see_every_negative_once_and_positives_in_every_batch()
     seen_pos: list[int] = []
     for inputs, targets in resampled_batches(data, spec, config, np.random.default_rng(0)):
         index = np.rint((inputs[:, 0, 4, 4] * 0.5 + 0.5) * 255).astype(int)
-        assert np.array_equal(targets, labels[index])
-        assert int(targets.sum()) == 4  # a quarter of 16, in every batch
+        # The ordinal head's targets: [at least suggestive, explicit] of each image's level.
+        assert np.array_equal(targets, (levels[index, None] >= [1, 2]).astype(np.float32))
+        assert int(targets[:, 1].sum()) == 4  # a quarter of 16, in every batch
         seen_neg += [int(i) for i in index if i >= n_pos]
         seen_pos += [int(i) for i in index if i < n_pos]
     assert sorted(seen_neg) == list(range(n_pos, n_pos + n_neg))  # every negative, once
