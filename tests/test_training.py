@@ -388,3 +388,47 @@ def test_pretrained_weights_come_from_a_local_checkpoint(tmp_path: Path) -> None
         create_model("mobilenetv4_conv_small_050", local(tmp_path / "other.pth"))
     with pytest.raises(FileNotFoundError):
         create_model("mobilenetv4_conv_small_050", local(tmp_path / "missing.pth"))
+
+
+def test_the_ordinal_head_is_rank_consistent_and_exports_as_one_linear(tmp_path: Path) -> None:
+    import torch
+
+    from spritesafe import levels
+    from training.model import (
+        create_model,
+        exportable,
+        predict,
+        predict_at_least,
+        save_checkpoint,
+    )
+
+    torch.manual_seed(0)
+    model = create_model("mobilenetv4_conv_small_050", prior=(0.3, 0.1), positive_level=1).eval()
+    head = model.get_classifier()
+    # The priors: every first prediction is the training shares of each level.
+    x = np.random.default_rng(0).normal(size=(6, 3, 64, 64)).astype(np.float32)
+    np.testing.assert_allclose(predict_at_least(model, [x]), [[0.3, 0.1]] * 6, atol=1e-6)
+    with torch.no_grad():
+        head.weight.normal_(0, 0.5)
+        head.gap.fill_(-3.0)  # a small gap: the two logits nearly equal, still ordered
+    cumulative = predict_at_least(model, [x])
+    assert (cumulative[:, 1] <= cumulative[:, 0]).all() and np.ptp(cumulative[:, 0]) > 0.01
+    three = levels.scores(cumulative)
+    np.testing.assert_allclose(three.sum(axis=1), 1.0, atol=1e-12)
+    assert (three >= 0).all()
+    # positive_level travels in the weights: P(nsfw) is "at least suggestive" here.
+    np.testing.assert_allclose(predict(model, [x]), cumulative[:, 0])
+    # Exported form: one Linear with two outputs, the same function.
+    flat = exportable(model).eval()
+    with torch.no_grad():
+        np.testing.assert_allclose(
+            flat(torch.from_numpy(x)).numpy(), model(torch.from_numpy(x)).numpy(), atol=1e-5
+        )
+    # A checkpoint of the one-logit format is refused with what to do.
+    save_checkpoint(tmp_path / "old.pt", {"arch": "x", "state_dict": {}, "preprocess": "{}"})
+    data = torch.load(tmp_path / "old.pt", weights_only=False)
+    torch.save(data | {"format": 1}, tmp_path / "old.pt")
+    from training.model import load_checkpoint
+
+    with pytest.raises(ValueError, match="train the model again"):
+        load_checkpoint(tmp_path / "old.pt")
