@@ -5,11 +5,17 @@ token (given once as `?token=`, then kept in a cookie). Every POST carries a CSR
 must match the session's cookie (double submit, SameSite=Strict). URLs carry queue item ids
 and the reason filter only: never a label or a score. Decisions go through review.decisions,
 in the catalog's write transactions, so a growth run can write at the same time.
+
+One route is different: `POST /api/report` (review.reports), where web bundles send what users
+say the model got wrong. It is off unless `review.report_token` is set, and has its own gate
+(review.security: the report token, CORS for `review.report_origins`, a rate limit per
+client, a size cap read before the body); the Host rule still holds there.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import secrets
 from pathlib import Path
 from typing import Any
@@ -17,16 +23,34 @@ from urllib.parse import quote, unquote
 
 import sqlalchemy as sa
 from fastapi import APIRouter, FastAPI, Form, HTTPException, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from PIL import Image as PILImage
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from corpus.blobs import BlobStore
 from corpus.catalog import Catalog, images, labels, model_scores, review_queue
 from labelers.effective import HUMAN, LLM, TEACHER
 from review.decisions import ReviewError, decide, undo
 from review.mining import REASONS
-from review.security import HEADERS, Entry, Policy, refusal, same, token_entry
+from review.reports import REASON as USER_REPORT
+from review.reports import report_image
+from review.security import (
+    HEADERS,
+    REPORT_PATH,
+    Entry,
+    Policy,
+    RateLimit,
+    cors_headers,
+    preflight_headers,
+    refusal,
+    report_refusal,
+    same,
+    token_entry,
+    unknown_host,
+)
 from spritesafe.canonical import from_bytes
 from spritesafe.config import Settings
 from spritesafe.decode import Rejected
@@ -71,11 +95,18 @@ def create_app(
     settings: Settings | None = None,
 ) -> FastAPI:
     """The review app over a catalog. `policy` (review.security): the Host names it answers
-    to and the token it asks for; by default the loopback names and no token."""
+    to and the token it asks for; by default the loopback names and no token. ValueError
+    when the report token is the page's token (it ships in web bundles)."""
+    policy = policy or Policy.serving("127.0.0.1", [])
+    settings = settings or Settings()
+    report_token = settings.review.report_token.get_secret_value()
+    if report_token and policy.token and same(report_token, policy.token):
+        raise ValueError("review.report_token must not be the review page's token")
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
-    _guard(app, policy or Policy.serving("127.0.0.1", []))
-    app.include_router(_item_routes(catalog, blobs, settings or Settings()))
+    _guard(app, policy)
+    app.include_router(_item_routes(catalog, blobs, settings))
     app.include_router(_grid_routes(catalog))
+    app.include_router(_report_routes(catalog, blobs, settings))
     return app
 
 
@@ -85,6 +116,14 @@ def _guard(app: FastAPI, policy: Policy) -> None:
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Any:
         headers = request.headers
+        if request.url.path == REPORT_PATH:
+            # Cross-origin by design, with a gate of its own (_report_routes): of the page's
+            # rules only the Host rule applies, and the page's token and cookies play no part.
+            if unknown_host(policy, headers.get("host", "")):
+                return Response("unknown host", status_code=400)
+            response = await call_next(request)
+            response.headers.update(HEADERS)
+            return response
         refused = refusal(
             policy,
             request.method,
@@ -307,6 +346,123 @@ def _grid_routes(catalog: Catalog) -> APIRouter:
     return router
 
 
+def _report_routes(catalog: Catalog, blobs: BlobStore, settings: Settings) -> APIRouter:
+    """POST /api/report: a user's report (multipart: `image`, `expected`, optional `note`,
+    and what the model said, `label` and `model_id`), checked in this order, cheapest first:
+    the token and the Origin (401/403, 404 while reports are off), the client's rate (429),
+    the size (413, from Content-Length or while reading, never past the cap), the form (400),
+    the image (422 with ingest's reason). Answers are JSON: {"error", "detail"} or the report's
+    outcome. The OPTIONS preflight answers the configured origins only."""
+    router = APIRouter()
+    config = settings.review
+    token = config.report_token.get_secret_value()
+    origins = list(config.report_origins)
+    limit = RateLimit(config.report_per_minute, config.report_burst)
+    cap = config.report_max_bytes
+
+    def answer(
+        request: Request, status: int, body: dict[str, Any], extra: dict[str, str] | None = None
+    ) -> JSONResponse:
+        # CORS headers on refusals too: the page can read why it was refused.
+        headers = cors_headers(origins, request.headers.get("origin")) | (extra or {})
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    @router.options(REPORT_PATH)
+    def preflight(request: Request) -> Response:
+        headers = preflight_headers(origins, request.headers.get("origin")) if token else None
+        if headers is None:
+            return Response("this origin may not send reports", 403, headers={"Vary": "Origin"})
+        return Response(status_code=204, headers=headers)
+
+    @router.post(REPORT_PATH)
+    async def report(request: Request) -> Response:
+        headers = request.headers
+        origin = headers.get("origin")
+        refused = report_refusal(token, origins, origin, headers.get("authorization"))
+        if refused is not None:
+            return answer(request, refused[0], {"error": "refused", "detail": refused[1]})
+        wait = limit.take(request.client.host if request.client else "-")
+        if wait:
+            seconds = str(math.ceil(wait))
+            detail = f"too many reports from this address: try again in {seconds} s"
+            return answer(
+                request, 429, {"error": "rate_limited", "detail": detail}, {"Retry-After": seconds}
+            )
+        too_large = {
+            "error": "too_large",
+            "detail": f"the request is over review.report_max_bytes ({cap} bytes)",
+        }
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > cap:
+            return answer(request, 413, too_large)
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > cap:
+                return answer(request, 413, too_large)
+        try:
+            fields = await _report_form(request, bytes(body))
+        except ValueError as exc:
+            return answer(request, 400, {"error": "bad_request", "detail": str(exc)})
+        data, expected, note, label, model_id = fields
+        try:
+            result = await run_in_threadpool(
+                report_image,
+                catalog,
+                blobs,
+                settings,
+                data,
+                expected,
+                note,
+                origin or "api",  # who: where from (the client's address is not kept)
+                label=label,
+                model_id=model_id,
+            )
+        except Rejected as rej:
+            return answer(request, 422, {"error": rej.reason, "detail": rej.detail})
+        except ValueError as exc:
+            return answer(request, 400, {"error": "bad_request", "detail": str(exc)})
+        outcome = {
+            "queued": result.new_item,
+            "status": result.status,
+            "reports": result.reports,
+            "sha256": result.sha256,
+        }
+        return answer(request, 200, outcome)
+
+    return router
+
+
+async def _report_form(
+    request: Request, body: bytes
+) -> tuple[bytes, str, str | None, str | None, str | None]:
+    """(image bytes, expected, note, label, model_id) of a report's multipart body, which
+    was read already (within the cap); ValueError saying what is wrong with it."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise ValueError("send multipart/form-data: image, expected (and note)")
+
+    async def replay() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(max_files=1, max_fields=8)
+    except StarletteHTTPException as exc:  # starlette's word for a malformed multipart body
+        raise ValueError(f"unreadable form: {exc.detail}") from None
+    except ValueError as exc:  # python-multipart's parse errors are ValueErrors
+        raise ValueError(f"unreadable form: {exc}") from None
+    try:
+        image, expected = form.get("image"), form.get("expected")
+        if not isinstance(image, UploadFile):
+            raise ValueError("the form has no image file (field `image`)")
+        if not isinstance(expected, str):
+            raise ValueError("the form has no expectation (field `expected`)")
+        data = await image.read()
+        text = {k: v for k in ("note", "label", "model_id") if isinstance(v := form.get(k), str)}
+        return data, expected, text.get("note"), text.get("label"), text.get("model_id")
+    finally:
+        await form.close()
+
+
 def _item_context(conn: sa.Connection, item: Any) -> dict[str, Any]:
     picture = conn.execute(
         sa.select(
@@ -337,6 +493,9 @@ def _item_context(conn: sa.Connection, item: Any) -> dict[str, Any]:
         "humans": [r for r in rows if r.labeler == HUMAN],
         "model_score": _model_score(scored),
         "teacher_score": f"{teacher[-1]:.3f}" if teacher else "-",
+        # What users said (review.reports): each report's expectation, note, and what the
+        # model they used showed them.
+        "reports": (item.detail or {}).get("reports", []) if item.reason == USER_REPORT else [],
     }
 
 

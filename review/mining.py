@@ -64,6 +64,7 @@ REASONS = (
     "audit",
     "audit_fp",  # spritesafe audit --queue: a model's errors on a held-out split
     "audit_fn",
+    "user_report",  # review.reports: a user says the model got an image wrong
 )
 
 

@@ -10,11 +10,19 @@ is tested without a server.
   port* of the Host the request was sent to (another port on the same machine is another
   site).
 - **Token**: given once as `?token=`, then kept in a cookie (HttpOnly, SameSite=Strict).
+- **Reports** (`POST /api/report`, and only that route): posted by the demo page of a web
+  bundle, which is served from another origin, so the two rules above cannot hold there.
+  The route has its own, narrower gate instead (see `report_refusal`): its own bearer token
+  (it ships inside the bundle, so it is a key to this route alone, never the page's token),
+  CORS for the configured origins only, and a per-client rate limit (`RateLimit`).
 """
 
 from __future__ import annotations
 
 import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
 from urllib.parse import urlsplit
@@ -72,6 +80,12 @@ def _site(scheme: str, netloc: str) -> tuple[str, str, int]:
     return scheme, name, port if port is not None else (443 if scheme == "https" else 80)
 
 
+def unknown_host(policy: Policy, host: str) -> bool:
+    """The Host rule alone: the name is not one the page is served under."""
+    name, _ = split_host(host)
+    return not name or (policy.hosts is not None and name not in policy.hosts)
+
+
 def refusal(
     policy: Policy,
     method: str,
@@ -81,8 +95,7 @@ def refusal(
     scheme: str = "http",
 ) -> tuple[int, str] | None:
     """(status, why) when the request must be refused before it reaches a page, else None."""
-    name, _ = split_host(host)
-    if not name or (policy.hosts is not None and name not in policy.hosts):
+    if unknown_host(policy, host):
         return 400, "unknown host"
     if method == "POST":
         if fetch_site not in (None, "same-origin", "none"):
@@ -110,3 +123,109 @@ def token_entry(policy: Policy, given: str | None, cookie: str | None) -> Entry:
 
 def same(a: str, b: str) -> bool:
     return secrets.compare_digest(a.encode(), b.encode())  # bytes: any text compares safely
+
+
+# Reports from users. Why CORS here and nowhere else: the demo page of a web bundle runs on
+# the site that embeds the classifier, another origin than this server, and posts the image a
+# user thinks was scored wrong. Everything else on this server stays same-origin only (the
+# rules above). The page sends `Authorization: Bearer <report token>`, a header a cross-origin
+# form cannot send, so a browser must ask first (preflight) and only the configured origins
+# get an answer that lets it go on; a POST that skips the preflight anyway (not a browser, or
+# a form) is refused here by its Origin and its token, whatever CORS says. No cookies: the
+# page posts with credentials omitted and no Allow-Credentials is ever sent, so the review
+# cookies never travel with a report.
+REPORT_PATH = "/api/report"
+REPORT_METHODS = "POST"
+REPORT_HEADERS = "Authorization, Content-Type"
+PREFLIGHT_MAX_AGE = 600
+
+
+def _origin_site(origin: str) -> tuple[str, str, int] | None:
+    parts = urlsplit(origin.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return None
+    return _site(parts.scheme, parts.netloc)
+
+
+def origin_allowed(origins: Iterable[str], origin: str) -> bool:
+    """`origin` (a request's Origin header) is one of the configured `origins` (scheme, name
+    and port; a default port may be left out on either side), or they hold "*"."""
+    allowed = list(origins)
+    if "*" in allowed:
+        return True
+    site = _origin_site(origin)
+    return site is not None and any(_origin_site(o) == site for o in allowed)
+
+
+def report_refusal(
+    token: str, origins: Iterable[str], origin: str | None, authorization: str | None
+) -> tuple[int, str] | None:
+    """(status, why) when a report must be refused before its body is read, else None.
+    `token`: the report token (empty: reports are off); `origin`: the Origin header (absent
+    when not sent by a browser); `authorization`: the Authorization header."""
+    if not token:
+        return 404, "reports are off on this server (review.report_token)"
+    if origin is not None and not origin_allowed(origins, origin):
+        return 403, "this origin may not send reports (review.report_origins)"
+    scheme, _, given = (authorization or "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        return 401, "a report token is required (Authorization: Bearer ...)"
+    if not same(given.strip(), token):
+        return 403, "wrong report token"
+    return None
+
+
+def cors_headers(origins: Iterable[str], origin: str | None) -> dict[str, str]:
+    """The CORS answer for a report request from `origin`: only an allowed origin is named
+    (credentials are never allowed); `Vary: Origin` so no cache serves it to another."""
+    if origin is None or not origin_allowed(origins, origin):
+        return {"Vary": "Origin"}
+    return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+
+
+def preflight_headers(origins: Iterable[str], origin: str | None) -> dict[str, str] | None:
+    """The answer to a report route's preflight (OPTIONS), or None to refuse it."""
+    if origin is None or not origin_allowed(origins, origin):
+        return None
+    return cors_headers(origins, origin) | {
+        "Access-Control-Allow-Methods": REPORT_METHODS,
+        "Access-Control-Allow-Headers": REPORT_HEADERS,
+        "Access-Control-Max-Age": str(PREFLIGHT_MAX_AGE),
+    }
+
+
+class RateLimit:
+    """A token bucket per client (its IP address), in memory: `burst` requests at once,
+    refilled at `per_minute`. Behind a reverse proxy every client shares the proxy's address
+    (forwarded headers are not trusted: any client could write them)."""
+
+    MAX_CLIENTS = 10_000  # beyond this, clients whose bucket is full again are forgotten
+
+    def __init__(
+        self, per_minute: float, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rate = per_minute / 60.0
+        self.burst = float(burst)
+        self.clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, at)
+        self._lock = threading.Lock()
+
+    def take(self, client: str) -> float:
+        """0.0 when `client` may go on (one token taken), else the seconds until it may."""
+        with self._lock:
+            now = self.clock()
+            tokens, at = self._buckets.get(client, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - at) * self.rate)
+            if tokens < 1.0:
+                self._buckets[client] = (tokens, now)
+                return (1.0 - tokens) / self.rate
+            self._buckets[client] = (tokens - 1.0, now)
+            if len(self._buckets) > self.MAX_CLIENTS:
+                self._forget(now)
+            return 0.0
+
+    def _forget(self, now: float) -> None:
+        full = self.burst / self.rate
+        for client, (_, at) in list(self._buckets.items()):
+            if now - at >= full:
+                del self._buckets[client]

@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -314,6 +314,24 @@ class ReviewSettings(BaseModel):
     # Bound beyond loopback: the names people open the page under (a DNS name, an address).
     hosts: list[str] = Field(default_factory=list)
     seed: int = 0
+    # Reports from users (POST /api/report, review.reports): off while the token is empty.
+    # The token ships in web bundles (`export --web --report-url`), so it is a key to this
+    # one route, never the review page's token; browsers may post only from these origins
+    # (scheme://name[:port], or "*"); each client IP gets `report_burst` reports at once,
+    # refilled at `report_per_minute`.
+    report_token: SecretStr = Field(SecretStr(""), description="empty: reports are off")
+    report_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    report_max_bytes: int = Field(2 * 2**20, gt=0, description="request body, image included")
+    report_per_minute: float = Field(6.0, gt=0, description="reports per client IP, refill")
+    report_burst: int = Field(10, ge=1, description="reports per client IP at once")
+
+    @field_validator("report_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        # SPRITESAFE_REVIEW__REPORT_ORIGINS="https://a.example,https://b.example" too.
+        if isinstance(value, str) and not value.lstrip().startswith("["):
+            return [o.strip() for o in value.split(",") if o.strip()]
+        return value
 
 
 class GrowSettings(BaseModel):

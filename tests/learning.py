@@ -177,3 +177,28 @@ def labelled(
         dedupe(ws.catalog, settings)
         label(ws.catalog, ws.blobs, settings)
     return settings, server
+
+
+def tiny_level_model(tmp_path: Path) -> Path:
+    """A tiny model (64 px, 3 epochs) on red (explicit), grey (suggestive) and plain sprites,
+    exported: its INT8 .onnx (for the browser bundle's tests)."""
+    from export.stage import INT8_NAME, export_model
+    from training.snapshot import snapshot
+    from training.train import train
+
+    folder = coloured_corpus(tmp_path, positives=40, negatives=200, grey=30)
+    settings, server = labelled(
+        tmp_path,
+        folder,
+        snapshot={"target_base_rate": 0.1},
+        train={"epochs": 3, "min_steps": 0, "batch_size": 32, "size": 64, "seed": 1},
+        export={"calibration_images": 64, "unlabelled_sample": 0, **LENIENT},
+    )
+    try:
+        with open_workspace(settings) as ws:
+            assert snapshot(ws.catalog, ws.blobs, settings).status == "ok"
+            train(ws.catalog, settings)
+            exported = export_model(ws.catalog, settings)
+    finally:
+        server.stop()
+    return Path(exported.path) / INT8_NAME

@@ -16,34 +16,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from corpus.workspace import open_workspace
 from export.bundle import build_web
 from export.classify import Classifier, Result
-from export.stage import INT8_NAME, export_model
 from tests.helpers import png, sprite
-from tests.learning import GREY, LENIENT, RED, coloured_corpus, labelled
-from training.snapshot import snapshot
-from training.train import train
+from tests.learning import GREY, RED, tiny_level_model
 
 
 @pytest.fixture(scope="module")
-def int8(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def int8(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model (64 px, 3 epochs) on red (explicit), grey (suggestive) and plain sprites."""
-    tmp = tmp_path_factory.mktemp("demo")
-    folder = coloured_corpus(tmp, positives=40, negatives=200, grey=30)
-    settings, server = labelled(
-        tmp,
-        folder,
-        snapshot={"target_base_rate": 0.1},
-        train={"epochs": 3, "min_steps": 0, "batch_size": 32, "size": 64, "seed": 1},
-        export={"calibration_images": 64, "unlabelled_sample": 0, **LENIENT},
-    )
-    with open_workspace(settings) as ws:
-        assert snapshot(ws.catalog, ws.blobs, settings).status == "ok"
-        train(ws.catalog, settings)
-        exported = export_model(ws.catalog, settings)
-    server.stop()
-    yield Path(exported.path) / INT8_NAME
+    return tiny_level_model(tmp_path_factory.mktemp("demo"))
 
 
 def _images(folder: Path) -> list[Path]:
