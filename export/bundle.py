@@ -4,10 +4,12 @@ INT8 model and its metadata, copied into one folder a web server can serve as is
 
     web/spritesafe.js   the ES module (preprocessing, coalescing, worker or main thread)
     web/worker.js       the Web Worker
-    web/ort/            ort.wasm.min.mjs, ort-wasm-simd-threaded.{mjs,wasm}
+    web/ort/            ort.wasm.min.mjs, ort-wasm-simd-threaded.{mjs,wasm} (+ with webgpu=True
+                        ort.webgpu.min.mjs, ort-wasm-simd-threaded.asyncify.{mjs,wasm})
     web/model.int8.onnx web/model.json (preprocessing spec, levels, thresholds, model id)
     web/model.js        the same model embedded as base64 (only with embed=True)
     web/index.html      a demo page: drop images, see the three scores under a policy
+    web/config.json     the demo page's settings: where its "wrong?" button reports to (if anywhere)
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import shutil
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import onnx
 
@@ -24,7 +27,16 @@ from export.onnx import PIXELS, read_metadata
 from spritesafe.levels import LEVELS
 
 SOURCE = Path(__file__).parent / "web"
+MODEL_NAME = "model.int8.onnx"
 RUNTIME = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
+# onnxruntime-web's WebGPU build (its own WASM, with Asyncify: 27 MB), which spritesafe.js
+# imports only where there is a hardware WebGPU adapter: in a bundle on request (webgpu=True),
+# not in the wheel; the npm package has it through its onnxruntime-web dependency.
+WEBGPU_RUNTIME = (
+    "ort.webgpu.min.mjs",
+    "ort-wasm-simd-threaded.asyncify.mjs",
+    "ort-wasm-simd-threaded.asyncify.wasm",
+)
 
 # The "tag, not filter" pattern: the model only scores; the page's policy decides what a
 # flagged image looks like. The policy stays in the page (no form, no URL, no history).
@@ -45,6 +57,8 @@ DEMO = """<!doctype html>
   .pending img, .hidden img, .error img { display: none }
   .hidden .note { display: block }
   .blurred img { filter: blur(12px); cursor: pointer }
+  .report { white-space: normal }
+  .report select, .report input { font-size: 11px; max-width: 124px }
 </style>
 <h1>spritesafe</h1>
 <p>Scores are tags, not verdicts: this page's policy decides what to show.
@@ -66,6 +80,8 @@ Drop pixel art here (or pick files):
 <script type="module">
   import { createClassifier } from './spritesafe.js';
   const $ = (id) => document.getElementById(id);
+  // config.json (`spritesafe export --web --report-url`): where "wrong?" sends an image.
+  const config = await fetch('./config.json').then((r) => (r.ok ? r.json() : {}), () => ({}));
   const clf = await createClassifier();
   $('status').textContent = 'ready';
 
@@ -80,6 +96,70 @@ Drop pixel art here (or pick files):
     else li.className = mode === 'blur' ? 'blurred' : 'hidden';
   }
   const applyAll = () => [...$('out').children].forEach(apply);
+
+  // "wrong?": the image's bytes and what the user expects go to the review server (another
+  // origin, which allows this page's). A POST body, no cookies; nothing goes into a URL.
+  function reportButton(li, file, r) {
+    const box = document.createElement('div');
+    box.className = 'report';
+    const wrong = document.createElement('button');
+    wrong.type = 'button';
+    wrong.className = 'wrong';
+    wrong.textContent = 'wrong?';
+    const form = document.createElement('span');
+    form.className = 'report-form';
+    form.hidden = true;
+    const expected = document.createElement('select');
+    expected.className = 'expected';
+    expected.setAttribute('aria-label', 'it is');
+    for (const level of ['safe', 'suggestive', 'explicit']) {
+      expected.add(new Option(`it is ${level}`, level));
+    }
+    expected.value = ['safe', 'suggestive', 'explicit'].find((l) => l !== r.label);
+    const note = document.createElement('input');
+    note.className = 'report-note';
+    note.placeholder = 'note (optional)';
+    note.maxLength = 500;
+    const send = document.createElement('button');
+    send.type = 'button';
+    send.className = 'send';
+    send.textContent = 'send';
+    const status = document.createElement('span');
+    status.className = 'report-status';
+    form.append(expected, note, send);
+    box.append(wrong, form, status);
+    wrong.onclick = () => { form.hidden = !form.hidden; };
+    send.onclick = async () => {
+      const body = new FormData();
+      body.append('image', file, file.name);
+      body.append('expected', expected.value);
+      if (note.value.trim()) body.append('note', note.value.trim());
+      body.append('label', r.label);
+      if (clf.meta && clf.meta.model_id) body.append('model_id', clf.meta.model_id);
+      send.disabled = true;
+      status.textContent = 'sending';
+      try {
+        const response = await fetch(config.report.url, {
+          method: 'POST', body, mode: 'cors', credentials: 'omit', cache: 'no-store',
+          headers: { Authorization: `Bearer ${config.report.token}` },
+        });
+        const answer = await response.json().catch(() => ({}));
+        if (response.ok) {
+          form.hidden = true;
+          wrong.disabled = true;
+          status.textContent = answer.queued ? 'reported: thanks' : 'reported again: thanks';
+        } else {
+          send.disabled = false;
+          status.textContent = `not sent: ${answer.detail || answer.error || response.status}`;
+        }
+      } catch (error) {
+        send.disabled = false;
+        status.textContent = `not sent: ${error.message}`;
+      }
+      li.dataset.report = status.textContent;
+    };
+    return box;
+  }
 
   function show(files) {
     for (const file of files) {
@@ -100,6 +180,7 @@ Drop pixel art here (or pick files):
           safe ${r.safe.toFixed(3)}
           suggestive ${r.suggestive.toFixed(3)}
           explicit ${r.explicit.toFixed(3)}`;
+        if (config.report) li.append(reportButton(li, file, r));
         apply(li);
       }, (error) => {
         li.className = 'error';
@@ -150,31 +231,89 @@ def web_metadata(model: Path) -> dict[str, Any]:
     }
 
 
-def build_web(model: Path, out: Path, embed: bool = False) -> Path:
-    """Write the bundle for `model` (an INT8 .onnx) into `out`; returns `out`."""
+def check_int8(model: Path) -> None:
+    """The browser feeds a canvas's RGBA pixels: only an INT8 file taking `pixels` will do."""
     inputs = [i.name for i in onnx.load(str(model), load_external_data=False).graph.input]
     if inputs != [PIXELS]:
         raise BundleError(
             f"{model} takes {inputs}, not {PIXELS!r}: the bundle feeds a canvas's RGBA pixels "
             "to an INT8 file written by `spritesafe export`"
         )
+
+
+def ort_dist(names: tuple[str, ...] = RUNTIME) -> Path:
+    """onnxruntime-web's dist folder (export/web/node_modules), checked to hold `names`."""
     runtime = SOURCE / "node_modules" / "onnxruntime-web" / "dist"
-    missing = [name for name in RUNTIME if not (runtime / name).is_file()]
+    missing = [name for name in names if not (runtime / name).is_file()]
     if missing:
         raise BundleError(
             f"onnxruntime-web is not installed ({runtime} lacks {missing}): run "
             f"`npm ci` in {SOURCE} (scripts/install.sh --dev does)"
         )
+    return runtime
+
+
+def ort_version() -> str:
+    """The onnxruntime-web version the bundle is tested with (export/web/package.json)."""
+    version: str = json.loads((SOURCE / "package.json").read_text())["dependencies"][
+        "onnxruntime-web"
+    ]
+    return version
+
+
+def write_model(model: Path, folder: Path) -> dict[str, Any]:
+    """model.int8.onnx and model.json (web_metadata) into `folder`; returns the metadata."""
+    meta = web_metadata(model)
+    shutil.copy2(model, folder / MODEL_NAME)
+    (folder / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def staging(out: Path) -> Path:
+    """An empty folder beside `out` to write into; `publish` puts it in `out`'s place."""
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "ort").mkdir(parents=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def publish(tmp: Path, out: Path) -> Path:
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def build_web(
+    model: Path,
+    out: Path,
+    embed: bool = False,
+    report_url: str | None = None,
+    report_token: str | None = None,
+    webgpu: bool = False,
+) -> Path:
+    """Write the bundle for `model` (an INT8 .onnx) into `out`; returns `out`. `webgpu` adds
+    onnxruntime-web's WebGPU build (27 MB; without it the page runs on WASM and says why). With
+    `report_url` (a review server's /api/report) and its `report_token`, the demo page gets a
+    "wrong?" button that reports an image there (config.json; the token is readable by anyone
+    who can load the page: it is the report route's key, never the review page's token)."""
+    config: dict[str, Any] = {"report": None}
+    if report_url:
+        parts = urlsplit(report_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise BundleError(f"the report URL must be http(s)://name[:port]/path: {report_url!r}")
+        if not report_token:
+            raise BundleError("a report URL needs the review server's report token")
+        config["report"] = {"url": report_url, "token": report_token}
+    check_int8(model)
+    names = RUNTIME + (WEBGPU_RUNTIME if webgpu else ())
+    runtime = ort_dist(names)
+    tmp = staging(out)
+    (tmp / "ort").mkdir()
     for name in ("spritesafe.js", "worker.js"):
         shutil.copy2(SOURCE / name, tmp / name)
-    for name in RUNTIME:
+    for name in names:
         shutil.copy2(runtime / name, tmp / "ort" / name)
-    shutil.copy2(model, tmp / "model.int8.onnx")
-    meta = web_metadata(model)
-    (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    meta = write_model(model, tmp)
     if embed:
         encoded = base64.b64encode(model.read_bytes()).decode("ascii")
         (tmp / "model.js").write_text(
@@ -183,6 +322,5 @@ def build_web(model: Path, out: Path, embed: bool = False) -> Path:
             f'export const base64 = "{encoded}";\n'
         )
     (tmp / "index.html").write_text(DEMO)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out
+    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return publish(tmp, out)

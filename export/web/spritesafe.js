@@ -1,11 +1,14 @@
 // spritesafe in the browser (and Node): three ordered scores for pixel art (safe, suggestive,
-// explicit; they sum to 1) with the exported INT8 model on onnxruntime-web (WASM). Scores are
-// tags, not verdicts: the page applies its own policy (see the demo, index.html). The model
-// outputs two logits, at least suggestive and explicit; `levels` turns them into the scores
-// exactly as spritesafe/levels.py does. The preprocessing is a line-by-line port of
-// spritesafe/preprocess.py and corpus/canonical.py (Pillow's BOX filter included); a test runs
-// both on the same images and requires identical tensors and scores. (A browser canvas may round semi-transparent colours by a
-// level where Python does not; opaque and fully transparent pixels are exact.)
+// explicit; they sum to 1) with the exported INT8 model on onnxruntime-web: WebGPU when the
+// platform offers a hardware GPU adapter, else WASM. Scores are tags, not verdicts: the page
+// applies its own policy (see the demo, index.html). The model outputs two logits, at least
+// suggestive and explicit; `levels` turns them into the scores exactly as spritesafe/levels.py
+// does. The preprocessing is a line-by-line port of spritesafe/preprocess.py and
+// corpus/canonical.py (Pillow's BOX filter included); a test runs both on the same images and
+// requires identical tensors and scores (on WASM; WebGPU runs the INT8 graph unfused and rounds
+// now and then to the other INT8 step: scores within 0.01). (A browser canvas may round
+// semi-transparent colours by a level where Python does not; opaque and transparent pixels are
+// exact.)
 //
 //   import { createClassifier } from './spritesafe.js';
 //   const clf = await createClassifier();                 // model.json + model.int8.onnx beside
@@ -14,11 +17,15 @@
 //   // r.label: the highest level whose "at least" score reaches its threshold (model.json);
 //   // r.score: P(nsfw) at the deployment's positive level, r.nsfw: score >= threshold.
 //   if (r.explicit > 0.5 || r.suggestive > 0.7) blur(img);      // a policy of your own
+//   // clf.provider: 'webgpu' or 'wasm'; clf.fallback: why not WebGPU (null when it ran)
 //
 // Calls made within `batchWindowMs` of each other run as one batch. Inference runs in a Web
 // Worker when the platform has one (the page stays responsive), else on the calling thread.
-
-const ORT_MODULE = './ort/ort.wasm.min.mjs';
+//
+// Two flavours share this file. The plain bundle (`spritesafe export --web`) serves
+// onnxruntime-web's files in ./ort/ beside it, and its worker is ./worker.js; the npm package
+// (`spritesafe export --npm`) wraps it in index.js, which passes its own model location, worker
+// and runtime loader (the `onnxruntime-web` dependency, imported by name: runtime.js).
 
 // --- preprocessing (spritesafe/preprocess.py, corpus/canonical.py) -------------------------
 
@@ -283,36 +290,197 @@ async function toRGBA(image) {
   return ctx.getImageData(0, 0, bitmap.width, bitmap.height);
 }
 
-// --- inference --------------------------------------------------------------------------
+// --- loading ------------------------------------------------------------------------------
 
 function base64Bytes(text) {
   if (typeof atob === 'function') return Uint8Array.from(atob(text), (ch) => ch.charCodeAt(0));
   return new Uint8Array(globalThis.Buffer.from(text, 'base64'));
 }
 
+const NODE_FS = 'node:fs'; // not a literal import: bundlers for the browser leave it alone
+
+/** The bytes at a URL: fetched, or read from disk for a file: URL (Node's fetch cannot). */
+async function readBytes(url) {
+  if (String(url).startsWith('file:') && globalThis.process?.versions?.node) {
+    const fs = globalThis.process.getBuiltinModule?.(NODE_FS)
+      ?? (await import(/* webpackIgnore: true */ /* @vite-ignore */ NODE_FS));
+    return new Uint8Array(fs.readFileSync(new URL(String(url))));
+  }
+  const response = await fetch(url);
+  if (!response.ok) throw new Error(`${url}: HTTP ${response.status} ${response.statusText}`);
+  return new Uint8Array(await response.arrayBuffer());
+}
+
+const isLocation = (x) => typeof x === 'string' || x instanceof URL;
+
+// --- the runtime: WebGPU when there is a GPU, else WASM ------------------------------------
+
+// The plain bundle's onnxruntime-web, one build per provider (the WebGPU build's WASM is twice
+// the size: a page without WebGPU never downloads it). URLs made at run time, so that a bundler
+// packing the npm package, which imports the runtime by name (its runtime.js), skips them.
+const BUNDLED = { wasm: './ort/ort.wasm.min.mjs', webgpu: './ort/ort.webgpu.min.mjs' };
+const WORKER = './worker.js';
+
+/** onnxruntime-web for `provider` ('wasm' or 'webgpu') from ./ort/ beside this file. */
+export async function bundledOrt(provider) {
+  const url = new URL(BUNDLED[provider], import.meta.url).href;
+  try {
+    return await import(/* webpackIgnore: true */ /* @vite-ignore */ url);
+  } catch (error) {
+    if (provider !== 'webgpu') throw error;
+    throw new Error('could not load the WebGPU build of onnxruntime-web from ./ort/ '
+      + `(\`spritesafe export --web --webgpu\` ships it): ${error?.message ?? error}`);
+  }
+}
+
+function bundledWorker() {
+  return new Worker(new URL(WORKER, import.meta.url), { type: 'module' });
+}
+
+export const PROVIDERS = ['auto', 'webgpu', 'wasm'];
+
+/**
+ * Whether WebGPU can run here: { adapter } or { reason } why not. 'auto' declines a software
+ * (fallback) adapter such as SwiftShader: the INT8 model took ~1.5 s per image on it against
+ * ~6 ms on WASM on the same CPU (bench/webgpu_bench.py); 'webgpu' takes any adapter.
+ */
+export async function webgpuAdapter(provider = 'auto', gpu = globalThis.navigator?.gpu) {
+  if (!gpu) return { reason: 'no WebGPU here (navigator.gpu is missing)' };
+  let adapter;
+  try {
+    adapter = await gpu.requestAdapter();
+  } catch (error) {
+    return { reason: `no WebGPU adapter (requestAdapter failed: ${error?.message ?? error})` };
+  }
+  if (!adapter) return { reason: 'no WebGPU adapter (navigator.gpu.requestAdapter() gave none)' };
+  const software = adapter.isFallbackAdapter ?? adapter.info?.isFallbackAdapter ?? false;
+  if (software && provider !== 'webgpu') {
+    const name = adapter.info?.architecture || adapter.info?.vendor || 'software';
+    return { reason: `the WebGPU adapter is a software fallback (${name}), slower than WASM` };
+  }
+  return { adapter };
+}
+
+/**
+ * An onnxruntime-web session for the model bytes: on WebGPU when `provider` is 'auto' (the
+ * default) or 'webgpu' and an adapter is there, else, or when WebGPU fails, on WASM.
+ * loadOrt(provider) returns the onnxruntime-web module for that provider.
+ * -> { ort, session, provider: 'webgpu' | 'wasm', fallback: why not WebGPU, or null }
+ */
+export async function openSession(model, settings = {}, loadOrt = bundledOrt) {
+  const { provider = 'auto', threads = 1, sessionOptions = {} } = settings;
+  if (!PROVIDERS.includes(provider)) {
+    throw new Error(`provider ${JSON.stringify(provider)}: one of ${PROVIDERS.join(', ')}`);
+  }
+  let fallback = null;
+  if (provider !== 'wasm') {
+    const gpu = await webgpuAdapter(provider);
+    fallback = gpu.reason ?? null;
+    if (gpu.adapter) {
+      try {
+        const ort = await loadOrt('webgpu');
+        ort.env.webgpu.adapter = gpu.adapter; // the one judged above, not another
+        ort.env.wasm.numThreads = threads; // for the nodes WebGPU leaves to the CPU
+        const session = await ort.InferenceSession.create(model, {
+          ...sessionOptions,
+          executionProviders: ['webgpu'],
+        });
+        return { ort, session, provider: 'webgpu', fallback: null };
+      } catch (error) {
+        fallback = `WebGPU failed: ${error?.message ?? error}`;
+      }
+    }
+  }
+  const ort = await loadOrt('wasm');
+  ort.env.wasm.numThreads = threads;
+  const session = await ort.InferenceSession.create(model, {
+    ...sessionOptions,
+    executionProviders: ['wasm'],
+  });
+  return { ort, session, provider: 'wasm', fallback };
+}
+
+/** The Web Worker's side (worker.js): one session, batches in, logits out. */
+export function serveWorker(scope, loadOrt = bundledOrt) {
+  let opened = null;
+  scope.onmessage = async ({ data }) => {
+    try {
+      if (data.type === 'load') {
+        opened = await openSession(data.model, data.settings, loadOrt);
+        scope.postMessage({ id: data.id, provider: opened.provider, fallback: opened.fallback });
+      } else if (data.type === 'close') {
+        await opened?.session.release();
+        scope.postMessage({ id: data.id });
+      } else {
+        const { ort, session } = opened;
+        const tensor = new ort.Tensor('uint8', data.inputs, [data.n, data.size, data.size, 4]);
+        const out = await session.run({ pixels: tensor });
+        scope.postMessage({ id: data.id, logits: out.logits.data }); // (n, 2), flat
+      }
+    } catch (error) {
+      scope.postMessage({ id: data.id, error: String(error?.message ?? error) });
+    }
+  };
+}
+
+// --- inference --------------------------------------------------------------------------
+
+/** Whether Web Workers run here: not in Node, where onnxruntime-web may define a Worker of
+ * its own (worker_threads, no `self`). */
+function webWorkers() {
+  const node = globalThis.process?.versions?.node && typeof window === 'undefined';
+  return typeof Worker !== 'undefined' && !node;
+}
+
 /** Runs batches of inputs on one session: in a Worker, or here. */
 class Runner {
-  static async create(modelBytes, options) {
+  static async create(model, options) {
+    const settings = {
+      provider: options.provider ?? 'auto',
+      threads: options.threads ?? 1,
+      sessionOptions: options.sessionOptions ?? {},
+    };
     const runner = new Runner();
-    if (options.worker !== false && typeof Worker !== 'undefined') {
-      runner.worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
-      runner.pending = new Map();
-      runner.nextId = 0;
-      runner.worker.onmessage = ({ data }) => {
-        const { resolve, reject } = runner.pending.get(data.id);
-        runner.pending.delete(data.id);
-        data.error ? reject(new Error(data.error)) : resolve(data.logits);
-      };
-      await runner.call({ type: 'load', model: modelBytes, threads: options.threads ?? 1 });
-      runner.where = 'worker';
-    } else {
-      const ort = options.ort ?? (await import(ORT_MODULE));
-      ort.env.wasm.numThreads = options.threads ?? 1;
-      runner.ort = ort;
-      runner.session = await ort.InferenceSession.create(modelBytes, { executionProviders: ['wasm'] });
-      runner.where = 'main thread';
+    if (options.worker !== false && webWorkers()) {
+      try {
+        await runner.start((options.createWorker ?? bundledWorker)(), model, settings);
+        return runner;
+      } catch (error) {
+        if (!error.workerFailed) throw error;
+        runner.workerError = error.message; // e.g. a bundler that left the worker out
+      }
     }
+    const loadOrt = options.ort ? async () => options.ort : (options.loadOrt ?? bundledOrt);
+    const opened = await openSession(model, settings, loadOrt);
+    Object.assign(runner, opened, { where: 'main thread' });
     return runner;
+  }
+
+  async start(worker, model, settings) {
+    this.worker = worker;
+    this.pending = new Map();
+    this.nextId = 0;
+    worker.onmessage = ({ data }) => {
+      const { resolve, reject } = this.pending.get(data.id);
+      this.pending.delete(data.id);
+      data.error ? reject(new Error(data.error)) : resolve(data);
+    };
+    worker.onerror = (event) => {
+      event.preventDefault?.();
+      const error = new Error(`the worker failed: ${event.message || 'it could not be loaded'}`);
+      error.workerFailed = true;
+      for (const { reject } of this.pending.values()) reject(error);
+      this.pending.clear();
+    };
+    try {
+      const loaded = await this.call({ type: 'load', model, settings });
+      Object.assign(this, { provider: loaded.provider, fallback: loaded.fallback });
+      this.where = 'worker';
+    } catch (error) {
+      worker.terminate();
+      this.worker = null;
+      throw error;
+    }
   }
 
   call(message) {
@@ -325,10 +493,20 @@ class Runner {
 
   /** inputs: Uint8Array of n * size * size * 4 (RGBA) -> Float32Array of n * 2 logits. */
   async run(inputs, n, size) {
-    if (this.worker) return this.call({ type: 'run', inputs, n, size });
+    if (this.worker) return (await this.call({ type: 'run', inputs, n, size })).logits;
     const tensor = new this.ort.Tensor('uint8', inputs, [n, size, size, 4]);
     const out = await this.session.run({ pixels: tensor });
     return out.logits.data;
+  }
+
+  async close() {
+    if (this.worker) {
+      await this.call({ type: 'close' });
+      this.worker.terminate();
+      this.worker = null;
+    } else {
+      await this.session?.release();
+    }
   }
 }
 
@@ -344,8 +522,24 @@ export class Classifier {
     this.batches = 0; // how many runs served the calls so far (coalescing is observable)
   }
 
+  /** 'worker' or 'main thread'. */
   get where() {
     return this.runner.where;
+  }
+
+  /** The execution provider the session runs on: 'webgpu' or 'wasm'. */
+  get provider() {
+    return this.runner.provider;
+  }
+
+  /** Why the session is not on WebGPU (no navigator.gpu, no adapter, a failure), or null. */
+  get fallback() {
+    return this.runner.fallback;
+  }
+
+  /** Why the session is not in a Worker though the platform has them, or undefined. */
+  get workerError() {
+    return this.runner.workerError;
   }
 
   /** The model's input for an image (for parity checks): Uint8Array, size * size * 4 RGBA. */
@@ -382,14 +576,23 @@ export class Classifier {
     }
     if (this.queue.length) this.flush();
   }
+
+  /** Releases the session (and ends the worker). */
+  close() {
+    return this.runner.close();
+  }
 }
 
 /**
  * options.model: URL of the .onnx (default ./model.int8.onnx beside this file), or bytes;
  * options.meta: the model.json object, or its URL (default ./model.json);
  * options.embedded: a module like model.js ({ meta, base64 }) to use instead of both;
- * options.worker: false to stay on the calling thread; options.ort: an onnxruntime-web
- * module to use there (Node); options.threads, options.batchWindowMs, options.maxBatch.
+ * options.provider: 'auto' (WebGPU on a hardware adapter, else WASM), 'webgpu' (any adapter,
+ * else WASM) or 'wasm'; options.worker: false to stay on the calling thread; options.ort: an
+ * onnxruntime-web module to use there (Node); options.loadOrt: provider -> that module (the
+ * npm package's); options.createWorker: () => a Worker running serveWorker;
+ * options.sessionOptions: onnxruntime-web's session options (e.g. logSeverityLevel);
+ * options.threads, options.batchWindowMs, options.maxBatch.
  */
 export async function createClassifier(options = {}) {
   let meta = options.meta;
@@ -398,12 +601,12 @@ export async function createClassifier(options = {}) {
     meta = options.embedded.meta;
     model = base64Bytes(options.embedded.base64);
   }
-  if (meta === undefined || typeof meta === 'string') {
-    meta = await (await fetch(meta ?? new URL('./model.json', import.meta.url))).json();
+  if (meta === undefined || isLocation(meta)) {
+    const bytes = await readBytes(meta ?? new URL('./model.json', import.meta.url));
+    meta = JSON.parse(new TextDecoder().decode(bytes));
   }
-  if (model === undefined || typeof model === 'string' || model instanceof URL) {
-    const url = model ?? new URL('./model.int8.onnx', import.meta.url);
-    model = new Uint8Array(await (await fetch(url)).arrayBuffer());
+  if (model === undefined || isLocation(model)) {
+    model = await readBytes(model ?? new URL('./model.int8.onnx', import.meta.url));
   }
   if (!meta.thresholds) {
     throw new Error('model.json has no thresholds: the model was exported before three-level '
@@ -412,3 +615,26 @@ export async function createClassifier(options = {}) {
   const runner = await Runner.create(model, options);
   return new Classifier(runner, meta, options);
 }
+
+/**
+ * createClassifier and classify with these defaults: classify(image or images) runs on one
+ * classifier made on first use. (The npm package's index.js makes its pair with its files.)
+ */
+export function withDefaults(defaults) {
+  const create = (options = {}) => createClassifier({ ...defaults, ...options });
+  let shared = null;
+  async function classify(images) {
+    shared ??= create().catch((error) => {
+      shared = null;
+      throw error;
+    });
+    const clf = await shared;
+    return Array.isArray(images)
+      ? Promise.all(images.map((image) => clf.classify(image)))
+      : clf.classify(images);
+  }
+  return { createClassifier: create, classify };
+}
+
+/** One classifier, made on first use with the defaults: classify(image) or classify([...]). */
+export const { classify } = withDefaults({});
