@@ -3,7 +3,7 @@
 The proxy world of bench/sample_efficiency.py (real Cataclysm DDA sprites, a semantic concept
 from the tilesets' own ids at ~3 %, a holdout never ingested; its ingested, deduplicated and
 pretrained catalog is reused) and a simulated vision LLM behind the real Ollama test server
-(tests/ollama_server.py, real HTTP, the real `ollama` client). It recognises each sprite it is
+(labelers/simulated.py, real HTTP, the real `ollama` client). It recognises each sprite it is
 shown, alone or in a cell of a contact sheet, and answers from the truth with realistic noise:
 per sprite and sticky (2 % false positives, 15 % misses: asking again does not fix them), plus
 2 % per call; on a sheet it misses a further 10 % (4x4), 5 % (3x3) or 2 % (2x2) of positives.
@@ -31,7 +31,6 @@ to bench/out/loop_bench.json; a rerun continues where an interrupted one stopped
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import sqlite3
@@ -41,10 +40,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import sqlalchemy as sa
-from numpy.typing import NDArray
-from PIL import Image
 
 from bench import sample_efficiency as se
 from bench.common import copy_catalog, cpu, machine, report_machine, write_figures
@@ -55,13 +51,13 @@ from export.scores import score_catalog
 from export.stage import export_model, verify_model
 from labelers.effective import LabelRow, effective_label
 from labelers.rubric import load_rubric
+from labelers.simulated import FakeOllama, NoisyOracle, rubric_responder
 from labelers.stage import label
 from review.decisions import decide
 from review.mining import mine
-from spritesafe.canonical import content_box, from_bytes
+from spritesafe.canonical import from_bytes
 from spritesafe.config import Settings, load_settings
 from spritesafe.preprocess import PreprocessSpec
-from tests.ollama_server import ChatRequestInfo, FakeOllama, rubric_responder, sheet_layout
 from training import metrics
 from training.data import eval_batches
 from training.model import load_checkpoint, predict
@@ -70,8 +66,6 @@ from training.train import train
 
 OUT = Path(__file__).resolve().parent / "out"
 MODEL = "simulated-vlm"
-FALSE_ALARM, MISS, PER_CALL = 0.02, 0.15, 0.02
-SHEET_MISS = {4: 0.10, 3: 0.05, 2: 0.02}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -90,76 +84,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _unit(*parts: object) -> float:
-    return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:12], 16) / 16**12
-
-
-def signature(rgb: NDArray[np.uint8], background: tuple[int, int, int]) -> str:
-    """Scale-free identity of a drawing: its content box sampled at 16 x 16 cell centres (an
-    integer nearest enlargement samples the same source pixels), plus the box's shape."""
-    box = content_box(rgb, background)
-    h, w = box.shape[:2]
-    rows = ((np.arange(16) + 0.5) * h / 16).astype(int)
-    cols = ((np.arange(16) + 0.5) * w / 16).astype(int)
-    sample = np.ascontiguousarray(box[rows][:, cols])
-    ratio = round(h / w, 3)
-    return hashlib.sha1(sample.tobytes() + str(ratio).encode()).hexdigest()
-
-
-class SimulatedLLM:
-    """Knows every corpus sprite's truth; answers with the noise of the module docstring."""
-
-    def __init__(self, settings: Settings, truth: dict[int, tuple[bool, str]]) -> None:
-        canon = settings.canonical
-        self.background = canon.background
-        self.truth = truth
-        self.by_signature: dict[str, int] = {}
-        self.small: dict[int, NDArray[np.float32]] = {}  # fallback: 8x8 thumbnails
-        with open_workspace(settings) as ws, ws.catalog.read() as conn:
-            keys = conn.execute(
-                sa.select(images.c.id, images.c.blob_key).where(images.c.id.in_(list(truth)))
-            ).all()
-            for image_id, key in keys:
-                pixels = from_bytes(
+def simulated_llm(settings: Settings, truth: dict[int, tuple[bool, str]]) -> NoisyOracle[int]:
+    """A vision LLM that knows every corpus sprite's truth (by catalog image id) and answers
+    with the noise of the module docstring (labelers.simulated.NoisyOracle)."""
+    canon = settings.canonical
+    with open_workspace(settings) as ws, ws.catalog.read() as conn:
+        keys = conn.execute(
+            sa.select(images.c.id, images.c.blob_key).where(images.c.id.in_(list(truth)))
+        ).all()
+        sprites = [
+            (
+                int(image_id),
+                from_bytes(
                     ws.blobs.get(key), settings.image, canon.background, canon.max_scale
-                ).pixels
-                self.by_signature[signature(pixels, self.background)] = image_id
-                self.small[image_id] = _thumb(content_box(pixels, self.background))
-        self.ids = np.array(list(self.small))
-        self.thumbs = np.stack([self.small[i] for i in self.ids])
-        self.unknown = 0
-
-    def which(self, rgb: NDArray[np.uint8]) -> int:
-        found = self.by_signature.get(signature(rgb, self.background))
-        if found is not None:
-            return found
-        self.unknown += 1  # a sheet cell shrunk by a non-integer factor: the nearest thumbnail
-        thumb = _thumb(content_box(rgb, self.background))
-        return int(self.ids[np.argmin(((self.thumbs - thumb) ** 2).sum(axis=(1, 2, 3)))])
-
-    def says_positive(self, image_id: int, call: str, grid: int = 1) -> bool:
-        positive, sha = self.truth[image_id]
-        sticky = _unit("sticky", sha)
-        said = sticky >= MISS if positive else sticky < FALSE_ALARM
-        if said and positive and _unit("sheet", sha) < SHEET_MISS.get(grid, 0.0):
-            said = False
-        if _unit("call", sha, call) < PER_CALL:
-            said = not said
-        return said
-
-    def verdict(self, rgb: NDArray[np.uint8], info: ChatRequestInfo) -> str:
-        layout = sheet_layout(info)
-        grid = layout[0] if layout else 1
-        options = info.options
-        # Per-call noise: a sheet is a new look each time; one sprite at the same seed and
-        # temperature answers the same (as Ollama does).
-        seq = info.seq if grid > 1 else ""
-        call = f"{options.get('seed')}:{options.get('temperature')}:{grid}:{seq}"
-        return "explicit" if self.says_positive(self.which(rgb), call, grid) else "safe"
-
-
-def _thumb(rgb: NDArray[np.uint8]) -> NDArray[np.float32]:
-    return np.asarray(Image.fromarray(rgb).resize((8, 8), Image.Resampling.BOX), np.float32)
+                ).pixels,
+                *truth[image_id],
+            )
+            for image_id, key in keys
+        ]
+    return NoisyOracle(sprites, canon.background)
 
 
 def make_world(args: argparse.Namespace, base: Settings, name: str, keep: set[int]) -> Settings:
@@ -357,7 +300,7 @@ def ceiling(
     args: argparse.Namespace,
     base: Settings,
     truth: dict[int, tuple[bool, str]],
-    llm: SimulatedLLM,
+    llm: NoisyOracle[int],
     held: Any,
 ) -> dict[str, Any]:
     """Every corpus sprite labelled individually once (positives also get their second
@@ -459,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         results_path.write_text(json.dumps(results, indent=1, default=float) + "\n")
 
     settings = make_world(args, base, "loop", set(truth))
-    llm = SimulatedLLM(settings, truth)
+    llm = simulated_llm(settings, truth)
     ceiling_path = args.work / "ceiling.json"
     if not args.skip_ceiling and not ceiling_path.is_file() and args.ceiling_only:
         ceiling_path.write_text(json.dumps(ceiling(args, base, truth, llm, held), default=float))

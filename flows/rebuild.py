@@ -23,6 +23,14 @@ from flows.tasks import (
     train_task,
     verify_task,
 )
+from labelers.effective import TEACHER
+
+# Where a rebuild without a vision LLM stops, what to run to see the loop work anyway.
+NO_LLM_NEXT = (
+    "No vision LLM labelled (none reachable): the loop cannot find positives to train on. To "
+    "see it work end to end in a few minutes without one, run `spritesafe demo` (a simulated "
+    "labeller on a stand-in concept, not NSFW)."
+)
 
 
 @flow(name="rebuild", log_prints=True)
@@ -58,6 +66,9 @@ def rebuild(
         "verify": verified,
         "review": queue,
     }
+    if frozen["status"] != "ok" and labelled["labeler"] == TEACHER:
+        result["next"] = NO_LLM_NEXT
+        print(NO_LLM_NEXT)
     result["report"] = report_task("rebuild", result, config, overrides)
     return result
 

@@ -544,19 +544,95 @@ def export_command(
     embed: Annotated[
         bool, typer.Option("--embed", help="with --web: also embed the model as base64 (model.js)")
     ] = False,
+    report_url: Annotated[
+        str | None,
+        typer.Option(
+            help="with --web: the review server's report endpoint (http(s)://.../api/report); "
+            "the demo page gets a 'wrong?' button that posts there"
+        ),
+    ] = None,
+    report_token: Annotated[
+        str | None,
+        typer.Option(help="with --report-url: the report token (default: review.report_token)"),
+    ] = None,
+    webgpu: Annotated[
+        bool,
+        typer.Option(
+            "--webgpu",
+            help="with --web: also ship onnxruntime-web's WebGPU build (27 MB), used where "
+            "there is a hardware WebGPU adapter",
+        ),
+    ] = False,
+    npm: Annotated[
+        Path | None,
+        typer.Option(
+            help="instead: write an npm package of an exported model into this folder "
+            "(the promoted model, or --model); nothing is exported",
+            file_okay=False,
+        ),
+    ] = None,
+    model: Annotated[
+        Path | None, typer.Option(help="with --npm: the INT8 .onnx (default: the promoted model)")
+    ] = None,
+    npm_name: Annotated[
+        str | None, typer.Option(help="with --npm: the package name (default spritesafe-model)")
+    ] = None,
+    npm_version: Annotated[
+        str | None,
+        typer.Option(help="with --npm: the package version (default 0.0.0-<model id>)"),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Export a trained model to FP32 ONNX and quantize it to INT8 (static, per-channel)."""
+    """Export a trained model to FP32 ONNX and quantize it to INT8 (static, per-channel); or,
+    with --npm DIR, write an npm package of the promoted (or --model) INT8 model."""
     from export.bundle import BundleError, build_web
     from export.stage import INT8_NAME, ExportError, export_model
 
     settings = _settings(config, **({"export": {"recipe": recipe}} if recipe else {}))
+    if webgpu and not web:
+        raise _refused("--webgpu is for the web bundle: add --web")
+    if npm is None and (model or npm_name or npm_version):
+        raise _refused("--model, --npm-name and --npm-version are for --npm DIR")
+    if npm is not None:
+        if model_id or web or recipe or embed or report_url:
+            raise _refused("--npm packages an exported model and exports nothing: use --model")
+        from export.npm import DEFAULT_NAME, build_npm
+        from export.stage import promoted_model
+
+        with _explained(
+            BundleError, ExportError, FileNotFoundError, failure="cannot write the npm package"
+        ):
+            package = build_npm(
+                model or promoted_model(settings), npm, npm_name or DEFAULT_NAME, npm_version
+            )
+        if as_json:
+            _json(package.as_dict())
+            return
+        out.print(
+            f"npm package {package.name}@{package.version} (model {package.model_id}, "
+            f"onnxruntime-web {package.onnxruntime_web}, {package.size_bytes / 1e6:.2f} MB) "
+            f"in {package.path}"
+        )
+        out.print(f"next: `npm pack {package.path}` (a .tgz to install) or `npm publish`")
+        return
+    if report_url and not web:
+        raise _refused("--report-url is for the web bundle: add --web")
+    token = report_token or settings.review.report_token.get_secret_value()
+    if report_url and not token:
+        raise _refused("--report-url needs a report token: --report-token or review.report_token")
     with _workspace(settings, ExportError, ValueError, failure="cannot export") as workspace:
         report = export_model(workspace.catalog, settings, model_id)
     bundle = None
     if web:
         with _explained(BundleError, failure="cannot build the web bundle"):
-            bundle = build_web(Path(report.path) / INT8_NAME, Path(report.path) / "web", embed)
+            bundle = build_web(
+                Path(report.path) / INT8_NAME,
+                Path(report.path) / "web",
+                embed,
+                report_url=report_url,
+                report_token=token if report_url else None,
+                webgpu=webgpu,
+            )
     if as_json:
         _json(report.as_dict() | {"web": str(bundle)})
         return
@@ -833,16 +909,37 @@ def review_command(
         list[str] | None,
         typer.Option(help="a host name the page is opened under (bound beyond loopback)"),
     ] = None,
+    report_token: Annotated[
+        str | None,
+        typer.Option(
+            help="accept user reports (POST /api/report) with this token (review.report_token)"
+        ),
+    ] = None,
+    report_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="a web origin (scheme://name:port) whose pages may post reports "
+            "(review.report_origins)"
+        ),
+    ] = None,
 ) -> None:
     """Serve the review page: queued images, keyboard decisions, undo. Bound beyond loopback
     (--host 0.0.0.0) it asks for the printed token, and answers only to the names given by
-    --allow-host or review.hosts (any name when none are given)."""
+    --allow-host or review.hosts (any name when none are given). With a report token it
+    also takes reports from users (`spritesafe export --web --report-url` bundles)."""
     import uvicorn
 
     from review.app import create_app
-    from review.security import ANY_ADDRESS, Policy
+    from review.security import ANY_ADDRESS, REPORT_PATH, Policy
 
+    overrides: dict[str, Any] = {}
+    if report_token:
+        overrides["report_token"] = report_token
+    if report_origin:
+        overrides["report_origins"] = report_origin
     settings = _settings(config)
+    if overrides:
+        settings = _settings(config, review=settings.review.model_dump() | overrides)
     host = host or settings.review.host
     port = port if port is not None else settings.review.port
     names = [*settings.review.hosts, *(allow_host or [])]
@@ -851,12 +948,66 @@ def review_command(
         shown = names[0] if names and host in ANY_ADDRESS else host
         url = f"http://{shown}:{port}/" + (f"?token={policy.token}" if policy.token else "")
         console.print(f"review page: {safe(url)}  (Ctrl-C to stop)")
+        if settings.review.report_token.get_secret_value():
+            origins = ", ".join(settings.review.report_origins) or "none (no browser page)"
+            console.print(
+                f"reports: POST http://{shown}:{port}{REPORT_PATH} from origins {safe(origins)}"
+            )
+        with _explained(ValueError, failure="cannot serve"):
+            review_app = create_app(workspace.catalog, workspace.blobs, policy, settings)
         uvicorn.run(
-            create_app(workspace.catalog, workspace.blobs, policy, settings),
+            review_app,
             host=host,
             port=port,
             log_level="warning",
         )
+
+
+@app.command("report")
+def report_command(
+    target: Annotated[str, typer.Argument(help="the image: a file or an http(s) URL")],
+    expected: Annotated[
+        str, typer.Option(help="what it is, in your view: safe, suggestive or explicit")
+    ],
+    note: Annotated[str | None, typer.Option(help="why, in a few words")] = None,
+    reporter: Annotated[
+        str | None, typer.Option(help="who reports it (default: the user name)")
+    ] = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Report an image the model gets wrong: it joins the catalog (source `reports`) and the
+    review queue (reason user_report) with your expectation; a decision there becomes a
+    human label. The same bytes reported again join the same queue item."""
+    import getpass
+
+    from corpus.fetch import fetch_bytes
+    from review.reports import report_image
+    from spritesafe.decode import Rejected
+
+    settings = _settings(config)
+    with _explained(OSError, failure="cannot read"):  # corpus.fetch.FetchError is one too
+        url = target.startswith(("http://", "https://"))
+        data = fetch_bytes(target, settings.http) if url else Path(target).read_bytes()
+    try:
+        who = reporter or f"cli:{getpass.getuser()}"
+    except (OSError, KeyError):  # no user name to be found (a bare container)
+        who = "cli"
+    with _workspace(settings, Rejected, ValueError, failure="report refused") as workspace:
+        result = report_image(
+            workspace.catalog, workspace.blobs, settings, data, expected, note, who
+        )
+    if as_json:
+        _json(result.as_dict())
+        return
+    image = "a new image" if result.new_image else f"image {result.image_id}, already known"
+    if result.new_item:
+        state = f"queued for review as item {result.queue_id}"
+    elif result.status == "open":
+        state = f"added to the open item {result.queue_id} ({result.reports} reports)"
+    else:
+        state = f"recorded; item {result.queue_id} was {result.status} by people already"
+    out.print(f"reported {safe(target)} ({image}): {state}; `spritesafe review` to decide")
 
 
 @contextmanager
@@ -923,6 +1074,8 @@ def _run_flow(
         result = flow_fn(sources=specs, config=config_path, **options)
     for line in summary(name, result, settings):
         out.print(line)
+    if result.get("next"):
+        out.print(result["next"])
     if result["ingest"]["status"] != "ok":
         raise typer.Exit(1)
 
@@ -951,6 +1104,31 @@ def grow(sources: SourcesArg = None, config: ConfigOpt = None, dask: DaskOpt = F
     """One growth run as a Prefect flow: ingest, dedupe, label; when enough new labels
     arrived, snapshot, train, export, verify, promote, refresh the review queue."""
     _run_flow("grow", sources, config, dask=dask)
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="the demo's own workspace (wiped on every run)")
+    ] = Path("data/demo"),
+    size: Annotated[int, typer.Option(min=200, help="sprites in the slice")] = 3000,
+    rounds: Annotated[int, typer.Option(min=0, help="growth rounds after round 0")] = 2,
+    as_json: JsonOpt = False,
+) -> None:
+    """The whole loop in a few minutes, with a simulated labeller on a stand-in concept
+    (zombies in real Cataclysm DDA sprites), not NSFW: ingest a slice, label, snapshot, train,
+    export, verify, promote, review queue, web bundle; in its own workspace."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.demo import DemoError, run_demo, summary
+
+    again = "The next run wipes the demo's workspace and starts again."
+    with _explained(DemoError, failure="cannot run the demo", resume=again), _stage_bars():
+        result = run_demo(out_dir, size, rounds)
+    if as_json:
+        _json(result)
+        return
+    for line in summary(result):
+        out.print(line)
 
 
 @app.command("config")
