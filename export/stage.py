@@ -90,7 +90,9 @@ def parse_recipe(name: str, reduce_range: bool) -> Recipe:
     )
 
 
-def _model_row(catalog: Catalog, model_id: str | None) -> Any:
+def trained_model_row(catalog: Catalog, model_id: str | None) -> Any:
+    """The catalog row of a trained model: `model_id` (an id prefix) or the latest. Raises
+    ExportError (none, or an ambiguous prefix)."""
     query = sa.select(models).where(models.c.status == "trained")
     if model_id:
         query = query.where(models.c.id.startswith(model_id))
@@ -167,7 +169,7 @@ def export_model(catalog: Catalog, settings: Settings, model_id: str | None = No
     from training.model import load_checkpoint
 
     config = settings.export
-    row = _model_row(catalog, model_id)
+    row = trained_model_row(catalog, model_id)
     report = ExportReport(run_id=catalog.start_run("export"), model_id=row.id)
     with recorded(catalog, report):
         folder = Path(row.path) / "export"

@@ -27,9 +27,9 @@ import numpy as np
 import sqlalchemy as sa
 from PIL import Image
 
-from corpus.catalog import Catalog, labels, models, recorded, snapshots
+from corpus.catalog import Catalog, labels, recorded, snapshots
 from export.onnx import read_metadata
-from export.stage import INT8_NAME
+from export.stage import INT8_NAME, ExportError, trained_model_row
 from labelers.effective import HUMAN
 from review.mining import Entry, MineReport, write_queue
 from spritesafe.config import Settings
@@ -140,23 +140,19 @@ def audit(
 
 def _model_row(catalog: Catalog, settings: Settings, model_id: str | None) -> Any:
     """The trained model `model_id` (an id prefix), else the promoted one, else the latest."""
-    query = sa.select(models).where(models.c.status == "trained")
+    try:
+        row = trained_model_row(catalog, model_id)
+    except ExportError as exc:
+        raise AuditError(str(exc)) from exc
     if model_id:
-        query = query.where(models.c.id.startswith(model_id))
-    with catalog.read() as conn:
-        rows = conn.execute(query.order_by(models.c.created_at.desc())).all()
-    if not rows:
-        raise AuditError(
-            f"no trained model {model_id!r}"
-            if model_id
-            else "no trained model: run `spritesafe train`"
-        )
-    if model_id and len(rows) > 1:
-        raise AuditError(f"model id {model_id!r} is ambiguous")
-    if not model_id:
-        promoted = _promoted_id(settings)
-        return next((r for r in rows if r.id == promoted), rows[0])
-    return rows[0]
+        return row
+    promoted = _promoted_id(settings)
+    if promoted and promoted != row.id:
+        try:
+            return trained_model_row(catalog, promoted)
+        except ExportError:  # the promoted model is not in this catalog: the latest is audited
+            return row
+    return row
 
 
 def _promoted_id(settings: Settings) -> str | None:

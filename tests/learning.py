@@ -182,7 +182,13 @@ def labelled(
 def tiny_level_model(tmp_path: Path) -> Path:
     """A tiny model (64 px, 3 epochs) on red (explicit), grey (suggestive) and plain sprites,
     exported: its INT8 .onnx (for the browser bundle's tests)."""
-    from export.stage import INT8_NAME, export_model
+    return tiny_level_export(tmp_path)[1]
+
+
+def tiny_level_export(tmp_path: Path, promote: bool = False) -> tuple[Settings, Path]:
+    """tiny_level_model's settings and INT8 file; with `promote`, verified (a lenient gate)
+    and promoted to the settings' deploy folder."""
+    from export.stage import INT8_NAME, export_model, verify_model
     from training.snapshot import snapshot
     from training.train import train
 
@@ -199,6 +205,8 @@ def tiny_level_model(tmp_path: Path) -> Path:
             assert snapshot(ws.catalog, ws.blobs, settings).status == "ok"
             train(ws.catalog, settings)
             exported = export_model(ws.catalog, settings)
+            if promote:
+                assert verify_model(ws.catalog, ws.blobs, settings).promoted
     finally:
         server.stop()
-    return Path(exported.path) / INT8_NAME
+    return settings, Path(exported.path) / INT8_NAME

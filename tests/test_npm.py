@@ -23,15 +23,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from corpus.workspace import open_workspace
 from export.classify import Classifier
-from export.stage import INT8_NAME, export_model, verify_model
+from export.stage import INT8_NAME
 from spritesafe.config import Settings
 from spritesafe.preprocess import fit_bytes, rgba
-from tests.learning import LENIENT, coloured_corpus, labelled
+from tests.learning import tiny_level_export
 from tests.test_export import _check_parity, _parity_images
-from training.snapshot import snapshot
-from training.train import train
 
 WEB = Path(__file__).parents[1] / "export" / "web"
 SPRITESAFE = str(Path(sys.executable).with_name("spritesafe"))
@@ -47,22 +44,7 @@ WEBGPU_TOLERANCE = 0.01
 def promoted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """A tiny model (64 px, 3 epochs) on red (explicit), grey (suggestive) and plain sprites,
     exported and promoted (a lenient gate)."""
-    tmp = tmp_path_factory.mktemp("npm")
-    folder = coloured_corpus(tmp, positives=40, negatives=200, grey=30)
-    settings, server = labelled(
-        tmp,
-        folder,
-        snapshot={"target_base_rate": 0.1},
-        train={"epochs": 3, "min_steps": 0, "batch_size": 32, "size": 64, "seed": 1},
-        export={"calibration_images": 64, "unlabelled_sample": 0, **LENIENT},
-    )
-    with open_workspace(settings) as ws:
-        assert snapshot(ws.catalog, ws.blobs, settings).status == "ok"
-        train(ws.catalog, settings)
-        export_model(ws.catalog, settings)
-        assert verify_model(ws.catalog, ws.blobs, settings).promoted
-    server.stop()
-    yield settings
+    yield tiny_level_export(tmp_path_factory.mktemp("npm"), promote=True)[0]
 
 
 def _run(*command: str, cwd: Path, timeout: int = 180) -> str:
