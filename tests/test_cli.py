@@ -130,7 +130,7 @@ def test_rebuild_flow_runs_without_a_prefect_server(tmp_path: Path, folder: Path
 
 
 @pytest.mark.slow
-def test_rebuild_labels_snapshots_and_trains(tmp_path: Path) -> None:
+def test_rebuild_labels_snapshots_and_trains(tmp_path: Path, prefect_home: Path) -> None:
     """The whole rebuild chain through the CLI: the LLM (the Ollama test server) labels, the
     snapshot freezes, the student trains (tiny settings, so it is quick) and reports."""
     from tests.learning import MODEL, colour_responder, coloured_corpus
@@ -170,7 +170,9 @@ def test_rebuild_labels_snapshots_and_trains(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_grow_retrains_only_when_enough_new_labels_arrived(tmp_path: Path) -> None:
+def test_grow_retrains_only_when_enough_new_labels_arrived(
+    tmp_path: Path, prefect_home: Path
+) -> None:
     """grow: the first run labels and trains (no snapshot yet), promotes through the gate
     (limits opened: a 2-epoch model) and refreshes the review queue; a second run with
     nothing new skips retraining and says why."""
@@ -223,7 +225,7 @@ def test_grow_retrains_only_when_enough_new_labels_arrived(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-def test_killed_grow_resumes_without_duplicate_labels(tmp_path: Path) -> None:
+def test_killed_grow_resumes_without_duplicate_labels(tmp_path: Path, prefect_home: Path) -> None:
     """kill -9 the grow process mid-labelling; a second run completes, keeps every label the
     first one committed and asks the LLM about no image twice."""
     import signal
@@ -259,7 +261,7 @@ def test_killed_grow_resumes_without_duplicate_labels(tmp_path: Path) -> None:
             f'data_dir = "{tmp_path / "data"}"\nsources = ["{folder}"]\n'
             f'[ollama]\nhosts = ["{server.url}"]\nmodel = "{MODEL}"\n'
             "[label]\nbudget = 40\nbatch_size = 4\nscreen_share = 0\nconfirm_positives = false\n"
-            "[ingest]\nworkers = 1\n"
+            "[ingest]\nworkers = 1\n[pretrain]\nsize = 32\nmax_steps = 4\n"
         )
         first = subprocess.Popen(
             [SPRITESAFE, "grow", "--config", str(config)],

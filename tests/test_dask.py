@@ -40,13 +40,17 @@ def _prefixes(client: Any) -> set[str]:
     return names
 
 
-def test_grow_with_dask_decodes_on_the_cluster(cluster: Any, tmp_path: Path) -> None:
+def test_grow_with_dask_decodes_on_the_cluster(
+    cluster: Any, tmp_path: Path, prefect_home: Path
+) -> None:
     folder = tmp_path / "sprites"
     folder.mkdir()
     for i, tile in enumerate(real_tiles(150, seed=4)):
         (folder / f"{i}.png").write_bytes(png(tile))
     config = tmp_path / "spritesafe.toml"
-    config.write_text(f'data_dir = "data"\nsources = ["{folder}"]\n')
+    config.write_text(
+        f'data_dir = "data"\nsources = ["{folder}"]\n[pretrain]\nsize = 32\nmax_steps = 4\n'
+    )
     env = os.environ | {
         "PREFECT_HOME": str(tmp_path / "prefect"),
         "SPRITESAFE_FLOWS__DASK_ADDRESS": cluster.scheduler.address,

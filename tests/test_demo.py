@@ -29,7 +29,9 @@ LENIENT = {
 
 
 @pytest.mark.slow
-def test_demo_runs_the_loop_and_says_what_it_is(tmp_path: Path, debian_sprites: None) -> None:
+def test_demo_runs_the_loop_and_says_what_it_is(
+    tmp_path: Path, debian_sprites: None, prefect_home: Path
+) -> None:
     out = tmp_path / "demo"
     env = (
         os.environ
@@ -94,7 +96,9 @@ def test_demo_runs_the_loop_and_says_what_it_is(tmp_path: Path, debian_sprites: 
 
 
 @pytest.mark.slow
-def test_rebuild_without_a_vision_llm_points_to_the_demo(tmp_path: Path) -> None:
+def test_rebuild_without_a_vision_llm_points_to_the_demo(
+    tmp_path: Path, prefect_home: Path
+) -> None:
     """No Ollama host answers: rebuild labels with the teacher, stops at the snapshot, says
     why, and ends by pointing to `spritesafe demo`."""
     import numpy as np

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -22,7 +23,7 @@ PREFECT = str(Path(sys.executable).with_name("prefect"))
 
 
 @pytest.fixture
-def prefect_server(tmp_path: Path) -> Iterator[dict[str, str]]:
+def prefect_server(tmp_path: Path, prefect_home: Path) -> Iterator[dict[str, str]]:
     port = free_port()
     env = os.environ | {
         "PREFECT_HOME": str(tmp_path / "prefect"),
@@ -82,8 +83,8 @@ def _api(env: dict[str, str], path: str, body: dict[str, object]) -> list[dict[s
 def test_scheduled_grow_fires_on_a_server_with_a_process_worker(
     prefect_server: dict[str, str], tmp_path: Path
 ) -> None:
-    """prefect.yaml as shipped deploys both flows; then the same file with a one-minute cron
-    (and this test's config) makes the scheduler fire `grow`, which a real process worker
+    """prefect.yaml as shipped deploys both flows; then the same file with a one-minute
+    schedule (and this test's config) makes the scheduler fire `grow`, which a real process worker
     runs against the Ollama test server; the catalog and the run's artifacts are checked."""
     from tests.learning import MODEL, colour_responder, coloured_corpus
     from tests.ollama_server import FakeOllama
@@ -106,12 +107,18 @@ def test_scheduled_grow_fires_on_a_server_with_a_process_worker(
             f'data_dir = "{tmp_path / "data"}"\nsources = ["{folder}"]\n'
             f'[ollama]\nhosts = ["{ollama.url}"]\nmodel = "{MODEL}"\n'
             "[label]\nbudget = 20\nscreen_share = 0\nconfirm_positives = false\n"
-            "[ingest]\nworkers = 1\n"
+            "[ingest]\nworkers = 1\n[pretrain]\nsize = 32\nmax_steps = 4\n"
         )
+        # Every minute from 20 s from now (deploy and the worker's start come first): a cron
+        # of "* * * * *" would wait up to a minute for its first run.
+        first = datetime.now(UTC) + timedelta(seconds=20)
         every_minute = (
             (ROOT / "prefect.yaml")
             .read_text()
-            .replace('cron: "0 */6 * * *"', 'cron: "* * * * *"')
+            .replace(
+                'cron: "0 */6 * * *"',
+                f'interval: 60\n        anchor_date: "{first.isoformat(timespec="seconds")}"',
+            )
             .replace("      config: null # a spritesafe.toml", f"      config: {config} #", 1)
         )
         every_minute = every_minute.replace("budget: 500", "budget: 20", 1)
