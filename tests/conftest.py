@@ -74,3 +74,17 @@ def prefect_home(_prefect_template: Path, tmp_path: Path) -> Path:
         if path.is_file() and not path.name.endswith(("-wal", "-shm")):
             shutil.copy2(path, home / path.name)
     return home
+
+
+@pytest.fixture(scope="session")
+def tiny_levels(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Path]:
+    """`tests.learning.tiny_level_export`, promoted, built once per session (~12 s): the
+    browser-page, npm and report tests only read it. Its settings and INT8 file."""
+    from tests.learning import tiny_level_export
+
+    folder = tmp_path_factory.mktemp("tiny-levels")
+    with pytest.MonkeyPatch.context() as patch:  # as `_isolated` does for a test
+        for name in [n for n in os.environ if n.startswith("SPRITESAFE_")]:
+            patch.delenv(name)
+        patch.chdir(folder)
+        return tiny_level_export(folder, promote=True)

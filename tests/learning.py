@@ -179,15 +179,10 @@ def labelled(
     return settings, server
 
 
-def tiny_level_model(tmp_path: Path) -> Path:
-    """A tiny model (64 px, 3 epochs) on red (explicit), grey (suggestive) and plain sprites,
-    exported: its INT8 .onnx (for the browser bundle's tests)."""
-    return tiny_level_export(tmp_path)[1]
-
-
 def tiny_level_export(tmp_path: Path, promote: bool = False) -> tuple[Settings, Path]:
-    """tiny_level_model's settings and INT8 file; with `promote`, verified (a lenient gate)
-    and promoted to the settings' deploy folder."""
+    """A tiny model (64 px, 3 epochs) on red (explicit), grey (suggestive) and plain sprites,
+    exported: its settings and INT8 file; with `promote`, verified (a lenient gate) and
+    promoted to the settings' deploy folder. The suite shares one (conftest `tiny_levels`)."""
     from export.stage import INT8_NAME, export_model, verify_model
     from training.snapshot import snapshot
     from training.train import train

@@ -18,14 +18,15 @@ from PIL import Image
 
 from export.bundle import build_web
 from export.classify import Classifier, Result
+from spritesafe.config import Settings
 from tests.helpers import png, sprite
-from tests.learning import GREY, RED, tiny_level_model
+from tests.learning import GREY, RED
 
 
-@pytest.fixture(scope="module")
-def int8(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture
+def int8(tiny_levels: tuple[Settings, Path]) -> Path:
     """A tiny model (64 px, 3 epochs) on red (explicit), grey (suggestive) and plain sprites."""
-    return tiny_level_model(tmp_path_factory.mktemp("demo"))
+    return tiny_levels[1]
 
 
 def _images(folder: Path) -> list[Path]:

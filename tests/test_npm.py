@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,6 @@ from export.classify import Classifier
 from export.stage import INT8_NAME
 from spritesafe.config import Settings
 from spritesafe.preprocess import fit_bytes, rgba
-from tests.learning import tiny_level_export
 from tests.test_export import _check_parity, _parity_images
 
 WEB = Path(__file__).parents[1] / "export" / "web"
@@ -40,11 +38,11 @@ MAX_TARBALL = 1_500_000
 WEBGPU_TOLERANCE = 0.01
 
 
-@pytest.fixture(scope="module")
-def promoted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+@pytest.fixture
+def promoted(tiny_levels: tuple[Settings, Path]) -> Settings:
     """A tiny model (64 px, 3 epochs) on red (explicit), grey (suggestive) and plain sprites,
     exported and promoted (a lenient gate)."""
-    yield tiny_level_export(tmp_path_factory.mktemp("npm"), promote=True)[0]
+    return tiny_levels[0]
 
 
 def _run(*command: str, cwd: Path, timeout: int = 180) -> str:

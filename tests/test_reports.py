@@ -38,7 +38,7 @@ from review.security import Policy, RateLimit, report_refusal
 from spritesafe.config import Settings, load_settings
 from spritesafe.decode import Rejected
 from tests.helpers import free_port, png, sprite
-from tests.learning import RED, tiny_level_model
+from tests.learning import RED
 
 SPRITESAFE = str(Path(sys.executable).with_name("spritesafe"))
 TOKEN = "report-token-for-tests"
@@ -316,9 +316,9 @@ def test_the_report_token_is_never_the_page_token(tmp_path: Path) -> None:
         create_app(ws.catalog, ws.blobs, Policy.serving("0.0.0.0", [], TOKEN), settings)
 
 
-@pytest.fixture(scope="module")
-def int8(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_level_model(tmp_path_factory.mktemp("reports"))
+@pytest.fixture
+def int8(tiny_levels: tuple[Settings, Path]) -> Path:
+    return tiny_levels[1]
 
 
 @pytest.mark.slow
