@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import pytest
 
 from corpus.workspace import Workspace, open_workspace
 from spritesafe.config import Settings, load_settings
-from tests.helpers import CDDA, CRAWL
+from tests.helpers import CDDA, CRAWL, free_port
 
 
 @pytest.fixture(autouse=True)
@@ -74,6 +76,55 @@ def prefect_home(_prefect_template: Path, tmp_path: Path) -> Path:
         if path.is_file() and not path.name.endswith(("-wal", "-shm")):
             shutil.copy2(path, home / path.name)
     return home
+
+
+@pytest.fixture(scope="session")
+def _prefect_server(
+    _prefect_template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """One Prefect API server (no services, no UI) for the session's flow-running tests: a
+    CLI flow run without PREFECT_API_URL starts its own temporary server, ~7 s each."""
+    home = tmp_path_factory.mktemp("prefect-server")
+    shutil.copy2(_prefect_template / "prefect.db", home / "prefect.db")
+    port = free_port()
+    log = (home / "server.log").open("w")
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    where = ["--host", "127.0.0.1", "--port", str(port)]
+    server = subprocess.Popen(
+        [prefect, "server", "start", "--no-services", "--no-ui", *where],
+        env=os.environ | {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 90
+    while not _healthy(url):
+        assert server.poll() is None, (home / "server.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "the Prefect server did not start in 90 s"
+        time.sleep(0.3)
+    yield url
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(30)
+    log.close()
+
+
+def _healthy(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture
+def prefect_api(_prefect_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Flow runs of this test (the CLI's too: they inherit the environment) go to the
+    session's Prefect server. Results and cache records stay in this test's PREFECT_HOME.
+    Tests of a first run without a server (the README's main command) do not ask for it."""
+    monkeypatch.setenv("PREFECT_API_URL", _prefect_server)
+    return _prefect_server
 
 
 @pytest.fixture(scope="session")

@@ -109,7 +109,9 @@ def test_rebuild_flow_runs_without_a_prefect_server(tmp_path: Path, folder: Path
     API (no server started by anyone), PREFECT_HOME isolated per test."""
     assert "PREFECT_API_URL" not in os.environ
     config = tmp_path / "spritesafe.toml"
-    config.write_text(f'data_dir = "flowdata"\nsources = ["{folder}"]\n')
+    config.write_text(
+        f'data_dir = "flowdata"\nsources = ["{folder}"]\n[pretrain]\nsize = 32\nmax_steps = 4\n'
+    )
     done = subprocess.run(
         [SPRITESAFE, "rebuild", "--config", str(config)],
         env=os.environ | {"PREFECT_HOME": str(tmp_path / "prefect")},
@@ -130,7 +132,7 @@ def test_rebuild_flow_runs_without_a_prefect_server(tmp_path: Path, folder: Path
 
 
 @pytest.mark.slow
-def test_rebuild_labels_snapshots_and_trains(tmp_path: Path, prefect_home: Path) -> None:
+def test_rebuild_labels_snapshots_and_trains(tmp_path: Path, prefect_api: str) -> None:
     """The whole rebuild chain through the CLI: the LLM (the Ollama test server) labels, the
     snapshot freezes, the student trains (tiny settings, so it is quick) and reports."""
     from tests.learning import MODEL, colour_responder, coloured_corpus
@@ -171,7 +173,7 @@ def test_rebuild_labels_snapshots_and_trains(tmp_path: Path, prefect_home: Path)
 
 @pytest.mark.slow
 def test_grow_retrains_only_when_enough_new_labels_arrived(
-    tmp_path: Path, prefect_home: Path
+    tmp_path: Path, prefect_api: str
 ) -> None:
     """grow: the first run labels and trains (no snapshot yet), promotes through the gate
     (limits opened: a 2-epoch model) and refreshes the review queue; a second run with
@@ -225,7 +227,7 @@ def test_grow_retrains_only_when_enough_new_labels_arrived(
 
 
 @pytest.mark.slow
-def test_killed_grow_resumes_without_duplicate_labels(tmp_path: Path, prefect_home: Path) -> None:
+def test_killed_grow_resumes_without_duplicate_labels(tmp_path: Path, prefect_api: str) -> None:
     """kill -9 the grow process mid-labelling; a second run completes, keeps every label the
     first one committed and asks the LLM about no image twice."""
     import signal

@@ -41,7 +41,7 @@ def _prefixes(client: Any) -> set[str]:
 
 
 def test_grow_with_dask_decodes_on_the_cluster(
-    cluster: Any, tmp_path: Path, prefect_home: Path
+    cluster: Any, tmp_path: Path, prefect_api: str
 ) -> None:
     folder = tmp_path / "sprites"
     folder.mkdir()

@@ -30,7 +30,7 @@ LENIENT = {
 
 @pytest.mark.slow
 def test_demo_runs_the_loop_and_says_what_it_is(
-    tmp_path: Path, debian_sprites: None, prefect_home: Path
+    tmp_path: Path, debian_sprites: None, prefect_api: str
 ) -> None:
     out = tmp_path / "demo"
     env = (

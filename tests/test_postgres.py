@@ -89,7 +89,7 @@ def test_migrations_run_on_postgresql(postgres: str) -> None:
 
 @pytest.mark.slow
 def test_a_grow_run_with_the_catalog_on_postgresql(
-    postgres: str, tmp_path: Path, prefect_home: Path
+    postgres: str, tmp_path: Path, prefect_api: str
 ) -> None:
     from corpus.catalog import images, labels, open_catalog
     from tests.learning import MODEL, colour_responder, coloured_corpus
