@@ -6,7 +6,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 
 from corpus.workspace import Workspace, open_workspace
 from spritesafe.config import Settings, load_settings
-from tests.helpers import CDDA, CRAWL, free_port
+from tests.helpers import CDDA, CRAWL, free_port, wait_for_prefect
 
 
 @pytest.fixture(autouse=True)
@@ -98,24 +97,11 @@ def _prefect_server(
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 90
-    while not _healthy(url):
-        assert server.poll() is None, (home / "server.log").read_text()[-3000:]
-        assert time.monotonic() < deadline, "the Prefect server did not start in 90 s"
-        time.sleep(0.3)
+    wait_for_prefect(server, url, home / "server.log")
     yield url
     os.killpg(server.pid, signal.SIGTERM)
     server.wait(30)
     log.close()
-
-
-def _healthy(url: str) -> bool:
-    import httpx
-
-    try:
-        return httpx.get(f"{url}/health", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 @pytest.fixture

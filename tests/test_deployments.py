@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_for_prefect
 
 ROOT = Path(__file__).parents[1]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -42,17 +42,7 @@ def prefect_server(tmp_path: Path, prefect_home: Path) -> Iterator[dict[str, str
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-        time.sleep(0.5)
-    else:
-        pytest.fail("prefect server did not become healthy in 90 s")
+    wait_for_prefect(server, env["PREFECT_API_URL"], tmp_path / "server.log")
     yield env
     os.killpg(server.pid, signal.SIGTERM)
     server.wait(30)
