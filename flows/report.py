@@ -111,6 +111,8 @@ def _label_extras(labelled: dict[str, Any]) -> str:
         )
     if labelled.get("second_opinions"):
         parts.append(f"second opinions {_fmt(labelled['second_opinions'])}")
+    if labelled.get("sheet_confirmed"):
+        parts.append(f"{labelled['sheet_confirmed']} positives confirmed by their sheet's flag")
     if labelled.get("cost"):
         parts.append(cost_line(labelled["cost"]))
     return "".join(f"; {part}" for part in parts)

@@ -43,7 +43,7 @@ from labelers.cost import call_rows, run_cost
 from labelers.effective import HUMAN, LLM, TEACHER
 from labelers.ollama import Job, OllamaLabeler, Outcome
 from labelers.rubric import Rubric, load_rubric
-from labelers.screen import grid_for, quality, screen, screened
+from labelers.screen import flagged_on_sheets, grid_for, quality, screen, screened
 from labelers.teacher import TeacherModel
 from labelers.views import llm_view
 from spritesafe.canonical import from_bytes
@@ -68,6 +68,7 @@ class LabelReport:
     steered_by: str = ""  # what ranked the steered part: "model <id>" or "teacher"
     screen: dict[str, Any] = field(default_factory=dict)  # group screening, when used
     second_opinions: Counter[str] = field(default_factory=Counter)  # confirm, recheck
+    sheet_confirmed: int = 0  # single LLM positives a sheet's flag confirmed (no call)
     cost: dict[str, Any] = field(default_factory=dict)  # labelers.cost.run_cost
     seconds: float = 0.0
     status: str = "running"
@@ -443,14 +444,20 @@ def second_opinions(
     budget: int,
 ) -> None:
     """One more sample, at the sampling temperature, for every single-vote LLM positive (a
-    positive trains only when confirmed) and for the single-vote negatives the promoted model
-    most confidently calls positive (a conflict is asked again before it reaches people)."""
+    positive trains only when confirmed) that no sheet flagged (a flag confirms it:
+    snapshot.sheet_confirms), and for the single-vote negatives the promoted model most
+    confidently calls positive (a conflict is asked again before it reaches people)."""
     config = settings.label
     single = single_votes(catalog, digest, rubric)
     positive = settings.snapshot.positive
     ask: dict[int, str] = {}
     if config.confirm_positives:
-        ask = {i: "confirm" for i, category in single.items() if category in positive}
+        said = {i for i, category in single.items() if category in positive}
+        if settings.snapshot.sheet_confirms and said:
+            flagged = said & flagged_on_sheets(catalog, rubric.screen_version, digest)
+            report.sheet_confirmed += len(flagged)
+            said -= flagged
+        ask = dict.fromkeys(sorted(said), "confirm")
     if report.steered_by.startswith("model"):
         doubted = [
             i

@@ -191,6 +191,11 @@ class SnapshotSettings(BaseModel):
     # An LLM positive trains only when confirmed: a second LLM answer agreeing (label stage,
     # label.confirm_positives) or a person. Unconfirmed ones are left out and counted.
     confirmed_positives_only: bool = True
+    # A contact sheet's flag is a second LLM opinion of its own (another prompt, another
+    # image): a sprite a sheet flagged and its one-by-one answer called positive is confirmed
+    # without a confirm call. Against per-call noise it is as good as a second sample, and
+    # against an error the LLM always makes (sticky) neither helps: people do (review).
+    sheet_confirms: bool = True
     # The audit base rate is corrected for the LLM's errors once people have decided at least
     # this many audit images (the grid review's `audit` items).
     min_reviewed_audit: int = Field(20, ge=1)

@@ -494,7 +494,8 @@ def test_killed_screening_run_asks_nothing_twice(corpus: Settings) -> None:
         assert len(answers) == len(set(answers))
         red = {r.image_id for r in screened if r.flagged}
         assert red <= {i for i, sample in answers if sample == 0}  # flagged: followed up
-        assert red <= {i for i, sample in answers if sample == 1}  # and confirmed
+        # ... and confirmed by the flag itself: no second answer asked for them.
+        assert not red & {i for i, sample in answers if sample == 1}
         ws.close()
 
 
@@ -556,6 +557,46 @@ def test_llm_positives_train_only_when_a_second_opinion_confirms(corpus: Setting
         assert 0 < disputed < 4  # both cases happen here
         assert frozen.excluded == {"uncertain": disputed}
         assert f"{4 - disputed} positives (explicit)" in frozen.reason  # too few to train here
+        ws.close()
+
+
+def test_a_sheets_flag_confirms_the_positive_it_flagged(corpus: Settings) -> None:
+    """A sprite a sheet flagged and its own answer called positive has two LLM opinions
+    (two prompts, two images): it trains without a confirm call. Off, each gets one."""
+    from corpus.dedupe import dedupe
+    from training.snapshot import snapshot
+
+    def frozen(settings: Settings, ws: Workspace, sheet_confirms: bool) -> Any:
+        config = settings.snapshot.model_copy(
+            update={
+                "min_positives": 3,
+                "min_negatives": 3,
+                "target_base_rate": 0.2,
+                "sheet_confirms": sheet_confirms,
+            }
+        )
+        return snapshot(ws.catalog, ws.blobs, settings.model_copy(update={"snapshot": config}))
+
+    with FakeOllama({MODEL: "sha256:" + "0e" * 32}, responder=by_colour) as server:
+        settings = _screening(corpus, server.url, explore_share=0.0, confirm_positives=True)
+        ws = open_workspace(settings)
+        dedupe(ws.catalog, settings)
+        report = label(ws.catalog, ws.blobs, settings, budget=12)
+        assert report.screen["flagged"] == 4 and report.sheet_confirmed == 4
+        assert "confirm" not in report.second_opinions and report.cost["calls"] == 12
+        assert not [r for r in _rows(ws, labels) if r.sample == 1]
+        with_flags = frozen(settings, ws, sheet_confirms=True)
+        assert with_flags.sheet_confirmed == 4
+        assert "unconfirmed_positive" not in with_flags.excluded
+        assert with_flags.status == "ok"
+        assert sum(split["nsfw"] for split in with_flags.counts.values()) == 4
+        # Without: the same labels leave every positive out until a second answer agrees.
+        without = frozen(settings, ws, sheet_confirms=False)
+        assert without.excluded["unconfirmed_positive"] == 4 and without.status == "refused"
+        off = settings.model_copy(
+            update={"snapshot": settings.snapshot.model_copy(update={"sheet_confirms": False})}
+        )
+        assert label(ws.catalog, ws.blobs, off, budget=0).second_opinions == {"confirm": 4}
         ws.close()
 
 
@@ -634,6 +675,8 @@ def test_second_opinions_keep_false_alarms_out_of_training_on_real_sprites(
     false_alarms = {i for i, c in first.items() if c == "explicit" and i not in truly}
     assert len(false_alarms) >= 2  # the noise happened
     assert false_alarms <= set(second)  # each was asked again ...
+    # (no sheet flagged them; the hearts the sheets flagged were confirmed by their flag)
+    assert report.sheet_confirmed > 0 and report.second_opinions["confirm"] >= len(false_alarms)
     refuted = {i for i in false_alarms if second[i] == "safe"}
     assert refuted  # ... and refuted (each by 95 %: none refuted among 2+ is < 0.3 %)
     assert frozen.status == "ok", frozen.reason

@@ -44,6 +44,7 @@ from labelers.effective import (
     effective_label,
 )
 from labelers.rubric import load_rubric
+from labelers.screen import flagged_on_sheets
 from spritesafe.config import Settings, SnapshotSettings
 from spritesafe.reports import as_dict
 from training.splits import SPLITS, TEST, TRAIN, VALIDATION, Item, assign_splits
@@ -69,6 +70,7 @@ class SnapshotReport:
     audited: int = 0  # certain labels in the uniform audit sample
     base_rate_estimate: dict[str, Any] = field(default_factory=dict)  # raw and corrected
     excluded: Counter[str] = field(default_factory=Counter)  # why labelled images were left out
+    sheet_confirmed: int = 0  # LLM positives with one answer that a contact sheet's flag confirmed
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> sfw/nsfw
     train_dropped: int = 0  # negatives downsampled away from training
     pos_weight: float = 1.0
@@ -279,7 +281,10 @@ def _snapshot(
             f"{undeduped} labelled images are not deduped yet, so their near-duplicates "
             "are unknown and could leak across splits: run `spritesafe dedupe` first"
         )
-    kept = _select(candidates, config, rubric.version, report.excluded)
+    sheet_flagged = (
+        flagged_on_sheets(catalog, rubric.screen_version) if config.sheet_confirms else set()
+    )
+    kept = _select(candidates, config, rubric.version, report, sheet_flagged)
     # Estimated before the checks: a refused report still says what the base rate was.
     estimate = _estimate(kept, config, report)
     items = _check(kept, config, report.excluded)
@@ -292,11 +297,14 @@ def _select(
     candidates: list[_Candidate],
     config: SnapshotSettings,
     rubric_version: str,
-    excluded: Counter[str],
+    report: SnapshotReport,
+    sheet_flagged: set[int],
 ) -> list[_Candidate]:
     """The candidates whose effective label (set on each) is certain and strong enough;
-    `excluded` counts the others by why."""
+    `report.excluded` counts the others by why. An LLM positive is confirmed by a second
+    answer, or by a contact sheet's flag (`sheet_flagged`)."""
     positive = config.positive
+    excluded = report.excluded
     min_rank = SOURCE_RANK[config.min_label_source]
     kept: list[_Candidate] = []
     for cand in candidates:
@@ -313,7 +321,11 @@ def _select(
             and cand.category in positive
             and sum(cand.label.votes.values()) < 2
         ):
-            excluded["unconfirmed_positive"] += 1  # one LLM answer: not enough
+            if cand.id not in sheet_flagged:
+                excluded["unconfirmed_positive"] += 1  # one LLM answer: not enough
+                continue
+            report.sheet_confirmed += 1
+            kept.append(cand)
         else:
             kept.append(cand)
     return kept
@@ -478,6 +490,7 @@ def _manifest(
         "pos_weight": report.pos_weight,
         "counts": report.counts,
         "excluded": dict(report.excluded),
+        "sheet_confirmed": report.sheet_confirmed,
         "sources": dict(Counter(c.source for c in frozen).most_common()),
         "settings": snapshot_settings,
     }
