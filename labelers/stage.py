@@ -3,7 +3,8 @@
 Budget (the base-rate problem: NSFW is rare, so a uniform sample wastes the LLM): N calls
 split by labelers.budget into a uniform audit sample (unbiased base rates), a little uniform
 exploration, and a steered part: the top scores and the scores nearest the threshold of the
-promoted model's out-of-sample scores once a model is promoted (the model proposes, the LLM
+promoted model's out-of-sample scores once a model is promoted (before that, of a model the
+gate refused for its INT8 file, by its FP32 file; the model proposes, the LLM
 verifies), else of the teacher's P(nsfw) on a random pool of `teacher_pool` x budget
 candidates it pre-screens. Every label keeps its selection, so each part's yield is known.
 Idempotent: an image labelled for (labeler, model digest, rubric version) is not sent again,
@@ -27,6 +28,7 @@ import sqlalchemy as sa
 from corpus.blobs import BlobStore
 from corpus.catalog import (
     Catalog,
+    exports,
     image_column,
     images,
     label_errors,
@@ -37,7 +39,7 @@ from corpus.catalog import (
     recorded,
     utcnow,
 )
-from export.stage import ExportError, promoted_model
+from export.stage import FP32_NAME, ExportError, promoted_model
 from labelers.budget import Plan, fill_random, steered_picks, uniform_picks
 from labelers.cost import call_rows, run_cost
 from labelers.effective import HUMAN, LLM, TEACHER
@@ -255,11 +257,28 @@ def clusters_of(catalog: Catalog, ids: list[int]) -> dict[int, int]:
     return image_column(catalog, images.c.cluster_id, ids)
 
 
-def _promoted(settings: Settings) -> Path | None:
+def steering_model(catalog: Catalog, settings: Settings) -> tuple[Path, bool] | None:
+    """The model whose scores steer the budget, and whether it is the promoted one.
+
+    The promoted model, when there is one. Before any is promoted, the newest model the gate
+    refused for its INT8 file steers by its FP32 file: the gate guards what ships (the INT8
+    file answering like the trained model), and any trained student ranks the rare class far
+    better than the photo-trained teacher would."""
     try:
-        return promoted_model(settings)
+        return promoted_model(settings), True
     except ExportError:
-        return None
+        pass
+    with catalog.read() as conn:
+        rows = conn.execute(
+            sa.select(exports.c.path, exports.c.reasons)
+            .where(exports.c.status == "failed")
+            .order_by(exports.c.verified_at.desc())
+        ).all()
+    for row in rows:
+        fp32 = Path(row.path) / FP32_NAME
+        if fp32.is_file() and not any("FP32" in reason for reason in row.reasons or []):
+            return fp32, False
+    return None
 
 
 def model_ranking(
@@ -294,11 +313,12 @@ def _steering(
     """The scores that steer the budget, and the plan that reads them."""
     config = settings.label
     plan = Plan(config.audit_share, config.explore_share, config.near_share, config.per_cluster)
-    model = _promoted(settings)
-    if model is not None:
+    steering = steering_model(catalog, settings)
+    if steering is not None:
         # The model proposes, the LLM verifies: rank by its out-of-sample scores.
+        model, promoted = steering
         model_id, threshold, scores = model_ranking(catalog, blobs, settings, model)
-        report.steered_by = f"model {model_id}"
+        report.steered_by = f"model {model_id}" + ("" if promoted else " (not promoted)")
         return scores, replace(plan, threshold=threshold)
     # No model yet: the teacher pre-screens a random pool it has not scored.
     teacher = TeacherModel()

@@ -553,6 +553,51 @@ def test_label_stage_is_steered_by_the_promoted_model(mined: Settings, tmp_path:
     assert report.cost["positives_found"] >= 4
 
 
+def test_before_any_promotion_a_model_the_gate_refused_still_steers(
+    mined: Settings, tmp_path: Path
+) -> None:
+    """The gate guards what ships (the INT8 file); until a model is promoted, the newest one
+    it refused for its INT8 file ranks the budget by its FP32 file, not the teacher."""
+    import sqlite3
+
+    from corpus.catalog import exports
+    from corpus.dedupe import dedupe
+    from corpus.ingest import ingest
+    from corpus.sources import parse_source
+    from labelers.stage import label, steering_model
+
+    clf = _model(mined)
+    data = tmp_path / "data"
+    data.mkdir()
+    conn = sqlite3.connect(mined.data_path / "catalog.db", isolation_level=None)
+    conn.execute("VACUUM INTO ?", (str(data / "catalog.db"),))  # nothing promoted here
+    conn.close()
+    settings = mined.model_copy(
+        update={
+            "data_dir": data,
+            "blob_url": mined.blob_root,
+            "label": mined.label.model_copy(update={"screen_share": 0.0}),
+        }
+    )
+    fresh = coloured_corpus(tmp_path, positives=10, negatives=30, seed=12)
+    refused = ["test/explicit: INT8 flips 6 of 500 images (1.20%, limit 1.00%)"]
+    with open_workspace(settings) as ws:
+        ingest(ws.catalog, ws.blobs, [parse_source(str(fresh), settings)], settings)
+        dedupe(ws.catalog, settings)
+        with ws.catalog.write() as c:
+            c.execute(exports.update().values(status="failed", reasons=refused))
+        steering = steering_model(ws.catalog, settings)
+        assert steering is not None and steering[0].name == "model.onnx" and not steering[1]
+        report = label(ws.catalog, ws.blobs, settings, budget=10)
+        assert report.steered_by == f"model {clf.model_id} (not promoted)"
+        assert report.teacher_scored == 0 and report.selected["model_top"] == 7
+        assert report.cost["positives_found"] >= 4  # the red ones it ranks on top
+        # A model whose FP32 file differs from the trained one steers nothing.
+        with ws.catalog.write() as c:
+            c.execute(exports.update().values(reasons=["test/explicit: ONNX FP32 differs"]))
+        assert steering_model(ws.catalog, settings) is None
+
+
 def _cluster_full(settings: Settings, image_id: int, picked: list[int]) -> bool:
     from labelers.stage import clusters_of
 
