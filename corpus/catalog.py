@@ -477,6 +477,20 @@ def image_column(catalog: Catalog, column: sa.Column[Any], ids: Iterable[int]) -
     return found
 
 
+def flagged_on_sheets(catalog: Catalog, screen_version: str, digest: str | None = None) -> set[int]:
+    """Sprites a contact sheet flagged under this screening text (and LLM, when `digest` is
+    given): labelers.screen writes the verdicts, the label stage and snapshots read them."""
+    query = (
+        sa.select(screenings.c.image_id)
+        .distinct()
+        .where(screenings.c.flagged, screenings.c.version == screen_version)
+    )
+    if digest is not None:
+        query = query.where(screenings.c.model_digest == digest)
+    with catalog.read() as conn:
+        return set(conn.execute(query).scalars())
+
+
 def migrate(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to `revision` with Alembic (idempotent)."""
     from alembic import command

@@ -155,19 +155,6 @@ def screened(catalog: Catalog, digest: str, rubric: Rubric) -> dict[int, Screene
     return {r.image_id: Screened(bool(r.flagged), int(r.grid)) for r in rows}
 
 
-def flagged_on_sheets(catalog: Catalog, screen_version: str, digest: str | None = None) -> set[int]:
-    """Sprites a sheet flagged under this screening text (and LLM, when `digest` is given)."""
-    query = (
-        sa.select(screenings.c.image_id)
-        .distinct()
-        .where(screenings.c.flagged, screenings.c.version == screen_version)
-    )
-    if digest is not None:
-        query = query.where(screenings.c.model_digest == digest)
-    with catalog.read() as conn:
-        return set(conn.execute(query).scalars())
-
-
 def quality(
     catalog: Catalog,
     digest: str,

@@ -29,6 +29,7 @@ from corpus.blobs import BlobStore
 from corpus.catalog import (
     Catalog,
     exports,
+    flagged_on_sheets,
     image_column,
     images,
     label_errors,
@@ -45,7 +46,7 @@ from labelers.cost import call_rows, run_cost
 from labelers.effective import HUMAN, LLM, TEACHER
 from labelers.ollama import Job, OllamaLabeler, Outcome
 from labelers.rubric import Rubric, load_rubric
-from labelers.screen import flagged_on_sheets, grid_for, quality, screen, screened
+from labelers.screen import grid_for, quality, screen, screened
 from labelers.teacher import TeacherModel
 from labelers.views import llm_view
 from spritesafe.canonical import from_bytes

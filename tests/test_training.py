@@ -262,6 +262,9 @@ def test_student_learns_a_rare_concept_from_noisy_llm_labels(
         (tmp_path / "spritesafe.toml").write_text(
             f'data_dir = "data"\n[ollama]\nhosts = ["{server.url}"]\nmodel = "{MODEL}"\n'
             "[train]\nepochs = 32\nmin_steps = 0\npatience = 12\nsize = 64\n"
+            # Every sprite gets labelled (budget > corpus), so a larger uniform audit costs
+            # nothing: at 10 % (160 labels, ~9 positives) a run drew 0.022 (a few-% chance).
+            "[label]\naudit_share = 0.3\n"
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("SPRITESAFE_")}
         env["SPRITESAFE_CONFIG"] = str(tmp_path / "spritesafe.toml")

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from corpus.blobs import BlobStore
 from corpus.catalog import (
     Catalog,
+    flagged_on_sheets,
     images,
     labels,
     models,
@@ -44,7 +45,6 @@ from labelers.effective import (
     effective_label,
 )
 from labelers.rubric import load_rubric
-from labelers.screen import flagged_on_sheets
 from spritesafe.config import Settings, SnapshotSettings
 from spritesafe.reports import as_dict
 from training.splits import SPLITS, TEST, TRAIN, VALIDATION, Item, assign_splits
