@@ -281,9 +281,8 @@ def _snapshot(
             f"{undeduped} labelled images are not deduped yet, so their near-duplicates "
             "are unknown and could leak across splits: run `spritesafe dedupe` first"
         )
-    sheet_flagged = (
-        flagged_on_sheets(catalog, rubric.screen_version) if config.sheet_confirms else set()
-    )
+    confirming = config.sheet_confirms and config.confirmed_positives_only
+    sheet_flagged = flagged_on_sheets(catalog, rubric.screen_version) if confirming else set()
     kept = _select(candidates, config, rubric.version, report, sheet_flagged)
     # Estimated before the checks: a refused report still says what the base rate was.
     estimate = _estimate(kept, config, report)
@@ -313,21 +312,21 @@ def _select(
         )
         if SOURCE_RANK[cand.label.source] < min_rank:
             excluded[f"{cand.label.source}_only"] += 1
-        elif cand.label.uncertain or cand.category is None:
+            continue
+        if cand.label.uncertain or cand.category is None:
             excluded["uncertain"] += 1
-        elif (
+            continue
+        one_answer = (
             config.confirmed_positives_only
             and cand.label.source == SOURCE_LLM
             and cand.category in positive
             and sum(cand.label.votes.values()) < 2
-        ):
-            if cand.id not in sheet_flagged:
-                excluded["unconfirmed_positive"] += 1  # one LLM answer: not enough
-                continue
-            report.sheet_confirmed += 1
-            kept.append(cand)
-        else:
-            kept.append(cand)
+        )
+        if one_answer and cand.id not in sheet_flagged:
+            excluded["unconfirmed_positive"] += 1  # one LLM answer: not enough
+            continue
+        report.sheet_confirmed += one_answer  # kept: a sheet flagged it
+        kept.append(cand)
     return kept
 
 
