@@ -354,10 +354,12 @@ def _against_current(
     model_id: str,
     records: Any,
     candidate: Any,
+    pos_weight: float = 1.0,
 ) -> tuple[dict[str, Any], list[str]]:
     """The promoted model and the candidate (`candidate`: a Classifier-like scorer of the
     candidate INT8 file) on the candidate's test split, leaving out images the promoted model
-    trained on; each model through its own preprocessing. (figures, reasons not to replace)."""
+    trained on; each model through its own preprocessing; PR-AUC at the base rate
+    (`pos_weight`: the snapshot's weight of a test positive). (figures, reasons not to replace)."""
     from export.classify import Classifier
     from training.metrics import average_precision
     from training.snapshot import trained_on
@@ -385,8 +387,8 @@ def _against_current(
     y = np.array([labels_[i] for i in keep])
     if not y.any():
         return {"model_id": clf.model_id, "images": len(keep), "positives": 0}, []
-    theirs = average_precision(y, np.array([theirs_r[i].score for i in keep]))
-    ours = average_precision(y, np.array([ours_r[i].score for i in keep]))
+    theirs = average_precision(y, np.array([theirs_r[i].score for i in keep]), pos_weight)
+    ours = average_precision(y, np.array([ours_r[i].score for i in keep]), pos_weight)
     figures = {
         "model_id": clf.model_id,
         "images": len(keep),
@@ -460,6 +462,7 @@ def verify_model(
             row.model_id,
             data["test"],
             Classifier(folder / INT8_NAME, threads=config.threads),
+            float(manifest.get("eval_pos_weight", {}).get("test", 1.0)),
         )
         report.current = current
         if worse and not force:

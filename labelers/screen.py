@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from corpus.blobs import BlobStore
 from corpus.catalog import Catalog, image_column, images, labels, llm_calls, screenings, utcnow
 from labelers.cost import call_rows
-from labelers.effective import LLM
+from labelers.effective import HUMAN, LLM, LabelRow, effective_label
 from labelers.ollama import Job, OllamaLabeler, Outcome
 from labelers.rubric import Rubric
 from labelers.sheets import Sheet, compose
@@ -168,6 +168,12 @@ def quality(
     LLM calls positive. The miss rate: the same share among the random `screen_check` sample
     of unflagged ones. Recall = flagged positives / (those + the unflagged positives both
     imply), so it is an estimate with the check sample's error, not a guess.
+
+    "Calls positive" is the sprite's effective label (a person's decision, else the LLM's
+    votes): a check answer that its second opinion does not confirm is per-call noise, not a
+    miss. At a rare rate that noise (a few % of every answer) outnumbers the screen's real
+    misses, and each check stands for ~100 unflagged sprites: counting it would shrink the
+    sheets for nothing.
     """
     version = rubric.screen_version
     with catalog.read() as conn:
@@ -181,22 +187,35 @@ def quality(
                 )
             )
         }
-        followed = conn.execute(
-            sa.select(labels.c.image_id, labels.c.selection, labels.c.category).where(
-                labels.c.labeler == LLM,
-                labels.c.rubric_version == rubric.version,
-                labels.c.sample == 0,
-                labels.c.selection.in_(("screen_flagged", "screen_check")),
+        followed: dict[int, str] = {
+            r.image_id: r.selection
+            for r in conn.execute(
+                sa.select(labels.c.image_id, labels.c.selection).where(
+                    labels.c.labeler == LLM,
+                    labels.c.rubric_version == rubric.version,
+                    labels.c.sample == 0,
+                    labels.c.selection.in_(("screen_flagged", "screen_check")),
+                )
             )
-        ).all()
+        }
+        rows: dict[int, list[LabelRow]] = {}
+        for r in conn.execute(
+            sa.select(labels).where(
+                labels.c.image_id.in_([i for i in followed if i in verdicts]),
+                labels.c.labeler.in_((LLM, HUMAN)),
+            )
+        ):
+            rows.setdefault(r.image_id, []).append(
+                LabelRow(r.labeler, r.category, r.created_at, r.rubric_version, by=r.model)
+            )
     wanted = set(positive)
     n_flagged = sum(1 for v in verdicts.values() if v)
     n_unflagged = len(verdicts) - n_flagged
     seen = {"screen_flagged": [0, 0], "screen_check": [0, 0]}  # labelled, positive
-    for row in followed:
-        if row.image_id in verdicts:
-            seen[row.selection][0] += 1
-            seen[row.selection][1] += int(row.category in wanted)
+    for image_id, votes in rows.items():
+        said = effective_label(votes, rubric_version=rubric.version)
+        seen[followed[image_id]][0] += 1
+        seen[followed[image_id]][1] += int(not said.uncertain and said.category in wanted)
     (fl_n, fl_pos), (ck_n, ck_pos) = seen["screen_flagged"], seen["screen_check"]
     precision = fl_pos / fl_n if fl_n else None
     miss = ck_pos / ck_n if ck_n else None

@@ -22,6 +22,7 @@ from corpus.workspace import Workspace, open_workspace
 from labelers.budget import Plan, plan_budget
 from labelers.ollama import Job, NoHostError, OllamaLabeler
 from labelers.rubric import load_rubric
+from labelers.screen import grid_for
 from labelers.stage import label
 from spritesafe.config import OllamaSettings, Settings, load_settings
 from tests.helpers import png, sprite
@@ -447,6 +448,37 @@ def test_a_screen_that_misses_positives_gets_smaller_sheets(
         assert seen[0] == (4, 0) and seen[1] == (3, 0)
         assert seen[2][0] == 2 and seen[2][1] > 0
         assert report.screen["quality"]["recall"] == 1.0
+        ws.close()
+
+
+def test_a_check_answer_its_second_opinion_refutes_is_noise_not_a_miss(corpus: Settings) -> None:
+    """Per-call noise at a rare rate outnumbers a screen's real misses: the check sample's
+    positives count as misses only when confirmed, else the sheets would shrink for nothing."""
+
+    def noisy_first_look(rgb: NDArray[np.uint8], info: ChatRequestInfo) -> str:
+        first_look = not sheet_layout(info) and info.body["options"]["temperature"] == 0
+        return "explicit" if first_look else _colour(rgb, info) or "safe"
+
+    responder = rubric_responder(noisy_first_look)
+    with FakeOllama({MODEL: "sha256:" + "0b" * 32}, responder=responder) as server:
+        settings = _screening(
+            corpus,
+            server.url,
+            explore_share=0.0,
+            screen_check_share=0.8,
+            screen_min_positives=1,
+            confirm_positives=True,
+        )
+        ws = open_workspace(settings)
+        report = label(ws.catalog, ws.blobs, settings, budget=23)
+        quality = report.screen["quality"]
+        # 16 of the 20 unflagged sprites were checked and said "explicit" once; the confirm
+        # calls said safe: no miss, and the next run keeps the 4x4 sheets.
+        assert report.screen["grid"] == 4 and quality["checked"] == 16
+        assert report.second_opinions["confirm"] >= 16
+        assert quality["recall"] == 1.0 and quality["positives_seen"] == 4
+        rubric = load_rubric(settings.label.rubric)
+        assert grid_for(ws.catalog, settings, report.model_digest, rubric) == 4
         ws.close()
 
 

@@ -20,7 +20,15 @@ from labelers.stage import label
 from spritesafe.config import load_settings
 from tests.learning import MODEL, coloured_corpus, labelled
 from training.snapshot import latest_snapshot, load_snapshot, snapshot
-from training.splits import TEST, TRAIN, VALIDATION, Item, assign_splits, downsample_negatives
+from training.splits import (
+    TEST,
+    TRAIN,
+    VALIDATION,
+    Item,
+    assign_splits,
+    downsample_negatives,
+    eval_pos_weights,
+)
 
 
 def _items(spec: list[tuple[int, int]]) -> list[Item]:
@@ -76,6 +84,23 @@ def test_too_few_positives_moves_negatives_to_training_instead() -> None:
         pos, total = _share(items, split_of, name)
         assert pos >= 1 and abs(pos / total - 0.05) < 0.02, (name, pos, total)
     assert _share(items, split_of, TRAIN)[0] >= 2
+
+
+def test_evaluation_splits_take_enough_positives_and_weigh_them_to_the_rate() -> None:
+    # Few labelled negatives at a 2 % rate: the rate alone gives validation ~3 positives.
+    items = _items([(1, 0)] * 120 + [(0, 1)] * 1000)
+    plain = assign_splits(items, 0.02, 0.15, 0.15, seed=0)
+    assert _share(items, plain, VALIDATION)[0] <= 4
+    split_of = assign_splits(items, 0.02, 0.15, 0.15, seed=0, min_positives=20)
+    weights = eval_pos_weights(items, split_of, 0.02)
+    for name in (VALIDATION, TEST):
+        pos, total = _share(items, split_of, name)
+        assert pos == 20 and total - pos == 150, (name, pos, total)
+        # Weighted, the split reads at the rate: w * pos / (w * pos + negatives) = 0.02.
+        w = weights[name]
+        assert w * pos / (w * pos + total - pos) == pytest.approx(0.02, rel=1e-4)
+    assert _share(items, split_of, TRAIN)[0] == 80
+    assert eval_pos_weights(items, plain, 0.02)[VALIDATION] == 1.0
 
 
 def test_downsampling_keeps_every_positive() -> None:

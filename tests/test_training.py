@@ -48,6 +48,26 @@ def test_average_precision_matches_hand_computed_values() -> None:
     assert metrics.average_precision(y, rng.random(20_000)) == pytest.approx(0.05, abs=0.01)
 
 
+def test_weighted_positives_read_like_more_negatives() -> None:
+    # pos_weight 1/k on a split = the same split with every negative counted k times: how an
+    # evaluation split enriched in positives is read at the base rate.
+    rng = np.random.default_rng(1)
+    y = rng.random(400) < 0.2
+    p = np.where(y, rng.random(400) + 0.3, rng.random(400))
+    k = 4
+    y_rep = np.r_[y, np.repeat(y[~y], k - 1)]
+    p_rep = np.r_[p, np.repeat(p[~y], k - 1)]
+    assert metrics.average_precision(y, p, 1 / k) == pytest.approx(
+        metrics.average_precision(y_rep, p_rep)
+    )
+    assert metrics.average_precision(y, p, 1 / k) < metrics.average_precision(y, p)
+    at = metrics.at_threshold(y, p, 0.8, 1 / k)
+    assert at.precision == pytest.approx(metrics.at_threshold(y_rep, p_rep, 0.8).precision)
+    assert metrics.choose_threshold(y, p, "precision", 0.8, 1 / k) == (
+        metrics.choose_threshold(y_rep, p_rep, "precision", 0.8)
+    )
+
+
 def test_threshold_is_chosen_for_the_target() -> None:
     y = np.array([1, 1, 0, 1, 0, 0, 0, 0])
     p = np.array([0.95, 0.9, 0.8, 0.7, 0.4, 0.3, 0.2, 0.1])

@@ -29,6 +29,9 @@ class SplitData:
     clusters: list[str]
     rejected: int = 0  # records whose bytes no longer decode (counted, not fatal)
     levels: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))  # 0..2
+    # What each positive counts for in precision: below 1 where an evaluation split holds
+    # more positives than the base rate (the snapshot's `eval_pos_weight`).
+    pos_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if not len(self.levels) and len(self.labels):

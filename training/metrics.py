@@ -14,9 +14,13 @@ from spritesafe.reports import as_dict
 
 
 def pr_curve(
-    y: NDArray[Any], p: NDArray[Any]
+    y: NDArray[Any], p: NDArray[Any], pos_weight: float = 1.0
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
-    """(precision, recall, threshold) at every distinct score, highest threshold first."""
+    """(precision, recall, threshold) at every distinct score, highest threshold first.
+
+    `pos_weight`: what each positive counts for in precision. An evaluation split that holds
+    more positives than the base rate (so that it has enough to rank by) weighs them down to
+    read as if it were at the base rate; recall does not change."""
     y = np.asarray(y, dtype=bool)
     order = np.argsort(-np.asarray(p, dtype=np.float64), kind="stable")
     scores = np.asarray(p, dtype=np.float64)[order]
@@ -25,15 +29,17 @@ def pr_curve(
     fp = np.cumsum(~hits)
     last = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]  # end of each score tie
     positives = max(int(y.sum()), 1)
-    return tp[last] / (tp[last] + fp[last]), tp[last] / positives, scores[last]
+    weighted = pos_weight * tp[last]
+    return weighted / (weighted + fp[last]), tp[last] / positives, scores[last]
 
 
-def average_precision(y: NDArray[Any], p: NDArray[Any]) -> float:
+def average_precision(y: NDArray[Any], p: NDArray[Any], pos_weight: float = 1.0) -> float:
     """Area under the PR curve as the step sum of precision x recall gained (sklearn's AP).
-    Its value for a random scorer is the positive share, so read it against the base rate."""
+    Its value for a random scorer is the positive share, so read it against the base rate
+    (with `pos_weight`, see pr_curve, the share the weights give)."""
     if not np.asarray(y, dtype=bool).any():
         return float("nan")
-    precision, recall, _ = pr_curve(y, p)
+    precision, recall, _ = pr_curve(y, p, pos_weight)
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
@@ -44,11 +50,12 @@ class AtThreshold:
     fp: int
     tn: int
     fn: int
+    pos_weight: float = 1.0  # what each positive counts for in precision (see pr_curve)
 
     @property
     def precision(self) -> float:
-        called = self.tp + self.fp
-        return self.tp / called if called else float("nan")
+        called = self.pos_weight * self.tp + self.fp
+        return self.pos_weight * self.tp / called if called else float("nan")
 
     @property
     def recall(self) -> float:
@@ -69,7 +76,9 @@ class AtThreshold:
         )
 
 
-def at_threshold(y: NDArray[Any], p: NDArray[Any], threshold: float) -> AtThreshold:
+def at_threshold(
+    y: NDArray[Any], p: NDArray[Any], threshold: float, pos_weight: float = 1.0
+) -> AtThreshold:
     y = np.asarray(y, dtype=bool)
     called = np.asarray(p) >= threshold
     return AtThreshold(
@@ -78,6 +87,7 @@ def at_threshold(y: NDArray[Any], p: NDArray[Any], threshold: float) -> AtThresh
         fp=int((called & ~y).sum()),
         tn=int((~called & ~y).sum()),
         fn=int((~called & y).sum()),
+        pos_weight=pos_weight,
     )
 
 
@@ -86,13 +96,14 @@ def choose_threshold(
     p: NDArray[Any],
     target: Literal["precision", "recall"],
     value: float,
+    pos_weight: float = 1.0,
 ) -> tuple[float, bool]:
     """(threshold, target met). precision >= value: the threshold with the most recall among
     those that reach it; recall >= value: the one with the most precision. When no threshold
-    reaches the target, the one with the best F1."""
+    reaches the target, the one with the best F1. `pos_weight`: see pr_curve."""
     if not np.asarray(y, dtype=bool).any():
         return 0.5, False
-    precision, recall, thresholds = pr_curve(y, p)
+    precision, recall, thresholds = pr_curve(y, p, pos_weight)
     if target == "precision":
         ok = np.flatnonzero(precision >= value)
         if ok.size:

@@ -47,7 +47,15 @@ from labelers.effective import (
 from labelers.rubric import load_rubric
 from spritesafe.config import Settings, SnapshotSettings
 from spritesafe.reports import as_dict
-from training.splits import SPLITS, TEST, TRAIN, VALIDATION, Item, assign_splits
+from training.splits import (
+    SPLITS,
+    TEST,
+    TRAIN,
+    VALIDATION,
+    Item,
+    assign_splits,
+    eval_pos_weights,
+)
 from training.splits import downsample_negatives as downsample
 
 CLASS_NAMES = ("sfw", "nsfw")  # the binary label 0, 1 (the model also scores each level)
@@ -74,6 +82,8 @@ class SnapshotReport:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> sfw/nsfw
     train_dropped: int = 0  # negatives downsampled away from training
     pos_weight: float = 1.0
+    # validation/test -> what each positive counts for in their metrics (splits.eval_pos_weights)
+    eval_pos_weight: dict[str, float] = field(default_factory=dict)
     reason: str = ""  # why it refused, when status is "refused"
     seconds: float = 0.0
     status: str = "running"
@@ -381,7 +391,15 @@ def _split_and_balance(
     """Item id -> split, by cluster at the base rate; negatives downsampled away from
     training are left out, or the positives' loss weight set (`config.balance`). The counts
     per split go into `report`."""
-    split_of = assign_splits(items, rate, config.val_share, config.test_share, config.seed)
+    split_of = assign_splits(
+        items,
+        rate,
+        config.val_share,
+        config.test_share,
+        config.seed,
+        min_positives=config.min_eval_positives,
+    )
+    report.eval_pos_weight = eval_pos_weights(items, split_of, rate)
     train_items = [i for i in items if split_of[i.id] == TRAIN]
     n_train_pos = sum(i.positive for i in train_items)
     if config.balance == "downsample":
@@ -487,6 +505,7 @@ def _manifest(
         "audited": estimate.audited,
         "base_rate_estimate": report.base_rate_estimate,
         "pos_weight": report.pos_weight,
+        "eval_pos_weight": report.eval_pos_weight,
         "counts": report.counts,
         "excluded": dict(report.excluded),
         "sheet_confirmed": report.sheet_confirmed,

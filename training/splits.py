@@ -7,6 +7,10 @@
    of negative clusters and then only as many positive clusters as the base rate calls for;
    the remaining positives train the model instead of being thrown away. When positives are
    too few for that, negatives move to training instead, so the rate still holds.
+   At a low rate with few labelled negatives that leaves a handful of evaluation positives,
+   too few to choose epochs, thresholds or models by: with `min_positives`, each split takes
+   at least that many (within the cap) and `eval_pos_weights` says what each positive must
+   count for in precision so the split still reads at the base rate (metrics.pr_curve).
 3. Everything is ordered by a seeded hash of the cluster key: deterministic, and a cluster
    keeps its place in the order when others are added.
 """
@@ -54,9 +58,12 @@ def assign_splits(
     test_share: float,
     seed: int = 0,
     max_eval_positive_share: float = 0.5,
+    min_positives: int = 0,
 ) -> dict[int, str]:
     """Item id -> split. `*_share` are shares of the negative clusters; at most
-    `max_eval_positive_share` of the positive clusters go to validation and test together."""
+    `max_eval_positive_share` of the positive clusters go to validation and test together;
+    each evaluation split takes at least `min_positives` positives where that cap allows
+    (more than the rate calls for: weigh them with eval_pos_weights)."""
     if not 0 < base_rate < 1:
         raise ValueError(f"base rate must be in (0, 1), got {base_rate}")
     grouped: dict[str, list[Item]] = defaultdict(list)
@@ -78,7 +85,8 @@ def assign_splits(
         neg = negative[start_neg : start_neg + round(len(negative) * share)]
         start_neg += len(neg)
         neg_images = sum(c.negatives for c in neg)
-        wanted = base_rate / (1 - base_rate) * neg_images  # positives for the base rate
+        at_rate = base_rate / (1 - base_rate) * neg_images  # positives for the base rate
+        wanted = max(at_rate, min_positives)
         allowed = budget // 2 if index == 0 else budget - len(used)
         allowed = max(allowed, 1) if budget >= 2 else 0
         pos: list[_Cluster] = []
@@ -97,11 +105,13 @@ def assign_splits(
             used.add(smallest.key)
         needed = got * (1 - base_rate) / base_rate
         spare = len(negative) // 2  # training keeps at least half of the negative clusters
-        while neg_images < needed and start_neg < spare:
-            neg.append(negative[start_neg])  # too many positives: more negatives, from train
+        # Too many positives: more negatives, from train (with `min_positives` the positives
+        # beyond the rate's share are weighed down instead).
+        while not min_positives and neg_images < needed and start_neg < spare:
+            neg.append(negative[start_neg])
             neg_images += negative[start_neg].negatives
             start_neg += 1
-        if 0 < got < wanted:
+        if 0 < got < at_rate:
             # Too few positives for the rate: keep fewer negatives (the rest train).
             keep = got * (1 - base_rate) / base_rate
             kept: list[_Cluster] = []
@@ -115,6 +125,21 @@ def assign_splits(
         for cluster in neg + pos:
             split_of[cluster.key] = name
     return {item.id: split_of.get(item.cluster, TRAIN) for item in items}
+
+
+def eval_pos_weights(
+    items: list[Item], split_of: dict[int, str], base_rate: float
+) -> dict[str, float]:
+    """Split -> what each of its positives counts for in precision so that the split reads
+    at `base_rate` (1.0 where it holds no more positives than the rate calls for)."""
+    weights = {}
+    for name in (VALIDATION, TEST):
+        members = [i for i in items if split_of.get(i.id) == name]
+        pos = sum(i.positive for i in members)
+        neg = len(members) - pos
+        at_rate = base_rate / (1 - base_rate) * neg
+        weights[name] = round(min(1.0, at_rate / pos), 6) if pos and at_rate else 1.0
+    return weights
 
 
 def downsample_negatives(

@@ -363,6 +363,9 @@ def _setup(
     train_data = load_split(dataset["train"], spec)
     val_data = load_split(dataset["validation"], spec)
     test_data = load_split(dataset["test"], spec)
+    weights = manifest.get("eval_pos_weight", {})
+    val_data.pos_weight = float(weights.get("validation", 1.0))
+    test_data.pos_weight = float(weights.get("test", 1.0))
     if not train_data.positives or not val_data.positives:
         raise TrainError("the snapshot has no positives in training or validation")
 
@@ -444,15 +447,16 @@ def _finish(
         # The deployment level's base rate is the snapshot's (the audit's); the other's is
         # what validation, drawn at that rate, holds.
         base_rate = report.base_rate if positive else float(val_y.mean()) if len(val_y) else 0
+        val_w, test_w = (val_data.pos_weight, test_data.pos_weight) if positive else (1.0, 1.0)
         threshold, met, rule = _threshold(
-            config, val_y, val_cum[:, level - 1], setup.level_shares[level - 1], base_rate
+            config, val_y, val_cum[:, level - 1], setup.level_shares[level - 1], base_rate, val_w
         )
         report.levels[name] = {
             "threshold": threshold,
             "threshold_met": met,
             "threshold_rule": rule,
-            "validation": _level_summary(val_y, val_cum[:, level - 1], threshold),
-            "test": _level_summary(test_y, test_cum[:, level - 1], threshold),
+            "validation": _level_summary(val_y, val_cum[:, level - 1], threshold, val_w),
+            "test": _level_summary(test_y, test_cum[:, level - 1], threshold, test_w),
         }
         if positive:
             report.threshold, report.threshold_met, report.threshold_rule = threshold, met, rule
@@ -527,7 +531,9 @@ def _fit_head(
             "step": 0,
             "train_loss": _bce(train_scores, train_data.labels),
             "val_loss": _bce(val_scores, val_data.labels),
-            "val_pr_auc": metrics.average_precision(val_data.labels, val_scores),
+            "val_pr_auc": metrics.average_precision(
+                val_data.labels, val_scores, val_data.pos_weight
+            ),
             "criterion": head.validation_pr_auc,
             "l2": head.l2,
             "lr": 0.0,
@@ -694,7 +700,7 @@ def _validate(
     the step when validation cannot rank)."""
     val_data = setup.val_data
     val_scores = predict(opt.judged, eval_batches(val_data, setup.spec), setup.device)
-    ap = metrics.average_precision(val_data.labels, val_scores)
+    ap = metrics.average_precision(val_data.labels, val_scores, val_data.pos_weight)
     earlier = state.history[len(state.history) - config.selection_window + 1 :]
     window = [h["val_pr_auc"] for h in earlier] if config.selection_window > 1 else []
     criterion = float(np.mean([*window, ap])) if ranks else float(state.step)
@@ -751,17 +757,20 @@ def _threshold(
     val_scores: np.ndarray[Any, Any],
     trained_share: float,
     base_rate: float,
+    pos_weight: float = 1.0,
 ) -> tuple[float, bool, str]:
-    """(threshold, target met on validation, the rule as words) for binary labels `val_y`."""
+    """(threshold, target met on validation, the rule as words) for binary labels `val_y`
+    (`pos_weight`: what each validation positive counts for in precision)."""
     rule = f"{config.threshold_for} >= {config.threshold_target}"
     positives = int(np.sum(val_y))
     if positives >= config.min_val_positives or config.threshold_for != "precision":
         threshold, met = metrics.choose_threshold(
-            val_y, val_scores, config.threshold_for, config.threshold_target
+            val_y, val_scores, config.threshold_for, config.threshold_target, pos_weight
         )
         return threshold, met, f"{rule} on validation"
     threshold = metrics.prior_shift_threshold(trained_share, base_rate, config.threshold_target)
-    met = metrics.at_threshold(val_y, val_scores, threshold).precision >= (config.threshold_target)
+    at = metrics.at_threshold(val_y, val_scores, threshold, pos_weight)
+    met = at.precision >= config.threshold_target
     return (
         threshold,
         met,
@@ -772,25 +781,31 @@ def _threshold(
 
 
 def _level_summary(
-    labels: np.ndarray[Any, Any], scores: np.ndarray[Any, Any], threshold: float
+    labels: np.ndarray[Any, Any],
+    scores: np.ndarray[Any, Any],
+    threshold: float,
+    pos_weight: float = 1.0,
 ) -> dict[str, Any]:
     """One level's figures on a split (labels: at least that level)."""
+    ap = metrics.average_precision(labels, scores, pos_weight) if np.any(labels) else None
     return {
         "images": len(labels),
         "positives": int(np.sum(labels)),
-        "pr_auc": metrics.average_precision(labels, scores) if np.any(labels) else None,
-        "at_threshold": metrics.at_threshold(labels, scores, threshold).as_dict(),
+        "pr_auc": ap,
+        "at_threshold": metrics.at_threshold(labels, scores, threshold, pos_weight).as_dict(),
     }
 
 
 def _summary(data: SplitData, scores: np.ndarray[Any, Any], threshold: float) -> dict[str, Any]:
-    at = metrics.at_threshold(data.labels, scores, threshold)
+    """A split's figures; precision and PR-AUC read at the base rate (data.pos_weight)."""
+    at = metrics.at_threshold(data.labels, scores, threshold, data.pos_weight)
     table = metrics.calibration(data.labels, scores)
     return {
         "images": len(data),
         "positives": data.positives,
         "positive_share": data.positives / len(data) if len(data) else float("nan"),
-        "pr_auc": metrics.average_precision(data.labels, scores),
+        "pos_weight": data.pos_weight,
+        "pr_auc": metrics.average_precision(data.labels, scores, data.pos_weight),
         "loss": _bce(scores, data.labels),
         "at_threshold": at.as_dict(),
         "expected_calibration_error": metrics.expected_calibration_error(table),
