@@ -101,7 +101,9 @@ def write_card(
     lines += [
         "",
         f"nsfw = {' + '.join(manifest['positive_categories'])}. Base rate of validation and test: "
-        f"{manifest['base_rate']:.4f} ({manifest['base_rate_source']}).",
+        f"{manifest['base_rate']:.4f} ({manifest['base_rate_source']})"
+        + _weights(manifest.get("eval_pos_weight", {}))
+        + ".",
         "",
         "## Metrics at the base rate (test split)",
         "",
@@ -161,3 +163,15 @@ def _test_metrics(meta: dict[str, Any]) -> dict[str, Any]:
         "images": test["images"],
         "positives": test["positives"],
     }
+
+
+def _weights(weights: dict[str, float]) -> str:
+    """How positives beyond the rate's share are counted, where a split holds some."""
+    below = {k: w for k, w in weights.items() if w < 1}
+    if not below:
+        return ""
+    parts = ", ".join(f"{k} {w:.3f}" for k, w in below.items())
+    return (
+        f"; they hold more positives than that rate (enough to rank by), each counted as "
+        f"({parts}) of one in precision and PR-AUC"
+    )

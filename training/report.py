@@ -59,8 +59,9 @@ def write_report(
     fig, ax = plt.subplots(figsize=(5, 5))
     for name, (y, p) in (("validation", validation), ("test", test)):
         if y.any():
-            precision, recall, _ = metrics.pr_curve(y, p)
-            ap = metrics.average_precision(y, p)
+            w = float(summary.get(name, {}).get("pos_weight", 1.0))  # read at the base rate
+            precision, recall, _ = metrics.pr_curve(y, p, w)
+            ap = metrics.average_precision(y, p, w)
             ax.step(recall, precision, where="post", label=f"{name} (PR-AUC {ap:.3f})")
     ax.axhline(summary["base_rate"], color="grey", ls="--", label="base rate (random)")
     ax.plot(
