@@ -185,8 +185,8 @@ class SnapshotSettings(BaseModel):
     target_base_rate: float | None = Field(None, gt=0, lt=1)
     val_share: float = Field(0.15, gt=0, lt=0.5, description="of negative clusters")
     test_share: float = Field(0.15, gt=0, lt=0.5, description="of negative clusters")
-    # Positives each of validation and test holds at least (when half the positive clusters
-    # allow): at a low rate the rate alone leaves a handful, too few to choose epochs,
+    # Positives each of validation and test holds at least (at most 15 % of the positives
+    # each): at a low rate the rate alone leaves a handful, too few to choose epochs,
     # thresholds and models by. The extra ones are weighed down so precision, PR-AUC and the
     # threshold read at the base rate (the manifest's `eval_pos_weight`). 0 = the rate only.
     min_eval_positives: int = Field(20, ge=0)

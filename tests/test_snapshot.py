@@ -88,7 +88,7 @@ def test_too_few_positives_moves_negatives_to_training_instead() -> None:
 
 def test_evaluation_splits_take_enough_positives_and_weigh_them_to_the_rate() -> None:
     # Few labelled negatives at a 2 % rate: the rate alone gives validation ~3 positives.
-    items = _items([(1, 0)] * 120 + [(0, 1)] * 1000)
+    items = _items([(1, 0)] * 200 + [(0, 1)] * 1000)
     plain = assign_splits(items, 0.02, 0.15, 0.15, seed=0)
     assert _share(items, plain, VALIDATION)[0] <= 4
     split_of = assign_splits(items, 0.02, 0.15, 0.15, seed=0, min_positives=20)
@@ -99,8 +99,12 @@ def test_evaluation_splits_take_enough_positives_and_weigh_them_to_the_rate() ->
         # Weighted, the split reads at the rate: w * pos / (w * pos + negatives) = 0.02.
         w = weights[name]
         assert w * pos / (w * pos + total - pos) == pytest.approx(0.02, rel=1e-4)
-    assert _share(items, split_of, TRAIN)[0] == 80
+    assert _share(items, split_of, TRAIN)[0] == 160
     assert eval_pos_weights(items, plain, 0.02)[VALIDATION] == 1.0
+    # With few positives, training keeps them: at most 15 % of them for each split.
+    few = _items([(1, 0)] * 40 + [(0, 1)] * 1000)
+    split_of = assign_splits(few, 0.02, 0.15, 0.15, seed=0, min_positives=20)
+    assert all(_share(few, split_of, n)[0] == 6 for n in (VALIDATION, TEST))
 
 
 def test_downsampling_keeps_every_positive() -> None:
@@ -144,7 +148,7 @@ def test_snapshot_is_cluster_grouped_balanced_and_reused(tmp_path: Path) -> None
                 # More positives than the rate gives (min_eval_positives), weighed down to it.
                 labels = [r["label"] for r in rows[name]]
                 pos, w = sum(labels), manifest["eval_pos_weight"][name]
-                assert pos >= 8 and w < 1, (name, pos, len(labels), w)
+                assert pos >= 5 and w < 1, (name, pos, len(labels), w)
                 assert 0.04 < w * pos / (w * pos + len(labels) - pos) < 0.06
             # The image bytes are embedded and decode.
             image = data[TEST][0]["image"]

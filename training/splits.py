@@ -59,11 +59,13 @@ def assign_splits(
     seed: int = 0,
     max_eval_positive_share: float = 0.5,
     min_positives: int = 0,
+    min_positives_share: float = 0.15,
 ) -> dict[int, str]:
     """Item id -> split. `*_share` are shares of the negative clusters; at most
     `max_eval_positive_share` of the positive clusters go to validation and test together;
-    each evaluation split takes at least `min_positives` positives where that cap allows
-    (more than the rate calls for: weigh them with eval_pos_weights)."""
+    each evaluation split takes at least `min_positives` positives, but never for that more
+    than `min_positives_share` of all positives (with few labels, training needs them more);
+    beyond the rate's share they are weighed down (eval_pos_weights)."""
     if not 0 < base_rate < 1:
         raise ValueError(f"base rate must be in (0, 1), got {base_rate}")
     grouped: dict[str, list[Item]] = defaultdict(list)
@@ -80,13 +82,14 @@ def assign_splits(
     # always keeps at least one (with fewer than 3 there is nothing to evaluate on anyway).
     budget = min(math.floor(len(positive) * max_eval_positive_share), len(positive) - 1)
     used: set[str] = set()
+    floor = min(min_positives, min_positives_share * sum(c.positives for c in positive))
     start_neg = 0
     for index, (name, share) in enumerate(((TEST, test_share), (VALIDATION, val_share))):
         neg = negative[start_neg : start_neg + round(len(negative) * share)]
         start_neg += len(neg)
         neg_images = sum(c.negatives for c in neg)
         at_rate = base_rate / (1 - base_rate) * neg_images  # positives for the base rate
-        wanted = max(at_rate, min_positives)
+        wanted = max(at_rate, floor)
         allowed = budget // 2 if index == 0 else budget - len(used)
         allowed = max(allowed, 1) if budget >= 2 else 0
         pos: list[_Cluster] = []
