@@ -148,6 +148,30 @@ def test_gate_fails_a_broken_model_and_never_promotes_it(trained: Settings) -> N
     assert deployed == good
 
 
+def test_one_near_threshold_flip_on_a_small_split_passes_and_confident_ones_do_not() -> None:
+    from export.verify import agreement, int8_reasons
+    from spritesafe.config import ExportSettings
+
+    limits = ExportSettings()  # 1 % of the images, no confident flip
+    reference = np.linspace(0.99, 0.01, 88)  # 0.5057 and 0.4943 around the threshold 0.5
+    near = reference.copy()
+    near[43] = 0.45  # one flip, near the threshold
+    assert agreement(reference, near, 0.5, 0.1).flips == 1
+    assert not int8_reasons("test", agreement(reference, near, 0.5, 0.1), limits)
+    two = near.copy()
+    two[44] = 0.55  # a second one: 2.3 %
+    assert int8_reasons("test", agreement(reference, two, 0.5, 0.1), limits)
+    confident = reference.copy()
+    confident[0] = 0.01  # 0.99 -> 0.01: one flip, but a confident one
+    assert [
+        r
+        for r in int8_reasons("test", agreement(reference, confident, 0.5, 0.1), limits)
+        if "confident" in r
+    ]
+    none = ExportSettings(max_flip_share=0.0)
+    assert int8_reasons("test", agreement(reference, near, 0.5, 0.1), none)
+
+
 def test_the_pr_auc_limit_is_never_finer_than_one_rank_swap() -> None:
     from export.verify import agreement, allowed_pr_auc_drop, int8_reasons
     from spritesafe.config import ExportSettings
