@@ -38,6 +38,10 @@ def _count(db: Path, sql: str) -> int:
         return 0  # schema not created yet
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_and_wait(data: Path, at_least: int) -> subprocess.Popen[bytes]:
     data.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
@@ -46,6 +50,9 @@ def _start_and_wait(data: Path, at_least: int) -> subprocess.Popen[bytes]:
         stdout=(data / "stdout.log").open("wb"),
         stderr=(data / "stderr.log").open("wb"),
         start_new_session=True,
+        # Ctrl-C as at a terminal: a suite started in the background (`cmd &` in a script)
+        # hands its children SIGINT ignored, and Python then never raises KeyboardInterrupt.
+        preexec_fn=_default_sigint,
     )
     deadline = time.monotonic() + 120
     while _count(data / "catalog.db", "select count(*) from source_items") < at_least:
