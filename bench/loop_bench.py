@@ -141,9 +141,7 @@ def found_positives(
         for r in conn.execute(
             sa.select(labels).where(labels.c.labeler.in_(("ollama", "human"))).order_by(labels.c.id)
         ):
-            rows.setdefault(r.image_id, []).append(
-                LabelRow(r.labeler, r.category, r.created_at, r.rubric_version, by=r.model)
-            )
+            rows.setdefault(r.image_id, []).append(LabelRow.of(r))
     verdicts: dict[int, bool] = {}
     for image_id, votes in rows.items():
         v = effective_label(votes, rubric_version=rubric.version)
@@ -163,14 +161,14 @@ def holdout_pr_auc(model_path: Path, held: Any) -> float:
 def shipped(settings: Settings, held: Any, results: dict[str, Any]) -> dict[str, Any]:
     """The model the loop ships now (the promoted one) and its holdout PR-AUC: a round's new
     model that the gate refused leaves the earlier one in service."""
-    from export.classify import Classifier
+    from export.onnx import read_metadata
     from export.stage import ExportError, promoted_model
 
     try:
         path = promoted_model(settings)
     except ExportError:  # nothing promoted yet
         return {}
-    model_id = Classifier(path).model_id
+    model_id = str(read_metadata(path)["model_id"])
     for earlier in results.values():
         if isinstance(earlier, dict) and earlier.get("train", {}).get("model_id") == model_id:
             return {"model_id": model_id, "holdout_pr_auc": earlier["holdout_pr_auc"]}

@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 # Labelers: who wrote a label row (the catalog's `labels.labeler`), one name each.
 HUMAN = "human"
@@ -39,6 +40,18 @@ class LabelRow:
     rubric_version: str = ""
     score_explicit: float | None = None
     by: str = ""  # who: for human rows the reviewer (the labels.model column)
+
+    @classmethod
+    def of(cls, row: Any) -> LabelRow:
+        """From a row of the catalog's `labels` table."""
+        return cls(
+            row.labeler,
+            row.category,
+            row.created_at,
+            row.rubric_version,
+            row.score_explicit,
+            row.model,
+        )
 
 
 @dataclass(frozen=True)

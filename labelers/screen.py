@@ -205,9 +205,7 @@ def quality(
                 labels.c.labeler.in_((LLM, HUMAN)),
             )
         ):
-            rows.setdefault(r.image_id, []).append(
-                LabelRow(r.labeler, r.category, r.created_at, r.rubric_version, by=r.model)
-            )
+            rows.setdefault(r.image_id, []).append(LabelRow.of(r))
     wanted = set(positive)
     n_flagged = sum(1 for v in verdicts.values() if v)
     n_unflagged = len(verdicts) - n_flagged

@@ -64,11 +64,7 @@ def agreement(
     rows: dict[int, list[LabelRow]] = defaultdict(list)
     with catalog.read() as conn:
         for r in conn.execute(sa.select(labels).order_by(labels.c.id)):
-            rows[r.image_id].append(
-                LabelRow(
-                    r.labeler, r.category, r.created_at, r.rubric_version, r.score_explicit, r.model
-                )
-            )
+            rows[r.image_id].append(LabelRow.of(r))
         if model_id:
             for r in conn.execute(
                 sa.select(model_scores.c.image_id, model_scores.c.score)

@@ -99,9 +99,7 @@ def verify_positives(
             ).all()
         votes: dict[int, list[LabelRow]] = {}
         for row in rows:
-            votes.setdefault(row.image_id, []).append(
-                LabelRow(row.labeler, row.category, row.created_at, row.rubric_version)
-            )
+            votes.setdefault(row.image_id, []).append(LabelRow.of(row))
         for image_id, image_votes in votes.items():
             verdict = effective_label(image_votes, rubric_version=rubric.version)
             if verdict.uncertain or verdict.category is None:

@@ -172,16 +172,7 @@ def _load(
         cand = by_id.get(row.image_id)
         if cand is None:
             continue
-        cand.rows.append(
-            LabelRow(
-                row.labeler,
-                row.category,
-                row.created_at,
-                row.rubric_version,
-                row.score_explicit,
-                by=row.model,
-            )
-        )
+        cand.rows.append(LabelRow.of(row))
         if row.labeler == LLM and row.rubric_version == rubric_version:
             cand.audit = cand.audit or row.selection == "audit"
             if row.score_explicit is not None:
