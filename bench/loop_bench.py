@@ -462,7 +462,13 @@ def main(argv: list[str] | None = None) -> int:
             }
             round_out |= train_round(settings)
             if "train" in round_out:
-                round_out["holdout_pr_auc"] = holdout_pr_auc(Path(round_out["train"]["path"]), held)
+                folder = Path(round_out["train"]["path"])
+                round_out["holdout_pr_auc"] = holdout_pr_auc(folder, held)
+                # The same run's other rule (train.keep): the average where training ended.
+                trained = load_checkpoint(folder / "model.pt")
+                round_out["holdout_pr_auc_last"] = se.last_average(
+                    trained.model, trained.spec, folder, held
+                )
             if round_out.get("promoted") or r > 0:
                 try:
                     round_out["review"] = review_round(settings, truth, args.reviews)

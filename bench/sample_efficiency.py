@@ -18,10 +18,13 @@ Recipes:
 - all-negatives: scratch, every negative kept (resampled batches), steps-based, EMA;
 - ssl: the self-supervised backbone, negatives downsampled as today;
 - default: both (the shipped defaults: nothing overridden);
+- default-last: the same, keeping the weights' average where training ends
+  (`train.keep = "last"`) instead of the best validation window;
 - head-only: the frozen backbone and a logistic-regression head (seconds).
 
     .venv/bin/python -m bench.sample_efficiency [--concept zombies] [--labels 100,300,1000,all]
-        [--noise clean,noisy] [--recipes today,strong,...] [--work DIR] [--plot PNG]
+        [--noise clean,noisy] [--recipes today,strong,...] [--train-seeds 0,1,2]
+        [--work DIR] [--plot PNG]
 
 Each cell's result is saved as it finishes (`--work`/results.json): a rerun continues where
 an interrupted one stopped (`--report-only` trains nothing and reports the cells done).
@@ -43,6 +46,7 @@ from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
+import torch
 
 from bench.common import copy_catalog, cpu, machine, report_machine, write_figures
 from bench.proxy import CONCEPTS, build_proxy
@@ -104,6 +108,7 @@ RECIPES = {
         Recipe("all-negatives", "+ all negatives", "resample", {"init": "scratch"}),
         Recipe("ssl", "+ self-supervised init", "downsample", {"init": "ssl"}),
         Recipe("default", "+ both (new default)", "resample", {}),
+        Recipe("default-last", "+ both, last weights kept", "resample", {"keep": "last"}),
         Recipe("head-only", "head only (frozen backbone)", "resample", {"init": "ssl"}, True),
     )
 }
@@ -122,10 +127,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--pool", type=int, default=10_000, help="labelled sprites at 'all'")
     parser.add_argument("--min-positives", type=int, default=24)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the proxy's split and pool")
+    parser.add_argument(
+        "--train-seeds", default="0", help="train each cell once per seed; tables show the mean"
+    )
     parser.add_argument("--work", type=Path, default=OUT / "sample_efficiency")
     parser.add_argument("--plot", type=Path, default=OUT / "sample_efficiency.png")
     return parser.parse_args(argv)
+
+
+def key(noise: str, n: str, recipe: str, seed: int = 0) -> str:
+    """A cell's key in results.json (seed 0 keeps the key of runs before --train-seeds)."""
+    return f"{noise}-{n}/{recipe}" + (f"@seed{seed}" if seed else "")
+
+
+def holdout_scores(results: dict[str, Any], noise: str, n: str, recipe: str) -> list[float]:
+    """The cell's holdout PR-AUC for every training seed run so far."""
+    prefix = key(noise, n, recipe)
+    return [
+        float(cell["holdout_pr_auc"])
+        for k, cell in results.items()
+        if (k == prefix or k.startswith(prefix + "@seed")) and cell.get("status") == "ok"
+    ]
 
 
 def _unit(*parts: object) -> float:
@@ -255,6 +278,7 @@ def run_cell(
     rate: float,
     results: dict[str, Any],
     save: Any,
+    seeds: list[int],
 ) -> None:
     folder = args.work / name
     data = folder / "data"
@@ -269,29 +293,33 @@ def run_cell(
         said = write_labels(load_settings(None, data_dir=data, **common), chosen, truth, noisy)
         (folder / "labelled").write_text(json.dumps(said) + "\n")
     said = json.loads((folder / "labelled").read_text())
-    for recipe in recipes:
-        key = f"{name}/{recipe.name}"
-        if key in results:
+    for recipe, seed in [(r, s) for r in recipes for s in seeds]:
+        cell = f"{name}/{recipe.name}" + (f"@seed{seed}" if seed else "")
+        if cell in results:
             continue
         settings = load_settings(
             None,
             data_dir=data,
             **common | {"snapshot": common["snapshot"] | {"balance": recipe.balance}},
-            train=recipe.train,
+            train=recipe.train | {"seed": seed},
         )
         started = time.perf_counter()
         with open_workspace(settings) as ws:
             frozen = snapshot(ws.catalog, ws.blobs, settings)
             if frozen.status != "ok":
-                results[key] = {"status": "refused", "reason": frozen.reason}
+                results[cell] = {"status": "refused", "reason": frozen.reason}
                 save()
                 continue
             trained = train(ws.catalog, settings, frozen.snapshot_id, head_only=recipe.head_only)
         model = load_checkpoint(Path(trained.path) / "model.pt")
         scores = predict(model.model, eval_batches(held, model.spec))
-        results[key] = {
+        results[cell] = {
             "status": "ok",
             "holdout_pr_auc": metrics.average_precision(held.labels, scores),
+            # The other rule on the same run: the average of the weights where training ended.
+            "holdout_pr_auc_last": last_average(model.model, model.spec, Path(trained.path), held),
+            "selection": trained.selection,
+            "stopped_early": trained.stopped_early,
             "labels": len(chosen),
             "llm_said": said,
             "counts": frozen.counts,
@@ -308,12 +336,25 @@ def run_cell(
             "seconds": round(time.perf_counter() - started, 1),
         }
         print(
-            f"{key}: holdout PR-AUC {results[key]['holdout_pr_auc']:.4f} "
-            f"({trained.steps_done} steps, {results[key]['seconds']:.0f} s)",
+            f"{cell}: holdout PR-AUC {results[cell]['holdout_pr_auc']:.4f} "
+            f"(last weights {results[cell]['holdout_pr_auc_last']:.4f}; best epoch "
+            f"{trained.best_epoch} of {trained.epochs_done}, {trained.steps_done} steps, "
+            f"{results[cell]['seconds']:.0f} s)",
             flush=True,
         )
         save()
         shutil.rmtree(Path(trained.path), ignore_errors=True)  # checkpoints: ~20 MB a cell
+
+
+def last_average(
+    model: torch.nn.Module, spec: PreprocessSpec, folder: Path, held: SplitData
+) -> float | None:
+    """Holdout PR-AUC of the weights' moving average at the end of training (`last.pt`)."""
+    last = torch.load(folder / "last.pt", map_location="cpu", weights_only=False)
+    if last.get("ema") is None:
+        return None
+    model.load_state_dict(last["ema"])
+    return metrics.average_precision(held.labels, predict(model, eval_batches(held, spec)))
 
 
 def table(
@@ -331,8 +372,13 @@ def table(
         for recipe in recipes:
             cells = []
             for n in counts:
-                cell = results.get(f"{noise}-{n}/{recipe.name}", {})
-                cells.append(f"{cell['holdout_pr_auc']:.3f}" if cell.get("status") == "ok" else "-")
+                got = holdout_scores(results, noise, n, recipe.name)
+                if len(got) > 1:
+                    cells.append(
+                        f"{np.mean(got):.3f} ({min(got):.3f}-{max(got):.3f}, {len(got)} seeds)"
+                    )
+                else:
+                    cells.append(f"{got[0]:.3f}" if got else "-")
             lines.append(f"| {recipe.title} | " + " | ".join(cells) + " |")
     return lines
 
@@ -362,10 +408,10 @@ def plot(
         for recipe in recipes:
             xs, ys = [], []
             for n in counts:
-                cell = results.get(f"{noise}-{n}/{recipe.name}", {})
-                if cell.get("status") == "ok":
+                got = holdout_scores(results, noise, n, recipe.name)
+                if got:
                     xs.append(sizes[n])
-                    ys.append(cell["holdout_pr_auc"])
+                    ys.append(float(np.mean(got)))
             if xs:
                 style = "-o" if recipe.name in ("default", "strong", "today") else "--."
                 (line,) = ax.plot(xs, ys, style, color=colours[recipe.name], label=recipe.title)
@@ -439,6 +485,7 @@ def main(argv: list[str] | None = None) -> int:
                 rate,
                 results,
                 save,
+                [int(s) for s in args.train_seeds.split(",") if s],
             )
 
     figures["results"] = results
@@ -477,7 +524,8 @@ def main(argv: list[str] | None = None) -> int:
     failures = []
 
     def cell(noise: str, n: str, recipe: str) -> float:
-        return float(results.get(f"{noise}-{n}/{recipe}", {}).get("holdout_pr_auc", float("nan")))
+        got = holdout_scores(results, noise, n, recipe)
+        return float(np.mean(got)) if got else float("nan")
 
     if "all" in counts and "300" in counts:
         for noise in noises:

@@ -271,6 +271,9 @@ class TrainSettings(BaseModel):
     # Validation scores the exponential moving average of the weights (0: the raw weights),
     # and the best model is chosen on validation PR-AUC averaged over this many evaluations.
     ema_decay: float = Field(0.999, ge=0, lt=1)
+    # Which weights are kept: "best" (the best windowed validation PR-AUC, early stopping),
+    # or "last" (the average at the end of the schedule; validation only reports).
+    keep: Literal["best", "last"] = "best"
     selection_window: int = Field(3, ge=1)
     eval_every_steps: int = Field(100, ge=1, description="validate after at least this many")
     patience: int = Field(10, ge=1, description="validations without a better criterion")

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sqlalchemy as sa
+import torch
 
 from corpus.catalog import images, models
 from corpus.workspace import open_workspace
@@ -250,6 +251,21 @@ def test_interrupted_training_resumes_exactly(small) -> None:  # type: ignore[no
     np.testing.assert_allclose(scores, recorded["test_scores"], atol=1e-5)
     for name in ("report.md", "loss.png", "pr.png", "calibration.png", "best.pt", "last.pt"):
         assert (Path(resumed.path) / name).stat().st_size > 0
+
+
+def test_keep_last_ships_the_average_where_training_ends(small) -> None:  # type: ignore[no-untyped-def]
+    settings = small.model_copy(update={"train": small.train.model_copy(update={"keep": "last"})})
+    with open_workspace(settings) as ws:
+        report = train(ws.catalog, settings)
+    assert report.selection == "last weights (train.keep = last)"
+    assert report.best_epoch == report.epochs_done == 3 and not report.stopped_early
+    shipped = torch.load(Path(report.path) / "model.pt", weights_only=False)["state_dict"]
+    last = torch.load(Path(report.path) / "last.pt", weights_only=False)
+    assert last["ema"] is not None and shipped.keys() == last["ema"].keys()
+    for name, weights in shipped.items():
+        assert torch.equal(weights, last["ema"][name]), name
+    # The raw weights moved on from their average: the test would notice the wrong one.
+    assert any(not torch.equal(last["state_dict"][n], w) for n, w in shipped.items())
 
 
 # --- the proof that it learns -----------------------------------------------------------

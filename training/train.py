@@ -556,13 +556,18 @@ def _fine_tune(
     state = _resume(setup, opt, folder) if resume else _LoopState()
     start_epoch = report.resumed_at_epoch = state.epoch
     # Too few validation positives to rank epochs by: keep the last weights (no early stop).
-    ranks = setup.val_data.positives >= config.min_val_positives
-    report.selection = (
-        f"best validation PR-AUC averaged over {config.selection_window} validations"
-        if ranks
-        else f"last weights (validation has {setup.val_data.positives} positives, fewer than "
-        f"{config.min_val_positives} to rank)"
-    )
+    ranks = config.keep == "best" and setup.val_data.positives >= config.min_val_positives
+    if ranks:
+        report.selection = (
+            f"best validation PR-AUC averaged over {config.selection_window} validations"
+        )
+    elif config.keep == "last":
+        report.selection = "last weights (train.keep = last)"
+    else:
+        report.selection = (
+            f"last weights (validation has {setup.val_data.positives} positives, fewer than "
+            f"{config.min_val_positives} to rank)"
+        )
     seen, busy = _epochs(setup, config, opt, state, ranks, folder, report, progress)
     report.epochs_done = max(report.epochs_done, start_epoch)
     report.steps_done = max(report.steps_done, state.step)
