@@ -63,7 +63,7 @@ from spritesafe.preprocess import PreprocessSpec
 from training import metrics
 from training.data import eval_batches
 from training.model import load_checkpoint, predict
-from training.snapshot import snapshot
+from training.snapshot import load_snapshot, snapshot
 from training.train import train
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -177,8 +177,9 @@ def shipped(settings: Settings, held: Any, results: dict[str, Any]) -> dict[str,
     return {"model_id": model_id, "holdout_pr_auc": holdout_pr_auc(Path(folder), held)}
 
 
-def train_round(settings: Settings) -> dict[str, Any]:
-    """snapshot, train, export, verify: what grow does when a retrain is due."""
+def train_round(settings: Settings, truth: dict[int, tuple[bool, str]]) -> dict[str, Any]:
+    """snapshot, train, export, verify: what grow does when a retrain is due (and how many
+    of the snapshot's screened negatives are really positive)."""
     out: dict[str, Any] = {}
     with open_workspace(settings) as ws:
         frozen = snapshot(ws.catalog, ws.blobs, settings)
@@ -192,10 +193,17 @@ def train_round(settings: Settings) -> dict[str, Any]:
                 "base_rate",
                 "base_rate_source",
                 "base_rate_estimate",
+                "screened_negatives",
             )
         }
         if frozen.status != "ok":
             return out
+        data, _ = load_snapshot(Path(frozen.path))
+        train_rows = data["train"].select_columns(["image_id", "label_source"]).to_list()
+        weak = [r["image_id"] for r in train_rows if r["label_source"] == "screen"]
+        out["snapshot"]["screened_negatives_really_positive"] = sum(
+            truth[i][0] for i in weak if i in truth
+        )
         trained = train(ws.catalog, settings, frozen.snapshot_id)
         out["train"] = {
             "model_id": trained.model_id,
@@ -351,7 +359,7 @@ def ceiling(
         conn.execute(labels.delete())
         conn.execute(labels.insert(), rows)
     started = time.perf_counter()
-    out = train_round(settings)
+    out = train_round(settings, truth)
     out["holdout_pr_auc"] = holdout_pr_auc(Path(out["train"]["path"]), held)
     out["seconds"] = round(time.perf_counter() - started, 1)
     return out
@@ -460,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 },
             }
-            round_out |= train_round(settings)
+            round_out |= train_round(settings, truth)
             if "train" in round_out:
                 folder = Path(round_out["train"]["path"])
                 round_out["holdout_pr_auc"] = holdout_pr_auc(folder, held)
@@ -489,6 +497,13 @@ def main(argv: list[str] | None = None) -> int:
             results[key] = round_out
             save()
             print(f"{key}: {row(round_out, n_pos)}", flush=True)
+            weak = round_out.get("snapshot", {})
+            print(
+                f"  trained model, last weights: {round_out.get('holdout_pr_auc_last')}; "
+                f"screened negatives: {weak.get('screened_negatives', {}).get('kept')} "
+                f"({weak.get('screened_negatives_really_positive')} really positive)",
+                flush=True,
+            )
     if not args.skip_ceiling and not ceiling_path.is_file():
         ceiling_path.write_text(json.dumps(ceiling(args, base, truth, llm, held), default=float))
     if ceiling_path.is_file():

@@ -207,6 +207,13 @@ class SnapshotSettings(BaseModel):
     # The audit base rate is corrected for the LLM's errors once people have decided at least
     # this many audit images (the grid review's `audit` items).
     min_reviewed_audit: int = Field(20, ge=1)
+    # Easy negatives without a label call: unlabelled sprites that every contact sheet passed
+    # and that the model steering the label stage ranks in the bottom `screened_below` of
+    # its out-of-sample scores. Two independent opinions, as for a confirmed positive; never
+    # one alone. Training split only ("resample" balance), at most `screened_negatives` per
+    # labelled training image (0: none). Evaluation keeps labelled images only.
+    screened_negatives: float = Field(2.0, ge=0)
+    screened_below: float = Field(0.8, gt=0, le=1, description="share of the model's ranking")
     min_positives: int = Field(20, ge=3, description="refuse to snapshot with fewer")
     min_negatives: int = Field(60, ge=3, description="refuse to snapshot with fewer")
     seed: int = 0

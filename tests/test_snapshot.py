@@ -285,3 +285,134 @@ def test_audit_base_rate_is_corrected_for_the_llms_measured_errors() -> None:
     # Too few reviews: the audit share as labelled, said so.
     assert estimate_base_rate(audited, positive, None, min_reviewed=401).source == "audit"
     assert estimate_base_rate(audited, positive, 0.05).source == "configured"
+
+
+def test_sprites_a_sheet_passed_and_the_model_ranks_low_train_as_negatives(tmp_path: Path) -> None:
+    from corpus.catalog import labels, model_scores, screenings, utcnow
+    from tests.helpers import png, sprite
+    from tests.learning import RED
+
+    folder = coloured_corpus(tmp_path, positives=40, negatives=200)
+    settings, server = labelled(tmp_path, folder, snapshot={"target_base_rate": 0.1})
+    try:
+        # New sprites nobody labelled: 60 plain, 8 red.
+        more = tmp_path / "more"
+        more.mkdir()
+        rng = np.random.default_rng(11)
+        for i in range(68):
+            tile = sprite(rng, 16, colors=6)
+            tile[..., 3] = 255
+            if i < 8:
+                tile[2:14, 2:14, :3] = RED
+            (more / f"m{i}.png").write_bytes(png(tile))
+        screening = settings.model_copy(
+            update={
+                "label": settings.label.model_copy(
+                    update={
+                        "screen_share": 0.5,
+                        "followup_share": 0.5,
+                        "audit_share": 0.0,
+                        "explore_share": 0.0,
+                        "screen_check_share": 0.0,
+                    }
+                )
+            }
+        )
+        with open_workspace(settings) as ws:
+            ingest(ws.catalog, ws.blobs, [parse_source(str(more), settings)], settings)
+            dedupe(ws.catalog, settings)
+            run = label(ws.catalog, ws.blobs, screening, budget=10)  # sheets cover all 68
+            assert run.screen["sprites"] == 68 and run.screen["flagged"] == 8
+
+            # A sheet's pass alone is one opinion: no model yet, no screened negatives.
+            alone = snapshot(ws.catalog, ws.blobs, settings)
+            assert alone.status == "ok", alone.reason
+            assert alone.screened_negatives == {
+                "model_id": None,
+                "passed_and_ranked_low": 0,
+                "near_evaluation": 0,
+                "kept": 0,
+            }
+
+            # A model's out-of-sample scores (as score_catalog writes them): red high, and two
+            # plain sprites ranked high as well (the model's own false alarms).
+            with ws.catalog.read() as conn:
+                ids = conn.execute(
+                    sa.select(images.c.id, images.c.blob_key).where(images.c.status == "candidate")
+                ).all()
+                said = set(
+                    conn.execute(
+                        sa.select(labels.c.image_id).where(labels.c.labeler == "ollama")
+                    ).scalars()
+                )
+                sheets = conn.execute(sa.select(screenings.c.image_id, screenings.c.flagged)).all()
+            passed = {r.image_id for r in sheets if not r.flagged} - said
+            flagged = {r.image_id for r in sheets if r.flagged}
+            red = {r.id for r in ids if _is_red(ws.blobs.get(r.blob_key))}
+            assert flagged == red & {r.image_id for r in sheets}  # the sheets saw the red ones
+            high = set(sorted(passed)[:2])
+            score = {
+                r.id: 0.95 if r.id in red or r.id in high else float(rng.uniform(0, 0.5))
+                for r in ids
+            }
+            with ws.catalog.write() as conn:
+                conn.execute(
+                    model_scores.insert(),
+                    [
+                        {
+                            "image_id": i,
+                            "model_id": "m-1",
+                            "score": s,
+                            "out_of_sample": True,
+                            "created_at": utcnow(),
+                        }
+                        for i, s in score.items()
+                    ],
+                )
+            cut = float(np.quantile(list(score.values()), 0.8))
+            expected = {i for i in passed if score[i] <= cut}
+            assert len(expected) >= 50 and not expected & (red | high)
+
+            report = snapshot(ws.catalog, ws.blobs, settings)
+            data, manifest = load_snapshot(Path(report.path))
+            rows = {n: data[n].remove_columns("image").to_list() for n in (TRAIN, VALIDATION, TEST)}
+            weak = {r["image_id"] for r in rows[TRAIN] if r["label_source"] == "screen"}
+            assert weak == expected
+            assert all(
+                r["label"] == 0 and r["category"] == "safe"
+                for r in rows[TRAIN]
+                if r["image_id"] in weak
+            )
+            for name in (VALIDATION, TEST):  # evaluation keeps labelled images only
+                assert not any(r["label_source"] == "screen" for r in rows[name])
+            assert manifest["screened_negatives"]["model_id"] == "m-1"
+            assert manifest["screened_negatives"]["kept"] == len(weak)
+            assert report.counts[TRAIN]["sfw"] == alone.counts[TRAIN]["sfw"] + len(weak)
+            assert report.snapshot_id != alone.snapshot_id
+
+            # At most `screened_negatives` per labelled training image; 0 turns them off.
+            n_train = sum(alone.counts[TRAIN].values())
+            few = settings.model_copy(
+                update={
+                    "snapshot": settings.snapshot.model_copy(
+                        update={"screened_negatives": 5 / n_train}
+                    )
+                }
+            )
+            assert snapshot(ws.catalog, ws.blobs, few).screened_negatives["kept"] == 5
+            off = settings.model_copy(
+                update={"snapshot": settings.snapshot.model_copy(update={"screened_negatives": 0})}
+            )
+            none = snapshot(ws.catalog, ws.blobs, off)
+            assert none.screened_negatives == {} and none.counts == alone.counts
+    finally:
+        server.stop()
+
+
+def _is_red(data: bytes) -> bool:
+    import io
+
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    return bool((rgb == (220, 30, 30)).all(axis=-1).mean() > 0.2)

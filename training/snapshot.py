@@ -17,16 +17,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 
 from corpus.blobs import BlobStore
 from corpus.catalog import (
     Catalog,
+    exports,
     flagged_on_sheets,
     images,
     labels,
+    model_scores,
     models,
     recorded,
+    screenings,
     snapshots,
     source_items,
     utcnow,
@@ -45,6 +49,7 @@ from labelers.effective import (
     effective_label,
 )
 from labelers.rubric import load_rubric
+from spritesafe import levels as ordinal
 from spritesafe.config import Settings, SnapshotSettings
 from spritesafe.reports import as_dict
 from training.splits import (
@@ -60,6 +65,7 @@ from training.splits import downsample_negatives as downsample
 
 CLASS_NAMES = ("sfw", "nsfw")  # the binary label 0, 1 (the model also scores each level)
 SOURCE_RANK = {SOURCE_NONE: 0, SOURCE_TEACHER: 1, SOURCE_LLM: 2, SOURCE_HUMAN: 3}
+SOURCE_SCREEN = "screen"  # label_source of a screened negative: a sheet's pass + the model's
 MANIFEST = "snapshot.json"
 
 
@@ -79,6 +85,8 @@ class SnapshotReport:
     base_rate_estimate: dict[str, Any] = field(default_factory=dict)  # raw and corrected
     excluded: Counter[str] = field(default_factory=Counter)  # why labelled images were left out
     sheet_confirmed: int = 0  # LLM positives with one answer that a contact sheet's flag confirmed
+    # Unlabelled training negatives: a sheet passed them and the model ranks them low.
+    screened_negatives: dict[str, Any] = field(default_factory=dict)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> sfw/nsfw
     train_dropped: int = 0  # negatives downsampled away from training
     pos_weight: float = 1.0
@@ -113,41 +121,51 @@ class _Candidate:
         return self.label.category if self.label else None
 
 
+def _candidates(conn: sa.Connection, ids: sa.Select[Any]) -> tuple[dict[int, _Candidate], int]:
+    """The candidates among `ids` (a query of image ids) that are deduped, with where each
+    came from first; and how many are not deduped yet."""
+    rep = images.alias("rep")
+    rows = conn.execute(
+        sa.select(
+            images.c.id,
+            images.c.sha256,
+            images.c.blob_key,
+            images.c.cluster_id,
+            rep.c.sha256.label("cluster_sha"),
+        )
+        .outerjoin(rep, rep.c.id == images.c.cluster_id)
+        .where(images.c.status == "candidate")
+        .where(images.c.id.in_(ids))
+    ).all()
+    first_item = (
+        sa.select(source_items.c.image_id, sa.func.min(source_items.c.id).label("item_id"))
+        .where(source_items.c.image_id.in_(ids))
+        .group_by(source_items.c.image_id)
+        .subquery()
+    )
+    origin = {
+        r.image_id: (r.name, r.locator)
+        for r in conn.execute(
+            sa.select(first_item.c.image_id, sources_table.c.name, source_items.c.locator)
+            .join(source_items, source_items.c.id == first_item.c.item_id)
+            .join(sources_table, sources_table.c.id == source_items.c.source_id)
+        )
+    }
+    undeduped = sum(r.cluster_id is None for r in rows)
+    found = {
+        r.id: _Candidate(r.id, r.sha256, r.blob_key, r.cluster_sha, *origin.get(r.id, ("", "")))
+        for r in rows
+        if r.cluster_id is not None and r.blob_key
+    }
+    return found, undeduped
+
+
 def _load(
     catalog: Catalog, rubric_version: str
 ) -> tuple[list[_Candidate], int, set[tuple[str, ...]]]:
     """Labelled candidates with their label rows; how many are not deduped yet; labelers."""
-    rep = images.alias("rep")
     with catalog.read() as conn:
-        rows = conn.execute(
-            sa.select(
-                images.c.id,
-                images.c.sha256,
-                images.c.blob_key,
-                images.c.cluster_id,
-                rep.c.sha256.label("cluster_sha"),
-            )
-            .outerjoin(rep, rep.c.id == images.c.cluster_id)
-            .where(images.c.status == "candidate")
-            .where(images.c.id.in_(sa.select(labels.c.image_id)))
-        ).all()
-        first_item = (
-            sa.select(
-                source_items.c.image_id,
-                sa.func.min(source_items.c.id).label("item_id"),
-            )
-            .where(source_items.c.image_id.in_(sa.select(labels.c.image_id)))
-            .group_by(source_items.c.image_id)
-            .subquery()
-        )
-        origin = {
-            r.image_id: (r.name, r.locator)
-            for r in conn.execute(
-                sa.select(first_item.c.image_id, sources_table.c.name, source_items.c.locator)
-                .join(source_items, source_items.c.id == first_item.c.item_id)
-                .join(sources_table, sources_table.c.id == source_items.c.source_id)
-            )
-        }
+        by_id, undeduped = _candidates(conn, sa.select(labels.c.image_id))
         label_rows = conn.execute(
             sa.select(
                 labels.c.image_id,
@@ -161,12 +179,6 @@ def _load(
                 labels.c.selection,
             ).order_by(labels.c.id)
         ).all()
-    undeduped = sum(r.cluster_id is None for r in rows)
-    by_id = {
-        r.id: _Candidate(r.id, r.sha256, r.blob_key, r.cluster_sha, *origin.get(r.id, ("", "")))
-        for r in rows
-        if r.cluster_id is not None and r.blob_key
-    }
     used: set[tuple[str, ...]] = set()
     for row in label_rows:
         cand = by_id.get(row.image_id)
@@ -290,6 +302,10 @@ def _snapshot(
     items = _check(kept, config, report.excluded)
     split_of = _split_and_balance(items, estimate.rate, config, report)
     frozen = [c for c in kept if c.id in split_of]
+    if config.balance == "resample" and config.screened_negatives > 0:
+        frozen += _screened_negatives(
+            catalog, rubric.screen_version, frozen, split_of, config, report
+        )
     _persist(catalog, blobs, settings, report, rubric.version, frozen, split_of, used, estimate)
 
 
@@ -374,6 +390,106 @@ def _check(kept: list[_Candidate], config: SnapshotSettings, excluded: Counter[s
             "and test. Label more."
         )
     return items
+
+
+def scoring_model(conn: sa.Connection) -> str | None:
+    """The model whose out-of-sample scores steer the label stage: the promoted one, else
+    the one that scored the catalog last (before any promotion, the label stage steers by
+    the newest model the gate refused for its INT8 file)."""
+    promoted = conn.execute(
+        sa.select(exports.c.model_id)
+        .where(exports.c.status == "promoted")
+        .order_by(exports.c.verified_at.desc())
+        .limit(1)
+    ).scalar()
+    if promoted is not None:
+        return str(promoted)
+    newest = conn.execute(
+        sa.select(model_scores.c.model_id)
+        .where(model_scores.c.out_of_sample)
+        .order_by(model_scores.c.created_at.desc())
+        .limit(1)
+    ).scalar()
+    return None if newest is None else str(newest)
+
+
+def screened_negative_ids(
+    conn: sa.Connection, screen_version: str, below: float
+) -> tuple[str | None, list[int]]:
+    """(the scoring model, the unlabelled candidates that every contact sheet under
+    `screen_version` passed and that model ranks in the bottom `below` share of its
+    out-of-sample scores). Nothing without a model: a sheet's pass alone is one opinion."""
+    model_id = scoring_model(conn)
+    if model_id is None:
+        return None, []
+    scored: dict[int, float] = {
+        r.image_id: float(r.score)
+        for r in conn.execute(
+            sa.select(model_scores.c.image_id, model_scores.c.score)
+            .join(images, images.c.id == model_scores.c.image_id)
+            .where(
+                model_scores.c.model_id == model_id,
+                model_scores.c.out_of_sample,
+                images.c.status == "candidate",
+            )
+        )
+    }
+    if not scored:
+        return model_id, []
+    cut = float(np.quantile(np.array(list(scored.values()), dtype=np.float64), below))
+    passed = conn.execute(
+        sa.select(screenings.c.image_id)
+        .where(screenings.c.version == screen_version)
+        # Labelled by the LLM or a person: their label decides (an unconfirmed positive too).
+        .where(
+            screenings.c.image_id.not_in(
+                sa.select(labels.c.image_id).where(labels.c.labeler.in_((LLM, HUMAN)))
+            )
+        )
+        .group_by(screenings.c.image_id)
+        # Never flagged by any sheet (a sum: PostgreSQL has no max() of booleans).
+        .having(sa.func.sum(sa.case((screenings.c.flagged, 1), else_=0)) == 0)
+    ).scalars()
+    return model_id, sorted(i for i in passed if i in scored and scored[i] <= cut)
+
+
+def _screened_negatives(
+    catalog: Catalog,
+    screen_version: str,
+    frozen: list[_Candidate],
+    split_of: dict[int, str],
+    config: SnapshotSettings,
+    report: SnapshotReport,
+) -> list[_Candidate]:
+    """Training negatives that no one labelled (screened_negative_ids), at most
+    `config.screened_negatives` per labelled training image, drawn in a fixed random order;
+    none from a near-duplicate cluster of validation or test. Added to `split_of` and the
+    report's counts."""
+    with catalog.read() as conn:
+        model_id, ids = screened_negative_ids(conn, screen_version, config.screened_below)
+        found, _ = _candidates(conn, sa.select(images.c.id).where(images.c.id.in_(ids)))
+    held_out = {c.cluster for c in frozen if split_of[c.id] != TRAIN}
+    eligible = [c for c in found.values() if c.cluster not in held_out]
+    n_train = sum(split == TRAIN for split in split_of.values())
+    n_keep = min(len(eligible), int(config.screened_negatives * n_train))
+    # A fixed order by content and seed: the same catalog gives the same snapshot.
+    eligible.sort(key=lambda c: _order_key(config.seed, c.sha256))
+    chosen = eligible[:n_keep]
+    for cand in chosen:
+        cand.label = EffectiveLabel(ordinal.LEVELS[0], SOURCE_SCREEN, uncertain=False)
+        split_of[cand.id] = TRAIN
+    report.counts[TRAIN]["sfw"] += len(chosen)
+    report.screened_negatives = {
+        "model_id": model_id,
+        "passed_and_ranked_low": len(ids),
+        "near_evaluation": len(found) - len(eligible),
+        "kept": len(chosen),
+    }
+    return chosen
+
+
+def _order_key(seed: int, sha256: str) -> str:
+    return hashlib.sha256(f"{seed}:{sha256}".encode()).hexdigest()
 
 
 def _split_and_balance(
@@ -500,6 +616,7 @@ def _manifest(
         "counts": report.counts,
         "excluded": dict(report.excluded),
         "sheet_confirmed": report.sheet_confirmed,
+        "screened_negatives": report.screened_negatives,
         "sources": dict(Counter(c.source for c in frozen).most_common()),
         "settings": snapshot_settings,
     }
