@@ -361,6 +361,10 @@ def ceiling(
     started = time.perf_counter()
     out = train_round(settings, truth)
     out["holdout_pr_auc"] = holdout_pr_auc(Path(out["train"]["path"]), held)
+    trained = load_checkpoint(Path(out["train"]["path"]) / "model.pt")
+    out["holdout_pr_auc_last"] = se.last_average(
+        trained.model, trained.spec, Path(out["train"]["path"]), held
+    )
     out["seconds"] = round(time.perf_counter() - started, 1)
     return out
 
