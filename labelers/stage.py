@@ -310,8 +310,10 @@ def _steering(
     budget: int,
     seed: int,
     report: LabelReport,
+    everything: bool = False,
 ) -> tuple[dict[int, float], Plan]:
-    """The scores that steer the budget, and the plan that reads them."""
+    """The scores that steer the budget, and the plan that reads them (`everything`: the
+    budget covers every pending candidate, so there is nothing for the teacher to rank)."""
     config = settings.label
     plan = Plan(config.audit_share, config.explore_share, config.near_share, config.per_cluster)
     steering = steering_model(catalog, settings)
@@ -321,6 +323,9 @@ def _steering(
         model_id, threshold, scores = model_ranking(catalog, blobs, settings, model)
         report.steered_by = f"model {model_id}" + ("" if promoted else " (not promoted)")
         return scores, replace(plan, threshold=threshold)
+    if everything:
+        report.steered_by = "nothing: every candidate is labelled"
+        return {}, plan
     # No model yet: the teacher pre-screens a random pool it has not scored.
     teacher = TeacherModel()
     rng = np.random.default_rng(seed)
@@ -357,7 +362,7 @@ def _label_ollama(
         second_opinions(catalog, blobs, settings, llm, rubric, digest, report, {}, plan, 0)
         return
     seed = _seed(report.run_id)
-    scores, plan = _steering(catalog, blobs, settings, pending, budget, seed, report)
+    scores, plan = _steering(catalog, blobs, settings, pending, budget, seed, report, everything)
     clusters = clusters_of(catalog, pending)
     # 1. The uniform parts come first, from every pending candidate: the audit stays unbiased.
     n_audit = round(budget * plan.audit_share)

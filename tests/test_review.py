@@ -26,6 +26,7 @@ from corpus.workspace import open_workspace
 from export.classify import Classifier
 from export.scores import score_catalog
 from export.stage import export_model, promoted_model, verify_model
+from labelers.stage import label
 from review.app import create_app
 from review.decisions import ReviewError, decide, undo
 from review.mining import mine
@@ -69,6 +70,9 @@ def mined(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         review={"near_band": 0.2},
     )
     with open_workspace(settings) as ws:
+        # The LLM labelled everything, so nothing needed the teacher's pre-screen; its labels
+        # are a third opinion for agreement and mining.
+        assert label(ws.catalog, ws.blobs, settings, labeler="teacher").labelled > 0
         assert snapshot(ws.catalog, ws.blobs, settings).status == "ok"
         train(ws.catalog, settings)
         export_model(ws.catalog, settings)
@@ -515,7 +519,6 @@ def test_label_stage_is_steered_by_the_promoted_model(mined: Settings, tmp_path:
     from corpus.dedupe import dedupe
     from corpus.ingest import ingest
     from corpus.sources import parse_source
-    from labelers.stage import label
 
     fresh = coloured_corpus(tmp_path, positives=10, negatives=30, seed=11)
     clf = _model(mined)
@@ -564,7 +567,7 @@ def test_before_any_promotion_a_model_the_gate_refused_still_steers(
     from corpus.dedupe import dedupe
     from corpus.ingest import ingest
     from corpus.sources import parse_source
-    from labelers.stage import label, steering_model
+    from labelers.stage import steering_model
 
     clf = _model(mined)
     data = tmp_path / "data"
