@@ -467,9 +467,12 @@ def _screened_negatives(
     report's counts."""
     with catalog.read() as conn:
         model_id, ids = screened_negative_ids(conn, screen_version, config.screened_below)
-        found, _ = _candidates(conn, sa.select(images.c.id).where(images.c.id.in_(ids)))
+        # Every screened candidate, filtered here: a list of ids can outgrow SQL's parameters.
+        screened, _ = _candidates(conn, sa.select(screenings.c.image_id))
+    wanted = set(ids) - set(split_of)  # (a teacher label can freeze one, with min_label_source)
+    found = [c for i, c in screened.items() if i in wanted]
     held_out = {c.cluster for c in frozen if split_of[c.id] != TRAIN}
-    eligible = [c for c in found.values() if c.cluster not in held_out]
+    eligible = [c for c in found if c.cluster not in held_out]
     n_train = sum(split == TRAIN for split in split_of.values())
     n_keep = min(len(eligible), int(config.screened_negatives * n_train))
     # A fixed order by content and seed: the same catalog gives the same snapshot.
