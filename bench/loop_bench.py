@@ -158,6 +158,12 @@ def holdout_pr_auc(model_path: Path, held: Any) -> float:
     )
 
 
+def last_weights_pr_auc(model_path: Path, held: Any) -> float | None:
+    """The same run's other rule (train.keep): the weights' average where training ended."""
+    model = load_checkpoint(model_path / "model.pt")
+    return se.last_average(model.model, model.spec, model_path, held)
+
+
 def shipped(settings: Settings, held: Any, results: dict[str, Any]) -> dict[str, Any]:
     """The model the loop ships now (the promoted one) and its holdout PR-AUC: a round's new
     model that the gate refused leaves the earlier one in service."""
@@ -361,10 +367,7 @@ def ceiling(
     started = time.perf_counter()
     out = train_round(settings, truth)
     out["holdout_pr_auc"] = holdout_pr_auc(Path(out["train"]["path"]), held)
-    trained = load_checkpoint(Path(out["train"]["path"]) / "model.pt")
-    out["holdout_pr_auc_last"] = se.last_average(
-        trained.model, trained.spec, Path(out["train"]["path"]), held
-    )
+    out["holdout_pr_auc_last"] = last_weights_pr_auc(Path(out["train"]["path"]), held)
     out["seconds"] = round(time.perf_counter() - started, 1)
     return out
 
@@ -476,11 +479,7 @@ def main(argv: list[str] | None = None) -> int:
             if "train" in round_out:
                 folder = Path(round_out["train"]["path"])
                 round_out["holdout_pr_auc"] = holdout_pr_auc(folder, held)
-                # The same run's other rule (train.keep): the average where training ended.
-                trained = load_checkpoint(folder / "model.pt")
-                round_out["holdout_pr_auc_last"] = se.last_average(
-                    trained.model, trained.spec, folder, held
-                )
+                round_out["holdout_pr_auc_last"] = last_weights_pr_auc(folder, held)
             if round_out.get("promoted") or r > 0:
                 try:
                     round_out["review"] = review_round(settings, truth, args.reviews)

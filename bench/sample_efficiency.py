@@ -136,14 +136,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def key(noise: str, n: str, recipe: str, seed: int = 0) -> str:
-    """A cell's key in results.json (seed 0 keeps the key of runs before --train-seeds)."""
-    return f"{noise}-{n}/{recipe}" + (f"@seed{seed}" if seed else "")
+def key(name: str, recipe: str, seed: int = 0) -> str:
+    """A cell's key in results.json, `name` being "noise-labels" (seed 0 keeps the key of runs
+    before --train-seeds)."""
+    return f"{name}/{recipe}" + (f"@seed{seed}" if seed else "")
 
 
 def holdout_scores(results: dict[str, Any], noise: str, n: str, recipe: str) -> list[float]:
     """The cell's holdout PR-AUC for every training seed run so far."""
-    prefix = key(noise, n, recipe)
+    prefix = key(f"{noise}-{n}", recipe)
     return [
         float(cell["holdout_pr_auc"])
         for k, cell in results.items()
@@ -294,7 +295,7 @@ def run_cell(
         (folder / "labelled").write_text(json.dumps(said) + "\n")
     said = json.loads((folder / "labelled").read_text())
     for recipe, seed in [(r, s) for r in recipes for s in seeds]:
-        cell = f"{name}/{recipe.name}" + (f"@seed{seed}" if seed else "")
+        cell = key(name, recipe.name, seed)
         if cell in results:
             continue
         settings = load_settings(

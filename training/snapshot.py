@@ -60,6 +60,7 @@ from training.splits import (
     Item,
     assign_splits,
     eval_pos_weights,
+    seeded_order,
 )
 from training.splits import downsample_negatives as downsample
 
@@ -476,7 +477,7 @@ def _screened_negatives(
     n_train = sum(split == TRAIN for split in split_of.values())
     n_keep = min(len(eligible), int(config.screened_negatives * n_train))
     # A fixed order by content and seed: the same catalog gives the same snapshot.
-    eligible.sort(key=lambda c: _order_key(config.seed, c.sha256))
+    eligible.sort(key=lambda c: seeded_order(config.seed, c.sha256))
     chosen = eligible[:n_keep]
     for cand in chosen:
         cand.label = EffectiveLabel(ordinal.LEVELS[0], SOURCE_SCREEN, uncertain=False)
@@ -489,10 +490,6 @@ def _screened_negatives(
         "kept": len(chosen),
     }
     return chosen
-
-
-def _order_key(seed: int, sha256: str) -> str:
-    return hashlib.sha256(f"{seed}:{sha256}".encode()).hexdigest()
 
 
 def _split_and_balance(

@@ -33,7 +33,8 @@ class Item:
     positive: bool
 
 
-def _order(seed: int, key: str) -> str:
+def seeded_order(seed: int, key: str) -> str:
+    """A deterministic pseudo-random sort key for `key` under `seed`."""
     return hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()
 
 
@@ -72,7 +73,7 @@ def assign_splits(
     for item in items:
         grouped[item.cluster].append(item)
     clusters = sorted(
-        (_Cluster(k, v) for k, v in grouped.items()), key=lambda c: _order(seed, c.key)
+        (_Cluster(k, v) for k, v in grouped.items()), key=lambda c: seeded_order(seed, c.key)
     )
     negative = [c for c in clusters if c.positives == 0]
     positive = [c for c in clusters if c.positives > 0]  # mixed clusters count as positive
@@ -151,6 +152,8 @@ def downsample_negatives(
     """Training items with negatives cut to `per_positive` x positives (by seeded hash order):
     (kept, dropped)."""
     positives = [i for i in items if i.positive]
-    negatives = sorted((i for i in items if not i.positive), key=lambda i: _order(seed, str(i.id)))
+    negatives = sorted(
+        (i for i in items if not i.positive), key=lambda i: seeded_order(seed, str(i.id))
+    )
     keep = math.ceil(len(positives) * per_positive)
     return positives + negatives[:keep], negatives[keep:]
