@@ -294,7 +294,8 @@ def run_cell(
         said = write_labels(load_settings(None, data_dir=data, **common), chosen, truth, noisy)
         (folder / "labelled").write_text(json.dumps(said) + "\n")
     said = json.loads((folder / "labelled").read_text())
-    for recipe, seed in [(r, s) for r in recipes for s in seeds]:
+    # Seed-major, so a run cut short still compares the recipes on the same seeds.
+    for recipe, seed in [(r, s) for s in seeds for r in recipes]:
         cell = key(name, recipe.name, seed)
         if cell in results:
             continue
