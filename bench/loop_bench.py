@@ -24,7 +24,10 @@ mining builds now on the final catalog (a copy) is checked the same way. Targets
 are checked at the end, the holdout ones on the shipped model (exit 1 when one fails).
 
     .venv/bin/python -m bench.loop_bench [--rounds 3] [--calls-share 0.2] [--reviews 50]
-        [--skip-ceiling | --ceiling-only] [--work DIR]
+        [--skip-ceiling | --ceiling-only | --label-only] [--work DIR]
+
+`--label-only` runs round 0's label stage alone (no model yet: screening, the teacher) and
+prints what its budget bought, by selection: the budget policy measured in minutes, not hours.
 
 Results go to `--work`/rounds.json as each round finishes (the ceiling to ceiling.json), and
 to bench/out/loop_bench.json; a rerun continues where an interrupted one stopped.
@@ -79,6 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-ceiling", action="store_true")
     parser.add_argument(
         "--ceiling-only", action="store_true", help="only the ceiling (it can run beside the loop)"
+    )
+    parser.add_argument(
+        "--label-only", action="store_true", help="round 0's label stage only, no training"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=OUT / "loop")
@@ -403,6 +409,47 @@ def row(x: dict[str, Any], n_pos: int, table: bool = False) -> str:
     )
 
 
+def label_only(
+    settings: Settings,
+    truth: dict[int, tuple[bool, str]],
+    out: dict[str, Any],
+    n_pos: int,
+    figures: dict[str, Any],
+) -> int:
+    """Round 0's label stage, measured: calls, true positives found, and each selection's
+    share of the calls and of the positives."""
+    tp, said, verdicts = found_positives(settings, truth)
+    calls = calls_so_far(settings)
+    by_selection: Counter[str] = Counter()
+    with open_workspace(settings) as ws, ws.catalog.read() as conn:
+        for r in conn.execute(
+            sa.select(labels.c.image_id, labels.c.selection).where(
+                labels.c.labeler == "ollama", labels.c.sample == 0
+            )
+        ):
+            if verdicts.get(r.image_id) and truth[r.image_id][0]:
+                by_selection[r.selection] += 1
+    out |= {
+        "calls": calls,
+        "true_positives_found": tp,
+        "llm_positives": said,
+        "found_share": tp / n_pos,
+        "positives_per_100_calls": 100 * tp / max(calls["calls"], 1),
+        "found_by_selection": dict(by_selection),
+    }
+    print(
+        f"round 0, label stage only: budget {out['budget']:,}; calls {calls['calls']:,} "
+        f"{calls['by_purpose']}; selected {out['label']['selected']}; sheets "
+        f"{out['label']['screen'].get('sheets')} ({out['label']['screen'].get('sprites')} sprites, "
+        f"{out['label']['screen'].get('flagged')} flagged); zombies found {tp}/{n_pos} "
+        f"({tp / n_pos:.1%}), {out['positives_per_100_calls']:.1f} per 100 calls; found by "
+        f"selection {dict(by_selection)}"
+    )
+    figures["label_only"] = out
+    report_machine(figures)
+    return write_figures(figures, OUT / "loop_bench_label_only.json", [])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     figures: dict[str, Any] = (
@@ -475,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 },
             }
+            if args.label_only:
+                return label_only(settings, truth, round_out, n_pos, figures)
             round_out |= train_round(settings, truth)
             if "train" in round_out:
                 folder = Path(round_out["train"]["path"])
