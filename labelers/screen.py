@@ -38,6 +38,13 @@ class ScreenRun:
     unflagged: list[int] = field(default_factory=list)
     errors: int = 0  # sheets without a valid answer (their sprites stay unscreened)
 
+    def merge(self, other: ScreenRun) -> None:
+        self.sheets += other.sheets
+        self.cells += other.cells
+        self.flagged += other.flagged
+        self.unflagged += other.unflagged
+        self.errors += other.errors
+
 
 def sheets_for(
     blobs: BlobStore, settings: Settings, keys: dict[int, str], ids: list[int], grid: int

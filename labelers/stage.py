@@ -46,7 +46,7 @@ from labelers.cost import call_rows, run_cost
 from labelers.effective import HUMAN, LLM, TEACHER
 from labelers.ollama import Job, OllamaLabeler, Outcome
 from labelers.rubric import Rubric, load_rubric
-from labelers.screen import grid_for, quality, screen, screened
+from labelers.screen import ScreenRun, grid_for, quality, screen, screened
 from labelers.teacher import TeacherModel
 from labelers.views import llm_view
 from spritesafe.canonical import from_bytes
@@ -395,30 +395,36 @@ def _label_ollama(
             and (i not in before or (before[i].grid > grid and not before[i].flagged))
         ]
         fresh.sort(key=lambda i: (-scores.get(i, -1.0), tiebreak[i]))
-        run = screen(
-            catalog,
-            blobs,
-            settings,
-            llm,
-            rubric,
-            digest,
-            fresh[: n_sheets * grid * grid],
-            grid,
-            report.run_id,
-            progress,
-        )
-        spent = run.sheets
-        # The check sample first (the screen's recall is measured, not hoped for), then what
-        # the sheets flagged; flagged sprites the budget cannot take now wait for the next run.
-        n_check = min(
-            budget - len(chosen) - spent, round(len(run.unflagged) * config.screen_check_share)
-        )
-        for i in rng.permutation(len(run.unflagged))[:n_check]:
-            chosen[run.unflagged[i]] = "screen_check"
-        room = budget - len(chosen) - spent
-        flagged = waiting + sorted(run.flagged, key=lambda i: (-scores.get(i, -1.0), i))
-        for image_id in flagged[:room]:
-            chosen[image_id] = "screen_flagged"
+        run = ScreenRun(grid)
+        queue = waiting  # flagged, not yet labelled: earlier runs' first
+        n_more, checks = n_sheets, 0
+        while n_more > 0 and fresh:
+            batch, fresh = fresh[: n_more * grid * grid], fresh[n_more * grid * grid :]
+            part = screen(
+                catalog, blobs, settings, llm, rubric, digest, batch, grid, report.run_id, progress
+            )
+            run.merge(part)
+            spent = run.sheets
+            # The check sample first (the screen's recall is measured, not hoped for), then
+            # what the sheets flagged; flagged sprites the budget cannot take now wait for the
+            # next run.
+            n_check = min(
+                budget - len(chosen) - spent,
+                round(len(part.unflagged) * config.screen_check_share),
+            )
+            for i in rng.permutation(len(part.unflagged))[:n_check]:
+                chosen[part.unflagged[i]] = "screen_check"
+            queue += sorted(part.flagged, key=lambda i: (-scores.get(i, -1.0), i))
+            room = budget - len(chosen) - spent
+            for image_id in queue[:room]:
+                chosen[image_id] = "screen_flagged"
+            queue = queue[room:]
+            # Room the follow-ups left buys more sheets of the next-ranked candidates, as
+            # many as it pays for at this run's cost per sheet (its call, flags and checks):
+            # 16 sprites a call beat one-by-one picks below the sheets' ranks.
+            checks += n_check
+            per_sheet = 1 + (len(run.flagged) + checks) / max(run.sheets, 1)
+            n_more = 0 if queue else int((budget - len(chosen) - spent) // per_sheet)
         report.screen = {
             "grid": grid,
             "sheets": run.sheets,

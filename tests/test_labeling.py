@@ -374,6 +374,43 @@ def test_screening_sheets_flag_what_is_then_labelled_one_by_one(corpus: Settings
         ws.close()
 
 
+def test_room_the_follow_ups_leave_buys_more_sheets(corpus: Settings, tmp_path: Path) -> None:
+    """screen_share is where the sheets start: when what they flag leaves room in the budget,
+    more sheets of the next-ranked candidates beat one-by-one picks (16 sprites a call)."""
+    rng = np.random.default_rng(11)
+    more = tmp_path / "more"
+    more.mkdir()
+    for i in range(96):
+        tile = sprite(rng, 16)
+        if i % 8 == 0:
+            tile[..., :3] = (220, 30, 30)
+        (more / f"m{i}.png").write_bytes(png(tile))
+    with FakeOllama({MODEL: "sha256:" + "0c" * 32}, responder=by_colour) as server:
+        settings = _screening(
+            corpus,
+            server.url,
+            screen_share=0.1,  # 3 sheets of a budget of 30: 48 of the 120 sprites
+            followup_share=0.9,
+            explore_share=0.0,
+            screen_check_share=0.0,
+        )
+        ws = open_workspace(settings)
+        ingest(ws.catalog, ws.blobs, [parse_source(str(more), settings)], settings)
+        report = label(ws.catalog, ws.blobs, settings, budget=30)
+        rows = [r for r in _rows(ws, labels) if r.labeler == "ollama"]
+        named = _locators(ws)
+        ws.close()
+    number = {i: (name[0] == "m", int(name.strip("m.png"))) for i, name in named.items()}
+    red = {i for i, (extra, n) in number.items() if n % (8 if extra else 6) == 0}
+    assert len(red) == 16
+    # Every sprite screened (8 sheets: 3, then as many as the room paid for), every red one
+    # flagged and labelled, within the budget.
+    assert report.screen["sprites"] == 120 and report.screen["sheets"] == 8
+    assert {r.image_id for r in rows if r.selection == "screen_flagged"} == red
+    assert report.cost["calls"] <= 30
+    assert report.cost["positives_found"] == 16
+
+
 def test_screening_real_sprites_finds_the_concept_for_a_fraction_of_the_calls(
     tmp_path: Path,
 ) -> None:
