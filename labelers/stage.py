@@ -6,7 +6,10 @@ exploration, and a steered part: the top scores and the scores nearest the thres
 promoted model's out-of-sample scores once a model is promoted (before that, of a model the
 gate refused for its INT8 file, by its FP32 file; the model proposes, the LLM
 verifies), else of the teacher's P(nsfw) on a random pool of `teacher_pool` x budget
-candidates it pre-screens. Every label keeps its selection, so each part's yield is known.
+candidates it pre-screens. Contact sheets (labelers.screen) screen the next candidates in
+that order, grid x grid a call, from `screen_share` of the budget and whatever room their
+one-by-one follow-ups leave; only what is left after that is steered one by one. Every label
+keeps its selection, so each part's yield is known.
 Idempotent: an image labelled for (labeler, model digest, rubric version) is not sent again,
 and labels are committed in batches, so a killed run loses at most one batch.
 """

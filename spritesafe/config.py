@@ -145,7 +145,9 @@ class LabelSettings(BaseModel):
     # at least `screen_min_positives` positives seen, the next runs use smaller sheets.
     # Most of the budget goes there: sheets are filled in the steering order, and in the loop
     # benchmark sheets + follow-ups found ~26 positives per 100 calls against ~9 for labelling
-    # the top scores one by one (bench/out/loop3). Room the flags leave goes to steered picks.
+    # the top scores one by one (bench/out/loop3). `screen_share` is where the sheets start:
+    # room their follow-ups leave buys more sheets (at the run's cost per sheet), and only
+    # what is left after those goes to steered picks one by one.
     screen_share: float = Field(0.4, ge=0, le=1)
     followup_share: float = Field(0.45, ge=0, le=1)
     screen_grid: int = Field(4, ge=1, le=8, description="1 = no screening")
