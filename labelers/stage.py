@@ -399,7 +399,7 @@ def _label_ollama(
         ]
         fresh.sort(key=lambda i: (-scores.get(i, -1.0), tiebreak[i]))
         run = ScreenRun(grid)
-        queue = waiting  # flagged, not yet labelled: earlier runs' first
+        queue = list(waiting)  # flagged, not yet labelled: earlier runs' first
         n_more, checks = n_sheets, 0
         while n_more > 0 and fresh:
             batch, fresh = fresh[: n_more * grid * grid], fresh[n_more * grid * grid :]

@@ -406,6 +406,7 @@ def test_room_the_follow_ups_leave_buys_more_sheets(corpus: Settings, tmp_path: 
     # Every sprite screened (8 sheets: 3, then as many as the room paid for), every red one
     # flagged and labelled, within the budget.
     assert report.screen["sprites"] == 120 and report.screen["sheets"] == 8
+    assert report.screen["flagged"] == 16 and report.screen["flagged_before"] == 0
     assert {r.image_id for r in rows if r.selection == "screen_flagged"} == red
     assert report.cost["calls"] <= 30
     assert report.cost["positives_found"] == 16
