@@ -409,6 +409,17 @@ def row(x: dict[str, Any], n_pos: int, table: bool = False) -> str:
     )
 
 
+def yield_figures(calls: dict[str, Any], tp: int, said: int, n_pos: int) -> dict[str, Any]:
+    """What the calls so far bought: true positives found, their share, per 100 calls."""
+    return {
+        "calls": calls,
+        "true_positives_found": tp,
+        "llm_positives": said,
+        "found_share": tp / n_pos,
+        "positives_per_100_calls": 100 * tp / max(calls["calls"], 1),
+    }
+
+
 def label_only(
     settings: Settings,
     truth: dict[int, tuple[bool, str]],
@@ -429,14 +440,7 @@ def label_only(
         ):
             if verdicts.get(r.image_id) and truth[r.image_id][0]:
                 by_selection[r.selection] += 1
-    out |= {
-        "calls": calls,
-        "true_positives_found": tp,
-        "llm_positives": said,
-        "found_share": tp / n_pos,
-        "positives_per_100_calls": 100 * tp / max(calls["calls"], 1),
-        "found_by_selection": dict(by_selection),
-    }
+    out |= yield_figures(calls, tp, said, n_pos) | {"found_by_selection": dict(by_selection)}
     print(
         f"round 0, label stage only: budget {out['budget']:,}; calls {calls['calls']:,} "
         f"{calls['by_purpose']}; selected {out['label']['selected']}; sheets "
@@ -537,12 +541,7 @@ def main(argv: list[str] | None = None) -> int:
             round_out["shipped"] = shipped(settings, held, results | {key: round_out})
             tp, said, _ = found_positives(settings, truth)
             calls = calls_so_far(settings)
-            round_out |= {
-                "calls": calls,
-                "true_positives_found": tp,
-                "llm_positives": said,
-                "found_share": tp / n_pos,
-                "positives_per_100_calls": 100 * tp / max(calls["calls"], 1),
+            round_out |= yield_figures(calls, tp, said, n_pos) | {
                 "seconds": round(time.perf_counter() - started, 1),
                 "unrecognised_cells": llm.unknown,
             }
