@@ -374,17 +374,22 @@ def test_screening_sheets_flag_what_is_then_labelled_one_by_one(corpus: Settings
         ws.close()
 
 
+def _red_every(folder: Path, n: int, every: int, seed: int, prefix: str = "") -> Path:
+    """`n` random sprites in `folder`, every `every`-th one red (the positive concept)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir()
+    for i in range(n):
+        tile = sprite(rng, 16)
+        if i % every == 0:
+            tile[..., :3] = (220, 30, 30)
+        (folder / f"{prefix}{i}.png").write_bytes(png(tile))
+    return folder
+
+
 def test_room_the_follow_ups_leave_buys_more_sheets(corpus: Settings, tmp_path: Path) -> None:
     """screen_share is where the sheets start: when what they flag leaves room in the budget,
     more sheets of the next-ranked candidates beat one-by-one picks (16 sprites a call)."""
-    rng = np.random.default_rng(11)
-    more = tmp_path / "more"
-    more.mkdir()
-    for i in range(96):
-        tile = sprite(rng, 16)
-        if i % 8 == 0:
-            tile[..., :3] = (220, 30, 30)
-        (more / f"m{i}.png").write_bytes(png(tile))
+    more = _red_every(tmp_path / "more", 96, 8, seed=11, prefix="m")
     with FakeOllama({MODEL: "sha256:" + "0c" * 32}, responder=by_colour) as server:
         settings = _screening(
             corpus,
@@ -457,14 +462,7 @@ def test_a_screen_that_misses_positives_gets_smaller_sheets(
         small = "grid of 2 rows" in info.prompt  # it sees well only on the smallest sheets
         return "explicit" if red and (small or not sheet_layout(info)) else "safe"
 
-    rng = np.random.default_rng(5)
-    more = tmp_path / "more"
-    more.mkdir()
-    for i in range(150):
-        tile = sprite(rng, 16)
-        if i % 4 == 0:
-            tile[..., :3] = (220, 30, 30)
-        (more / f"{i}.png").write_bytes(png(tile))
+    more = _red_every(tmp_path / "more", 150, 4, seed=5)
     responder = rubric_responder(blind_on_sheets)
     with FakeOllama({MODEL: "sha256:" + "07" * 32}, responder=responder) as server:
         settings = _screening(
