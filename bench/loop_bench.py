@@ -427,8 +427,8 @@ def label_only(
     n_pos: int,
     figures: dict[str, Any],
 ) -> int:
-    """Round 0's label stage, measured: calls, true positives found, and each selection's
-    share of the calls and of the positives."""
+    """Round 0's label stage, measured: calls by purpose, what each selection was given, and
+    the true positives found, in all and by selection."""
     tp, said, verdicts = found_positives(settings, truth)
     calls = calls_so_far(settings)
     by_selection: Counter[str] = Counter()
