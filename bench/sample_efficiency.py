@@ -175,7 +175,8 @@ def build_catalog(args: argparse.Namespace, proxy: Path, figures: dict[str, Any]
         first = pretrain(ws.catalog, ws.blobs, settings)
         took = time.perf_counter() - started
         if not first.reused:  # kept: a rerun of the benchmark reuses the backbone
-            figures["pretrain"] = first.as_dict() | {"wall_s": round(took, 1)}
+            # The machine goes with the figures: a rerun may be on another one.
+            figures["pretrain"] = first.as_dict() | {"wall_s": round(took, 1), "cpu": cpu()}
             (args.work / "pretrain.json").write_text(json.dumps(figures["pretrain"], default=float))
         started = time.perf_counter()
         again = pretrain(ws.catalog, ws.blobs, settings)
@@ -501,8 +502,9 @@ def main(argv: list[str] | None = None) -> int:
         config = base.pretrain
         steps_60k = min(config.max_steps, config.epochs * (60_000 // config.batch_size))
         minutes_60k = steps_60k * 2 * config.batch_size / pre["views_per_s"] / 60
+        where = pre.get("cpu", "a machine not recorded")
         print(
-            f"\npretraining on {figures['cpu']}: {pre['images']:,} sprites, "
+            f"\npretraining on {where}: {pre['images']:,} sprites, "
             f"{pre['steps_done']:,} steps ({pre['epochs']} epochs) in {pre['wall_s'] / 60:.1f} "
             f"min: {pre['views_per_s']:.0f} views/s = {pre['views_per_s'] / 2:.0f} sprites/s "
             f"(two views each); 60,000 sprites ({steps_60k:,} steps) at that speed: "

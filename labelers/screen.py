@@ -32,7 +32,7 @@ from spritesafe.config import Settings
 @dataclass
 class ScreenRun:
     grid: int
-    sheets: int = 0  # calls made (answered or not)
+    sheets: int = 0  # sheets asked (answered or not; a re-ask is one more call, not sheet)
     cells: int = 0  # sprites on answered sheets
     flagged: list[int] = field(default_factory=list)
     unflagged: list[int] = field(default_factory=list)

@@ -8,8 +8,9 @@ gate refused for its INT8 file, by its FP32 file; the model proposes, the LLM
 verifies), else of the teacher's P(nsfw) on a random pool of `teacher_pool` x budget
 candidates it pre-screens. Contact sheets (labelers.screen) screen the next candidates in
 that order, grid x grid a call, from `screen_share` of the budget and whatever room their
-one-by-one follow-ups leave; only what is left after that is steered one by one. Every label
-keeps its selection, so each part's yield is known.
+one-by-one follow-ups leave; steered one-by-one picks get what the uniform parts, the sheets
+and the follow-up reserve leave (nothing at the default shares) and what the sheets did not
+use. Every label keeps its selection, so each part's yield is known.
 Idempotent: an image labelled for (labeler, model digest, rubric version) is not sent again,
 and labels are committed in batches, so a killed run loses at most one batch.
 """
@@ -71,7 +72,7 @@ class LabelReport:
     skipped_done: int = 0  # candidates already labelled for this key
     errors: Counter[str] = field(default_factory=Counter)
     teacher_scored: int = 0  # pre-screen labels written on the way
-    steered_by: str = ""  # what ranked the steered part: "model <id>" or "teacher"
+    steered_by: str = ""  # what ranked the steered part: "model <id>[ (not promoted)]", "teacher"
     screen: dict[str, Any] = field(default_factory=dict)  # group screening, when used
     second_opinions: Counter[str] = field(default_factory=Counter)  # confirm, recheck
     sheet_confirmed: int = 0  # single LLM positives a sheet's flag confirmed (no call)
@@ -288,8 +289,8 @@ def steering_model(catalog: Catalog, settings: Settings) -> tuple[Path, bool] | 
 def model_ranking(
     catalog: Catalog, blobs: BlobStore, settings: Settings, model: Path
 ) -> tuple[str, float, dict[int, float]]:
-    """The promoted model's id, threshold and out-of-sample scores of every candidate (scored
-    now where it has not scored them yet)."""
+    """The steering model's id, threshold and out-of-sample scores of every candidate (scored
+    now where it has not scored them yet): the promoted model, or a refused one's FP32 file."""
     from export.scores import score_catalog  # onnxruntime: only when a model exists
 
     scored = score_catalog(catalog, blobs, settings, model)
@@ -377,6 +378,14 @@ def _label_ollama(
     n_sheets = min(round(budget * config.screen_share), budget - len(chosen)) if grid > 1 else 0
     reserve = min(round(budget * config.followup_share), budget - len(chosen) - n_sheets)
     reserve = reserve if n_sheets else 0
+    # Sprites earlier runs' sheets flagged and no run has labelled yet (a killed run, a full
+    # budget) are the likeliest positives: first in line, whether or not this run screens.
+    before = screened(catalog, digest, rubric) if rubric.screen_instructions else {}
+    waiting = [i for i in pending if i in before and before[i].flagged and i not in chosen]
+    waiting.sort(key=lambda i: (-scores.get(i, -1.0), i))
+    if not n_sheets:
+        for image_id in waiting[: budget - len(chosen)]:
+            chosen[image_id] = "screen_flagged"
     # 2. The steered picks, leaving room for the sheets and what they flag.
     taken: Counter[int] = Counter()
     pool = [i for i in pending if i not in chosen]
@@ -386,8 +395,6 @@ def _label_ollama(
     if n_sheets:
         # 3. Contact sheets of the next-ranked candidates never screened, then one-by-one
         # labels for what they (or earlier runs' sheets) flagged, and a random check sample.
-        before = screened(catalog, digest, rubric)
-        waiting = [i for i in pending if i in before and before[i].flagged and i not in chosen]
         rng = np.random.default_rng(seed + 2)
         tiebreak = dict(zip(pending, rng.permutation(len(pending)).tolist(), strict=True))
         # Never screened, or passed only by sheets larger than today's (whose recall failed).
@@ -437,7 +444,8 @@ def _label_ollama(
             "errors": run.errors,
         }
         # 4. Room the sheets did not use goes to more steered picks (not to sprites this run's
-        # sheets passed: the check sample speaks for those).
+        # sheets passed: the check sample speaks for those; only the random fill below, when
+        # nothing else is left, may take them).
         passed = set(run.unflagged)
         pool = [i for i in pending if i not in chosen and i not in passed]
         chosen |= steered_picks(pool, budget - len(chosen) - spent, scores, clusters, plan, taken)
@@ -480,8 +488,9 @@ def second_opinions(
 ) -> None:
     """One more sample, at the sampling temperature, for every single-vote LLM positive (a
     positive trains only when confirmed) that no sheet flagged (a flag confirms it:
-    snapshot.sheet_confirms), and for the single-vote negatives the promoted model most
-    confidently calls positive (a conflict is asked again before it reaches people)."""
+    snapshot.sheet_confirms), and for the single-vote negatives the steering model scores at
+    or above its threshold, highest first, at most `recheck_share` of the budget (a conflict
+    is asked again before it reaches people)."""
     config = settings.label
     single = single_votes(catalog, digest, rubric)
     positive = settings.snapshot.positive

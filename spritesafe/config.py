@@ -130,9 +130,15 @@ class OllamaSettings(BaseModel):
 
 class LabelSettings(BaseModel):
     labeler: Literal["ollama", "teacher"] = "ollama"
-    budget: int = Field(500, ge=0, description="labelling calls per run")
+    budget: int = Field(
+        500,
+        ge=0,
+        description="calls per run: a sheet, or a sprite labelled (x ollama.samples); "
+        "re-asks, confirmations and rechecks come on top",
+    )
     audit_share: float = Field(0.1, ge=0, le=1, description="uniform sample, for base rates")
-    # The rest of the budget is steered by the promoted model (else the teacher): a small
+    # The rest of the budget is steered by the promoted model (else the newest model the
+    # gate refused for its INT8 file, by its FP32 file; else the teacher): a small
     # uniform exploration share, then the top scores and, `near_share` of them, the scores
     # nearest the threshold; at most `per_cluster` picks of one near-duplicate cluster.
     explore_share: float = Field(0.05, ge=0, le=1, description="uniform, labelled explore")
@@ -257,7 +263,8 @@ class PretrainSettings(BaseModel):
 
 
 class TrainSettings(BaseModel):
-    """The student: timm MobileNetV4-conv-small-050, one logit, at `size` px."""
+    """The student: timm MobileNetV4-conv-small-050 with an ordinal head (two logits from one
+    weight vector: training/model.py), at `size` px."""
 
     arch: str = "mobilenetv4_conv_small_050"
     size: int = Field(160, ge=32)

@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 from numpy.typing import NDArray
 
-from corpus.catalog import images, label_errors, labels, llm_calls, source_items
+from corpus.catalog import images, label_errors, labels, llm_calls, screenings, source_items
 from corpus.ingest import ingest
 from corpus.sources import parse_source
 from corpus.workspace import Workspace, open_workspace
@@ -336,8 +336,6 @@ def _screening(settings: Settings, url: str, **label_overrides: object) -> Setti
 
 
 def test_screening_sheets_flag_what_is_then_labelled_one_by_one(corpus: Settings) -> None:
-    from corpus.catalog import screenings
-
     with FakeOllama({MODEL: "sha256:" + "06" * 32}, responder=by_colour) as server:
         settings = _screening(corpus, server.url, explore_share=0.0, screen_check_share=0.25)
         ws = open_workspace(settings)
@@ -415,6 +413,34 @@ def test_room_the_follow_ups_leave_buys_more_sheets(corpus: Settings, tmp_path: 
     assert {r.image_id for r in rows if r.selection == "screen_flagged"} == red
     assert report.cost["calls"] <= 30
     assert report.cost["positives_found"] == 16
+
+
+def test_flags_left_waiting_come_first_even_without_sheets(
+    corpus: Settings, tmp_path: Path
+) -> None:
+    """What a run's sheets flagged beyond its budget is labelled first by the next run, also
+    when that run screens nothing (its sheets shrank to single sprites, or were turned off)."""
+    reds = _red_every(tmp_path / "reds", 48, 1, seed=12, prefix="r")  # all red
+    with FakeOllama({MODEL: "sha256:" + "0d" * 32}, responder=by_colour) as server:
+        settings = _screening(
+            corpus, server.url, screen_share=0.25, explore_share=0.0, screen_check_share=0.0
+        )
+        ws = open_workspace(settings)
+        ingest(ws.catalog, ws.blobs, [parse_source(str(reds), settings)], settings)
+        first = label(ws.catalog, ws.blobs, settings, budget=12)
+        flagged = {r.image_id for r in _rows(ws, screenings) if r.flagged}
+        asked = {r.image_id for r in _rows(ws, labels) if r.labeler == "ollama"}
+        waiting = flagged - asked
+        assert first.screen["sheets"] == 3 and len(waiting) >= 10
+        off = settings.model_copy(
+            update={"label": settings.label.model_copy(update={"screen_share": 0.0})}
+        )
+        second = label(ws.catalog, ws.blobs, off, budget=10)
+        rows = [r for r in _rows(ws, labels) if r.labeler == "ollama" and r.image_id not in asked]
+        ws.close()
+    assert second.screen == {} and second.selected == Counter(screen_flagged=10)
+    assert {r.image_id for r in rows} <= waiting
+    assert all(r.category == "explicit" for r in rows)
 
 
 def test_screening_real_sprites_finds_the_concept_for_a_fraction_of_the_calls(
@@ -524,8 +550,6 @@ def test_killed_screening_run_asks_nothing_twice(corpus: Settings) -> None:
     import subprocess
     import sys
     import time
-
-    from corpus.catalog import screenings
 
     spritesafe = str(Path(sys.executable).with_name("spritesafe"))
     with FakeOllama({MODEL: "sha256:" + "08" * 32}, responder=by_colour, latency_s=0.3) as server:
