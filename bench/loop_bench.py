@@ -386,6 +386,7 @@ COLUMNS = (
     "per 100 calls",
     "holdout PR-AUC (trained / shipped)",
     "queue top 20 wrong",
+    "base rate (audit)",
 )
 
 
@@ -401,6 +402,7 @@ def row(x: dict[str, Any], n_pos: int, table: bool = False) -> str:
         f"{x.get('holdout_pr_auc', float('nan')):.3f} / "
         f"{x.get('shipped', {}).get('holdout_pr_auc', float('nan')):.3f}",
         f"{review.get('top20_wrong', '-')}/{review.get('top20', '-')}",
+        f"{x.get('snapshot', {}).get('base_rate', float('nan')):.4f}",
     ]
     if table:
         return " | ".join(cells)

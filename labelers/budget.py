@@ -3,7 +3,9 @@
 NSFW is rare, so a uniform sample spends nearly every call on negatives; the budget goes where
 positives are, as ranked by the best scorer there is (the promoted model's out-of-sample
 scores, else the teacher's pre-screen):
-- `audit`: a uniform random share, never steered: the unbiased base rate comes from it;
+- `audit`: a uniform share, never steered: the unbiased base rate comes from it (the next
+  pending candidates in labelers.audit's fixed order of the whole catalog, so it stays
+  uniform over everything however much the other parts have labelled);
 - `explore`: a small uniform share labelled as such, so the loop does not only confirm what the
   model already believes (its yield is the random baseline, measured every run);
 - `top`: the highest scores (likely positives: the model proposes, the LLM verifies);
@@ -16,10 +18,12 @@ candidates) is filled at random, so the budget is spent.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from labelers.audit import audit_picks
 
 
 @dataclass(frozen=True)
@@ -33,11 +37,24 @@ class Plan:
     near_name: str = "model_near"
 
 
-def uniform_picks(pending: list[int], n_audit: int, n_explore: int, seed: int) -> dict[int, str]:
-    """`audit` and `explore` picks: a uniform random draw of the pending candidates."""
+def uniform_picks(
+    pending: list[int],
+    n_audit: int,
+    n_explore: int,
+    seed: int,
+    audit_order: Sequence[int] | None = None,
+) -> dict[int, str]:
+    """`audit` picks: the first pending candidates in `audit_order` (labelers.audit), or a
+    uniform random draw of the pending ones without it; `explore` picks: a uniform random
+    draw of the other pending candidates."""
     order = [pending[i] for i in np.random.default_rng(seed).permutation(len(pending))]
-    chosen = dict.fromkeys(order[:n_audit], "audit")
-    chosen |= dict.fromkeys(order[n_audit : n_audit + n_explore], "explore")
+    if audit_order is None:
+        audit = order[:n_audit]
+    else:
+        audit = audit_picks(audit_order, set(pending), n_audit)
+    chosen = dict.fromkeys(audit, "audit")
+    rest = [i for i in order if i not in chosen]
+    chosen |= dict.fromkeys(rest[:n_explore], "explore")
     return chosen
 
 

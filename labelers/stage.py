@@ -45,6 +45,7 @@ from corpus.catalog import (
     utcnow,
 )
 from export.stage import FP32_NAME, ExportError, promoted_model
+from labelers.audit import audit_order
 from labelers.budget import Plan, fill_random, steered_picks, uniform_picks
 from labelers.cost import call_rows, run_cost
 from labelers.effective import HUMAN, LLM, TEACHER
@@ -368,10 +369,11 @@ def _label_ollama(
     seed = _seed(report.run_id)
     scores, plan = _steering(catalog, blobs, settings, pending, budget, seed, report, everything)
     clusters = clusters_of(catalog, pending)
-    # 1. The uniform parts come first, from every pending candidate: the audit stays unbiased.
+    # 1. The uniform parts come first: the audit goes on along its fixed order of the whole
+    # catalog (labelers.audit), exploration is a random draw of the pending candidates.
     n_audit = round(budget * plan.audit_share)
     n_explore = min(budget - n_audit, round(budget * plan.explore_share))
-    chosen = uniform_picks(pending, n_audit, n_explore, seed)
+    chosen = uniform_picks(pending, n_audit, n_explore, seed, audit_order(catalog))
     grid = 1
     if config.screen_share > 0 and rubric.screen_instructions and not everything:
         grid = grid_for(catalog, settings, digest, rubric)

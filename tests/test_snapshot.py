@@ -254,6 +254,54 @@ def test_base_rate_comes_from_the_audit_sample(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_the_audit_stays_uniform_while_the_budget_finds_the_positives(tmp_path: Path) -> None:
+    """A first run's sheets find the red sprites; later runs audit what is left. The audit is
+    a prefix of one fixed order of the whole catalog, labels other parts made included, so the
+    base rate does not fall as positives are found (a uniform draw of the pending sprites, as
+    the audit was before, sees none of them after the first run)."""
+    from corpus.catalog import labels
+    from labelers.audit import audit_order, audited_prefix
+
+    folder = coloured_corpus(tmp_path, positives=30, negatives=270)  # 36 of 360 red
+    finding = {
+        "budget": 80,
+        "audit_share": 0.1,
+        "explore_share": 0.0,
+        "screen_share": 0.5,
+        "followup_share": 0.5,
+        "screen_check_share": 0.0,
+    }
+    settings, server = labelled(tmp_path, folder, label=finding)
+    try:
+        auditing = settings.model_copy(
+            update={"label": settings.label.model_copy(update={"audit_share": 1.0})}
+        )
+        with open_workspace(settings) as ws:
+            for _ in range(2):
+                label(ws.catalog, ws.blobs, auditing, budget=40)
+            report = snapshot(ws.catalog, ws.blobs, settings)
+            with ws.catalog.read() as conn:
+                rows = conn.execute(
+                    sa.select(labels.c.image_id, labels.c.selection, labels.c.category).where(
+                        labels.c.labeler == "ollama"
+                    )
+                ).all()
+            order = audit_order(ws.catalog)
+    finally:
+        server.stop()
+    red = {r.image_id for r in rows if r.category == "explicit"}
+    picked = {r.image_id for r in rows if r.selection == "audit"}
+    prefix = set(audited_prefix(order, {r.image_id for r in rows}))
+    assert len(red) == 36 and len(picked) == 88  # the first run found every red sprite
+    # The audit's own picks are all in the prefix, with the red sprites the sheets' follow-ups
+    # labelled where the order puts them.
+    assert picked < prefix and report.audited == len(prefix)
+    assert report.base_rate == pytest.approx((len(red & prefix) + 0.5) / (len(prefix) + 1))
+    assert 0.05 < report.base_rate < 0.2
+    stale = (len(red & picked) + 0.5) / (len(picked) + 1)  # the audit's own picks alone
+    assert stale < 0.04
+
+
 def test_audit_base_rate_is_corrected_for_the_llms_measured_errors() -> None:
     from datetime import UTC, datetime
 

@@ -26,6 +26,7 @@ from corpus.catalog import (
     exports,
     flagged_on_sheets,
     images,
+    label_errors,
     labels,
     model_scores,
     models,
@@ -36,6 +37,7 @@ from corpus.catalog import (
     utcnow,
 )
 from corpus.catalog import sources as sources_table
+from labelers.audit import audit_order, audited_prefix
 from labelers.effective import (
     HUMAN,
     LLM,
@@ -164,9 +166,20 @@ def _candidates(conn: sa.Connection, ids: sa.Select[Any]) -> tuple[dict[int, _Ca
 def _load(
     catalog: Catalog, rubric_version: str
 ) -> tuple[list[_Candidate], int, set[tuple[str, ...]]]:
-    """Labelled candidates with their label rows; how many are not deduped yet; labelers."""
+    """Labelled candidates with their label rows (`audit`: in the audited prefix of
+    labelers.audit's order, or a person's decision on an audit review item); how many are not
+    deduped yet; labelers."""
     with catalog.read() as conn:
         by_id, undeduped = _candidates(conn, sa.select(labels.c.image_id))
+        # An LLM error on record answers an audit place too: a sprite the LLM cannot answer
+        # must not stop the audit for good (it is asked again next run all the same).
+        answered = set(
+            conn.execute(
+                sa.select(label_errors.c.image_id).where(
+                    label_errors.c.labeler == LLM, label_errors.c.rubric_version == rubric_version
+                )
+            ).scalars()
+        )
         label_rows = conn.execute(
             sa.select(
                 labels.c.image_id,
@@ -187,7 +200,7 @@ def _load(
             continue
         cand.rows.append(LabelRow.of(row))
         if row.labeler == LLM and row.rubric_version == rubric_version:
-            cand.audit = cand.audit or row.selection == "audit"
+            answered.add(cand.id)
             if row.score_explicit is not None:
                 cand.llm_explicit.append(float(row.score_explicit))
             used.add((row.labeler, row.model, row.model_digest))
@@ -196,7 +209,11 @@ def _load(
             used.add((row.labeler, row.model, row.model_digest))
         elif row.labeler == HUMAN:
             used.add((row.labeler, row.model, row.model_digest))
+            answered.add(cand.id)
             cand.audit = cand.audit or row.selection == "audit"
+    for image_id in audited_prefix(audit_order(catalog), answered):
+        if image_id in by_id:
+            by_id[image_id].audit = True
     return list(by_id.values()), undeduped, used
 
 
