@@ -6,8 +6,8 @@ lazy import cannot hide a cycle. The layers, lowest first:
 - the foundation (`spritesafe.*` but the CLI): settings, decoding, pixel-art canonicalization,
   perceptual hashes, the one preprocessing; no catalog, no torch;
 - the catalog, blob store, sources and ingest (`corpus`);
-- what a label is: categories and the rubric, which label wins (`labelers.effective`,
-  `labelers.rubric`);
+- what a label is: categories and the rubric, which label wins, which labels are the audit
+  sample (`labelers.effective`, `labelers.rubric`, `labelers.audit`);
 - training (with `spritesafe.compat`, the torchvision guard only training needs);
 - export, verification and scoring the catalog with a model (`export`);
 - the label stage, which the promoted model steers (the rest of `labelers`);
@@ -25,7 +25,7 @@ PACKAGES = ("spritesafe", "corpus", "labelers", "training", "export", "review", 
 LAYERS = [
     ["spritesafe"],
     ["corpus"],
-    ["labelers.effective", "labelers.rubric"],
+    ["labelers.effective", "labelers.rubric", "labelers.audit"],
     ["training", "spritesafe.compat"],
     ["export"],
     ["labelers"],
