@@ -338,14 +338,15 @@ def run_cell(
             "train_images_per_s": trained.train_images_per_s,
             "seconds": round(time.perf_counter() - started, 1),
         }
+        save()  # first: a cell's hour is not lost to a line of output
+        last = results[cell]["holdout_pr_auc_last"]  # None: a recipe without a moving average
         print(
             f"{cell}: holdout PR-AUC {results[cell]['holdout_pr_auc']:.4f} "
-            f"(last weights {results[cell]['holdout_pr_auc_last']:.4f}; best epoch "
+            f"(last weights {'-' if last is None else f'{last:.4f}'}; best epoch "
             f"{trained.best_epoch} of {trained.epochs_done}, {trained.steps_done} steps, "
             f"{results[cell]['seconds']:.0f} s)",
             flush=True,
         )
-        save()
         shutil.rmtree(Path(trained.path), ignore_errors=True)  # checkpoints: ~20 MB a cell
 
 
