@@ -4,9 +4,8 @@ A vision LLM spends tokens by area (Qwen2.5-VL: one per 28x28 pixels), so a 390 
 4x4 sprites at 96 px (2 px lines between) costs what one sprite at 384 px does. Each cell: a
 number band on top (1.. row by row, drawn large enough to read), the sprite below it,
 nearest-enlarged by an integer factor on the catalog's fixed background, and a dark line
-between cells. The drawing
-is spritesafe.contact's; `cell_box` is the one definition of this layout: the sheet is drawn
-by it and test servers read it.
+between cells. The drawing is spritesafe.contact's; `cell_box` is the one definition of this
+layout: the sheet is drawn by it and test servers read it.
 """
 
 from __future__ import annotations

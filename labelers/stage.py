@@ -373,7 +373,8 @@ def _label_ollama(
     # catalog (labelers.audit), exploration is a random draw of the pending candidates.
     n_audit = round(budget * plan.audit_share)
     n_explore = min(budget - n_audit, round(budget * plan.explore_share))
-    chosen = uniform_picks(pending, n_audit, n_explore, seed, audit_order(catalog))
+    order = audit_order(catalog) if n_audit else None  # every candidate, hashed: only if used
+    chosen = uniform_picks(pending, n_audit, n_explore, seed, order)
     grid = 1
     if config.screen_share > 0 and rubric.screen_instructions and not everything:
         grid = grid_for(catalog, settings, digest, rubric)

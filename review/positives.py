@@ -61,7 +61,6 @@ def verify_positives(
     settings: Settings,
     model: Path,
     budget: int,
-    near_share: float | None = None,
 ) -> PositivesReport:
     clf = Classifier(model, threads=settings.export.threads)
     report = PositivesReport(run_id=catalog.start_run("verify-positives"), model_id=clf.model_id)
@@ -78,8 +77,8 @@ def verify_positives(
                 .where(model_scores.c.image_id.not_in(asked_before))
             ).all()
         scores = {r.image_id: float(r.score) for r in scored}
-        near = settings.label.near_share if near_share is None else near_share  # the label stage's
-        plan = Plan(0.0, 0.0, near, settings.label.per_cluster, clf.threshold)
+        label = settings.label  # the label stage's steering shares
+        plan = Plan(0.0, 0.0, label.near_share, label.per_cluster, clf.threshold)
         chosen = plan_budget(
             sorted(scores), budget, scores, clusters_of(catalog, sorted(scores)), plan, seed=0
         )
