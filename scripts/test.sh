@@ -8,4 +8,6 @@ export PREFECT_SERVER_ANALYTICS_ENABLED=false
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
-.venv/bin/python -m pytest --durations=15 "$@"  # the slowest, to keep the suite short
+# Two workers, a test file each at a time (module fixtures stay whole); tests/conftest.py gives
+# each worker one torch thread, so the two cores are shared, not oversubscribed.
+.venv/bin/python -m pytest -n 2 --dist loadfile --durations=15 "$@"  # the slowest, to keep it short

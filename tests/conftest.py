@@ -15,6 +15,14 @@ from corpus.workspace import Workspace, open_workspace
 from spritesafe.config import Settings, load_settings
 from tests.helpers import CDDA, CRAWL, free_port, wait_for_prefect
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # scripts/test.sh runs two workers on two cores: one torch/OpenMP thread each (and in
+    # the CLI subprocesses they start, which inherit it), not two fighting two.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

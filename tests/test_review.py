@@ -700,8 +700,11 @@ def test_the_queue_puts_likely_label_errors_first(mined: Settings, tmp_path: Pat
     assert again.llm_error_rates["scores"] == "cross-validated"
     assert all("crossval" in r.detail for r in crossed)
     top = [r.image_id for r in crossed if r.image_id in scored][:10]
-    # 7-10 of 10 here, by what else the module ingested first; random picks would hold ~1.
-    assert len(top) == 10 and sum(i in wrong for i in top) >= 6
+    # The queue holds what it judges likely wrong: 9-10 of these labels here, 6-9 of them real
+    # errors (torch's thread count and what the module ingested first move the tiny
+    # backbone's features); random picks from the scored labels would hold ~1 in 10.
+    hits = sum(i in wrong for i in top)
+    assert len(top) >= 8 and hits >= 0.6 * len(top), (len(top), hits)
     # The per-run cap and the per-reason share hold.
     with open_workspace(mined) as ws:
         with ws.catalog.write() as conn:
