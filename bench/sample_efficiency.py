@@ -93,6 +93,7 @@ class Recipe:
     balance: str
     train: dict[str, Any] = field(default_factory=dict)
     head_only: bool = False
+    snapshot: dict[str, Any] = field(default_factory=dict)
 
 
 RECIPES = {
@@ -110,6 +111,12 @@ RECIPES = {
         Recipe("default", "+ both (new default)", "resample", {}),
         Recipe("default-last", "+ both, last weights kept", "resample", {"keep": "last"}),
         Recipe("head-only", "head only (frozen backbone)", "resample", {"init": "ssl"}, True),
+        Recipe(
+            "pu",
+            "+ unlabelled as negatives",
+            "resample",
+            snapshot={"screened_need_sheet": False, "screened_negatives": 100.0},
+        ),
     )
 }
 
@@ -303,7 +310,8 @@ def run_cell(
         settings = load_settings(
             None,
             data_dir=data,
-            **common | {"snapshot": common["snapshot"] | {"balance": recipe.balance}},
+            **common
+            | {"snapshot": common["snapshot"] | {"balance": recipe.balance} | recipe.snapshot},
             train=recipe.train | {"seed": seed},
         )
         started = time.perf_counter()
