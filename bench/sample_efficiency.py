@@ -93,7 +93,6 @@ class Recipe:
     balance: str
     train: dict[str, Any] = field(default_factory=dict)
     head_only: bool = False
-    snapshot: dict[str, Any] = field(default_factory=dict)
 
 
 RECIPES = {
@@ -111,12 +110,6 @@ RECIPES = {
         Recipe("default", "+ both (new default)", "resample", {}),
         Recipe("default-last", "+ both, last weights kept", "resample", {"keep": "last"}),
         Recipe("head-only", "head only (frozen backbone)", "resample", {"init": "ssl"}, True),
-        Recipe(
-            "pu",
-            "+ unlabelled as negatives",
-            "resample",
-            snapshot={"screened_need_sheet": False, "screened_negatives": 100.0},
-        ),
     )
 }
 
@@ -310,8 +303,7 @@ def run_cell(
         settings = load_settings(
             None,
             data_dir=data,
-            **common
-            | {"snapshot": common["snapshot"] | {"balance": recipe.balance} | recipe.snapshot},
+            **common | {"snapshot": common["snapshot"] | {"balance": recipe.balance}},
             train=recipe.train | {"seed": seed},
         )
         started = time.perf_counter()

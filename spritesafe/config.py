@@ -222,11 +222,6 @@ class SnapshotSettings(BaseModel):
     # labelled training image (0: none). Evaluation keeps labelled images only.
     screened_negatives: float = Field(2.0, ge=0)
     screened_below: float = Field(0.8, gt=0, le=1, description="share of the model's ranking")
-    # False: any unlabelled sprite no sheet flagged is eligible, sheet or not, and before any
-    # model exists (then unranked). Positive-unlabelled learning: with the class this rare an
-    # unlabelled sprite is a negative ~97 % of the time, and a scorer trained against the
-    # unlabelled ranks as one trained against true negatives (Elkan & Noto, 2008).
-    screened_need_sheet: bool = True
     min_positives: int = Field(20, ge=3, description="refuse to snapshot with fewer")
     min_negatives: int = Field(60, ge=3, description="refuse to snapshot with fewer")
     seed: int = 0

@@ -432,15 +432,13 @@ def scoring_model(conn: sa.Connection) -> str | None:
 
 
 def screened_negative_ids(
-    conn: sa.Connection, screen_version: str, below: float, need_sheet: bool = True
+    conn: sa.Connection, screen_version: str, below: float
 ) -> tuple[str | None, list[int]]:
     """(the scoring model, the unlabelled candidates that every contact sheet under
     `screen_version` passed and that model ranks in the bottom `below` share of its
-    out-of-sample scores). Nothing without a model: a sheet's pass alone is one opinion.
-    Without `need_sheet`: every unlabelled candidate no sheet flagged, ranked low by the
-    model when there is one, all of them when there is none."""
+    out-of-sample scores). Nothing without a model: a sheet's pass alone is one opinion."""
     model_id = scoring_model(conn)
-    if need_sheet and model_id is None:
+    if model_id is None:
         return None, []
     scored: dict[int, float] = {
         r.image_id: float(r.score)
@@ -454,31 +452,22 @@ def screened_negative_ids(
             )
         )
     }
-    if need_sheet and not scored:
+    if not scored:
         return model_id, []
-    # Labelled by the LLM or a person: their label decides (an unconfirmed positive too).
-    labelled = sa.select(labels.c.image_id).where(labels.c.labeler.in_((LLM, HUMAN)))
-    if need_sheet:
-        passed = conn.execute(
-            sa.select(screenings.c.image_id)
-            .where(screenings.c.version == screen_version)
-            .where(screenings.c.image_id.not_in(labelled))
-            .group_by(screenings.c.image_id)
-            # Never flagged by any sheet (a sum: PostgreSQL has no max() of booleans).
-            .having(sa.func.sum(sa.case((screenings.c.flagged, 1), else_=0)) == 0)
-        ).scalars()
-    else:
-        flagged = sa.select(screenings.c.image_id).where(
-            screenings.c.version == screen_version, screenings.c.flagged
-        )
-        passed = conn.execute(
-            sa.select(images.c.id)
-            .where(images.c.status == "candidate")
-            .where(images.c.id.not_in(labelled), images.c.id.not_in(flagged))
-        ).scalars()
-    if not scored:  # no model yet (need_sheet False): unranked
-        return model_id, sorted(passed)
     cut = float(np.quantile(np.array(list(scored.values()), dtype=np.float64), below))
+    passed = conn.execute(
+        sa.select(screenings.c.image_id)
+        .where(screenings.c.version == screen_version)
+        # Labelled by the LLM or a person: their label decides (an unconfirmed positive too).
+        .where(
+            screenings.c.image_id.not_in(
+                sa.select(labels.c.image_id).where(labels.c.labeler.in_((LLM, HUMAN)))
+            )
+        )
+        .group_by(screenings.c.image_id)
+        # Never flagged by any sheet (a sum: PostgreSQL has no max() of booleans).
+        .having(sa.func.sum(sa.case((screenings.c.flagged, 1), else_=0)) == 0)
+    ).scalars()
     return model_id, sorted(i for i in passed if i in scored and scored[i] <= cut)
 
 
@@ -495,17 +484,9 @@ def _screened_negatives(
     none from a near-duplicate cluster of validation or test. Added to `split_of` and the
     report's counts."""
     with catalog.read() as conn:
-        model_id, ids = screened_negative_ids(
-            conn, screen_version, config.screened_below, config.screened_need_sheet
-        )
-        # Every eligible kind of candidate, filtered here: a list of ids can outgrow SQL's
-        # parameters.
-        pool = (
-            sa.select(screenings.c.image_id)
-            if config.screened_need_sheet
-            else sa.select(images.c.id).where(images.c.status == "candidate")
-        )
-        screened, _ = _candidates(conn, pool)
+        model_id, ids = screened_negative_ids(conn, screen_version, config.screened_below)
+        # Every screened candidate, filtered here: a list of ids can outgrow SQL's parameters.
+        screened, _ = _candidates(conn, sa.select(screenings.c.image_id))
     wanted = set(ids) - set(split_of)  # (a teacher label can freeze one, with min_label_source)
     found = [c for i, c in screened.items() if i in wanted]
     held_out = {c.cluster for c in frozen if split_of[c.id] != TRAIN}
