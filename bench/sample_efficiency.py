@@ -20,7 +20,9 @@ Recipes:
 - default: both (the shipped defaults: nothing overridden);
 - default-last: the same, keeping the weights' average where training ends
   (`train.keep = "last"`) instead of the best validation window;
-- head-only: the frozen backbone and a logistic-regression head (seconds).
+- head-only: the frozen backbone and a logistic-regression head (seconds);
+- pruned: the default, with the training positives that confident learning judges likeliest
+  false alarms left out (`snapshot.prune_false_positives`).
 
     .venv/bin/python -m bench.sample_efficiency [--concept zombies] [--labels 100,300,1000,all]
         [--noise clean,noisy] [--recipes today,strong,...] [--train-seeds 0,1,2]
@@ -93,6 +95,7 @@ class Recipe:
     balance: str
     train: dict[str, Any] = field(default_factory=dict)
     head_only: bool = False
+    snapshot: dict[str, Any] = field(default_factory=dict)
 
 
 RECIPES = {
@@ -110,6 +113,12 @@ RECIPES = {
         Recipe("default", "+ both (new default)", "resample", {}),
         Recipe("default-last", "+ both, last weights kept", "resample", {"keep": "last"}),
         Recipe("head-only", "head only (frozen backbone)", "resample", {"init": "ssl"}, True),
+        Recipe(
+            "pruned",
+            "+ both, likely false positives pruned",
+            "resample",
+            snapshot={"prune_false_positives": True},
+        ),
     )
 }
 
@@ -303,7 +312,8 @@ def run_cell(
         settings = load_settings(
             None,
             data_dir=data,
-            **common | {"snapshot": common["snapshot"] | {"balance": recipe.balance}},
+            **common
+            | {"snapshot": common["snapshot"] | {"balance": recipe.balance} | recipe.snapshot},
             train=recipe.train | {"seed": seed},
         )
         started = time.perf_counter()
@@ -326,6 +336,7 @@ def run_cell(
             "labels": len(chosen),
             "llm_said": said,
             "counts": frozen.counts,
+            "pruned": frozen.pruned,
             "init": trained.init["kind"],
             "steps": trained.steps_done,
             "epochs": trained.epochs_done,

@@ -2,7 +2,7 @@
 
 Reasons (each a queue row whose priority is the chance that what people would correct is
 wrong, higher first):
-- label_issue: confident learning (review.label_issues) flags the LLM's label against the
+- label_issue: confident learning (training.label_issues) flags the LLM's label against the
   model's out-of-sample score; priority = the chance the *label* is wrong, from the model's
   posterior at the base rate and the LLM's error rates as people measured them;
 - low_agreement: the LLM's own samples disagree; priority = 1 - agreement;
@@ -46,14 +46,14 @@ from corpus.catalog import (
 )
 from labelers.effective import HUMAN, LLM, TEACHER, LabelRow, effective_label
 from labelers.rubric import load_rubric
-from review.label_issues import (
+from spritesafe.config import ReviewSettings, Settings
+from spritesafe.reports import as_dict
+from training.label_issues import (
     chance_label_wrong,
     error_rates,
     find_label_issues,
     posterior_at,
 )
-from spritesafe.config import ReviewSettings, Settings
-from spritesafe.reports import as_dict
 
 REASONS = (
     "label_issue",

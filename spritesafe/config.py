@@ -222,6 +222,10 @@ class SnapshotSettings(BaseModel):
     # labelled training image (0: none). Evaluation keeps labelled images only.
     screened_negatives: float = Field(2.0, ge=0)
     screened_below: float = Field(0.8, gt=0, le=1, description="share of the model's ranking")
+    # Confident learning against the LLM's false alarms (cleanlab's prune by noise rate):
+    # with a self-supervised backbone, every label is judged out of sample and as many
+    # training positives as it estimates are wrong, the least believed, are left out.
+    prune_false_positives: bool = False
     min_positives: int = Field(20, ge=3, description="refuse to snapshot with fewer")
     min_negatives: int = Field(60, ge=3, description="refuse to snapshot with fewer")
     seed: int = 0

@@ -1,4 +1,4 @@
-"""Confident learning and the chance a label is wrong (review.label_issues), on arrays."""
+"""Confident learning and the chance a label is wrong (training.label_issues), on arrays."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from review.label_issues import (
+from training.label_issues import (
     chance_label_wrong,
     class_thresholds,
     error_rates,
+    estimated_false_positives,
     find_label_issues,
     posterior_at,
+    prune_false_positives,
 )
 
 
@@ -33,6 +35,24 @@ def test_per_class_thresholds_find_flipped_labels_of_an_underconfident_model() -
     assert precision > 0.9 and recall > 0.5
     # A clean labelling has few issues.
     assert find_label_issues(truth, p).sum() < issues.sum() / 2
+
+
+def test_pruning_by_noise_rate_estimates_the_false_alarms_and_takes_the_least_believed() -> None:
+    rng = np.random.default_rng(1)
+    truth = rng.random(20_000) < 0.03
+    # A labeler with a rare class's noise: 2 % false alarms swamp the 3 % positives.
+    given = np.where(truth, rng.random(truth.size) > 0.15, rng.random(truth.size) < 0.02)
+    p = np.clip(np.where(truth, 0.6, 0.2) + rng.normal(0, 0.15, truth.size), 0.001, 0.999)
+    false_alarms = int((given & ~truth).sum())
+    estimate = estimated_false_positives(given, p)
+    assert 0.6 * false_alarms <= estimate <= 1.4 * false_alarms, (estimate, false_alarms)
+    pruned = prune_false_positives(given, p)
+    assert pruned.sum() == estimate and not (pruned & ~given).any()
+    # The pruned are mostly false alarms (they are ~45 % of the given positives).
+    assert (pruned & ~truth).sum() / pruned.sum() > 0.8
+    # Labels that agree with the model lose few.
+    assert prune_false_positives(truth, p).sum() < 0.25 * truth.sum()
+    assert estimated_false_positives(np.zeros(5, dtype=bool), np.full(5, 0.5)) == 0
 
 
 def test_the_chance_a_label_is_wrong_weighs_the_labelers_errors() -> None:

@@ -90,6 +90,8 @@ class SnapshotReport:
     sheet_confirmed: int = 0  # LLM positives with one answer that a contact sheet's flag confirmed
     # Unlabelled training negatives: a sheet passed them and the model ranks them low.
     screened_negatives: dict[str, Any] = field(default_factory=dict)
+    # LLM positives left out of training as likely false alarms (prune_false_positives).
+    pruned: dict[str, Any] = field(default_factory=dict)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> sfw/nsfw
     train_dropped: int = 0  # negatives downsampled away from training
     pos_weight: float = 1.0
@@ -319,6 +321,8 @@ def _snapshot(
     estimate = _estimate(kept, config, report)
     items = _check(kept, config, report.excluded)
     split_of = _split_and_balance(items, estimate.rate, config, report)
+    if config.prune_false_positives:
+        _prune_false_positives(catalog, blobs, settings, kept, split_of, report)
     frozen = [c for c in kept if c.id in split_of]
     if config.balance == "resample" and config.screened_negatives > 0:
         frozen += _screened_negatives(
@@ -469,6 +473,47 @@ def screened_negative_ids(
         .having(sa.func.sum(sa.case((screenings.c.flagged, 1), else_=0)) == 0)
     ).scalars()
     return model_id, sorted(i for i in passed if i in scored and scored[i] <= cut)
+
+
+def _prune_false_positives(
+    catalog: Catalog,
+    blobs: BlobStore,
+    settings: Settings,
+    kept: list[_Candidate],
+    split_of: dict[int, str],
+    report: SnapshotReport,
+) -> None:
+    """Leave out of training the LLM positives that are likeliest false alarms: every kept
+    label judged out of sample (training.crossval: K-fold heads on the self-supervised
+    features), as many pruned as confident learning estimates are wrong
+    (training.label_issues.prune_false_positives). A person's label is never pruned; validation
+    and test keep theirs, so they still measure against the labels as given. Nothing is
+    pruned without a self-supervised backbone."""
+    from training.crossval import cross_val_scores
+    from training.label_issues import estimated_false_positives, prune_false_positives
+
+    positive = settings.snapshot.positive
+    ids = [c.id for c in kept]
+    given = np.array([c.category in positive for c in kept], dtype=bool)
+    scores = cross_val_scores(catalog, blobs, settings, ids, given)
+    if scores is None:
+        report.pruned = {"pruned": 0, "why": "no self-supervised backbone or too few labels"}
+        return
+    judged = [k for k, c in enumerate(kept) if c.id in scores]
+    p = np.array([scores[kept[k].id] for k in judged])
+    suspect = prune_false_positives(given[judged], p)
+    pruned = 0
+    for k in np.flatnonzero(suspect):
+        cand = kept[judged[k]]
+        if split_of.get(cand.id) == TRAIN and cand.label and cand.label.source == SOURCE_LLM:
+            del split_of[cand.id]
+            pruned += 1
+    report.counts[TRAIN]["nsfw"] -= pruned
+    report.pruned = {
+        "estimated_false_positives": estimated_false_positives(given[judged], p),
+        "judged_positives": int(given[judged].sum()),
+        "pruned": pruned,
+    }
 
 
 def _screened_negatives(
@@ -634,6 +679,7 @@ def _manifest(
         "excluded": dict(report.excluded),
         "sheet_confirmed": report.sheet_confirmed,
         "screened_negatives": report.screened_negatives,
+        "pruned": report.pruned,
         "sources": dict(Counter(c.source for c in frozen).most_common()),
         "settings": snapshot_settings,
     }

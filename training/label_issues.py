@@ -36,12 +36,43 @@ def find_label_issues(given: Bools, p: Floats) -> Bools:
     confidently of a class when its predicted probability of that class reaches the class's
     threshold (when both do, the one with the larger margin over its threshold). Items that
     are confidently neither are not issues (the confident joint's off-diagonal)."""
+    given = np.asarray(given, dtype=bool)
+    confident_pos, confident_neg = _confident(given, p)
+    return (confident_pos & ~given) | (confident_neg & given)
+
+
+def _confident(given: Bools, p: Floats) -> tuple[Bools, Bools]:
+    """(confidently positive, confidently negative) by the per-class thresholds."""
     given, p = np.asarray(given, dtype=bool), np.asarray(p, dtype=np.float64)
     t_pos, t_neg = class_thresholds(given, p)
     pos_margin, neg_margin = p - t_pos, (1 - p) - t_neg
     confident_pos = (pos_margin >= 0) & ((neg_margin < 0) | (pos_margin >= neg_margin))
-    confident_neg = (neg_margin >= 0) & ~confident_pos
-    return (confident_pos & ~given) | (confident_neg & given)
+    return confident_pos, (neg_margin >= 0) & ~confident_pos
+
+
+def estimated_false_positives(given: Bools, p: Floats) -> int:
+    """How many items given positive are truly negative: the confident joint's count of
+    given-positive, confidently-negative items, scaled to all items given positive (cleanlab's
+    calibrated confident joint; items confidently neither class are spread like the rest)."""
+    given = np.asarray(given, dtype=bool)
+    confident_pos, confident_neg = _confident(given, p)
+    pos_pos, pos_neg = int((confident_pos & given).sum()), int((confident_neg & given).sum())
+    if pos_pos + pos_neg == 0:
+        return 0
+    return round(pos_neg * int(given.sum()) / (pos_pos + pos_neg))
+
+
+def prune_false_positives(given: Bools, p: Floats) -> Bools:
+    """True for the items given positive that are likeliest false positives, as many as
+    estimated_false_positives, least believed (lowest p) first: cleanlab's prune-by-noise-rate
+    for the positive class alone. At a low base rate an LLM's false alarms are the errors that
+    swamp a class; the negatives it missed are a few among thousands."""
+    given, p = np.asarray(given, dtype=bool), np.asarray(p, dtype=np.float64)
+    n = estimated_false_positives(given, p)
+    out = np.zeros(len(given), dtype=bool)
+    candidates = np.flatnonzero(given)
+    out[candidates[np.argsort(p[candidates], kind="stable")[:n]]] = True
+    return out
 
 
 def posterior_at(p: Floats, trained_share: float, base_rate: float) -> Floats:
