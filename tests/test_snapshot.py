@@ -457,6 +457,71 @@ def test_sprites_a_sheet_passed_and_the_model_ranks_low_train_as_negatives(tmp_p
         server.stop()
 
 
+def test_likely_false_alarms_are_pruned_from_training_only(tmp_path: Path) -> None:
+    """An LLM that also calls ~8 % of plain sprites explicit, every time (a sticky error a
+    second opinion confirms): with a self-supervised backbone, the snapshot leaves the
+    training positives that cross-validated heads believe least out, about as many as
+    confident learning estimates are wrong, and they are mostly the false alarms."""
+    import hashlib
+
+    from labelers.simulated import rubric_responder
+    from tests.learning import colour_verdict
+    from training.pretrain import pretrain
+
+    def sticky(rgb: np.ndarray, info: object) -> str:
+        said = colour_verdict(rgb, info)  # type: ignore[arg-type]
+        draw = int.from_bytes(hashlib.sha256(rgb.tobytes()).digest()[:4], "big") / 2**32
+        return "explicit" if said == "safe" and draw < 0.08 else said
+
+    folder = coloured_corpus(tmp_path, positives=60, negatives=300)
+    settings, server = labelled(
+        tmp_path,
+        folder,
+        responder=rubric_responder(sticky),
+        snapshot={"target_base_rate": 0.1, "prune_false_positives": True},
+        pretrain={"size": 32, "max_steps": 40},
+    )
+    plain = settings.model_copy(
+        update={
+            "snapshot": settings.snapshot.model_copy(update={"prune_false_positives": False})
+        }
+    )
+    try:
+        with open_workspace(settings) as ws:
+            unpruned = snapshot(ws.catalog, ws.blobs, plain)
+            # No backbone yet: nothing to judge the labels by, nothing pruned.
+            alone = snapshot(ws.catalog, ws.blobs, settings)
+            assert alone.pruned["pruned"] == 0 and alone.counts == unpruned.counts
+            assert pretrain(ws.catalog, ws.blobs, settings).status == "ok"
+            report = snapshot(ws.catalog, ws.blobs, settings)
+            with ws.catalog.read() as conn:
+                keys = dict(conn.execute(sa.select(images.c.id, images.c.blob_key)).all())
+            red = {i for i, k in keys.items() if _is_red(ws.blobs.get(k))}
+    finally:
+        server.stop()
+    assert report.status == "ok", report.reason
+
+    def positives(path: str, split: str) -> list[int]:
+        data, _ = load_snapshot(Path(path))
+        rows = data[split].select_columns(["image_id", "label"]).to_list()
+        return [r["image_id"] for r in rows if r["label"] == 1]
+
+    before, after = positives(unpruned.path, TRAIN), positives(report.path, TRAIN)
+    false_before = [i for i in before if i not in red]
+    gone = set(before) - set(after)
+    assert len(false_before) >= 10 and set(after) <= set(before)
+    assert len(gone) == report.pruned["pruned"] > 0
+    # Mostly the false alarms, and most of them: random picks would be ~1 in 3 here.
+    assert sum(i not in red for i in gone) >= 0.7 * len(gone), (len(gone), report.pruned)
+    assert sum(i not in red for i in after) <= 0.5 * len(false_before)
+    # Evaluation keeps its labels as given; the manifest says what was pruned.
+    for split in (VALIDATION, TEST):
+        assert positives(report.path, split) == positives(unpruned.path, split)
+    _, manifest = load_snapshot(Path(report.path))
+    assert manifest["pruned"] == report.pruned
+    assert report.counts[TRAIN]["nsfw"] == len(after)
+
+
 def _is_red(data: bytes) -> bool:
     import io
 

@@ -72,7 +72,7 @@ def cross_val_scores(
             pos_weight = float((~train_y).sum() / train_y.sum())
             head = fit_logistic(features[torch.from_numpy(~held)], train_y, pos_weight, DEFAULT_L2)
             logits = head.logits(features[torch.from_numpy(held)])
-            scores[held] = 1 / (1 + np.exp(-logits))
+            scores[held] = 1 / (1 + np.exp(-np.clip(logits, -50, 50)))
         else:
             scores[held] = TRAINED_SHARE  # nothing to learn from: no opinion
     return dict(zip(ids, scores.tolist(), strict=True))
