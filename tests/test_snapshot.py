@@ -482,9 +482,7 @@ def test_likely_false_alarms_are_pruned_from_training_only(tmp_path: Path) -> No
         pretrain={"size": 32, "max_steps": 40},
     )
     plain = settings.model_copy(
-        update={
-            "snapshot": settings.snapshot.model_copy(update={"prune_false_positives": False})
-        }
+        update={"snapshot": settings.snapshot.model_copy(update={"prune_false_positives": False})}
     )
     try:
         with open_workspace(settings) as ws:
