@@ -17,12 +17,14 @@ Recipes:
 - strong: today's trained long enough: 60 epochs, no early stopping;
 - all-negatives: scratch, every negative kept (resampled batches), steps-based, EMA;
 - ssl: the self-supervised backbone, negatives downsampled as today;
-- default: both (the shipped defaults: nothing overridden);
+- default: both (the shipped defaults, nothing overridden: with likely false positives
+  pruned from training since 3 December 2026);
 - default-last: the same, keeping the weights' average where training ends
   (`train.keep = "last"`) instead of the best validation window;
 - head-only: the frozen backbone and a logistic-regression head (seconds);
-- pruned: the default, with the training positives that confident learning judges likeliest
-  false alarms left out (`snapshot.prune_false_positives`).
+- unpruned: the default without leaving out the training positives that confident learning
+  judges likeliest false alarms (`snapshot.prune_false_positives = false`, the default
+  before 3 December 2026).
 
     .venv/bin/python -m bench.sample_efficiency [--concept zombies] [--labels 100,300,1000,all]
         [--noise clean,noisy] [--recipes today,strong,...] [--train-seeds 0,1,2]
@@ -114,10 +116,10 @@ RECIPES = {
         Recipe("default-last", "+ both, last weights kept", "resample", {"keep": "last"}),
         Recipe("head-only", "head only (frozen backbone)", "resample", {"init": "ssl"}, True),
         Recipe(
-            "pruned",
-            "+ both, likely false positives pruned",
+            "unpruned",
+            "+ both, no false positives pruned",
             "resample",
-            snapshot={"prune_false_positives": True},
+            snapshot={"prune_false_positives": False},
         ),
     )
 }
