@@ -206,6 +206,7 @@ def train_round(settings: Settings, truth: dict[int, tuple[bool, str]]) -> dict[
                 "base_rate_source",
                 "base_rate_estimate",
                 "screened_negatives",
+                "pruned",
             )
         }
         if frozen.status != "ok":
