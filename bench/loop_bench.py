@@ -212,11 +212,16 @@ def train_round(settings: Settings, truth: dict[int, tuple[bool, str]]) -> dict[
         if frozen.status != "ok":
             return out
         data, _ = load_snapshot(Path(frozen.path))
-        train_rows = data["train"].select_columns(["image_id", "label_source"]).to_list()
+        train_rows = data["train"].select_columns(["image_id", "label_source", "label"]).to_list()
         weak = [r["image_id"] for r in train_rows if r["label_source"] == "screen"]
         out["snapshot"]["screened_negatives_really_positive"] = sum(
             truth[i][0] for i in weak if i in truth
         )
+        said = [r["image_id"] for r in train_rows if r["label"] == 1]
+        out["snapshot"]["train_positives_really_positive"] = [
+            sum(truth[i][0] for i in said if i in truth),
+            len(said),
+        ]
         trained = train(ws.catalog, settings, frozen.snapshot_id)
         out["train"] = {
             "model_id": trained.model_id,
