@@ -320,9 +320,12 @@ def _snapshot(
     # Estimated before the checks: a refused report still says what the base rate was.
     estimate = _estimate(kept, config, report)
     items = _check(kept, config, report.excluded)
-    split_of = _split_and_balance(items, estimate.rate, config, report)
-    if config.prune_false_positives:
-        _prune_false_positives(catalog, blobs, settings, kept, split_of, report)
+    suspects = (
+        _false_positive_suspects(catalog, blobs, settings, kept, report)
+        if config.prune_false_positives
+        else set()
+    )
+    split_of = _split_and_balance(items, estimate.rate, config, report, suspects)
     frozen = [c for c in kept if c.id in split_of]
     if config.balance == "resample" and config.screened_negatives > 0:
         frozen += _screened_negatives(
@@ -475,15 +478,14 @@ def screened_negative_ids(
     return model_id, sorted(i for i in passed if i in scored and scored[i] <= cut)
 
 
-def _prune_false_positives(
+def _false_positive_suspects(
     catalog: Catalog,
     blobs: BlobStore,
     settings: Settings,
     kept: list[_Candidate],
-    split_of: dict[int, str],
     report: SnapshotReport,
-) -> None:
-    """Leave out of training the LLM positives that are likeliest false alarms: every kept
+) -> set[int]:
+    """The LLM positives to leave out of training as likeliest false alarms: every kept
     label judged out of sample (training.crossval: K-fold heads on the self-supervised
     features), as many pruned as confident learning estimates are wrong
     (training.label_issues.prune_false_positives). A person's label is never pruned; validation
@@ -498,22 +500,15 @@ def _prune_false_positives(
     scores = cross_val_scores(catalog, blobs, settings, ids, given)
     if scores is None:
         report.pruned = {"pruned": 0, "why": "no self-supervised backbone or too few labels"}
-        return
+        return set()
     judged = [k for k, c in enumerate(kept) if c.id in scores]
     p = np.array([scores[kept[k].id] for k in judged])
-    suspect = prune_false_positives(given[judged], p)
-    pruned = 0
-    for k in np.flatnonzero(suspect):
-        cand = kept[judged[k]]
-        if split_of.get(cand.id) == TRAIN and cand.label and cand.label.source == SOURCE_LLM:
-            del split_of[cand.id]
-            pruned += 1
-    report.counts[TRAIN]["nsfw"] -= pruned
     report.pruned = {
         "estimated_false_positives": estimated_false_positives(given[judged], p),
         "judged_positives": int(given[judged].sum()),
-        "pruned": pruned,
     }
+    suspect = [kept[judged[k]] for k in np.flatnonzero(prune_false_positives(given[judged], p))]
+    return {c.id for c in suspect if c.label and c.label.source == SOURCE_LLM}
 
 
 def _screened_negatives(
@@ -555,11 +550,16 @@ def _screened_negatives(
 
 
 def _split_and_balance(
-    items: list[Item], rate: float, config: SnapshotSettings, report: SnapshotReport
+    items: list[Item],
+    rate: float,
+    config: SnapshotSettings,
+    report: SnapshotReport,
+    suspects: set[int],
 ) -> dict[int, str]:
-    """Item id -> split, by cluster at the base rate; negatives downsampled away from
-    training are left out, or the positives' loss weight set (`config.balance`). The counts
-    per split go into `report`."""
+    """Item id -> split, by cluster at the base rate; `suspects` that land in training are
+    left out (before balancing, which then counts without them); negatives downsampled away
+    from training are left out, or the positives' loss weight set (`config.balance`). The
+    counts per split go into `report`."""
     split_of = assign_splits(
         items,
         rate,
@@ -569,7 +569,12 @@ def _split_and_balance(
         min_positives=config.min_eval_positives,
     )
     report.eval_pos_weight = eval_pos_weights(items, split_of, rate)
-    train_items = [i for i in items if split_of[i.id] == TRAIN]
+    pruned = [i for i in items if i.id in suspects and split_of[i.id] == TRAIN]
+    for item in pruned:
+        del split_of[item.id]
+    if report.pruned:
+        report.pruned["pruned"] = len(pruned)
+    train_items = [i for i in items if split_of.get(i.id) == TRAIN]
     n_train_pos = sum(i.positive for i in train_items)
     if config.balance == "downsample":
         _, dropped = downsample(train_items, config.negatives_per_positive, config.seed)
