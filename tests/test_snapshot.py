@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import training.features
 from corpus.catalog import images, snapshots
 from corpus.dedupe import dedupe
 from corpus.ingest import ingest
@@ -492,12 +493,27 @@ def test_likely_false_alarms_are_pruned_from_training_only(tmp_path: Path) -> No
             assert alone.pruned["pruned"] == 0 and alone.counts == unpruned.counts
             assert pretrain(ws.catalog, ws.blobs, settings).status == "ok"
             report = snapshot(ws.catalog, ws.blobs, settings)
+            # Unchanged labels, the same backbone: the features are read back, not computed.
+            embedded: list[int] = []
+            real_embed = training.features.embed
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(
+                    training.features,
+                    "embed",
+                    lambda *a: embedded.append(len(a[1])) or real_embed(*a),
+                )
+                again = snapshot(ws.catalog, ws.blobs, settings)
             with ws.catalog.read() as conn:
                 keys = dict(conn.execute(sa.select(images.c.id, images.c.blob_key)).all())
             red = {i for i, k in keys.items() if _is_red(ws.blobs.get(k))}
     finally:
         server.stop()
     assert report.status == "ok", report.reason
+    assert again.reused and again.snapshot_id == report.snapshot_id and embedded == []
+    (cache,) = settings.pretrain_path.glob("*/features-*.npz")
+    with np.load(cache) as stored:
+        frozen = sum(sum(c.values()) for c in report.counts.values())
+        assert frozen <= len(stored["keys"]) <= len(keys)
 
     def positives(path: str, split: str) -> list[int]:
         data, _ = load_snapshot(Path(path))

@@ -4,10 +4,10 @@ features.
 Confident learning needs each label judged by a model that never trained on it. The promoted
 model trained on most labels (its scores there are in-sample) and it learnt their errors with
 them; a fine-tuned model per fold costs minutes each. The self-supervised backbone never saw a
-label: its features are computed once, and a logistic head (training.head) is fitted K times,
-each time scoring the fold it left out, with near-duplicate clusters kept within one fold. The
-heads weigh the classes equally, so the scores' prior is 0.5 (for Bayes' rule downstream).
-Seconds for thousands of sprites.
+label: its features are computed once per sprite (training.features), and a logistic head
+(training.head) is fitted K times, each time scoring the fold it left out, with near-duplicate
+clusters kept within one fold. The heads weigh the classes equally, so the scores' prior is
+0.5 (for Bayes' rule downstream). Seconds for thousands of sprites.
 """
 
 from __future__ import annotations
@@ -22,12 +22,8 @@ from numpy.typing import NDArray
 from corpus.blobs import BlobStore
 from corpus.catalog import Catalog, image_column, images
 from spritesafe.config import Settings
-from spritesafe.decode import Rejected
-from spritesafe.preprocess import PreprocessSpec, canonical_pixels
-from training.data import SplitData
-from training.head import DEFAULT_L2, embed, fit_logistic
-from training.init import Init, newest_backbone
-from training.model import create_model, pick_device
+from training.features import backbone_features
+from training.head import DEFAULT_L2, fit_logistic
 
 TRAINED_SHARE = 0.5  # balanced class weights: the prior the scores are calibrated to
 
@@ -42,27 +38,16 @@ def cross_val_scores(
 ) -> dict[int, float] | None:
     """image id -> P(positive) from a head that never saw that image's label (None without a
     self-supervised backbone, or with too few labels of either class)."""
-    found = newest_backbone(catalog, settings)
     n_pos = int(np.sum(positive))
-    if found is None or n_pos < folds or len(image_ids) - n_pos < folds:
+    if n_pos < folds or len(image_ids) - n_pos < folds:
         return None
-    spec = PreprocessSpec.from_settings(settings, size=settings.train.size)
-    keys = image_column(catalog, images.c.blob_key, image_ids)
-    clusters = image_column(catalog, images.c.cluster_id, image_ids)
-    kept: list[int] = []
-    pixels = []
-    for k, image_id in enumerate(image_ids):
-        try:
-            pixels.append(canonical_pixels(blobs.get(keys[image_id]), spec, settings.image))
-        except (Rejected, KeyError, OSError):
-            continue
-        kept.append(k)
-    ids = [image_ids[k] for k in kept]
-    labels = np.asarray(positive, dtype=bool)[kept]
-    data = SplitData(pixels, labels.astype(np.float32), np.asarray(ids), [""] * len(ids))
-    device = pick_device(settings.train.device)
-    model = create_model(settings.train.arch, Init("ssl", path=str(found[1]))).to(device)
-    features = embed(model, data, spec, device)
+    embedded = backbone_features(catalog, blobs, settings, image_ids)
+    if embedded is None:
+        return None
+    ids, features = embedded
+    given = dict(zip(image_ids, np.asarray(positive, dtype=bool).tolist(), strict=True))
+    labels = np.array([given[i] for i in ids], dtype=bool)
+    clusters = image_column(catalog, images.c.cluster_id, ids)
     fold = np.array([_fold(clusters.get(i, i), folds) for i in ids])
     scores = np.zeros(len(ids))
     for f in range(folds):
