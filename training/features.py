@@ -2,9 +2,8 @@
 
 Cross-validated label checks (training.crossval) run in the snapshot and again in the review
 queue, every round, over a label set that only grows; a sprite's features do not change while
-the backbone does not. So they are kept beside the backbone (`features-<spec>.npz` in its
-pretraining folder, keyed by blob) and only sprites not seen yet are decoded and embedded. A
-new backbone has a new folder, so stale features are never read.
+the backbone does not. So they are kept beside the backbone (`features-<digest>.npz` in its
+pretraining folder, keyed by blob) and only sprites not seen yet are decoded and embedded.
 """
 
 from __future__ import annotations
@@ -36,8 +35,11 @@ def backbone_features(
     if found is None:
         return None
     spec = PreprocessSpec.from_settings(settings, size=settings.train.size)
-    digest = hashlib.sha256(spec.to_json().encode()).hexdigest()[:12]
-    path = found[1].parent / f"features-{digest}.npz"
+    # The backbone file's identity is in the name too: one pretrained again in place (--force)
+    # never meets the features of its predecessor.
+    stat = found[1].stat()
+    digest = hashlib.sha256(f"{spec.to_json()}{stat.st_size}{stat.st_mtime_ns}".encode())
+    path = found[1].parent / f"features-{digest.hexdigest()[:12]}.npz"
     cached = _read(path)
     keys = image_column(catalog, images.c.blob_key, image_ids)
     new_keys: list[str] = []
@@ -88,3 +90,6 @@ def _write(path: Path, features: dict[str, np.ndarray]) -> None:
             features=np.stack(list(features.values())).astype(np.float32),
         )
     tmp.replace(path)
+    for stale in path.parent.glob("features-*.npz"):
+        if stale != path:
+            stale.unlink(missing_ok=True)
