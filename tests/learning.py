@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 from numpy.typing import NDArray
 
 from corpus.dedupe import dedupe
@@ -205,3 +206,19 @@ def tiny_level_export(tmp_path: Path, promote: bool = False) -> tuple[Settings, 
     finally:
         server.stop()
     return settings, Path(exported.path) / INT8_NAME
+
+
+def count_embeds(patch: pytest.MonkeyPatch) -> list[int]:
+    """The number of sprites each call of training.features' `embed` computes (the calls still
+    compute), to show what the features cache spared."""
+    import training.features
+    from training.head import embed as real
+
+    counts: list[int] = []
+
+    def counted(*args: object) -> object:
+        counts.append(len(args[1]))  # type: ignore[arg-type]
+        return real(*args)  # type: ignore[arg-type]
+
+    patch.setattr(training.features, "embed", counted)
+    return counts

@@ -9,14 +9,13 @@ import pytest
 import sqlalchemy as sa
 import torch
 
-import training.features
 from corpus.catalog import images
 from corpus.dedupe import dedupe
 from corpus.ingest import ingest
 from corpus.sources import parse_source
 from corpus.workspace import open_workspace
 from spritesafe.config import load_settings
-from tests.learning import coloured_corpus
+from tests.learning import coloured_corpus, count_embeds
 from training.features import backbone_features
 from training.pretrain import pretrain
 
@@ -29,12 +28,8 @@ def test_features_are_computed_once_per_sprite_and_backbone(tmp_path: Path) -> N
         ingest={"workers": 1},
         pretrain={"size": 32, "max_steps": 4, "batch_size": 16},
     )
-    embedded: list[int] = []
-    real_embed = training.features.embed
     with open_workspace(settings) as ws, pytest.MonkeyPatch.context() as patch:
-        patch.setattr(
-            training.features, "embed", lambda *a: embedded.append(len(a[1])) or real_embed(*a)
-        )
+        embedded = count_embeds(patch)
         ingest(ws.catalog, ws.blobs, [parse_source(str(folder), settings)], settings)
         dedupe(ws.catalog, settings)
         with ws.catalog.read() as conn:

@@ -11,7 +11,6 @@ import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import training.features
 from corpus.catalog import images, snapshots
 from corpus.dedupe import dedupe
 from corpus.ingest import ingest
@@ -19,7 +18,7 @@ from corpus.sources import parse_source
 from corpus.workspace import open_workspace
 from labelers.stage import label
 from spritesafe.config import load_settings
-from tests.learning import MODEL, coloured_corpus, labelled
+from tests.learning import MODEL, coloured_corpus, count_embeds, labelled
 from training.snapshot import latest_snapshot, load_snapshot, snapshot
 from training.splits import (
     TEST,
@@ -494,14 +493,8 @@ def test_likely_false_alarms_are_pruned_from_training_only(tmp_path: Path) -> No
             assert pretrain(ws.catalog, ws.blobs, settings).status == "ok"
             report = snapshot(ws.catalog, ws.blobs, settings)
             # Unchanged labels, the same backbone: the features are read back, not computed.
-            embedded: list[int] = []
-            real_embed = training.features.embed
             with pytest.MonkeyPatch.context() as patch:
-                patch.setattr(
-                    training.features,
-                    "embed",
-                    lambda *a: embedded.append(len(a[1])) or real_embed(*a),
-                )
+                embedded = count_embeds(patch)
                 again = snapshot(ws.catalog, ws.blobs, settings)
             with ws.catalog.read() as conn:
                 keys = dict(conn.execute(sa.select(images.c.id, images.c.blob_key)).all())
