@@ -16,6 +16,7 @@ timm's pretrained_cfg, so a consumer never guesses how the model was fed.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -66,8 +67,12 @@ class PreprocessSpec:
         )
 
 
-def fit(pixels: NDArray[np.uint8], spec: PreprocessSpec) -> NDArray[np.uint8]:
-    """Canonical RGB pixels -> size x size x 3 uint8 (integer nearest up, area down, padded)."""
+def fit(
+    pixels: NDArray[np.uint8], spec: PreprocessSpec, offset: tuple[int, int] = (0, 0)
+) -> NDArray[np.uint8]:
+    """Canonical RGB pixels -> size x size x 3 uint8 (integer nearest up, area down, padded).
+    `offset` (dx, dy) moves the placed image by whole pixels, cutting what leaves the canvas:
+    training's integer shift, drawn in the same single copy."""
     height, width = pixels.shape[:2]
     longest = max(height, width)
     if longest <= spec.size:
@@ -78,18 +83,36 @@ def fit(pixels: NDArray[np.uint8], spec: PreprocessSpec) -> NDArray[np.uint8]:
         scaled = np.asarray(Image.fromarray(pixels, "RGB").resize(target, Image.Resampling.BOX))
     out = np.empty((spec.size, spec.size, 3), dtype=np.uint8)
     out[...] = np.asarray(spec.background, dtype=np.uint8)
-    top = (spec.size - scaled.shape[0]) // 2
-    left = (spec.size - scaled.shape[1]) // 2
-    out[top : top + scaled.shape[0], left : left + scaled.shape[1]] = scaled
+    top = (spec.size - scaled.shape[0]) // 2 + offset[1]
+    left = (spec.size - scaled.shape[1]) // 2 + offset[0]
+    # The part of the scaled image that lands on the canvas.
+    y0, x0 = max(0, -top), max(0, -left)
+    y1 = min(scaled.shape[0], spec.size - top)
+    x1 = min(scaled.shape[1], spec.size - left)
+    if y1 > y0 and x1 > x0:
+        out[top + y0 : top + y1, left + x0 : left + x1] = scaled[y0:y1, x0:x1]
     return out
 
 
+@functools.lru_cache(maxsize=8)
+def _levels(
+    mean: tuple[float, float, float], std: tuple[float, float, float]
+) -> NDArray[np.float32]:
+    """(3, 256): each channel's normalized value of every uint8 level."""
+    level = np.arange(256, dtype=np.uint8)[:, None].astype(np.float32)
+    values = (level / 255.0 - np.asarray(mean, dtype=np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(values.T)
+
+
 def normalize(fitted: NDArray[np.uint8], spec: PreprocessSpec) -> NDArray[np.float32]:
-    """(..., H, W, 3) uint8 -> (..., 3, H, W) float32."""
-    mean = np.asarray(spec.mean, dtype=np.float32)
-    std = np.asarray(spec.std, dtype=np.float32)
-    values = (fitted.astype(np.float32) / 255.0 - mean) / std
-    return np.ascontiguousarray(np.moveaxis(values, -1, -3))
+    """(..., H, W, 3) uint8 -> (..., 3, H, W) float32: (x / 255 - mean) / std."""
+    # A lookup of the formula's 256 values per channel: bit-equal to computing it, written
+    # straight into channels-first order, in about half the time (it runs on every input).
+    table = _levels(spec.mean, spec.std)
+    out = np.empty((*fitted.shape[:-3], 3, *fitted.shape[-3:-1]), dtype=np.float32)
+    for channel in range(3):
+        out[..., channel, :, :] = table[channel][fitted[..., channel]]
+    return out
 
 
 def rgba(fitted: NDArray[np.uint8]) -> NDArray[np.uint8]:

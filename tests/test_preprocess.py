@@ -52,6 +52,35 @@ def test_normalization_and_spec_roundtrip() -> None:
     assert from_pixels(np.zeros((4, 4, 3), np.uint8), spec).shape == (3, 128, 128)
 
 
+def test_normalization_is_the_formula_exactly_channels_first() -> None:
+    spec = PreprocessSpec(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    rng = np.random.default_rng(3)
+    fitted = rng.integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
+    fitted[0, 0, :, 0] = np.arange(7)  # a few exact levels, and 255 below
+    fitted[1, 4, 6] = 255
+    mean, std = np.asarray(spec.mean, np.float32), np.asarray(spec.std, np.float32)
+    formula = np.moveaxis((fitted.astype(np.float32) / 255.0 - mean) / std, -1, -3)
+    out = normalize(fitted, spec)
+    assert out.shape == (2, 3, 5, 7) and out.dtype == np.float32 and out.flags.c_contiguous
+    assert np.array_equal(out, formula)  # bit-equal: the lookup holds the formula's values
+
+
+def test_an_offset_moves_the_placed_sprite_by_whole_pixels() -> None:
+    pixels = sprite(np.random.default_rng(4), 16)[..., :3].copy()  # 10x: 160, fills the canvas
+    small = pixels[:5, :7]  # 22x: 110 x 154, centred with a margin
+    for source in (pixels, small):
+        centred = fit(source, SPEC)
+        for dx, dy in [(3, -2), (-20, 9), (0, 0)]:
+            moved = fit(source, SPEC, (dx, dy))
+            expected = np.full_like(centred, 255)
+            h, w = 160 - abs(dy), 160 - abs(dx)
+            expected[max(dy, 0) : max(dy, 0) + h, max(dx, 0) : max(dx, 0) + w] = centred[
+                max(-dy, 0) : max(-dy, 0) + h, max(-dx, 0) : max(-dx, 0) + w
+            ]
+            assert np.array_equal(moved, expected), (source.shape, dx, dy)
+    assert (fit(pixels, SPEC, (170, 0)) == 255).all()  # wholly off the canvas: background
+
+
 def test_preprocessing_needs_no_torch() -> None:
     code = "import sys, spritesafe.preprocess; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

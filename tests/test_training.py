@@ -22,7 +22,7 @@ from spritesafe.preprocess import PreprocessSpec, fit
 from tests.learning import MODEL, build_levels, coloured_corpus, labelled, noisy_responder
 from tests.ollama_server import FakeOllama
 from training import metrics
-from training.augment import augment, hue_turn, shift
+from training.augment import augment, hue_turn
 from training.data import SplitData, eval_batches, load_split, resampled_batches
 from training.model import load_checkpoint, predict
 from training.snapshot import load_snapshot, snapshot
@@ -176,7 +176,7 @@ def test_augmented_inputs_stay_blocky() -> None:
         # Every 8x8 block is one colour: nearest enlargement, no blur, no resampling.
         assert np.ptp(blocks, axis=(2, 4)).max() == 0
     fitted = fit(pixels, spec)
-    moved = shift(fitted, 3, -2, WHITE)  # 3 right, 2 up
+    moved = fit(pixels, spec, (3, -2))  # 3 right, 2 up: pixels leaving the canvas are cut
     assert np.array_equal(moved[:-2, 3:], fitted[2:, :-3])
     assert (moved[-2:] == WHITE).all() and (moved[:, :3] == WHITE).all()
 

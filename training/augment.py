@@ -1,4 +1,5 @@
-"""Augmentations that keep pixel art pixel art: mirror, palette hue turn, integer shifts.
+"""Augmentations that keep pixel art pixel art: mirror, palette hue turn, integer shifts
+(spritesafe.preprocess.fit places the sprite off-centre by whole pixels).
 
 No blur and no resampling: every output pixel is an input pixel (or the background), and one
 input colour always maps to one output colour, so sprite edges and palettes stay exact.
@@ -34,23 +35,6 @@ def hue_turn(
     return turned
 
 
-def shift(
-    fitted: NDArray[np.uint8], dx: int, dy: int, background: tuple[int, int, int]
-) -> NDArray[np.uint8]:
-    """Move the image by whole pixels, filling with the background (an integer-offset crop)."""
-    out = np.empty_like(fitted)
-    out[...] = np.asarray(background, dtype=np.uint8)
-    h, w = fitted.shape[:2]
-    src_y, dst_y = (
-        (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
-    )
-    src_x, dst_x = (
-        (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
-    )
-    out[dst_y, dst_x] = fitted[src_y, src_x]
-    return out
-
-
 def augment(
     pixels: NDArray[np.uint8],
     spec: PreprocessSpec,
@@ -64,8 +48,8 @@ def augment(
         pixels = hue_turn(
             pixels, rng.uniform(-config.hue_jitter, config.hue_jitter), spec.background
         )
-    fitted = fit(np.ascontiguousarray(pixels), spec)
+    offset = (0, 0)
     if config.max_shift > 0:
         dx, dy = rng.integers(-config.max_shift, config.max_shift + 1, size=2)
-        fitted = shift(fitted, int(dx), int(dy), spec.background)
-    return normalize(fitted, spec)
+        offset = (int(dx), int(dy))
+    return normalize(fit(np.ascontiguousarray(pixels), spec, offset), spec)
