@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -30,7 +31,7 @@ from tests.helpers import png, real_tiles, sprite
 from tests.learning import coloured_corpus, labelled
 from training.init import Init, InitError, resolve_init
 from training.model import create_model, load_checkpoint
-from training.pretrain import BACKBONE, CHECKPOINT, pretrain, pretrain_due
+from training.pretrain import BACKBONE, CHECKPOINT, _ahead, _views, pretrain, pretrain_due
 from training.snapshot import snapshot
 from training.train import TrainError, train
 from training.views import ViewRecipe, view
@@ -74,6 +75,20 @@ def test_views_keep_pixel_art_pixel_art() -> None:
     assert fill != WHITE
     own = {tuple(c) for c in pixels.reshape(-1, 3)} - {WHITE}
     assert {tuple(c) for c in found} - {fill} == own
+
+
+def test_views_made_ahead_on_a_thread_are_the_views_made_in_turn() -> None:
+    spec = PreprocessSpec(size=32)
+    pixels = [sprite(np.random.default_rng(i), 12)[..., :3].copy() for i in range(10)]
+    steps = range(3, 9)  # a resumed run: from step 3, across epoch boundaries (3 per epoch)
+    in_turn = list(_views(pixels, spec, ViewRecipe(), 3, 7, steps))
+    assert len(in_turn) == 6 and in_turn[0].shape == (6, 3, 32, 32)
+    ahead = list(_ahead(_views(pixels, spec, ViewRecipe(), 3, 7, steps)))
+    assert all(np.array_equal(a, b) for a, b in zip(in_turn, ahead, strict=True))
+    early = _ahead(_views(pixels, spec, ViewRecipe(), 3, 7, range(1000)))
+    assert np.array_equal(next(early), next(_views(pixels, spec, ViewRecipe(), 3, 7, range(1))))
+    early.close()  # stopping early ends the thread (it would otherwise make 1,000 batches)
+    assert not any(t.name == "views" and t.is_alive() for t in threading.enumerate())
 
 
 # --- the stage on real sprites ------------------------------------------------------------
