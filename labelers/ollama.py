@@ -54,7 +54,9 @@ class CallCost:
 @dataclass
 class Job:
     image_id: int
-    png: bytes
+    # The image, or how to make it: made on a worker thread when a host first takes the job,
+    # so rendering overlaps the requests in flight instead of coming before them all.
+    png: bytes | Callable[[], bytes]
     sample: int = 0
     host_failures: int = 0  # host or server errors so far
     bad_replies: int = 0  # unparseable or invalid answers so far
@@ -212,8 +214,15 @@ class OllamaLabeler:
         temperature = job.temperature
         if temperature is None:
             temperature = 0.0 if cfg.samples == 1 else cfg.sample_temperature
+        if not isinstance(job.png, bytes):
+            try:
+                job.png = await asyncio.to_thread(job.png)
+            except Exception as bad:  # an image that no longer renders: recorded, not fatal
+                job.last_error = ("unreadable_image", f"{type(bad).__name__}: {bad}", "")
+                return self._error(job, host, started)
+        png = job.png
         try:
-            raw, cost = await self._chat(host, question, job.png, seed, temperature)
+            raw, cost = await self._chat(host, question, png, seed, temperature)
         except _HostFailure as failure:
             elapsed = (time.perf_counter() - started) * 1000
             job.calls.append(CallCost(host.url, False, elapsed))

@@ -555,14 +555,21 @@ def ask_llm(
     keys = image_column(catalog, images.c.blob_key, list(chosen))
     # Resume: samples an interrupted run already stored are not asked again.
     have = _samples_done(catalog, _key(LLM, digest, rubric.version), list(chosen))
+    views: dict[int, bytes] = {}  # rendered as hosts take the jobs, once per image
+
+    def render(image_id: int) -> Callable[[], bytes]:
+        def make() -> bytes:
+            if image_id not in views:
+                views[image_id] = llm_view(blobs.get(keys[image_id]), settings)
+            return views[image_id]
+
+        return make
+
     jobs: list[Job] = []
-    views: dict[int, bytes] = {}
     for image_id in chosen:
         missing = [s for s in range(n_samples) if s not in have.get(image_id, set())]
-        if missing:
-            views[image_id] = llm_view(blobs.get(keys[image_id]), settings)
         jobs.extend(
-            Job(image_id, views[image_id], sample, temperature=temperature) for sample in missing
+            Job(image_id, render(image_id), sample, temperature=temperature) for sample in missing
         )
     buffer: list[Outcome] = []
     total = len(jobs)
@@ -586,7 +593,7 @@ def ask_llm(
                 selection=chosen[out.image_id],
                 image_id=out.image_id,
                 sprites=1,
-                png=views[out.image_id],
+                png=views.get(out.image_id, b""),  # none: it did not render
             )
             if out.answer is None:
                 report.errors[out.error_kind or "error"] += 1

@@ -235,6 +235,30 @@ def test_ollama_stage_labels_within_budget_and_never_twice(corpus: Settings) -> 
         ws.close()
 
 
+def test_an_image_that_no_longer_decodes_is_recorded_and_the_run_goes_on(
+    corpus: Settings,
+) -> None:
+    # Views are rendered as hosts take the jobs: a blob damaged after ingest fails there, and
+    # becomes a recorded error with its reason, without a request and without stopping the run.
+    with FakeOllama({MODEL: "sha256:" + "04" * 32}, responder=reddish) as server:
+        settings = corpus.model_copy(update={"ollama": ollama_settings(server.url)})
+        ws = open_workspace(settings)
+        with ws.catalog.read() as conn:
+            damaged, key = conn.execute(sa.select(images.c.id, images.c.blob_key).limit(1)).one()
+        Path(ws.blobs._path(key)).write_bytes(b"not an image any more")
+        report = label(ws.catalog, ws.blobs, settings, budget=24)
+        assert report.errors == {"not_json": 1, "unreadable_image": 1}
+        assert report.labelled == 22
+        assert server.chat_count == report.cost["calls"] == 22 + 2  # nothing asked about it
+        with ws.catalog.read() as conn:
+            error = conn.execute(
+                sa.select(label_errors).where(label_errors.c.kind == "unreadable_image")
+            ).one()
+            calls = conn.execute(sa.select(llm_calls).where(llm_calls.c.image_id == damaged)).all()
+        assert error.image_id == damaged and error.detail and not calls
+        ws.close()
+
+
 def test_every_call_records_its_cost(corpus: Settings) -> None:
     with FakeOllama({MODEL: "sha256:" + "05" * 32}, responder=reddish) as server:
         settings = corpus.model_copy(update={"ollama": ollama_settings(server.url)})
