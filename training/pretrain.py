@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import queue
 import threading
 import time
@@ -302,13 +301,6 @@ def _ahead(batches: Iterator[NDArray[np.float32]]) -> Iterator[NDArray[np.float3
                 worker.join(0.05)
 
 
-def spare_core(device: torch.device) -> bool:
-    """Whether making views beside the step has a core of its own: on a GPU, or with more
-    cores than torch's threads. Without one the thread only competes with the step for the
-    cores and the GIL (2 cores: ~400 views/s with the thread, ~435 making them in turn)."""
-    return device.type == "cuda" or (os.cpu_count() or 1) > torch.get_num_threads()
-
-
 def _pretrain(
     blobs: BlobStore,
     settings: Settings,
@@ -366,7 +358,7 @@ def _pretrain(
     seen, busy, started = 0, 0.0, time.perf_counter()
     model.train()
     batches = _views(pixels, spec, view_recipe(config), batch, config.seed, range(start, total))
-    for step, inputs in enumerate(_ahead(batches) if spare_core(device) else batches, start):
+    for step, inputs in enumerate(_ahead(batches), start):
         x = torch.from_numpy(inputs).to(device).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             loss = model(x)
