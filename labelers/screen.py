@@ -25,7 +25,7 @@ from labelers.effective import HUMAN, LLM, LabelRow, effective_label
 from labelers.ollama import Job, OllamaLabeler, Outcome
 from labelers.rubric import Rubric
 from labelers.sheets import Sheet, compose
-from spritesafe.canonical import from_bytes
+from labelers.views import canonical_images
 from spritesafe.config import Settings
 
 
@@ -49,17 +49,25 @@ class ScreenRun:
 def sheets_for(
     blobs: BlobStore, settings: Settings, keys: dict[int, str], ids: list[int], grid: int
 ) -> list[Sheet]:
-    """Contact sheets of `ids` in order, grid x grid per sheet (the last may be partial)."""
+    """Contact sheets of `ids` in order, grid x grid per sheet (the last may be partial); an
+    image that no longer decodes is left out of them."""
     canon, config = settings.canonical, settings.label
     per = grid * grid
-    out = []
-    for start in range(0, len(ids), per):
-        chunk = ids[start : start + per]
-        pixels = [
-            from_bytes(blobs.get(keys[i]), settings.image, canon.background, canon.max_scale).pixels
-            for i in chunk
-        ]
-        out.append(compose(pixels, chunk, grid, grid, config.screen_cell, canon.background))
+    out: list[Sheet] = []
+    chunk: list[tuple[int, Any]] = []
+
+    def add_sheet() -> None:
+        pixels, chunk_ids = [p for _, p in chunk], [i for i, _ in chunk]
+        out.append(compose(pixels, chunk_ids, grid, grid, config.screen_cell, canon.background))
+        chunk.clear()
+
+    # Streamed: only one sheet's sprites are held decoded at a time.
+    for image_id, pixels in canonical_images(blobs, settings, keys, ids):
+        chunk.append((image_id, pixels))
+        if len(chunk) == per:
+            add_sheet()
+    if chunk:
+        add_sheet()
     return out
 
 

@@ -53,8 +53,7 @@ from labelers.ollama import Job, OllamaLabeler, Outcome
 from labelers.rubric import Rubric, load_rubric
 from labelers.screen import ScreenRun, grid_for, quality, screen, screened
 from labelers.teacher import TeacherModel
-from labelers.views import llm_view
-from spritesafe.canonical import from_bytes
+from labelers.views import canonical_images, llm_view
 from spritesafe.config import Settings
 from spritesafe.reports import as_dict
 
@@ -168,15 +167,18 @@ def run_teacher(
 ) -> int:
     """Score `ids` with the teacher and append its labels; returns how many were written."""
     keys = image_column(catalog, images.c.blob_key, ids)
-    canon = settings.canonical
     written = 0
     step = settings.label.batch_size * 4
     for start in range(0, len(ids), step):
-        chunk = ids[start : start + step]
-        pixels = [
-            from_bytes(blobs.get(keys[i]), settings.image, canon.background, canon.max_scale).pixels
-            for i in chunk
-        ]
+        # An image that no longer decodes gets no teacher score (ranked as unscored).
+        chunk, pixels = [], []
+        for image_id, canonical in canonical_images(
+            blobs, settings, keys, ids[start : start + step]
+        ):
+            chunk.append(image_id)
+            pixels.append(canonical)
+        if not chunk:
+            continue
         started = time.perf_counter()
         p = teacher.score(pixels)
         latency = (time.perf_counter() - started) * 1000 / max(len(chunk), 1)

@@ -3,11 +3,34 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 
+import numpy as np
+from numpy.typing import NDArray
 from PIL import Image
 
+from corpus.blobs import BlobStore
 from spritesafe.canonical import enlarge_to, from_bytes
 from spritesafe.config import Settings
+from spritesafe.decode import Rejected
+
+
+def canonical_images(
+    blobs: BlobStore, settings: Settings, keys: dict[int, str], ids: list[int]
+) -> Iterator[tuple[int, NDArray[np.uint8]]]:
+    """(id, canonical pixels) of each of `ids` whose blob still decodes, in order. One that no
+    longer does (damaged or gone since ingest) is skipped, not fatal: labelled on its own, it
+    is recorded as an `unreadable_image` error."""
+    canon = settings.canonical
+    for image_id in ids:
+        try:
+            data = blobs.get(keys[image_id])
+            yield (
+                image_id,
+                from_bytes(data, settings.image, canon.background, canon.max_scale).pixels,
+            )
+        except (Rejected, OSError):
+            continue
 
 
 def llm_view(data: bytes, settings: Settings) -> bytes:

@@ -259,6 +259,23 @@ def test_an_image_that_no_longer_decodes_is_recorded_and_the_run_goes_on(
         ws.close()
 
 
+def test_screening_leaves_an_image_that_no_longer_decodes_off_its_sheets(
+    corpus: Settings,
+) -> None:
+    with FakeOllama({MODEL: "sha256:" + "04" * 32}, responder=by_colour) as server:
+        settings = _screening(corpus, server.url, explore_share=0.0, screen_check_share=1.0)
+        ws = open_workspace(settings)
+        with ws.catalog.read() as conn:
+            damaged, key = conn.execute(sa.select(images.c.id, images.c.blob_key).limit(1)).one()
+        Path(ws.blobs._path(key)).write_bytes(b"not an image any more")
+        report = label(ws.catalog, ws.blobs, settings, budget=12)
+        assert report.screen["sheets"] == 2 and report.screen["sprites"] == 23  # 16 + 7
+        with ws.catalog.read() as conn:
+            screened = {r.image_id for r in conn.execute(sa.select(screenings)).all()}
+        assert damaged not in screened and len(screened) == 23
+        ws.close()
+
+
 def test_every_call_records_its_cost(corpus: Settings) -> None:
     with FakeOllama({MODEL: "sha256:" + "05" * 32}, responder=reddish) as server:
         settings = corpus.model_copy(update={"ollama": ollama_settings(server.url)})
