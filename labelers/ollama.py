@@ -220,9 +220,8 @@ class OllamaLabeler:
             except Exception as bad:  # an image that no longer renders: recorded, not fatal
                 job.last_error = ("unreadable_image", f"{type(bad).__name__}: {bad}", "")
                 return self._error(job, host, started)
-        png = job.png
         try:
-            raw, cost = await self._chat(host, question, png, seed, temperature)
+            raw, cost = await self._chat(host, question, job.png, seed, temperature)
         except _HostFailure as failure:
             elapsed = (time.perf_counter() - started) * 1000
             job.calls.append(CallCost(host.url, False, elapsed))

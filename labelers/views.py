@@ -25,12 +25,10 @@ def canonical_images(
     for image_id in ids:
         try:
             data = blobs.get(keys[image_id])
-            yield (
-                image_id,
-                from_bytes(data, settings.image, canon.background, canon.max_scale).pixels,
-            )
+            pixels = from_bytes(data, settings.image, canon.background, canon.max_scale).pixels
         except (Rejected, OSError):
             continue
+        yield image_id, pixels
 
 
 def llm_view(data: bytes, settings: Settings) -> bytes:
