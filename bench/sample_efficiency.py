@@ -27,7 +27,7 @@ Recipes:
   before 3 December 2026).
 
     .venv/bin/python -m bench.sample_efficiency [--concept zombies] [--labels 100,300,1000,all]
-        [--noise clean,noisy] [--recipes today,strong,...] [--train-seeds 0,1,2]
+        [--noise clean,noisy] [--recipes today,strong,...] [--train-seeds 0,1,2] [--subsets 0,1,2]
         [--work DIR] [--plot PNG]
 
 Each cell's result is saved as it finishes (`--work`/results.json): a rerun continues where
@@ -142,6 +142,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--train-seeds", default="0", help="train each cell once per seed; tables show the mean"
     )
+    # Which labelled sprites a small count holds moves its cell more than training's seed
+    # does (which ~24 positives): subset k is drawn with seed + k; tables show the mean.
+    parser.add_argument(
+        "--subsets", default="0", help="label subsets per count below 'all' (0: the first)"
+    )
     parser.add_argument("--work", type=Path, default=OUT / "sample_efficiency")
     parser.add_argument("--plot", type=Path, default=OUT / "sample_efficiency.png")
     return parser.parse_args(argv)
@@ -153,14 +158,23 @@ def key(name: str, recipe: str, seed: int = 0) -> str:
     return f"{name}/{recipe}" + (f"@seed{seed}" if seed else "")
 
 
+def cell_name(noise: str, n: str, subset: int = 0) -> str:
+    """A cell's folder and the name part of its key (subset 0 keeps the name of runs before
+    --subsets)."""
+    return f"{noise}-{n}" + (f"~{subset}" if subset else "")
+
+
 def holdout_scores(results: dict[str, Any], noise: str, n: str, recipe: str) -> list[float]:
-    """The cell's holdout PR-AUC for every training seed run so far."""
-    prefix = key(f"{noise}-{n}", recipe)
-    return [
-        float(cell["holdout_pr_auc"])
-        for k, cell in results.items()
-        if (k == prefix or k.startswith(prefix + "@seed")) and cell.get("status") == "ok"
-    ]
+    """The cell's holdout PR-AUC for every label subset and training seed run so far."""
+    name = cell_name(noise, n)
+    out = []
+    for k, cell in results.items():
+        where, _, what = k.partition("/")
+        if where != name and not where.startswith(name + "~"):
+            continue
+        if what.partition("@seed")[0] == recipe and cell.get("status") == "ok":
+            out.append(float(cell["holdout_pr_auc"]))
+    return out
 
 
 def _unit(*parts: object) -> float:
@@ -215,10 +229,14 @@ def corpus_truth(settings: Settings, truth: dict[str, Any]) -> dict[int, tuple[b
 
 
 def labelled_subsets(
-    pool: list[int], truth: dict[int, tuple[bool, str]], counts: list[int], args: argparse.Namespace
+    pool: list[int],
+    truth: dict[int, tuple[bool, str]],
+    counts: list[int],
+    args: argparse.Namespace,
+    subset: int = 0,
 ) -> dict[int, list[int]]:
     """Nested subsets: uniform draws, at least `min_positives` positives each."""
-    rng = np.random.default_rng(args.seed)
+    rng = np.random.default_rng(args.seed + subset)
     pos = [i for i in pool if truth[i][0]]
     neg = [i for i in pool if not truth[i][0]]
     pos = [pos[j] for j in rng.permutation(len(pos))]
@@ -392,7 +410,7 @@ def table(
                 got = holdout_scores(results, noise, n, recipe.name)
                 if len(got) > 1:
                     cells.append(
-                        f"{np.mean(got):.3f} ({min(got):.3f}-{max(got):.3f}, {len(got)} seeds)"
+                        f"{np.mean(got):.3f} ({min(got):.3f}-{max(got):.3f}, {len(got)} runs)"
                     )
                 else:
                     cells.append(f"{got[0]:.3f}" if got else "-")
@@ -465,7 +483,10 @@ def main(argv: list[str] | None = None) -> int:
     rate = float(np.mean([truth[i][0] for i in pool]))
     counts = [c for c in args.labels.split(",") if c]
     sizes = {c: (len(pool) if c == "all" else int(c)) for c in counts}
-    subsets = labelled_subsets(pool, truth, sorted(set(sizes.values())), args)
+    draws = [int(k) for k in args.subsets.split(",") if k]
+    subsets = {
+        k: labelled_subsets(pool, truth, sorted(set(sizes.values())), args, k) for k in draws
+    }
     recipes = [RECIPES[r] for r in args.recipes.split(",") if r]
     noises = [n for n in args.noise.split(",") if n]
     held = holdout(proxy, truth_files, PreprocessSpec.from_settings(base))
@@ -489,12 +510,13 @@ def main(argv: list[str] | None = None) -> int:
         results_path.write_text(json.dumps(results, indent=1, default=float) + "\n")
 
     for noise in noises if not args.report_only else []:
-        for n in counts:
+        # "all" is the whole pool whatever the draw: one subset.
+        for n, k in [(n, k) for n in counts for k in draws if n != "all" or k == draws[0]]:
             run_cell(
                 args,
                 base,
-                f"{noise}-{n}",
-                subsets[sizes[n]],
+                cell_name(noise, n, k),
+                subsets[k][sizes[n]],
                 truth,
                 noise == "noisy",
                 recipes,
