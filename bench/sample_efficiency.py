@@ -384,7 +384,10 @@ def run_cell(
 def last_average(
     model: torch.nn.Module, spec: PreprocessSpec, folder: Path, held: SplitData
 ) -> float | None:
-    """Holdout PR-AUC of the weights' moving average at the end of training (`last.pt`)."""
+    """Holdout PR-AUC of the weights' moving average at the end of training (`last.pt`);
+    None without one (no average kept, or a head fitted without a training loop)."""
+    if not (folder / "last.pt").is_file():
+        return None
     last = torch.load(folder / "last.pt", map_location="cpu", weights_only=False)
     if last.get("ema") is None:
         return None
