@@ -142,8 +142,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--train-seeds", default="0", help="train each cell once per seed; tables show the mean"
     )
-    # Which labelled sprites a small count holds moves its cell more than training's seed
-    # does (which ~24 positives): subset k is drawn with seed + k; tables show the mean.
+    # Which ~24 positives a small label count happens to hold moves its cell more than
+    # training's seed does: subset k is drawn with seed + k; tables show the mean.
     parser.add_argument(
         "--subsets", default="0", help="label subsets per count below 'all' (0: the first)"
     )
