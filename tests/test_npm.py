@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -90,11 +91,20 @@ function b64(bytes) {
   }
   return btoa(s);
 }
+// window.stage: how far it got, for a failure message if it never finishes.
 try {
+  window.stage = 'createClassifier';
   const clf = await createClassifier({ provider });
+  window.stage = `opened on ${clf.provider} in the ${clf.where}; inputs`;
   const blobs = await Promise.all(names.map(async (n) => (await fetch('./images/' + n)).blob()));
   const inputs = await Promise.all(blobs.map((b) => clf.input(b)));
-  const results = await Promise.all(blobs.map((b) => clf.classify(b)));
+  let done = 0;
+  window.stage = `classify (0 of ${names.length})`;
+  const results = await Promise.all(blobs.map(async (b) => {
+    const r = await clf.classify(b);
+    window.stage = `classify (${++done} of ${names.length}, ${clf.batches} batches)`;
+    return r;
+  }));
   const out = { where: clf.where, provider: clf.provider, fallback: clf.fallback,
     results: results.map((r, i) => ({ name: names[i], input: b64(inputs[i]), ...r })) };
   if (provider === 'auto') {  // a worker that cannot start: the calling thread takes over
@@ -125,7 +135,12 @@ def _close_to_python(results: list[dict[str, Any]], model: Path, tolerance: floa
             assert r["label"] == expected["label"], r["name"]
 
 
+class PageStalled(AssertionError):
+    """The page did not finish within its wait: where it stopped, and what it logged."""
+
+
 def _browse(url: str, flags: list[str], wait_s: float = 120) -> dict[str, Any]:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -136,18 +151,41 @@ def _browse(url: str, flags: list[str], wait_s: float = 120) -> dict[str, Any]:
         try:
             page = browser.new_page()
             errors: list[str] = []
+            logged: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("console", lambda m: logged.append(f"{m.type}: {m.text}"))
+            page.on("crash", lambda _: errors.append("the page crashed"))
             page.goto(url)
-            page.wait_for_function(
-                "window.result !== undefined || window.failure !== undefined",
-                timeout=wait_s * 1000,
-            )
+            try:
+                page.wait_for_function(
+                    "window.result !== undefined || window.failure !== undefined",
+                    timeout=wait_s * 1000,
+                )
+            except PlaywrightTimeout:
+                stage = page.evaluate("window.stage") if not page.is_closed() else None
+                raise PageStalled(
+                    f"{url}: no result after {wait_s:.0f} s, stopped at {stage!r}; "
+                    f"errors {errors}; console {logged[-20:]}"
+                ) from None
             out: dict[str, Any] = page.evaluate("window.result ?? { failure: window.failure }")
         finally:
             browser.close()
     assert "failure" not in out, out["failure"]
     assert not errors, errors
     return out
+
+
+def _browse_webgpu(url: str) -> dict[str, Any]:
+    """The page on SwiftShader's software WebGPU adapter. It usually finishes in well under a
+    minute. In CI, beside the other xdist worker, it once took over 120 s and once stalled past
+    360 s; on this machine, with two busy loops beside it, it never did (3 runs, 32-40 s). A
+    stalled software-GPU browser gets one fresh retry, reported as a warning saying where it
+    stopped (window.stage) and what the page logged."""
+    try:
+        return _browse(url, ["--enable-unsafe-webgpu"], 240)
+    except PageStalled as stalled:
+        warnings.warn(f"software WebGPU stalled, retried once: {stalled}", stacklevel=2)
+        return _browse(url, ["--enable-unsafe-webgpu"], 240)
 
 
 @pytest.mark.slow
@@ -264,9 +302,7 @@ def test_npm_package_installs_and_classifies_in_node_and_chromium(
         # No adapter (headless Chromium without flags): WASM, in the worker, and says why.
         wasm = _browse(f"{url}/index.html", [])
         # --enable-unsafe-webgpu: SwiftShader's software adapter. 'webgpu' takes it.
-        # Software WebGPU is slow and shares 2 cores with the suite's other worker: once it
-        # took over 120 s in CI (it usually takes well under a minute), so it waits longer.
-        webgpu = _browse(f"{url}/index.html?provider=webgpu", ["--enable-unsafe-webgpu"], 360)
+        webgpu = _browse_webgpu(f"{url}/index.html?provider=webgpu")
     finally:
         server.shutdown()
     assert wasm["where"] == "worker" and wasm["provider"] == "wasm"
