@@ -496,6 +496,14 @@ def test_likely_false_alarms_are_pruned_from_training_only(tmp_path: Path) -> No
             with pytest.MonkeyPatch.context() as patch:
                 embedded = count_embeds(patch)
                 again = snapshot(ws.catalog, ws.blobs, settings)
+            # Too few positives to judge false alarms from: none judged, nothing pruned.
+            few = settings.snapshot.model_copy(update={"min_judged_positives": 1000})
+            with pytest.MonkeyPatch.context() as patch:
+                judged: list[object] = []
+                patch.setattr("training.crossval.cross_val_scores", lambda *a: judged.append(a))
+                too_few = snapshot(
+                    ws.catalog, ws.blobs, settings.model_copy(update={"snapshot": few})
+                )
             with ws.catalog.read() as conn:
                 keys = dict(conn.execute(sa.select(images.c.id, images.c.blob_key)).all())
             red = {i for i, k in keys.items() if _is_red(ws.blobs.get(k))}
@@ -503,6 +511,8 @@ def test_likely_false_alarms_are_pruned_from_training_only(tmp_path: Path) -> No
         server.stop()
     assert report.status == "ok", report.reason
     assert again.reused and again.snapshot_id == report.snapshot_id and embedded == []
+    assert too_few.status == "ok" and judged == [] and too_few.counts == unpruned.counts
+    assert too_few.pruned["pruned"] == 0 and "fewer than 1000" in too_few.pruned["why"]
     (cache,) = settings.pretrain_path.glob("*/features-*.npz")
     with np.load(cache) as stored:
         frozen = sum(sum(c.values()) for c in report.counts.values())

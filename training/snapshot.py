@@ -490,13 +490,20 @@ def _false_positive_suspects(
     features), as many pruned as confident learning estimates are wrong
     (training.label_issues.prune_false_positives). A person's label is never pruned; validation
     and test keep theirs, so they still measure against the labels as given. Nothing is
-    pruned without a self-supervised backbone."""
+    pruned without a self-supervised backbone, or from fewer than `min_judged_positives`."""
     from training.crossval import cross_val_scores
     from training.label_issues import estimated_false_positives, prune_false_positives
 
-    positive = settings.snapshot.positive
+    config = settings.snapshot
     ids = [c.id for c in kept]
-    given = np.array([c.category in positive for c in kept], dtype=bool)
+    given = np.array([c.category in config.positive for c in kept], dtype=bool)
+    if given.sum() < config.min_judged_positives:
+        report.pruned = {
+            "pruned": 0,
+            "why": f"{int(given.sum())} positives, fewer than {config.min_judged_positives} "
+            "to judge false alarms from",
+        }
+        return set()
     scores = cross_val_scores(catalog, blobs, settings, ids, given)
     if scores is None:
         report.pruned = {"pruned": 0, "why": "no self-supervised backbone or too few labels"}
