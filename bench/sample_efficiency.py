@@ -18,7 +18,7 @@ Recipes:
 - all-negatives: scratch, every negative kept (resampled batches), steps-based, EMA;
 - ssl: the self-supervised backbone, negatives downsampled as today;
 - default: both (the shipped defaults, nothing overridden: with likely false positives
-  pruned from training since 3 December 2026);
+  pruned from training since 3 December 2026, from 30 judged positives up);
 - default-last: the same, keeping the weights' average where training ends
   (`train.keep = "last"`) instead of the best validation window;
 - head-only: the frozen backbone and a logistic-regression head (seconds);

@@ -227,11 +227,12 @@ class SnapshotSettings(BaseModel):
     # training positives as it estimates are wrong, the least believed, are left out.
     # Measured on all 10,000 noisy labels of bench.sample_efficiency: 0.444 -> 0.571.
     prune_false_positives: bool = True
-    # ... but only from this many LLM positives up. K-fold heads on a few dozen positives
-    # score many real ones as confidently negative: on 300 clean labels (24 positives, none
-    # false) confident learning estimated 8-11 false and pruning cost one label subset 0.136
-    # holdout PR-AUC (bench.sample_efficiency, README "Which 300 labels").
-    min_judged_positives: int = Field(50, ge=0)
+    # ... but only from this many LLM positives up: K-fold heads on a couple of dozen score
+    # many real positives confidently negative. bench.sample_efficiency, two label subsets
+    # each (README "Pruning needs enough positives"): at 23-27 positives pruning changed
+    # holdout PR-AUC by +0.014/-0.136 (clean) and -0.003/-0.129 (noisy); at 36-41 noisy
+    # by +0.065/-0.028; at 383 noisy by +0.127.
+    min_judged_positives: int = Field(30, ge=0)
     min_positives: int = Field(20, ge=3, description="refuse to snapshot with fewer")
     min_negatives: int = Field(60, ge=3, description="refuse to snapshot with fewer")
     seed: int = 0
