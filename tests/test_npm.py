@@ -178,14 +178,16 @@ def _browse(url: str, flags: list[str], wait_s: float = 120) -> dict[str, Any]:
 def _browse_webgpu(url: str) -> dict[str, Any]:
     """The page on SwiftShader's software WebGPU adapter. It usually finishes in well under a
     minute. In CI, beside the other xdist worker, it once took over 120 s and once stalled past
-    360 s; on this machine, with two busy loops beside it, it never did (3 runs, 32-40 s). A
-    stalled software-GPU browser gets one fresh retry, reported as a warning saying where it
-    stopped (window.stage) and what the page logged."""
+    360 s; on this machine it never stalled, even with two busy loops beside it (three runs:
+    the whole test after its model fixture took 32-40 s). A stalled software-GPU browser gets
+    one fresh retry, reported as a warning saying where it stopped (window.stage) and what the
+    page logged."""
+    flags = ["--enable-unsafe-webgpu"]
     try:
-        return _browse(url, ["--enable-unsafe-webgpu"], 240)
+        return _browse(url, flags, 240)
     except PageStalled as stalled:
         warnings.warn(f"software WebGPU stalled, retried once: {stalled}", stacklevel=2)
-        return _browse(url, ["--enable-unsafe-webgpu"], 240)
+        return _browse(url, flags, 240)
 
 
 @pytest.mark.slow

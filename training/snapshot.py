@@ -497,10 +497,10 @@ def _false_positive_suspects(
     config = settings.snapshot
     ids = [c.id for c in kept]
     given = np.array([c.category in config.positive for c in kept], dtype=bool)
-    if given.sum() < config.min_judged_positives:
+    if (n_given := int(given.sum())) < config.min_judged_positives:
         report.pruned = {
             "pruned": 0,
-            "why": f"{int(given.sum())} positives, fewer than {config.min_judged_positives} "
+            "why": f"{n_given} positives, fewer than {config.min_judged_positives} "
             "to judge false alarms from",
         }
         return set()
