@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -491,6 +492,12 @@ def flagged_on_sheets(catalog: Catalog, screen_version: str, digest: str | None 
         return set(conn.execute(query).scalars())
 
 
+# Alembic's commands install module-level proxies (alembic.context, alembic.op) for their
+# run: two threads of one process migrating at once (stages running side by side in a flow)
+# remove each other's and fail with KeyError. One migration at a time per process.
+_migrating = threading.Lock()
+
+
 def migrate(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to `revision` with Alembic (idempotent)."""
     from alembic import command
@@ -498,7 +505,7 @@ def migrate(engine: Engine, revision: str = "head") -> None:
 
     config = Config()
     config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
-    with engine.connect() as conn:
+    with _migrating, engine.connect() as conn:
         config.attributes["connection"] = conn.execution_options(catalog_write=True)
         command.upgrade(config, revision)
         conn.commit()

@@ -1,7 +1,8 @@
-"""The scheduled growth run: take in what is new, pretrain the backbone again when the corpus
-grew by pretrain.regrow_share (or there is none), label within the budget, and retrain only
-when enough new labels arrived since the last snapshot; a model that passes the gate is
-promoted and refreshes the review queue. Runs without a Prefect server, or as a deployment.
+"""The scheduled growth run: take in what is new; pretrain the backbone again when the
+corpus grew by pretrain.regrow_share (or there is none) while the label stage spends the
+budget beside it; retrain only when enough new labels arrived since the last snapshot; a
+model that passes the gate is promoted and refreshes the review queue. Runs without a
+Prefect server, or as a deployment.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ from flows.tasks import (
     dedupe_task,
     export_task,
     ingest_task,
-    label_task,
-    pretrain_task,
+    pretrain_and_label,
     report_task,
     retrain_due_task,
     review_task,
@@ -34,9 +34,8 @@ def grow(
     overrides = overrides or {}
     ingested = ingest_task(config, overrides, sources)
     deduped = dedupe_task(config, overrides, wait_for=[ingested])
-    pretrained = pretrain_task(config, overrides, only_if_due=True, wait_for=[deduped])
-    labelled = label_task(config, overrides, wait_for=[pretrained])
-    due = retrain_due_task(config, overrides, wait_for=[labelled])
+    pretrained, labelled = pretrain_and_label(config, overrides, only_if_due=True)
+    due = retrain_due_task(config, overrides)
     result: dict[str, Any] = {
         "ingest": ingested,
         "dedupe": deduped,

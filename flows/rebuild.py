@@ -1,8 +1,8 @@
 """The one-shot full rebuild: ingest every configured source, dedupe, pretrain the backbone on
-every candidate (content-keyed: an unchanged corpus costs nothing), label, snapshot and,
-when the snapshot has enough labels, train, export and verify (which promotes the model only
-when the gate passes); a promoted model refreshes the review queue. Runs without a Prefect
-server (Prefect starts a temporary local API).
+every candidate (content-keyed: an unchanged corpus costs nothing) while the label stage runs
+beside it, snapshot and, when the snapshot has enough labels, train, export and verify (which
+promotes the model only when the gate passes); a promoted model refreshes the review queue.
+Runs without a Prefect server (Prefect starts a temporary local API).
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from flows.tasks import (
     dedupe_task,
     export_task,
     ingest_task,
-    label_task,
-    pretrain_task,
+    pretrain_and_label,
     report_task,
     review_task,
     snapshot_task,
@@ -45,9 +44,8 @@ def rebuild(
     overrides = overrides or {}
     ingested = ingest_task(config, overrides, sources)
     deduped = dedupe_task(config, overrides, wait_for=[ingested])
-    pretrained = pretrain_task(config, overrides, wait_for=[deduped])
-    labelled = label_task(config, overrides, wait_for=[pretrained])
-    frozen = snapshot_task(config, overrides, wait_for=[labelled])
+    pretrained, labelled = pretrain_and_label(config, overrides)
+    frozen = snapshot_task(config, overrides)
     trained = exported = verified = queue = None
     if frozen["status"] == "ok":
         trained = train_task(config, overrides, frozen["snapshot_id"])

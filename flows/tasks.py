@@ -13,6 +13,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import wait
 
 from corpus.dedupe import dedupe
 from corpus.ingest import ingest
@@ -158,6 +159,19 @@ def pretrain_task(
         report.probe.get("pr_auc", report.probe.get("reason")),
     )
     return report.as_dict()
+
+
+def pretrain_and_label(
+    config: str | None, overrides: dict[str, Any], only_if_due: bool = False
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pretrain and label stages side by side. Pretraining keeps the CPU (or GPU) busy
+    while labelling mostly waits on the vision LLM, and neither reads what the other writes:
+    the label stage steers by the promoted model, never by the backbone. What follows
+    (the snapshot's pruning, training) needs both, so both finish first."""
+    pretraining = pretrain_task.submit(config, overrides, only_if_due=only_if_due)
+    labelling = label_task.submit(config, overrides)
+    wait([pretraining, labelling])
+    return pretraining.result(), labelling.result()
 
 
 @task(name="train", cache_key_fn=keys.train, persist_result=True)

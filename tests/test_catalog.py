@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 import uuid
 from pathlib import Path
 
@@ -29,6 +30,28 @@ def test_migrations_build_exactly_the_declared_schema(tmp_path: Path) -> None:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     migrate(catalog.engine)  # idempotent
     catalog.dispose()
+
+
+def test_threads_open_one_catalog_at_once(tmp_path: Path) -> None:
+    """The flows run stages side by side in threads, and each opens (and migrates) the
+    catalog: Alembic's module-level proxies must not be torn down under another thread."""
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    open_catalog(url).engine.dispose()
+    errors: list[str] = []
+
+    def open_many() -> None:
+        try:
+            for _ in range(20):
+                open_catalog(url).engine.dispose()
+        except Exception as exc:  # the assertion below names it
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=open_many) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
 
 
 def test_runs_are_recorded(tmp_path: Path) -> None:

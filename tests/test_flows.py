@@ -16,6 +16,7 @@ def test_grow_and_rebuild_under_the_test_harness(tmp_path: Path) -> None:
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.grow import grow
+    from flows.progress import Event, listening
     from flows.rebuild import rebuild
 
     folder = coloured_corpus(tmp_path, positives=30, negatives=150)
@@ -34,7 +35,15 @@ def test_grow_and_rebuild_under_the_test_harness(tmp_path: Path) -> None:
             "pretrain": {"size": 32, "max_steps": 4},
             "export": LENIENT,
         }
-        first = grow(overrides=overrides)
+        events: list[Event] = []
+        with listening(events.append):
+            first = grow(overrides=overrides)
+        # Pretraining and labelling run side by side: the label stage starts before the
+        # backbone is done, and the snapshot starts after both.
+        seen = [(e.stage, e.state) for e in events if e.state != "running" or e.done is None]
+        assert seen.index(("label", "running")) < seen.index(("pretrain", "done"))
+        finished = max(seen.index(("label", "done")), seen.index(("pretrain", "done")))
+        assert seen.index(("snapshot", "running")) > finished
         # The budget covers every sprite: each is labelled one by one (no sheets), and each
         # positive gets its second opinion.
         selected, confirmed = first["label"]["selected"], first["label"]["second_opinions"]
