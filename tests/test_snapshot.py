@@ -105,6 +105,19 @@ def test_evaluation_splits_take_enough_positives_and_weigh_them_to_the_rate() ->
     few = _items([(1, 0)] * 40 + [(0, 1)] * 1000)
     split_of = assign_splits(few, 0.02, 0.15, 0.15, seed=0, min_positives=20)
     assert all(_share(few, split_of, n)[0] == 6 for n in (VALIDATION, TEST))
+    # 6 cannot rank (training would keep its last weights and calibrate the threshold):
+    # validation's positives train instead, its negatives stay, and test keeps its 6.
+    ranked = assign_splits(
+        few, 0.02, 0.15, 0.15, seed=0, min_positives=20, min_ranking_positives=10
+    )
+    assert _share(few, ranked, VALIDATION) == (0, 150)
+    assert _share(few, ranked, TEST)[0] == 6 and _share(few, ranked, TRAIN)[0] == 34
+    assert eval_pos_weights(few, ranked, 0.02)[VALIDATION] == 1.0
+    # Enough to rank by (20 each above): nothing moves.
+    enough = assign_splits(items, 0.02, 0.15, 0.15, seed=0, min_positives=20)
+    assert enough == assign_splits(
+        items, 0.02, 0.15, 0.15, seed=0, min_positives=20, min_ranking_positives=10
+    )
 
 
 def test_downsampling_keeps_every_positive() -> None:
@@ -144,12 +157,17 @@ def test_snapshot_is_cluster_grouped_balanced_and_reused(tmp_path: Path) -> None
             train = Counter(r["label"] for r in rows[TRAIN])
             assert train[0] == 4 * train[1]
             assert {r["category"] for r in rows[TRAIN] if r["label"] == 0} >= {"safe"}
-            for name in (VALIDATION, TEST):
-                # More positives than the rate gives (min_eval_positives), weighed down to it.
-                labels = [r["label"] for r in rows[name]]
-                pos, w = sum(labels), manifest["eval_pos_weight"][name]
-                assert pos >= 5 and w < 1, (name, pos, len(labels), w)
-                assert 0.04 < w * pos / (w * pos + len(labels) - pos) < 0.06
+            # Test: more positives than the rate gives (min_eval_positives), weighed down to it.
+            labels = [r["label"] for r in rows[TEST]]
+            pos, w = sum(labels), manifest["eval_pos_weight"][TEST]
+            assert pos >= 5 and w < 1, (pos, len(labels), w)
+            assert 0.04 < w * pos / (w * pos + len(labels) - pos) < 0.06
+            # Validation would get as few (< train.min_val_positives = 10: training could not
+            # rank by them), so they train and validation keeps its negatives only.
+            labels = [r["label"] for r in rows[VALIDATION]]
+            assert sum(labels) == 0 and len(labels) > 20
+            assert manifest["eval_pos_weight"][VALIDATION] == 1.0
+            assert manifest["counts"][TRAIN]["nsfw"] > 40 - 2 * pos
             # The image bytes are embedded and decode.
             image = data[TEST][0]["image"]
             assert image.size == (16, 16)

@@ -325,7 +325,11 @@ def _snapshot(
         if config.prune_false_positives
         else set()
     )
-    split_of = _split_and_balance(items, estimate.rate, config, report, suspects)
+    # Below this many validation positives training neither selects weights nor picks the
+    # threshold by them (train._threshold calibrates), so they train instead.
+    train = settings.train
+    ranking = train.min_val_positives if train.threshold_for == "precision" else 0
+    split_of = _split_and_balance(items, estimate.rate, config, report, suspects, ranking)
     frozen = [c for c in kept if c.id in split_of]
     if config.balance == "resample" and config.screened_negatives > 0:
         frozen += _screened_negatives(
@@ -562,11 +566,13 @@ def _split_and_balance(
     config: SnapshotSettings,
     report: SnapshotReport,
     suspects: set[int],
+    min_ranking_positives: int = 0,
 ) -> dict[int, str]:
-    """Item id -> split, by cluster at the base rate; `suspects` that land in training are
-    left out (before balancing, which then counts without them); negatives downsampled away
-    from training are left out, or the positives' loss weight set (`config.balance`). The
-    counts per split go into `report`."""
+    """Item id -> split, by cluster at the base rate (validation positives too few for
+    training to rank by, fewer than `min_ranking_positives`, train); `suspects` that land in
+    training are left out (before balancing, which then counts without them); negatives
+    downsampled away from training are left out, or the positives' loss weight set
+    (`config.balance`). The counts per split go into `report`."""
     split_of = assign_splits(
         items,
         rate,
@@ -574,6 +580,7 @@ def _split_and_balance(
         config.test_share,
         config.seed,
         min_positives=config.min_eval_positives,
+        min_ranking_positives=min_ranking_positives,
     )
     report.eval_pos_weight = eval_pos_weights(items, split_of, rate)
     pruned = [i for i in items if i.id in suspects and split_of[i.id] == TRAIN]

@@ -11,6 +11,9 @@
    too few to choose epochs, thresholds or models by: with `min_positives`, each split takes
    at least that many (within the cap) and `eval_pos_weights` says what each positive must
    count for in precision so the split still reads at the base rate (metrics.pr_curve).
+   Validation positives fewer than `min_ranking_positives` cannot choose anything (training
+   then keeps its last weights and calibrates the threshold): they train instead, and
+   validation keeps only its negatives.
 3. Everything is ordered by a seeded hash of the cluster key: deterministic, and a cluster
    keeps its place in the order when others are added.
 """
@@ -61,12 +64,14 @@ def assign_splits(
     max_eval_positive_share: float = 0.5,
     min_positives: int = 0,
     min_positives_share: float = 0.15,
+    min_ranking_positives: int = 0,
 ) -> dict[int, str]:
     """Item id -> split. `*_share` are shares of the negative clusters; at most
     `max_eval_positive_share` of the positive clusters go to validation and test together;
     each evaluation split takes at least `min_positives` positives, but never for that more
     than `min_positives_share` of all positives (with few labels, training needs them more);
-    beyond the rate's share they are weighed down (eval_pos_weights)."""
+    beyond the rate's share they are weighed down (eval_pos_weights). Validation takes none
+    when it would get fewer than `min_ranking_positives`."""
     if not 0 < base_rate < 1:
         raise ValueError(f"base rate must be in (0, 1), got {base_rate}")
     grouped: dict[str, list[Item]] = defaultdict(list)
@@ -107,6 +112,10 @@ def assign_splits(
             smallest = min((c for c in positive if c.key not in used), key=lambda c: c.positives)
             pos, got = [smallest], smallest.positives
             used.add(smallest.key)
+        if name == VALIDATION and got < min_ranking_positives:
+            # Too few to rank by: worth more to training than to a validation that only reports.
+            used.difference_update(c.key for c in pos)
+            pos, got = [], 0
         needed = got * (1 - base_rate) / base_rate
         spare = len(negative) // 2  # training keeps at least half of the negative clusters
         # Too many positives: more negatives, from train (with `min_positives` the positives

@@ -366,8 +366,8 @@ def _setup(
     weights = manifest.get("eval_pos_weight", {})
     val_data.pos_weight = float(weights.get("validation", 1.0))
     test_data.pos_weight = float(weights.get("test", 1.0))
-    if not train_data.positives or not val_data.positives:
-        raise TrainError("the snapshot has no positives in training or validation")
+    if not train_data.positives:
+        raise TrainError("the snapshot has no positives in training")
 
     # The positive share training sees, as weighted by the loss or drawn into batches: the
     # head starts there, and the threshold's fallback rule corrects from it.
@@ -446,7 +446,11 @@ def _finish(
         val_y, test_y = val_data.at_least(level), test_data.at_least(level)
         # The deployment level's base rate is the snapshot's (the audit's); the other's is
         # what validation, drawn at that rate, holds.
-        base_rate = report.base_rate if positive else float(val_y.mean()) if len(val_y) else 0
+        base_rate = (
+            report.base_rate
+            if positive
+            else _other_level_rate(val_y, setup.train_data, level, report.base_rate)
+        )
         val_w, test_w = (val_data.pos_weight, test_data.pos_weight) if positive else (1.0, 1.0)
         threshold, met, rule = _threshold(
             config, val_y, val_cum[:, level - 1], setup.level_shares[level - 1], base_rate, val_w
@@ -783,6 +787,19 @@ def _threshold(
         f"{config.threshold_target} (validation has {positives} positives, fewer "
         f"than {config.min_val_positives} to rank)",
     )
+
+
+def _other_level_rate(
+    val_y: np.ndarray[Any, Any], train: SplitData, level: int, base_rate: float
+) -> float:
+    """The base rate of a level the deployment does not threshold on: its share of
+    validation, which is drawn at the rate. When validation holds none of it (too few
+    positives to rank by train instead), the deployment rate scaled by the level's count
+    against the positives' in training."""
+    if val_y.any():
+        return float(val_y.mean())
+    ratio = float(np.sum(train.levels >= level)) / max(int(np.sum(train.labels > 0)), 1)
+    return max(base_rate * ratio, 1e-6)
 
 
 def _level_summary(
