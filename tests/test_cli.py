@@ -158,8 +158,19 @@ def test_rebuild_labels_snapshots_and_trains(tmp_path: Path, prefect_api: str) -
     assert "label (ollama): 216 labelled" in done.stdout
     # A progress row per stage (stderr), with the counts the stages reported.
     rows = {line.split()[1]: line for line in done.stderr.splitlines() if "(done)" in line}
-    stages = ["ingest", "dedupe", "pretrain", "label", "snapshot", "train", "export", "verify"]
-    assert list(rows)[:8] == stages, done.stderr[-3000:]
+    stages = list(rows)[:8]
+    # pretrain and label run side by side: either may finish first.
+    stages[2:4] = sorted(stages[2:4])
+    assert stages == [
+        "ingest",
+        "dedupe",
+        "label",
+        "pretrain",
+        "snapshot",
+        "train",
+        "export",
+        "verify",
+    ], done.stderr[-3000:]
     assert "216/216" in rows["label"] and "4/4" in rows["pretrain"]
     assert re.search(r" (\d+)/\1 ", rows["train"]), rows["train"]  # optimizer steps
     assert re.search(r"^pretrain \w+: \d+ sprites, 4 steps", done.stdout, re.M)

@@ -165,11 +165,9 @@ def test_scheduled_grow_fires_on_a_server_with_a_process_worker(
         count = conn.execute(
             sa.select(sa.func.count()).select_from(labels).where(labels.c.labeler == "ollama")
         ).scalar_one()
-    finished = [
-        r
-        for r in _api(
-            env, "/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [grow["id"]]}}}
-        )
-        if r["state_type"] == "COMPLETED"
-    ]
-    assert count == 20 * len(finished)  # each fired run labels its budget of 20, no more
+    fired = _api(env, "/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [grow["id"]]}}})
+    finished = [r for r in fired if r["state_type"] == "COMPLETED"]
+    # Each fired run labels its budget of 20, no more. A run the next minute fired may have
+    # labelled (its label stage starts at once, beside pretraining) without finishing.
+    started = [r for r in fired if r["state_type"] not in ("SCHEDULED", "PENDING")]
+    assert 20 * len(finished) <= count <= 20 * len(started), (count, len(finished), len(started))
