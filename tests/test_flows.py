@@ -85,3 +85,21 @@ def test_stage_progress_reaches_listeners_and_reports_failure() -> None:
         ("train", "running", None, None),
         ("train", "failed", None, None),
     ]
+
+
+def test_the_snapshot_key_follows_the_train_settings_the_snapshot_reads(tmp_path: Path) -> None:
+    """The snapshot reads whether training can rank validation's positives
+    (train.min_val_positives, train.threshold_for): a change there is another snapshot, and
+    a training setting it does not read keeps the cached one."""
+    from flows import keys
+
+    config = tmp_path / "spritesafe.toml"
+    config.write_text('data_dir = "data"\n')
+
+    def key(train: dict[str, object]) -> str:
+        return keys.snapshot(None, {"config": str(config), "overrides": {"train": train}})
+
+    base = key({})
+    assert key({"epochs": 3}) == base
+    assert key({"min_val_positives": 3}) != base
+    assert key({"threshold_for": "recall"}) != base
