@@ -71,9 +71,8 @@ def snapshot(context: Any, parameters: Parameters) -> str:
         _labels(settings),
         rubric.version,
         settings.snapshot.model_dump(),
-        # The train settings the snapshot reads: whether validation could rank its positives.
-        settings.train.min_val_positives,
-        settings.train.threshold_for,
+        # The train setting the snapshot reads: whether validation could use its positives.
+        settings.train.threshold_positives,
     )
 
 

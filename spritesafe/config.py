@@ -319,6 +319,13 @@ class TrainSettings(BaseModel):
     # calibration (the score whose posterior at the base rate meets the target).
     min_val_positives: int = Field(10, ge=1)
 
+    @property
+    def threshold_positives(self) -> int:
+        """Validation positives the threshold is chosen by from this many up; fewer are
+        not used at all (nor for selection, which needs min_val_positives too), so the
+        snapshot trains on them instead. 0: the recall rule always reads validation."""
+        return self.min_val_positives if self.threshold_for == "precision" else 0
+
 
 class ExportSettings(BaseModel):
     """ONNX export, INT8 quantization and the verification gate that promotes a model."""

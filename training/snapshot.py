@@ -325,10 +325,8 @@ def _snapshot(
         if config.prune_false_positives
         else set()
     )
-    # Below this many validation positives training neither selects weights nor picks the
-    # threshold by them (train._threshold calibrates), so they train instead.
-    train = settings.train
-    ranking = train.min_val_positives if train.threshold_for == "precision" else 0
+    # Validation positives training would not use (too few to select or threshold by) train.
+    ranking = settings.train.threshold_positives
     split_of = _split_and_balance(items, estimate.rate, config, report, suspects, ranking)
     frozen = [c for c in kept if c.id in split_of]
     if config.balance == "resample" and config.screened_negatives > 0:

@@ -772,7 +772,7 @@ def _threshold(
     (`pos_weight`: what each validation positive counts for in precision)."""
     rule = f"{config.threshold_for} >= {config.threshold_target}"
     positives = int(np.sum(val_y))
-    if positives >= config.min_val_positives or config.threshold_for != "precision":
+    if positives >= config.threshold_positives:
         threshold, met = metrics.choose_threshold(
             val_y, val_scores, config.threshold_for, config.threshold_target, pos_weight
         )
