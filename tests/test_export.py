@@ -411,7 +411,9 @@ def _check_parity(results: list[dict[str, object]], model_path: Path) -> None:
         # The input tensors are equal (above); the scores agree to the INT8 kernels' rounding:
         # ~1e-8 on most models, but 1.2e-4 and 1.3e-3 measured on two (4 December 2026):
         # onnxruntime-web's wasm kernels and the native ones can requantize an activation
-        # that sits on a rounding tie to neighbouring INT8 steps.
+        # that sits on a rounding tie to neighbouring INT8 steps (traced to the first residual
+        # Add, which native onnxruntime fuses into QLinearAdd; see the README), and that one
+        # step grows through the layers after it.
         for key in ("safe", "suggestive", "explicit", "score"):
             assert abs(float(str(r[key])) - expected[key]) <= TOLERANCE, (path.name, key)
         # The label too, unless a score sits within the tolerance of its threshold.
