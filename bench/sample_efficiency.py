@@ -116,15 +116,6 @@ RECIPES = {
         Recipe("default-last", "+ both, last weights kept", "resample", {"keep": "last"}),
         Recipe("head-only", "head only (frozen backbone)", "resample", {"init": "ssl"}, True),
         Recipe(
-            "lp-ft", "+ both, head started as a linear probe", "resample", {"head_start": "probe"}
-        ),
-        Recipe(
-            "slow-backbone",
-            "+ both, backbone at 0.1 x lr",
-            "resample",
-            {"backbone_lr_scale": 0.1},
-        ),
-        Recipe(
             "unpruned",
             "+ both, no false positives pruned",
             "resample",

@@ -290,12 +290,6 @@ class TrainSettings(BaseModel):
     max_steps: int = Field(4000, ge=0)
     batch_size: int = Field(64, ge=2)
     lr: float = Field(1e-3, gt=0)
-    # The pretrained backbone's learning rate as a share of `lr` (the head's): below 1 it
-    # moves the features less, which few labels may need (1 for a scratch start either way).
-    backbone_lr_scale: float = Field(1.0, gt=0, le=1)
-    # Where the head starts when the backbone is pretrained: "prior" (zero weights, biases at
-    # the trained share) or "probe" (a linear probe fitted on the initial features: LP-FT).
-    head_start: Literal["prior", "probe"] = "prior"
     weight_decay: float = Field(0.05, ge=0)
     warmup_epochs: float = Field(3.0, ge=0)
     warmup_share: float = Field(0.05, ge=0, lt=1, description="warm-up: at most this share")

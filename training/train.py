@@ -59,18 +59,12 @@ from training.data import (
 from training.init import Init, resolve_init
 from training.model import (
     create_model,
-    ordinal_head,
     pick_device,
     predict,
     predict_at_least,
     save_checkpoint,
 )
 from training.snapshot import CLASS_NAMES, latest_snapshot, load_snapshot
-
-# LP-FT's probe is fitted on clean views in eval mode but first trained on augmented views
-# with batch statistics: a strong penalty keeps it from being confidently wrong there (on 300
-# real labels its training-mode loss was 0.40 at 1.0 against 0.56 at 0.01 and at the prior).
-PROBE_L2 = 1.0
 
 Progress = Callable[[dict[str, Any]], None]  # called with each epoch's history entry
 Batches = Iterator[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]]
@@ -295,7 +289,6 @@ class _Setup:
     trained_share: float  # the positive share training sees
     level_shares: tuple[float, float]  # the shares of >= suggestive and explicit it sees
     base: dict[str, Any]  # the fields every checkpoint carries
-    pretrained: bool  # the backbone starts from learnt weights (not scratch)
 
 
 @dataclass
@@ -410,17 +403,7 @@ def _setup(
         "levels": list(ordinal.LEVELS),
     }
     return _Setup(
-        device,
-        spec,
-        train_data,
-        val_data,
-        test_data,
-        model,
-        pos_weight,
-        share,
-        shares,
-        base,
-        start.kind != "scratch",
+        device, spec, train_data, val_data, test_data, model, pos_weight, share, shares, base
     )
 
 
@@ -572,8 +555,6 @@ def _fine_tune(
     progress: Progress | None,
 ) -> list[dict[str, Any]]:
     """Fine-tune all the weights (from `last.pt` on, with `resume`); the history."""
-    if not resume and setup.pretrained and config.head_start == "probe":
-        _probe_head(setup)
     opt = _optimization(setup, config, report.balance)
     report.steps = opt.total
     state = _resume(setup, opt, folder) if resume else _LoopState()
@@ -613,7 +594,7 @@ def _optimization(setup: _Setup, config: TrainSettings, balance: str) -> _Optimi
         steps_per_epoch = max(1, full + (rest > 1))
     epochs, total = plan_steps(config, steps_per_epoch)
     optimizer = torch.optim.AdamW(
-        _param_groups(setup, config), lr=config.lr, weight_decay=config.weight_decay
+        setup.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
     warmup = min(round(config.warmup_epochs * steps_per_epoch), round(config.warmup_share * total))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -635,37 +616,6 @@ def _optimization(setup: _Setup, config: TrainSettings, balance: str) -> _Optimi
         epochs,
         total,
     )
-
-
-def _param_groups(setup: _Setup, config: TrainSettings) -> list[dict[str, Any]]:
-    """The head at `lr`; a pretrained backbone at `lr` x backbone_lr_scale (its group's
-    `lr`, which the schedule scales like the head's)."""
-    head = list(setup.model.get_classifier().parameters())  # type: ignore[operator]
-    kept = {id(p) for p in head}
-    backbone = [p for p in setup.model.parameters() if id(p) not in kept]
-    scale = config.backbone_lr_scale if setup.pretrained else 1.0
-    return [{"params": backbone, "lr": config.lr * scale}, {"params": head}]
-
-
-def _probe_head(setup: _Setup) -> None:
-    """LP-FT: start the head as a linear probe on the pretrained features (training.head),
-    its bias moved from the probe's balanced classes to the share training sees, so the
-    first steps fine-tune features the head already reads instead of a head that reads none."""
-    from training.head import embed, fit_logistic
-
-    data = setup.train_data
-    features = embed(setup.model, data, setup.spec, setup.device)
-    negatives = len(data) - data.positives
-    probe = fit_logistic(features, data.labels, negatives / max(data.positives, 1), PROBE_L2)
-    head = ordinal_head(setup.model)
-    level = int(setup.base["positive_level"])
-    share = setup.level_shares[level - 1]
-    bias = probe.bias + math.log(share / (1 - share))
-    with torch.no_grad():
-        if level == 2:  # the probe's logit is z2 = z1 - softplus(gap)
-            bias += float(torch.nn.functional.softplus(head.gap))
-        head.weight.copy_(probe.weight.to(head.weight)[None])
-        head.bias.fill_(bias)
 
 
 def _resume(setup: _Setup, opt: _Optimization, folder: Path) -> _LoopState:
