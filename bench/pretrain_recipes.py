@@ -43,10 +43,6 @@ RECIPES: dict[str, tuple[dict[str, Any], float]] = {
     "simclr-64-hue0.15": ({"method": "simclr", "size": 64, "max_hue": 0.15}, 1.0),
     "vicreg-64": ({"method": "vicreg", "size": 64}, 0.9),
     "simclr-96": ({"method": "simclr", "size": 96}, 0.52),
-    # Multi-crop: 2 or 4 more views of a part at 48 px (a quarter of a 96 px view's pixels
-    # each), so a step costs ~1.25x or ~1.5x as much.
-    "simclr-96-mc2": ({"method": "simclr", "size": 96, "local_views": 2}, 0.52 / 1.25),
-    "simclr-96-mc4": ({"method": "simclr", "size": 96, "local_views": 4}, 0.52 / 1.5),
 }
 
 

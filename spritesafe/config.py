@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -264,13 +264,6 @@ class PretrainSettings(BaseModel):
     brightness: float = Field(0.25, ge=0, le=1)
     grayscale: float = Field(0.2, ge=0, le=1, description="probability")
     background_swap: float = Field(0.5, ge=0, le=1, description="probability")
-    # Multi-crop (SimCLR only): this many more views of each sprite, smaller (`local_size` px)
-    # and of a part (local_min_crop..local_max_crop of the area), beside the two; each must
-    # find every other view of its sprite. 0: two views, as before (and the same key).
-    local_views: int = Field(0, ge=0)
-    local_size: int = Field(48, ge=16)
-    local_min_crop: float = Field(0.1, gt=0, le=1)
-    local_max_crop: float = Field(0.4, gt=0, le=1)
     max_images: int = Field(0, ge=0, description="0: every candidate; else a seeded sample")
     checkpoint_every: int = Field(100, ge=1, description="steps between resumable checkpoints")
     # `grow` pretrains again once the candidates grew by this share since the last backbone.
@@ -278,14 +271,6 @@ class PretrainSettings(BaseModel):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N (bf16 on CUDA)")
     threads: int = Field(0, ge=0, description="CPU threads for torch; 0 = torch's default")
     seed: int = 0
-
-    @model_validator(mode="after")
-    def _local_views(self) -> PretrainSettings:
-        if self.local_views and self.method != "simclr":
-            raise ValueError("pretrain.local_views (multi-crop) needs pretrain.method = simclr")
-        if self.local_min_crop > self.local_max_crop:
-            raise ValueError("pretrain.local_min_crop is above pretrain.local_max_crop")
-        return self
 
 
 class TrainSettings(BaseModel):

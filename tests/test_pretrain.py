@@ -31,18 +31,10 @@ from tests.helpers import png, real_tiles, sprite
 from tests.learning import coloured_corpus, labelled
 from training.init import Init, InitError, resolve_init
 from training.model import create_model, load_checkpoint
-from training.pretrain import (
-    BACKBONE,
-    CHECKPOINT,
-    _ahead,
-    _corpus,
-    _views,
-    pretrain,
-    pretrain_due,
-)
+from training.pretrain import BACKBONE, CHECKPOINT, _ahead, _views, pretrain, pretrain_due
 from training.snapshot import snapshot
 from training.train import TrainError, train
-from training.views import ViewRecipe, crop, view
+from training.views import ViewRecipe, view
 
 SPRITESAFE = str(Path(sys.executable).with_name("spritesafe"))
 ARCH = "mobilenetv4_conv_small_050"
@@ -89,52 +81,14 @@ def test_views_made_ahead_on_a_thread_are_the_views_made_in_turn() -> None:
     spec = PreprocessSpec(size=32)
     pixels = [sprite(np.random.default_rng(i), 12)[..., :3].copy() for i in range(10)]
     steps = range(3, 9)  # a resumed run: from step 3, across epoch boundaries (3 per epoch)
-    in_turn = [a for (a,) in _views(pixels, spec, ViewRecipe(), 3, 7, steps)]
+    in_turn = list(_views(pixels, spec, ViewRecipe(), 3, 7, steps))
     assert len(in_turn) == 6 and in_turn[0].shape == (6, 3, 32, 32)
-    ahead = [a for (a,) in _ahead(_views(pixels, spec, ViewRecipe(), 3, 7, steps))]
+    ahead = list(_ahead(_views(pixels, spec, ViewRecipe(), 3, 7, steps)))
     assert all(np.array_equal(a, b) for a, b in zip(in_turn, ahead, strict=True))
     early = _ahead(_views(pixels, spec, ViewRecipe(), 3, 7, range(1000)))
-    first = next(_views(pixels, spec, ViewRecipe(), 3, 7, range(1)))
-    assert np.array_equal(next(early)[0], first[0])
+    assert np.array_equal(next(early), next(_views(pixels, spec, ViewRecipe(), 3, 7, range(1))))
     early.close()  # stopping early ends the thread (it would otherwise make 1,000 batches)
     assert not any(t.name == "views" and t.is_alive() for t in threading.enumerate())
-
-
-def test_multi_crop_adds_small_views_of_parts_and_leaves_the_two_as_they_were() -> None:
-    spec = PreprocessSpec(size=32)
-    pixels = [sprite(np.random.default_rng(i), 12)[..., :3].copy() for i in range(10)]
-    small = (PreprocessSpec(size=16), ViewRecipe(min_crop=0.1, max_crop=0.4), 2)
-    plain = list(_views(pixels, spec, ViewRecipe(), 3, 7, range(4)))
-    multi = list(_views(pixels, spec, ViewRecipe(), 3, 7, range(4), small))
-    for (two,), (same, parts) in zip(plain, multi, strict=True):
-        assert np.array_equal(two, same)  # drawn first: two-view pretraining is unchanged
-        assert parts.shape == (6, 3, 16, 16)  # 2 small views of each of the 3 sprites
-    # A part: at most 40 % of the 12 x 12 sprite's area, give or take a rounded side.
-    rng = np.random.default_rng(3)
-    areas = [np.prod(crop(pixels[0], 0.1, rng, 0.4).shape[:2]) for _ in range(200)]
-    assert max(areas) <= 80 and min(areas) >= 9  # the whole sprite: 144
-
-
-def test_simclr_loss_is_nt_xent_with_two_views_and_counts_every_partner_with_more() -> None:
-    import torch
-    import torch.nn.functional as F  # noqa: N812
-
-    from training.ssl import nt_xent
-
-    torch.manual_seed(0)
-    a, b = torch.randn(8, 16), torch.randn(8, 16)
-    z = F.normalize(torch.cat([a, b]), dim=1)
-    logits = (z @ z.T / 0.2).fill_diagonal_(float("-inf"))
-    partner = torch.cat([torch.arange(8, 16), torch.arange(0, 8)])
-    assert nt_xent(torch.cat([a, b]), 8, 0.2) == pytest.approx(
-        float(F.cross_entropy(logits, partner)), rel=1e-6
-    )
-    # Four views of each sprite, the other three its partners: views that agree lose less.
-    views = torch.randn(4, 8, 16)
-    close = views[0] + 0.05 * views  # four noisy copies of one view per sprite
-    assert nt_xent(close.reshape(32, 16), 8, 0.2) < nt_xent(views.reshape(32, 16), 8, 0.2)
-    with pytest.raises(ValueError, match="multi-crop"):
-        load_settings(pretrain={"method": "vicreg", "local_views": 2})
 
 
 # --- the stage on real sprites ------------------------------------------------------------
@@ -235,36 +189,6 @@ def test_pretrain_resumes_exactly_after_kill_and_never_runs_twice(
             update={"pretrain": settings.pretrain.model_copy(update={"regrow_share": 0.5})}
         )
         assert not pretrain_due(ws.catalog, lazy).due
-
-
-def test_pretrain_with_multi_crop_runs_and_keys_its_recipe(
-    tmp_path: Path, debian_sprites: None
-) -> None:
-    settings = _catalog(tmp_path, 40)
-    multi = settings.model_copy(
-        update={
-            "pretrain": settings.pretrain.model_copy(
-                update={"local_views": 2, "local_size": 16, "max_steps": 2}
-            )
-        }
-    )
-    with open_workspace(settings) as ws:
-        done = pretrain(ws.catalog, ws.blobs, multi)
-        two_views = _corpus(
-            ws.catalog,
-            settings.model_copy(
-                update={"pretrain": multi.pretrain.model_copy(update={"local_views": 0})}
-            ),
-        )[0]
-        plain = _corpus(
-            ws.catalog,
-            settings.model_copy(
-                update={"pretrain": settings.pretrain.model_copy(update={"max_steps": 2})}
-            ),
-        )[0]
-    assert done.status == "ok" and done.steps_done == 2 and (Path(done.path) / BACKBONE).is_file()
-    # Its own key; without local views the local settings leave the key as it was.
-    assert done.pretrain_id not in (two_views, plain) and two_views == plain
 
 
 def test_pretrain_refuses_an_empty_catalog(tmp_path: Path) -> None:

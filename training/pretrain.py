@@ -22,7 +22,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -96,23 +96,9 @@ def view_recipe(config: PretrainSettings) -> ViewRecipe:
     )
 
 
-def local_views(settings: Settings) -> tuple[PreprocessSpec, ViewRecipe, int] | None:
-    """Multi-crop's small views (spec, recipe, views per sprite), or None without them."""
-    config = settings.pretrain
-    if not config.local_views:
-        return None
-    spec = PreprocessSpec.from_settings(settings, size=config.local_size)
-    views = replace(
-        view_recipe(config), min_crop=config.local_min_crop, max_crop=config.local_max_crop
-    )
-    return spec, views, config.local_views
-
-
 def recipe(settings: Settings) -> dict[str, Any]:
     """Everything that decides the result besides the images."""
     config = settings.pretrain.model_dump(mode="json", exclude=OPERATIONAL)
-    if not config["local_views"]:  # without multi-crop its settings say nothing: same key
-        config = {k: v for k, v in config.items() if not k.startswith("local_")}
     return {"arch": settings.train.arch, "views": view_spec(settings).to_json(), **config}
 
 
@@ -271,10 +257,8 @@ def _views(
     batch: int,
     seed: int,
     steps: range,
-    local: tuple[PreprocessSpec, ViewRecipe, int] | None = None,
-) -> Iterator[tuple[NDArray[np.float32], ...]]:
-    """Two views of each sprite of each step's batch, each step's from (seed, step); with
-    `local` (multi-crop), a second array of that many smaller views of each, after them."""
+) -> Iterator[NDArray[np.float32]]:
+    """Two views of each sprite of each step's batch, each step's from (seed, step)."""
     per_epoch = max(1, len(pixels) // batch)
     order: NDArray[np.intp] = np.arange(0)
     epoch_of_order = -1
@@ -287,21 +271,13 @@ def _views(
         rng = np.random.default_rng([seed, step, 1])
         first = [view(pixels[i], spec, views, rng) for i in chosen]
         second = [view(pixels[i], spec, views, rng) for i in chosen]
-        out = [normalize(np.stack(first + second), spec)]
-        if local is not None:  # drawn after the two, so those stay what they were
-            small_spec, small, count = local
-            parts = [view(pixels[i], small_spec, small, rng) for _ in range(count) for i in chosen]
-            out.append(normalize(np.stack(parts), small_spec))
-        yield tuple(out)
+        yield normalize(np.stack(first + second), spec)
 
 
-Batch = tuple[NDArray[np.float32], ...]
-
-
-def _ahead(batches: Iterator[Batch]) -> Iterator[Batch]:
+def _ahead(batches: Iterator[NDArray[np.float32]]) -> Iterator[NDArray[np.float32]]:
     """`batches` made on a background thread, two ahead, so the next is ready when a step
     ends."""
-    ready: queue.Queue[Batch | None] = queue.Queue(maxsize=2)
+    ready: queue.Queue[NDArray[np.float32] | None] = queue.Queue(maxsize=2)
     stop = threading.Event()
 
     def make() -> None:
@@ -381,20 +357,9 @@ def _pretrain(
     losses: list[float] = []
     seen, busy, started = 0, 0.0, time.perf_counter()
     model.train()
-    batches = _views(
-        pixels,
-        spec,
-        view_recipe(config),
-        batch,
-        config.seed,
-        range(start, total),
-        local_views(settings),
-    )
+    batches = _views(pixels, spec, view_recipe(config), batch, config.seed, range(start, total))
     for step, inputs in enumerate(_ahead(batches), start):
-        x = [
-            torch.from_numpy(a).to(device).contiguous(memory_format=torch.channels_last)
-            for a in inputs
-        ]
+        x = torch.from_numpy(inputs).to(device).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             loss = model(x)
         optimizer.zero_grad(set_to_none=True)
@@ -402,7 +367,7 @@ def _pretrain(
         optimizer.step()
         scheduler.step()
         losses.append(float(loss.detach()))
-        seen += len(x[0])  # views/s counts the full-size views (multi-crop's add to a step)
+        seen += len(x)
         done = step + 1
         if done % config.checkpoint_every == 0 or done == total:
             busy += time.perf_counter() - started

@@ -9,7 +9,6 @@ covariance terms, no negatives). Only the backbone is kept; the projector is thr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -50,17 +49,12 @@ class Pretrainer(nn.Module):
                 nn.Linear(hidden, out),
             )
 
-    def forward(self, views: Sequence[torch.Tensor]) -> torch.Tensor:
-        """`views[0]`: (2N, C, H, W), the first N and the last N are two views of N sprites;
-        any further tensor holds more (smaller: multi-crop) views of the same N sprites, N at
-        a time in the same order. One backbone pass per size."""
-        z = torch.cat([self.projector(self.backbone(v).float()) for v in views])
-        n = views[0].shape[0] // 2
-        if self.method == "simclr":
-            return nt_xent(z, n, self.temperature)
-        if len(views) > 1:
-            raise ValueError("VICReg compares two views: multi-crop is SimCLR's")
+    def forward(self, views: torch.Tensor) -> torch.Tensor:
+        """`views`: (2N, C, H, W), the first N and the last N are two views of N sprites."""
+        z = self.projector(self.backbone(views).float())
         first, second = z.chunk(2)
+        if self.method == "simclr":
+            return nt_xent(first, second, self.temperature)
         return vicreg(first, second)
 
     def backbone_state(self) -> dict[str, torch.Tensor]:
@@ -78,19 +72,14 @@ def feature_width(backbone: nn.Module) -> int:
     return width
 
 
-def nt_xent(z: torch.Tensor, n: int, temperature: float) -> torch.Tensor:
-    """SimCLR's loss over V views of n sprites (`z`: (V * n, D), view v of sprite i in row
-    v * n + i): each view must pick out the other views of its sprite among all the others.
-    With two views that is SimCLR's NT-Xent; with more, each positive counts equally (the
-    multi-positive form of supervised contrastive learning, here with sprites as classes)."""
-    z = F.normalize(z, dim=1)
+def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's loss: each view must pick its partner among the other 2N - 1 views."""
+    z = F.normalize(torch.cat([a, b]), dim=1)
+    n = a.shape[0]
     logits = z @ z.T / temperature
     logits.fill_diagonal_(float("-inf"))  # a view is not its own partner
-    sprite = torch.arange(len(z), device=z.device) % n
-    partner = sprite[:, None] == sprite[None, :]
-    partner.fill_diagonal_(False)
-    log_p = logits.log_softmax(dim=1).masked_fill(~partner, 0.0)
-    return -(log_p.sum(dim=1) / partner.sum(dim=1)).mean()
+    partner = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(logits, partner)
 
 
 def vicreg(

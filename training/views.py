@@ -29,7 +29,6 @@ from training.augment import hue_turn
 @dataclass(frozen=True)
 class ViewRecipe:
     min_crop: float = 0.35  # smallest share of the sprite's area a crop keeps
-    max_crop: float = 1.0  # and the largest (multi-crop's small views keep a part)
     max_hue: float = 0.5  # palette hue turn, of a circle (0.5: any hue)
     contrast: float = 0.4  # colours scaled about mid-grey by 1 ± this
     brightness: float = 0.25  # and moved by ± this share of the range
@@ -37,16 +36,11 @@ class ViewRecipe:
     background_swap: float = 0.5  # probability
 
 
-def crop(
-    pixels: NDArray[np.uint8],
-    min_area: float,
-    rng: np.random.Generator,
-    max_area: float = 1.0,
-) -> NDArray[np.uint8]:
-    """A random rectangle of whole pixels with `min_area`..`max_area` of the area, aspect
-    ratio within 3:4..4:3 of the sprite's."""
+def crop(pixels: NDArray[np.uint8], min_area: float, rng: np.random.Generator) -> NDArray[np.uint8]:
+    """A random rectangle of whole pixels with at least `min_area` of the area, aspect ratio
+    within 3:4..4:3 of the sprite's."""
     h, w = pixels.shape[:2]
-    area = rng.uniform(min_area, max_area)
+    area = rng.uniform(min_area, 1.0)
     ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
     ch = min(h, max(1, round(h * math.sqrt(area / ratio))))
     cw = min(w, max(1, round(w * math.sqrt(area * ratio))))
@@ -109,7 +103,7 @@ def view(
     background = np.asarray(spec.background, dtype=np.uint8)
     if max(pixels.shape[:2]) > spec.size:
         pixels = fit(pixels, spec)  # the model's own area shrink for oversized images
-    part = crop(pixels, recipe.min_crop, rng, recipe.max_crop)
+    part = crop(pixels, recipe.min_crop, rng)
     if rng.random() < 0.5:
         part = part[:, ::-1]
     part = recolour(np.ascontiguousarray(part), recipe, spec.background, rng)
