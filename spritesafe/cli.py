@@ -1044,6 +1044,14 @@ def _stage_bars() -> Iterator[None]:
             yield
 
 
+def _prefect_defaults() -> None:
+    """Prefect's temporary local API, unless the user says otherwise: no analytics, and time
+    to start on a busy machine (it takes ~12 s cold on 2 idle cores; Prefect waits 20 s, and
+    with the cores busy that ran out in a CI run)."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
 def _run_flow(
     name: str,
     sources: list[str] | None,
@@ -1052,7 +1060,7 @@ def _run_flow(
     dask: bool = False,
 ) -> None:
     """Run the `grow` or `rebuild` flow on Prefect's temporary local API; print its summary."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    _prefect_defaults()
     settings = _settings(config, **({"flows": {"dask": True}} if dask else {}))
     if not (sources or settings.sources):
         raise _refused("No sources.", "Name some or set `sources` in spritesafe.toml.")
@@ -1118,7 +1126,7 @@ def demo(
     """The whole loop in a few minutes, with a simulated labeller on a stand-in concept
     (zombies in real Cataclysm DDA sprites), not NSFW: ingest a slice, label, snapshot, train,
     export, verify, promote, review queue, web bundle; in its own workspace."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    _prefect_defaults()
     from flows.demo import DemoError, run_demo, summary
 
     again = "The next run wipes the demo's workspace and starts again."

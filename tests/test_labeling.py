@@ -735,6 +735,7 @@ def test_a_sheets_flag_confirms_the_positive_it_flagged(corpus: Settings) -> Non
 
 def test_a_host_dying_mid_run_loses_no_work() -> None:
     import threading
+    import time
 
     digest = "sha256:" + "06" * 32
     with (
@@ -744,11 +745,22 @@ def test_a_host_dying_mid_run_loses_no_work() -> None:
         settings = ollama_settings(a.url, b.url, breaker_failures=2, timeout_s=2.0)
         labeler = OllamaLabeler(settings, load_rubric())
         asyncio.run(labeler.connect())
-        # B answers for a while, then disappears with requests in flight.
-        timer = threading.Timer(0.3, b.down)
-        timer.start()
+
+        # B answers a few, then disappears with requests in flight. Counted, not timed: on a
+        # loaded machine B may not have answered anything 0.3 s in.
+        def answered_by_b() -> int:
+            return sum(r.path == "/api/chat" and r.status == 200 for r in b.requests)
+
+        def take_b_down() -> None:
+            deadline = time.monotonic() + 30
+            while answered_by_b() < 3 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            b.down()
+
+        killer = threading.Thread(target=take_b_down)
+        killer.start()
         outcomes = run(labeler, jobs(40))
-        timer.join()
+        killer.join()
         assert b.chat_count > 0 and not b.is_up
         assert len(outcomes) == 40 and all(o.answer is not None for o in outcomes)
         assert sorted(o.image_id for o in outcomes) == list(range(40))
