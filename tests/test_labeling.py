@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -332,7 +334,6 @@ def test_killed_label_run_resumes_without_labelling_twice(corpus: Settings, tmp_
     import signal
     import subprocess
     import sys
-    import time
 
     spritesafe = str(Path(sys.executable).with_name("spritesafe"))
     with FakeOllama({MODEL: "sha256:" + "05" * 32}, responder=reddish, latency_s=0.15) as server:
@@ -590,7 +591,6 @@ def test_killed_screening_run_asks_nothing_twice(corpus: Settings) -> None:
     import signal
     import subprocess
     import sys
-    import time
 
     spritesafe = str(Path(sys.executable).with_name("spritesafe"))
     with FakeOllama({MODEL: "sha256:" + "08" * 32}, responder=by_colour, latency_s=0.3) as server:
@@ -734,9 +734,6 @@ def test_a_sheets_flag_confirms_the_positive_it_flagged(corpus: Settings) -> Non
 
 
 def test_a_host_dying_mid_run_loses_no_work() -> None:
-    import threading
-    import time
-
     digest = "sha256:" + "06" * 32
     with (
         FakeOllama({MODEL: digest}, latency_s=0.05) as a,
