@@ -116,6 +116,12 @@ RECIPES = {
         Recipe("default-last", "+ both, last weights kept", "resample", {"keep": "last"}),
         Recipe("head-only", "head only (frozen backbone)", "resample", {"init": "ssl"}, True),
         Recipe(
+            "probe-neg",
+            "+ probe-ranked unlabelled negatives",
+            "resample",
+            snapshot={"probe_negatives": 10.0},
+        ),
+        Recipe(
             "unpruned",
             "+ both, no false positives pruned",
             "resample",

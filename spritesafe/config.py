@@ -222,6 +222,12 @@ class SnapshotSettings(BaseModel):
     # labelled training image (0: none). Evaluation keeps labelled images only.
     screened_negatives: float = Field(2.0, ge=0)
     screened_below: float = Field(0.8, gt=0, le=1, description="share of the model's ranking")
+    # Easy negatives from the backbone alone, for when few labels exist: a linear probe on
+    # the self-supervised features, fitted on the training split's labels, ranks every
+    # unlabelled candidate; those in its bottom `probe_below` may train as negatives, at most
+    # `probe_negatives` per labelled training image (0: none). Resample balance only.
+    probe_negatives: float = Field(0.0, ge=0)
+    probe_below: float = Field(0.5, gt=0, le=1, description="share of the probe's ranking")
     # Confident learning against the LLM's false alarms (cleanlab's prune by noise rate):
     # with a self-supervised backbone, every label is judged out of sample and as many
     # training positives as it estimates are wrong, the least believed, are left out.

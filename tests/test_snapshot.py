@@ -557,6 +557,65 @@ def test_likely_false_alarms_are_pruned_from_training_only(tmp_path: Path) -> No
     assert report.counts[TRAIN]["nsfw"] == len(after)
 
 
+def test_unlabelled_sprites_the_backbones_probe_ranks_low_train_as_negatives(
+    tmp_path: Path,
+) -> None:
+    """Few labels: a linear probe on the self-supervised features, fitted on the training
+    split, ranks the unlabelled candidates; some of its bottom share train as negatives
+    (label source "probe"), never a red one, never in evaluation, at most so many per
+    labelled training image; without a backbone or with the setting at 0, none."""
+    from tests.helpers import png, sprite
+    from tests.learning import RED
+    from training.pretrain import pretrain
+
+    folder = coloured_corpus(tmp_path, positives=30, negatives=150)
+    settings, server = labelled(
+        tmp_path,
+        folder,
+        snapshot={"target_base_rate": 0.1, "probe_negatives": 1.0, "probe_below": 0.5},
+        pretrain={"size": 32, "max_steps": 40},
+    )
+    server.stop()  # everything the LLM labels is labelled; the rest nobody asks about
+    more = tmp_path / "more"  # unlabelled: 200 plain, 40 red
+    more.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(240):
+        tile = sprite(rng, 16, colors=6)
+        tile[..., 3] = 255
+        if i < 40:
+            tile[2:14, 2:14, :3] = RED
+        (more / f"m{i}.png").write_bytes(png(tile))
+    off = settings.model_copy(
+        update={"snapshot": settings.snapshot.model_copy(update={"probe_negatives": 0})}
+    )
+    with open_workspace(settings) as ws:
+        ingest(ws.catalog, ws.blobs, [parse_source(str(more), settings)], settings)
+        dedupe(ws.catalog, settings)
+        none = snapshot(ws.catalog, ws.blobs, off)
+        # No backbone yet: nothing to rank by, none added, said so.
+        alone = snapshot(ws.catalog, ws.blobs, settings)
+        assert pretrain(ws.catalog, ws.blobs, settings).status == "ok"
+        report = snapshot(ws.catalog, ws.blobs, settings)
+        with ws.catalog.read() as conn:
+            keys = dict(conn.execute(sa.select(images.c.id, images.c.blob_key)).all())
+        red = {i for i, k in keys.items() if _is_red(ws.blobs.get(k))}
+    assert none.status == alone.status == report.status == "ok", report.reason
+    assert none.probe_negatives == {} and alone.probe_negatives["kept"] == 0
+    assert alone.counts == none.counts and "backbone" in alone.probe_negatives["why"]
+    data, manifest = load_snapshot(Path(report.path))
+    rows = {n: data[n].remove_columns("image").to_list() for n in (TRAIN, VALIDATION, TEST)}
+    probe = [r for r in rows[TRAIN] if r["label_source"] == "probe"]
+    n_train = sum(none.counts[TRAIN].values())
+    assert len(probe) == report.probe_negatives["kept"] == manifest["probe_negatives"]["kept"]
+    assert 0 < len(probe) <= n_train  # probe_negatives = 1 per labelled training image
+    assert report.probe_negatives["ranked_low"] <= 0.5 * report.probe_negatives["unlabelled"] + 1
+    assert all(r["label"] == 0 and r["category"] == "safe" for r in probe)
+    assert not {r["image_id"] for r in probe} & red  # the probe ranks red sprites high
+    for name in (VALIDATION, TEST):  # evaluation keeps labelled images only
+        assert not any(r["label_source"] == "probe" for r in rows[name])
+    assert report.counts[TRAIN]["sfw"] == none.counts[TRAIN]["sfw"] + len(probe)
+
+
 def _is_red(data: bytes) -> bool:
     import io
 

@@ -69,6 +69,7 @@ from training.splits import downsample_negatives as downsample
 CLASS_NAMES = ("sfw", "nsfw")  # the binary label 0, 1 (the model also scores each level)
 SOURCE_RANK = {SOURCE_NONE: 0, SOURCE_TEACHER: 1, SOURCE_LLM: 2, SOURCE_HUMAN: 3}
 SOURCE_SCREEN = "screen"  # label_source of a screened negative: a sheet's pass + the model's
+SOURCE_PROBE = "probe"  # label_source of a probe negative: ranked low by the backbone's probe
 MANIFEST = "snapshot.json"
 
 
@@ -90,6 +91,8 @@ class SnapshotReport:
     sheet_confirmed: int = 0  # LLM positives with one answer that a contact sheet's flag confirmed
     # Unlabelled training negatives: a sheet passed them and the model ranks them low.
     screened_negatives: dict[str, Any] = field(default_factory=dict)
+    # Unlabelled training negatives the backbone's linear probe ranks low (probe_negatives).
+    probe_negatives: dict[str, Any] = field(default_factory=dict)
     # LLM positives left out of training as likely false alarms (prune_false_positives).
     pruned: dict[str, Any] = field(default_factory=dict)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> sfw/nsfw
@@ -333,6 +336,8 @@ def _snapshot(
         frozen += _screened_negatives(
             catalog, rubric.screen_version, frozen, split_of, config, report
         )
+    if config.balance == "resample" and config.probe_negatives > 0:
+        frozen += _probe_negatives(catalog, blobs, settings, frozen, split_of, report)
     _persist(catalog, blobs, settings, report, rubric.version, frozen, split_of, used, estimate)
 
 
@@ -558,6 +563,64 @@ def _screened_negatives(
     return chosen
 
 
+def _probe_negatives(
+    catalog: Catalog,
+    blobs: BlobStore,
+    settings: Settings,
+    frozen: list[_Candidate],
+    split_of: dict[int, str],
+    report: SnapshotReport,
+) -> list[_Candidate]:
+    """Unlabelled training negatives ranked low by a linear probe on the self-supervised
+    features (fitted on the training split's labels), at most `probe_negatives` per labelled
+    training image, drawn in a fixed random order; none near validation or test."""
+    from training.features import backbone_features
+    from training.head import DEFAULT_L2, fit_logistic
+
+    config = settings.snapshot
+    train = [c for c in frozen if split_of.get(c.id) == TRAIN and c.label is not None]
+    with catalog.read() as conn:
+        labelled = sa.select(labels.c.image_id).where(labels.c.labeler.in_((LLM, HUMAN)))
+        pool, _ = _candidates(
+            conn,
+            sa.select(images.c.id)
+            .where(images.c.status == "candidate")
+            .where(images.c.id.not_in(labelled)),
+        )
+    unlabelled = [i for i in pool if i not in split_of]
+    given = np.array([c.category in config.positive for c in train], dtype=bool)
+    embedded = backbone_features(catalog, blobs, settings, [c.id for c in train] + unlabelled)
+    if embedded is None or given.sum() == 0 or given.all():
+        report.probe_negatives = {"kept": 0, "why": "no self-supervised backbone or one class"}
+        return []
+    ids, features = embedded
+    row = {i: k for k, i in enumerate(ids)}
+    fit = [k for k, c in enumerate(train) if c.id in row]
+    x = features[[row[train[k].id] for k in fit]]
+    y = given[fit]
+    head = fit_logistic(x, y, float((~y).sum() / max(y.sum(), 1)), DEFAULT_L2)
+    scored = [i for i in unlabelled if i in row]
+    scores = head.logits(features[[row[i] for i in scored]])
+    cut = float(np.quantile(scores, config.probe_below)) if len(scores) else 0.0
+    low = [pool[i] for i, s in zip(scored, scores, strict=True) if s <= cut]
+    held_out = {c.cluster for c in frozen if split_of[c.id] != TRAIN}
+    eligible = [c for c in low if c.cluster not in held_out]
+    n_keep = min(len(eligible), int(config.probe_negatives * len(train)))
+    eligible.sort(key=lambda c: seeded_order(config.seed, c.sha256))
+    chosen = eligible[:n_keep]
+    for cand in chosen:
+        cand.label = EffectiveLabel(ordinal.LEVELS[0], SOURCE_PROBE, uncertain=False)
+        split_of[cand.id] = TRAIN
+    report.counts[TRAIN]["sfw"] += len(chosen)
+    report.probe_negatives = {
+        "unlabelled": len(scored),
+        "ranked_low": len(low),
+        "near_evaluation": len(low) - len(eligible),
+        "kept": len(chosen),
+    }
+    return chosen
+
+
 def _split_and_balance(
     items: list[Item],
     rate: float,
@@ -696,6 +759,7 @@ def _manifest(
         "excluded": dict(report.excluded),
         "sheet_confirmed": report.sheet_confirmed,
         "screened_negatives": report.screened_negatives,
+        "probe_negatives": report.probe_negatives,
         "pruned": report.pruned,
         "sources": dict(Counter(c.source for c in frozen).most_common()),
         "settings": snapshot_settings,
