@@ -15,10 +15,14 @@ Recipes:
 - today: scratch, 4 negatives per positive, 40 epochs with early stopping (patience 10),
   best validation epoch (the recipe before this benchmark);
 - strong: today's trained long enough: 60 epochs, no early stopping;
-- all-negatives: scratch, every negative kept (resampled batches), steps-based, EMA;
+- all-negatives: scratch, every labelled negative kept (resampled batches), steps-based, EMA;
 - ssl: the self-supervised backbone, negatives downsampled as today;
 - default: both (the shipped defaults, nothing overridden: with likely false positives
-  pruned from training since 3 December 2026, from 30 judged positives up);
+  pruned from training since 3 December 2026, from 30 judged positives up; with probe
+  negatives, unlabelled sprites the backbone's probe ranks low, since 4 December 2026,
+  while training holds fewer than 2,500 negatives);
+- no-probe: the default without probe negatives (`snapshot.probe_negatives = 0`, the
+  default before 4 December 2026);
 - default-last: the same, keeping the weights' average where training ends
   (`train.keep = "last"`) instead of the best validation window;
 - head-only: the frozen backbone and a logistic-regression head (seconds);
@@ -110,16 +114,22 @@ RECIPES = {
             "downsample",
             TODAY | {"epochs": 60, "patience": 10**6},
         ),
-        Recipe("all-negatives", "+ all negatives", "resample", {"init": "scratch"}),
+        Recipe(
+            "all-negatives",
+            "+ all negatives",
+            "resample",
+            {"init": "scratch"},
+            snapshot={"probe_negatives": 0.0},  # labelled negatives only
+        ),
         Recipe("ssl", "+ self-supervised init", "downsample", {"init": "ssl"}),
         Recipe("default", "+ both (new default)", "resample", {}),
         Recipe("default-last", "+ both, last weights kept", "resample", {"keep": "last"}),
         Recipe("head-only", "head only (frozen backbone)", "resample", {"init": "ssl"}, True),
         Recipe(
-            "probe-neg",
-            "+ probe-ranked unlabelled negatives",
+            "no-probe",
+            "+ both, no probe negatives",
             "resample",
-            snapshot={"probe_negatives": 10.0},
+            snapshot={"probe_negatives": 0.0},
         ),
         Recipe(
             "unpruned",

@@ -596,9 +596,23 @@ def test_unlabelled_sprites_the_backbones_probe_ranks_low_train_as_negatives(
         alone = snapshot(ws.catalog, ws.blobs, settings)
         assert pretrain(ws.catalog, ws.blobs, settings).status == "ok"
         report = snapshot(ws.catalog, ws.blobs, settings)
+        # Only until training holds `probe_negatives_until` negatives.
+        until = none.counts[TRAIN]["sfw"] + 3
+        capped = snapshot(
+            ws.catalog,
+            ws.blobs,
+            settings.model_copy(
+                update={
+                    "snapshot": settings.snapshot.model_copy(
+                        update={"probe_negatives_until": until}
+                    )
+                }
+            ),
+        )
         with ws.catalog.read() as conn:
             keys = dict(conn.execute(sa.select(images.c.id, images.c.blob_key)).all())
         red = {i for i, k in keys.items() if _is_red(ws.blobs.get(k))}
+    assert capped.probe_negatives["kept"] == 3 and capped.counts[TRAIN]["sfw"] == until
     assert none.status == alone.status == report.status == "ok", report.reason
     assert none.probe_negatives == {} and alone.probe_negatives["kept"] == 0
     assert alone.counts == none.counts and "backbone" in alone.probe_negatives["why"]

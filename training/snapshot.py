@@ -573,41 +573,54 @@ def _probe_negatives(
 ) -> list[_Candidate]:
     """Unlabelled training negatives ranked low by a linear probe on the self-supervised
     features (fitted on the training split's labels), at most `probe_negatives` per labelled
-    training image, drawn in a fixed random order; none near validation or test."""
+    training image and up to `probe_negatives_until` training negatives in all, drawn in a
+    fixed random order; none near validation or test."""
     from training.features import backbone_features
     from training.head import DEFAULT_L2, fit_logistic
 
     config = settings.snapshot
-    train = [c for c in frozen if split_of.get(c.id) == TRAIN and c.label is not None]
+    train = [c for c in frozen if split_of.get(c.id) == TRAIN]
+    given = np.array([c.category in config.positive for c in train], dtype=bool)
+    labelled_train = [c for c in train if c.label and c.label.source != SOURCE_SCREEN]
+    room = min(
+        int(config.probe_negatives * len(labelled_train)),
+        config.probe_negatives_until - int((~given).sum()),
+    )
+    if room <= 0:
+        report.probe_negatives = {"kept": 0, "why": f"training holds {(~given).sum()} negatives"}
+        return []
     with catalog.read() as conn:
-        labelled = sa.select(labels.c.image_id).where(labels.c.labeler.in_((LLM, HUMAN)))
+        said = sa.select(labels.c.image_id).where(labels.c.labeler.in_((LLM, HUMAN)))
         pool, _ = _candidates(
             conn,
             sa.select(images.c.id)
             .where(images.c.status == "candidate")
-            .where(images.c.id.not_in(labelled)),
+            .where(images.c.id.not_in(said)),
         )
     unlabelled = [i for i in pool if i not in split_of]
-    given = np.array([c.category in config.positive for c in train], dtype=bool)
     embedded = backbone_features(catalog, blobs, settings, [c.id for c in train] + unlabelled)
-    if embedded is None or given.sum() == 0 or given.all():
+    if embedded is None or given.all() or not given.any():
         report.probe_negatives = {"kept": 0, "why": "no self-supervised backbone or one class"}
         return []
     ids, features = embedded
     row = {i: k for k, i in enumerate(ids)}
     fit = [k for k, c in enumerate(train) if c.id in row]
-    x = features[[row[train[k].id] for k in fit]]
     y = given[fit]
-    head = fit_logistic(x, y, float((~y).sum() / max(y.sum(), 1)), DEFAULT_L2)
+    head = fit_logistic(
+        features[[row[train[k].id] for k in fit]],
+        y,
+        float((~y).sum() / max(y.sum(), 1)),
+        DEFAULT_L2,
+    )
     scored = [i for i in unlabelled if i in row]
     scores = head.logits(features[[row[i] for i in scored]])
     cut = float(np.quantile(scores, config.probe_below)) if len(scores) else 0.0
     low = [pool[i] for i, s in zip(scored, scores, strict=True) if s <= cut]
     held_out = {c.cluster for c in frozen if split_of[c.id] != TRAIN}
     eligible = [c for c in low if c.cluster not in held_out]
-    n_keep = min(len(eligible), int(config.probe_negatives * len(train)))
+    # A fixed order by content and seed: the same catalog gives the same snapshot.
     eligible.sort(key=lambda c: seeded_order(config.seed, c.sha256))
-    chosen = eligible[:n_keep]
+    chosen = eligible[:room]
     for cand in chosen:
         cand.label = EffectiveLabel(ordinal.LEVELS[0], SOURCE_PROBE, uncertain=False)
         split_of[cand.id] = TRAIN
