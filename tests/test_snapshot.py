@@ -563,7 +563,10 @@ def test_unlabelled_sprites_the_backbones_probe_ranks_low_train_as_negatives(
     """Few labels: a linear probe on the self-supervised features, fitted on the training
     split, ranks the unlabelled candidates; some of its bottom share train as negatives
     (label source "probe"), never a red one, never in evaluation, at most so many per
-    labelled training image; without a backbone or with the setting at 0, none."""
+    labelled training image, never one a contact sheet flagged; without a backbone or with
+    the setting at 0, none."""
+    from corpus.catalog import labels, screenings, utcnow
+    from labelers.rubric import load_rubric
     from tests.helpers import png, sprite
     from tests.learning import RED
     from training.pretrain import pretrain
@@ -591,6 +594,35 @@ def test_unlabelled_sprites_the_backbones_probe_ranks_low_train_as_negatives(
     with open_workspace(settings) as ws:
         ingest(ws.catalog, ws.blobs, [parse_source(str(more), settings)], settings)
         dedupe(ws.catalog, settings)
+        # A contact sheet flagged every other unlabelled sprite: none of those may train as a
+        # negative, however low the probe ranks it.
+        with ws.catalog.read() as conn:
+            said = sa.select(labels.c.image_id)
+            unlabelled = conn.execute(
+                sa.select(images.c.id)
+                .where(images.c.status == "candidate")
+                .where(images.c.id.not_in(said))
+            ).scalars()
+            sheet_flagged = set(sorted(unlabelled)[::2])
+        version = load_rubric(settings.label.rubric).screen_version
+        with ws.catalog.write() as conn:
+            conn.execute(
+                screenings.insert(),
+                [
+                    {
+                        "image_id": i,
+                        "sheet": "s",
+                        "grid": 4,
+                        "cell": 1,
+                        "flagged": True,
+                        "model": MODEL,
+                        "model_digest": "sha256:" + "0c" * 32,
+                        "version": version,
+                        "created_at": utcnow(),
+                    }
+                    for i in sheet_flagged
+                ],
+            )
         none = snapshot(ws.catalog, ws.blobs, off)
         # No backbone yet: nothing to rank by, none added, said so.
         alone = snapshot(ws.catalog, ws.blobs, settings)
@@ -625,6 +657,8 @@ def test_unlabelled_sprites_the_backbones_probe_ranks_low_train_as_negatives(
     assert report.probe_negatives["ranked_low"] <= 0.5 * report.probe_negatives["unlabelled"] + 1
     assert all(r["label"] == 0 and r["category"] == "safe" for r in probe)
     assert not {r["image_id"] for r in probe} & red  # the probe ranks red sprites high
+    assert not {r["image_id"] for r in probe} & sheet_flagged
+    assert report.probe_negatives["sheet_flagged"] == len(sheet_flagged)
     for name in (VALIDATION, TEST):  # evaluation keeps labelled images only
         assert not any(r["label_source"] == "probe" for r in rows[name])
     assert report.counts[TRAIN]["sfw"] == none.counts[TRAIN]["sfw"] + len(probe)

@@ -337,7 +337,9 @@ def _snapshot(
             catalog, rubric.screen_version, frozen, split_of, config, report
         )
     if config.balance == "resample" and config.probe_negatives > 0:
-        frozen += _probe_negatives(catalog, blobs, settings, frozen, split_of, report)
+        frozen += _probe_negatives(
+            catalog, blobs, settings, rubric.screen_version, frozen, split_of, report
+        )
     _persist(catalog, blobs, settings, report, rubric.version, frozen, split_of, used, estimate)
 
 
@@ -567,6 +569,7 @@ def _probe_negatives(
     catalog: Catalog,
     blobs: BlobStore,
     settings: Settings,
+    screen_version: str,
     frozen: list[_Candidate],
     split_of: dict[int, str],
     report: SnapshotReport,
@@ -574,7 +577,7 @@ def _probe_negatives(
     """Unlabelled training negatives ranked low by a linear probe on the self-supervised
     features (fitted on the training split's labels), at most `probe_negatives` per labelled
     training image and up to `probe_negatives_until` training negatives in all, drawn in a
-    fixed random order; none near validation or test."""
+    fixed random order; none near validation or test, none a contact sheet flagged."""
     from training.features import backbone_features
     from training.head import DEFAULT_L2, fit_logistic
 
@@ -597,7 +600,8 @@ def _probe_negatives(
             .where(images.c.status == "candidate")
             .where(images.c.id.not_in(said)),
         )
-    unlabelled = [i for i in pool if i not in split_of]
+    flagged = flagged_on_sheets(catalog, screen_version)  # a sheet's doubt outweighs the probe
+    unlabelled = [i for i in pool if i not in split_of and i not in flagged]
     embedded = backbone_features(catalog, blobs, settings, [c.id for c in train] + unlabelled)
     if embedded is None or given.all() or not given.any():
         report.probe_negatives = {"kept": 0, "why": "no self-supervised backbone or one class"}
@@ -627,6 +631,7 @@ def _probe_negatives(
     report.counts[TRAIN]["sfw"] += len(chosen)
     report.probe_negatives = {
         "unlabelled": len(scored),
+        "sheet_flagged": sum(i in flagged for i in pool),
         "ranked_low": len(low),
         "near_evaluation": len(low) - len(eligible),
         "kept": len(chosen),
