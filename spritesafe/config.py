@@ -228,7 +228,8 @@ class SnapshotSettings(BaseModel):
     # `probe_negatives` per labelled training image (0: none) and only until training holds
     # `probe_negatives_until` negatives. Resample balance only. With 193 labelled negatives,
     # each seen ~370 times in 1,500 steps, the student learns them by heart; the probe's
-    # bottom half holds ~0.2 % positives against the corpus's 2.7 %.
+    # bottom half holds ~0.2 % positives against the corpus's 2.7 %. bench.sample_efficiency,
+    # 300 clean labels, four label subsets: holdout PR-AUC 0.308 -> 0.352, every subset up.
     probe_negatives: float = Field(10.0, ge=0)
     probe_negatives_until: int = Field(2500, ge=0)
     probe_below: float = Field(0.5, gt=0, le=1, description="share of the probe's ranking")
