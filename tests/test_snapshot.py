@@ -355,22 +355,12 @@ def test_audit_base_rate_is_corrected_for_the_llms_measured_errors() -> None:
 
 def test_sprites_a_sheet_passed_and_the_model_ranks_low_train_as_negatives(tmp_path: Path) -> None:
     from corpus.catalog import labels, model_scores, screenings, utcnow
-    from tests.helpers import png, sprite
-    from tests.learning import RED
 
     folder = coloured_corpus(tmp_path, positives=40, negatives=200)
     settings, server = labelled(tmp_path, folder, snapshot={"target_base_rate": 0.1})
     try:
-        # New sprites nobody labelled: 60 plain, 8 red.
-        more = tmp_path / "more"
-        more.mkdir()
-        rng = np.random.default_rng(11)
-        for i in range(68):
-            tile = sprite(rng, 16, colors=6)
-            tile[..., 3] = 255
-            if i < 8:
-                tile[2:14, 2:14, :3] = RED
-            (more / f"m{i}.png").write_bytes(png(tile))
+        rng = np.random.default_rng(11)  # drawn on below, for the model's scores
+        more = _unlabelled_sprites(tmp_path, plain=60, red=8, rng=rng)
         screening = settings.model_copy(
             update={
                 "label": settings.label.model_copy(
@@ -567,8 +557,6 @@ def test_unlabelled_sprites_the_backbones_probe_ranks_low_train_as_negatives(
     the setting at 0, none."""
     from corpus.catalog import labels, screenings, utcnow
     from labelers.rubric import load_rubric
-    from tests.helpers import png, sprite
-    from tests.learning import RED
     from training.pretrain import pretrain
 
     folder = coloured_corpus(tmp_path, positives=30, negatives=150)
@@ -579,15 +567,7 @@ def test_unlabelled_sprites_the_backbones_probe_ranks_low_train_as_negatives(
         pretrain={"size": 32, "max_steps": 40},
     )
     server.stop()  # everything the LLM labels is labelled; the rest nobody asks about
-    more = tmp_path / "more"  # unlabelled: 200 plain, 40 red
-    more.mkdir()
-    rng = np.random.default_rng(5)
-    for i in range(240):
-        tile = sprite(rng, 16, colors=6)
-        tile[..., 3] = 255
-        if i < 40:
-            tile[2:14, 2:14, :3] = RED
-        (more / f"m{i}.png").write_bytes(png(tile))
+    more = _unlabelled_sprites(tmp_path, plain=200, red=40, rng=np.random.default_rng(5))
     off = settings.model_copy(
         update={"snapshot": settings.snapshot.model_copy(update={"probe_negatives": 0})}
     )
@@ -662,6 +642,22 @@ def test_unlabelled_sprites_the_backbones_probe_ranks_low_train_as_negatives(
     for name in (VALIDATION, TEST):  # evaluation keeps labelled images only
         assert not any(r["label_source"] == "probe" for r in rows[name])
     assert report.counts[TRAIN]["sfw"] == none.counts[TRAIN]["sfw"] + len(probe)
+
+
+def _unlabelled_sprites(tmp_path: Path, plain: int, red: int, rng: np.random.Generator) -> Path:
+    """A folder of sprites for after the labelling: `red` red ones first, then `plain`."""
+    from tests.helpers import png, sprite
+    from tests.learning import RED
+
+    more = tmp_path / "more"
+    more.mkdir()
+    for i in range(red + plain):
+        tile = sprite(rng, 16, colors=6)
+        tile[..., 3] = 255
+        if i < red:
+            tile[2:14, 2:14, :3] = RED
+        (more / f"m{i}.png").write_bytes(png(tile))
+    return more
 
 
 def _is_red(data: bytes) -> bool:

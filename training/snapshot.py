@@ -545,24 +545,39 @@ def _screened_negatives(
         screened, _ = _candidates(conn, sa.select(screenings.c.image_id))
     wanted = set(ids) - set(split_of)  # (a teacher label can freeze one, with min_label_source)
     found = [c for i, c in screened.items() if i in wanted]
-    held_out = {c.cluster for c in frozen if split_of[c.id] != TRAIN}
-    eligible = [c for c in found if c.cluster not in held_out]
     n_train = sum(split == TRAIN for split in split_of.values())
-    n_keep = min(len(eligible), int(config.screened_negatives * n_train))
-    # A fixed order by content and seed: the same catalog gives the same snapshot.
-    eligible.sort(key=lambda c: seeded_order(config.seed, c.sha256))
-    chosen = eligible[:n_keep]
-    for cand in chosen:
-        cand.label = EffectiveLabel(ordinal.LEVELS[0], SOURCE_SCREEN, uncertain=False)
-        split_of[cand.id] = TRAIN
+    chosen, near = _train_as_negatives(
+        found, frozen, split_of, int(config.screened_negatives * n_train), SOURCE_SCREEN, config
+    )
     report.counts[TRAIN]["sfw"] += len(chosen)
     report.screened_negatives = {
         "model_id": model_id,
         "passed_and_ranked_low": len(ids),
-        "near_evaluation": len(found) - len(eligible),
+        "near_evaluation": near,
         "kept": len(chosen),
     }
     return chosen
+
+
+def _train_as_negatives(
+    found: list[_Candidate],
+    frozen: list[_Candidate],
+    split_of: dict[int, str],
+    n: int,
+    source: str,
+    config: SnapshotSettings,
+) -> tuple[list[_Candidate], int]:
+    """Up to `n` of the unlabelled `found`, none from a cluster of validation or test, drawn in
+    a fixed order by content and seed (the same catalog gives the same snapshot), made
+    training negatives from `source`: (them, how many were left out as near evaluation)."""
+    held_out = {c.cluster for c in frozen if split_of[c.id] != TRAIN}
+    eligible = [c for c in found if c.cluster not in held_out]
+    eligible.sort(key=lambda c: seeded_order(config.seed, c.sha256))
+    chosen = eligible[: max(n, 0)]
+    for cand in chosen:
+        cand.label = EffectiveLabel(ordinal.LEVELS[0], source, uncertain=False)
+        split_of[cand.id] = TRAIN
+    return chosen, len(found) - len(eligible)
 
 
 def _probe_negatives(
@@ -620,20 +635,13 @@ def _probe_negatives(
     scores = head.logits(features[[row[i] for i in scored]])
     cut = float(np.quantile(scores, config.probe_below)) if len(scores) else 0.0
     low = [pool[i] for i, s in zip(scored, scores, strict=True) if s <= cut]
-    held_out = {c.cluster for c in frozen if split_of[c.id] != TRAIN}
-    eligible = [c for c in low if c.cluster not in held_out]
-    # A fixed order by content and seed: the same catalog gives the same snapshot.
-    eligible.sort(key=lambda c: seeded_order(config.seed, c.sha256))
-    chosen = eligible[:room]
-    for cand in chosen:
-        cand.label = EffectiveLabel(ordinal.LEVELS[0], SOURCE_PROBE, uncertain=False)
-        split_of[cand.id] = TRAIN
+    chosen, near = _train_as_negatives(low, frozen, split_of, room, SOURCE_PROBE, config)
     report.counts[TRAIN]["sfw"] += len(chosen)
     report.probe_negatives = {
         "unlabelled": len(scored),
         "sheet_flagged": sum(i in flagged for i in pool),
         "ranked_low": len(low),
-        "near_evaluation": len(low) - len(eligible),
+        "near_evaluation": near,
         "kept": len(chosen),
     }
     return chosen
