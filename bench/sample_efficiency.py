@@ -131,6 +131,13 @@ RECIPES = {
             "resample",
             snapshot={"probe_negatives": 0.0},
         ),
+        Recipe("lp-ft", "+ both, head warm-started (LP-FT)", "resample", {"warm_head": True}),
+        Recipe(
+            "lp-ft-slow",
+            "+ both, LP-FT, backbone at 0.3 lr",
+            "resample",
+            {"warm_head": True, "backbone_lr": 0.3},
+        ),
         Recipe(
             "unpruned",
             "+ both, no false positives pruned",
