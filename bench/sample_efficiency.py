@@ -139,6 +139,13 @@ RECIPES = {
             {"warm_head": True, "backbone_lr": 0.3},
         ),
         Recipe(
+            "probe-30",
+            "+ both, 30 probe negatives per label, same steps",
+            "resample",
+            {"epochs": 15},
+            snapshot={"probe_negatives": 30.0, "probe_negatives_until": 10000},
+        ),
+        Recipe(
             "unpruned",
             "+ both, no false positives pruned",
             "resample",
