@@ -131,13 +131,6 @@ RECIPES = {
             "resample",
             snapshot={"probe_negatives": 0.0},
         ),
-        Recipe("lp-ft", "+ both, head warm-started (LP-FT)", "resample", {"warm_head": True}),
-        Recipe(
-            "lp-ft-slow",
-            "+ both, LP-FT, backbone at 0.3 lr",
-            "resample",
-            {"warm_head": True, "backbone_lr": 0.3},
-        ),
         Recipe(
             "probe-30",
             "+ both, 30 probe negatives per label, same steps",

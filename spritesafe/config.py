@@ -306,11 +306,6 @@ class TrainSettings(BaseModel):
     warmup_share: float = Field(0.05, ge=0, lt=1, description="warm-up: at most this share")
     # Batches' positive share when the snapshot keeps every negative (balance = "resample").
     positive_share: float = Field(0.25, gt=0, lt=1)
-    # LP-FT: a pretrained start first gets its classifier fitted on the frozen features (the
-    # linear probe), so early gradients don't come from a random head and distort features;
-    # the backbone may then learn at a fraction of `lr`.
-    warm_head: bool = False
-    backbone_lr: float = Field(1.0, gt=0, le=1, description="the backbone's lr, a share of lr")
     # Validation scores the exponential moving average of the weights (0: the raw weights),
     # and the best model is chosen on validation PR-AUC averaged over this many evaluations.
     ema_decay: float = Field(0.999, ge=0, lt=1)

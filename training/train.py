@@ -83,7 +83,6 @@ class TrainReport:
     device: str = ""
     init: dict[str, Any] = field(default_factory=dict)  # training.init.Init.as_dict()
     head_only: bool = False
-    warm_head: dict[str, Any] | None = None  # the linear probe fine-tuning started from
     balance: str = ""
     epochs_done: int = 0
     steps: int = 0  # optimizer steps planned
@@ -337,8 +336,6 @@ def _train(
             folder / "best.pt", setup.base | {"state_dict": setup.model.state_dict(), "epoch": 1}
         )
     else:
-        if config.warm_head and not resume and start.kind != "scratch":
-            report.warm_head = _warm_head(setup)
         history = _fine_tune(setup, config, folder, report, resume, progress)
     _finish(setup, config, snapshot_path, folder, report, history)
 
@@ -549,30 +546,6 @@ def _fit_head(
     ]
 
 
-def _warm_head(setup: _Setup) -> dict[str, Any]:
-    """Fit the classifier on the frozen pretrained features before fine-tuning (LP-FT,
-    Kumar et al. 2022): with a few dozen positives, a random head's early gradients rewrite
-    the features that the pretraining learnt. The fit weighs positives to the share that
-    fine-tuning draws, so the head starts at the prior its batches have."""
-    from training.head import embed, fit_head, set_classifier
-
-    started = time.perf_counter()
-    train_data, model = setup.train_data, setup.model
-    train_x = embed(model, train_data, setup.spec, setup.device)
-    val_x = embed(model, setup.val_data, setup.spec, setup.device)
-    negatives = len(train_data) - train_data.positives
-    share = setup.trained_share
-    head = fit_head(
-        train_x,
-        train_data.labels,
-        val_x,
-        setup.val_data.labels,
-        pos_weight=share / (1 - share) * negatives / max(train_data.positives, 1),
-    )
-    set_classifier(model, head)
-    return head.as_dict() | {"seconds": round(time.perf_counter() - started, 1)}
-
-
 def _fine_tune(
     setup: _Setup,
     config: TrainSettings,
@@ -620,14 +593,8 @@ def _optimization(setup: _Setup, config: TrainSettings, balance: str) -> _Optimi
         full, rest = divmod(len(train_data), config.batch_size)
         steps_per_epoch = max(1, full + (rest > 1))
     epochs, total = plan_steps(config, steps_per_epoch)
-    # The classifier learns at lr, the backbone at backbone_lr x lr (LambdaLR scales both).
-    head = list(setup.model.get_classifier().parameters())  # type: ignore[operator]
-    ids = {id(p) for p in head}
-    backbone = [p for p in setup.model.parameters() if id(p) not in ids]
     optimizer = torch.optim.AdamW(
-        [{"params": backbone, "lr": config.lr * config.backbone_lr}, {"params": head}],
-        lr=config.lr,
-        weight_decay=config.weight_decay,
+        setup.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
     warmup = min(round(config.warmup_epochs * steps_per_epoch), round(config.warmup_share * total))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -754,7 +721,7 @@ def _validate(
         "val_loss": _bce(val_scores, val_data.labels),
         "val_pr_auc": ap,
         "criterion": criterion,
-        "lr": float(opt.scheduler.get_last_lr()[-1]),
+        "lr": float(opt.scheduler.get_last_lr()[0]),
         "seconds": round(time.perf_counter() - started, 2),
     }
 
