@@ -139,6 +139,9 @@ RECIPES = {
             snapshot={"probe_negatives": 30.0, "probe_negatives_until": 10000},
         ),
         Recipe(
+            "views", "+ both, half the images as pretraining views", "resample", {"view_share": 0.5}
+        ),
+        Recipe(
             "unpruned",
             "+ both, no false positives pruned",
             "resample",
