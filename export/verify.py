@@ -90,14 +90,18 @@ def fp32_reasons(name: str, fp32: Agreement, limits: ExportSettings) -> list[str
     return []
 
 
-def int8_reasons(name: str, int8: Agreement, limits: ExportSettings) -> list[str]:
+def int8_reasons(
+    name: str, int8: Agreement, limits: ExportSettings, flip_share: bool = True
+) -> list[str]:
+    """Why INT8 fails on one set; `flip_share=False` leaves the share of flips to the
+    caller (the gate judges it over every set of a level together)."""
     reasons = []
     if int8.confident_flips > limits.max_confident_flips:
         reasons.append(
             f"{name}: INT8 flips {int8.confident_flips} confident images "
             f"(limit {limits.max_confident_flips})"
         )
-    if int8.flips > allowed_flips(int8.images, limits.max_flip_share):
+    if flip_share and int8.flips > allowed_flips(int8.images, limits.max_flip_share):
         reasons.append(
             f"{name}: INT8 flips {int8.flips} of {int8.images} images "
             f"({int8.flip_share:.2%}, limit {limits.max_flip_share:.2%})"
@@ -123,9 +127,25 @@ def allowed_pr_auc_drop(positives: int, limit: float) -> float:
 
 
 def gate(checks: dict[str, tuple[Agreement, Agreement]], limits: ExportSettings) -> GateResult:
-    """checks: set name -> (ORT FP32 vs torch, ORT INT8 vs torch). Passes when every set
-    meets every limit; otherwise the reasons say which and by how much."""
+    """checks: "set/level" (or "set") -> (ORT FP32 vs torch, ORT INT8 vs torch). Passes when
+    every set meets the FP32, confident-flip and PR-AUC limits, and each level's flips are
+    within the share over all its sets together; otherwise the reasons say which and by how
+    much. The share is a rate, so it is judged on every image checked: a test split of 74
+    with a third positives (near the threshold more often) cannot tell 1 % from 3 %, and the
+    unlabelled sample beside it is what the model meets in use."""
     reasons: list[str] = []
+    levels: dict[str, list[tuple[str, Agreement]]] = {}
     for name, (fp32, int8) in checks.items():
-        reasons += fp32_reasons(name, fp32, limits) + int8_reasons(name, int8, limits)
+        reasons += fp32_reasons(name, fp32, limits)
+        reasons += int8_reasons(name, int8, limits, flip_share=False)
+        levels.setdefault(name.rpartition("/")[2], []).append((name, int8))
+    for level, parts in levels.items():
+        flips = sum(a.flips for _, a in parts)
+        images = sum(a.images for _, a in parts)
+        if flips > allowed_flips(images, limits.max_flip_share):
+            each = ", ".join(f"{name} {a.flips} of {a.images}" for name, a in parts)
+            reasons.append(
+                f"{level}: INT8 flips {flips} of {images} images ({flips / images:.2%}, "
+                f"limit {limits.max_flip_share:.2%}; {each})"
+            )
     return GateResult(not reasons, reasons)

@@ -172,6 +172,45 @@ def test_one_near_threshold_flip_on_a_small_split_passes_and_confident_ones_do_n
     assert int8_reasons("test", agreement(reference, near, 0.5, 0.1), none)
 
 
+def test_the_flip_share_is_judged_over_every_image_checked_of_a_level() -> None:
+    from export.verify import Agreement, agreement, gate
+    from spritesafe.config import ExportSettings
+
+    limits = ExportSettings()  # 1 % of the images, no confident flip
+    rng = np.random.default_rng(0)
+    test = np.linspace(0.9, 0.1, 74)  # a small labelled split, many scores near 0.5
+    unlabelled = rng.uniform(0.0, 0.3, 500)  # what the model meets: mostly far below
+
+    def checks(
+        test_int8: np.ndarray, level: str = "explicit"
+    ) -> dict[str, tuple[Agreement, Agreement]]:
+        same = agreement(unlabelled, unlabelled, 0.5, 0.1)
+        return {
+            f"test/{level}": (
+                agreement(test, test, 0.5, 0.1),
+                agreement(test, test_int8, 0.5, 0.1),
+            ),
+            f"unlabelled/{level}": (same, same),
+        }
+
+    two = test.copy()
+    two[36], two[37] = 0.49, 0.51  # 2 near-threshold flips: 2.7 % of 74, 0.35 % of 574
+    assert gate(checks(two), limits).passed
+    eight = test.copy()
+    eight[33:41] = 1 - eight[33:41]  # 8 flips, all within the 0.1 margin: 1.4 % of 574
+    result = gate(checks(eight), limits)
+    assert not result.passed
+    assert result.reasons == [
+        "explicit: INT8 flips 8 of 574 images (1.39%, limit 1.00%; test/explicit 8 of 74, "
+        "unlabelled/explicit 0 of 500)"
+    ]
+    # Levels are judged apart; a confident flip anywhere still fails.
+    assert gate(checks(two) | checks(two, "suggestive"), limits).passed
+    confident = test.copy()
+    confident[0] = 0.2
+    assert not gate(checks(confident), limits).passed
+
+
 def test_the_pr_auc_limit_is_never_finer_than_one_rank_swap() -> None:
     from export.verify import agreement, allowed_pr_auc_drop, int8_reasons
     from spritesafe.config import ExportSettings
