@@ -132,16 +132,6 @@ RECIPES = {
             snapshot={"probe_negatives": 0.0},
         ),
         Recipe(
-            "probe-30",
-            "+ both, 30 probe negatives per label, same steps",
-            "resample",
-            {"epochs": 15},
-            snapshot={"probe_negatives": 30.0, "probe_negatives_until": 10000},
-        ),
-        Recipe(
-            "views", "+ both, half the images as pretraining views", "resample", {"view_share": 0.5}
-        ),
-        Recipe(
             "unpruned",
             "+ both, no false positives pruned",
             "resample",

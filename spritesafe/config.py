@@ -322,9 +322,6 @@ class TrainSettings(BaseModel):
     flip: bool = True
     max_shift: int = Field(8, ge=0, description="integer-offset crop, output pixels")
     hue_jitter: float = Field(0.05, ge=0, le=0.5, description="palette hue turn, of a circle")
-    # The share of training images drawn as a pretraining view instead (training.views:
-    # crops, any hue, contrast, background swaps, integer scales): few labels, seen often.
-    view_share: float = Field(0.0, ge=0, le=1)
     # The deployment threshold, chosen on validation for a target at the realistic base rate.
     threshold_for: Literal["precision", "recall"] = "precision"
     threshold_target: float = Field(0.9, gt=0, le=1)

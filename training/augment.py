@@ -42,10 +42,6 @@ def augment(
     rng: np.random.Generator,
 ) -> NDArray[np.float32]:
     """Canonical pixels -> one randomly augmented model input."""
-    if config.view_share > 0 and rng.random() < config.view_share:
-        from training.views import ViewRecipe, view  # views builds on hue_turn above
-
-        return normalize(view(pixels, spec, ViewRecipe(), rng), spec)
     if config.flip and rng.random() < 0.5:
         pixels = pixels[:, ::-1]
     if config.hue_jitter > 0:
