@@ -132,6 +132,12 @@ RECIPES = {
             snapshot={"probe_negatives": 0.0},
         ),
         Recipe(
+            "dropout",
+            "+ both, dropout 0.2 and stochastic depth 0.1",
+            "resample",
+            {"drop_rate": 0.2, "drop_path_rate": 0.1},
+        ),
+        Recipe(
             "unpruned",
             "+ both, no false positives pruned",
             "resample",
