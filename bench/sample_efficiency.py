@@ -131,12 +131,7 @@ RECIPES = {
             "resample",
             snapshot={"probe_negatives": 0.0},
         ),
-        Recipe(
-            "dropout",
-            "+ both, dropout 0.2 and stochastic depth 0.1",
-            "resample",
-            {"drop_rate": 0.2, "drop_path_rate": 0.1},
-        ),
+        Recipe("lr-2x", "+ both, twice the learning rate", "resample", {"lr": 2e-3}),
         Recipe(
             "unpruned",
             "+ both, no false positives pruned",

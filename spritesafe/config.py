@@ -306,9 +306,6 @@ class TrainSettings(BaseModel):
     warmup_share: float = Field(0.05, ge=0, lt=1, description="warm-up: at most this share")
     # Batches' positive share when the snapshot keeps every negative (balance = "resample").
     positive_share: float = Field(0.25, gt=0, lt=1)
-    # Regularisers in training only: dropout before the classifier, stochastic depth.
-    drop_rate: float = Field(0.0, ge=0, lt=1)
-    drop_path_rate: float = Field(0.0, ge=0, lt=1)
     # Validation scores the exponential moving average of the weights (0: the raw weights),
     # and the best model is chosen on validation PR-AUC averaged over this many evaluations.
     ema_decay: float = Field(0.999, ge=0, lt=1)

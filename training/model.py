@@ -101,8 +101,6 @@ def create_model(
     init: Init | None = None,
     prior: float | tuple[float, float] | None = None,
     positive_level: int = 2,
-    drop_rate: float = 0.0,
-    drop_path_rate: float = 0.0,
 ) -> torch.nn.Module:
     """timm `arch` with the ordinal head (two logits), its weights from `init` (training.init:
     a self-supervised backbone, timm's published weights through timm's own loader, a local
@@ -113,19 +111,13 @@ def create_model(
     which saves a from-scratch run its first epochs."""
     timm = import_timm()
     model: torch.nn.Module
-    # Dropout before the classifier and stochastic depth: training-time only (eval: identity).
-    drops = {"drop_rate": drop_rate, "drop_path_rate": drop_path_rate}
     if init is not None and init.kind == "timm":
         # timm's loader: its checkpoint filters, and the 1,000-class head dropped for ours.
         model = timm.create_model(
-            arch,
-            pretrained=True,
-            num_classes=1,
-            pretrained_cfg_overlay={"file": init.path},
-            **drops,
+            arch, pretrained=True, num_classes=1, pretrained_cfg_overlay={"file": init.path}
         )
     else:
-        model = timm.create_model(arch, pretrained=False, num_classes=1, **drops)
+        model = timm.create_model(arch, pretrained=False, num_classes=1)
         if init is not None:
             load_init_weights(model, init, arch)
     old = model.get_classifier()  # type: ignore[operator]

@@ -386,12 +386,7 @@ def _setup(
     report.positive_level = 1 if "suggestive" in manifest.get("positive_categories", []) else 2
     shares = _level_shares(train_data, share)
     model = create_model(
-        config.arch,
-        None if resume else start,
-        prior=shares,
-        positive_level=report.positive_level,
-        drop_rate=config.drop_rate,
-        drop_path_rate=config.drop_path_rate,
+        config.arch, None if resume else start, prior=shares, positive_level=report.positive_level
     ).to(device)
     base = {
         "arch": config.arch,
