@@ -317,9 +317,12 @@ def _snapshot(
             f"{undeduped} labelled images are not deduped yet, so their near-duplicates "
             "are unknown and could leak across splits: run `spritesafe dedupe` first"
         )
+    # Read once: a sheet's flag confirms an LLM positive and keeps a sprite from the probe.
+    sheet_flagged = flagged_on_sheets(catalog, rubric.screen_version)
     confirming = config.sheet_confirms and config.confirmed_positives_only
-    sheet_flagged = flagged_on_sheets(catalog, rubric.screen_version) if confirming else set()
-    kept = _select(candidates, config, rubric.version, report, sheet_flagged)
+    kept = _select(
+        candidates, config, rubric.version, report, sheet_flagged if confirming else set()
+    )
     # Estimated before the checks: a refused report still says what the base rate was.
     estimate = _estimate(kept, config, report)
     items = _check(kept, config, report.excluded)
@@ -338,7 +341,7 @@ def _snapshot(
         )
     if config.balance == "resample" and config.probe_negatives > 0:
         frozen += _probe_negatives(
-            catalog, blobs, settings, rubric.screen_version, frozen, split_of, report
+            catalog, blobs, settings, sheet_flagged, frozen, split_of, report
         )
     _persist(catalog, blobs, settings, report, rubric.version, frozen, split_of, used, estimate)
 
@@ -584,7 +587,7 @@ def _probe_negatives(
     catalog: Catalog,
     blobs: BlobStore,
     settings: Settings,
-    screen_version: str,
+    flagged: set[int],
     frozen: list[_Candidate],
     split_of: dict[int, str],
     report: SnapshotReport,
@@ -615,7 +618,7 @@ def _probe_negatives(
             .where(images.c.status == "candidate")
             .where(images.c.id.not_in(said)),
         )
-    flagged = flagged_on_sheets(catalog, screen_version)  # a sheet's doubt outweighs the probe
+    # `flagged`: the contact sheets' flags; a sheet's doubt outweighs the probe.
     unlabelled = [i for i in pool if i not in split_of and i not in flagged]
     embedded = backbone_features(catalog, blobs, settings, [c.id for c in train] + unlabelled)
     if embedded is None or given.all() or not given.any():
