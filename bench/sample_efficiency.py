@@ -165,6 +165,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--subsets", default="0", help="label subsets per count below 'all' (0: the first)"
     )
     parser.add_argument("--work", type=Path, default=OUT / "sample_efficiency")
+    parser.add_argument(
+        "--keep-models",
+        action="store_true",
+        help="keep each cell's model.pt as WORK/models/CELL.pt (to study them afterwards)",
+    )
     parser.add_argument("--plot", type=Path, default=OUT / "sample_efficiency.png")
     return parser.parse_args(argv)
 
@@ -395,6 +400,10 @@ def run_cell(
             f"{results[cell]['seconds']:.0f} s)",
             flush=True,
         )
+        if args.keep_models:  # ~5 MB each; the folder's other checkpoints are not kept
+            kept = args.work / "models" / f"{cell.replace('/', '__')}.pt"
+            kept.parent.mkdir(exist_ok=True)
+            shutil.copyfile(Path(trained.path) / "model.pt", kept)
         shutil.rmtree(Path(trained.path), ignore_errors=True)  # checkpoints: ~20 MB a cell
 
 
