@@ -91,6 +91,7 @@ TODAY = {
     "eval_every_steps": 1,
     "warmup_share": 0.99,  # warm-up = warmup_epochs (3), as it was
     "min_val_positives": 1,
+    "soup": 1,
 }
 
 
@@ -132,6 +133,7 @@ RECIPES = {
             snapshot={"probe_negatives": 0.0},
         ),
         Recipe("lr-2x", "+ both, twice the learning rate", "resample", {"lr": 2e-3}),
+        Recipe("single", "+ both, one fine-tuning run (no soup)", "resample", {"soup": 1}),
         Recipe(
             "unpruned",
             "+ both, no false positives pruned",

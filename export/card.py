@@ -50,6 +50,7 @@ def write_card(
         "preprocess": json.loads(meta["preprocess"]),
         "init": init,
         "head_only": bool(meta.get("head_only", False)),
+        "soup": int(meta.get("soup") or 1),
         "data": {
             "snapshot_id": manifest["id"],
             "rubric_version": manifest["rubric_version"],
@@ -84,6 +85,12 @@ def write_card(
             ", then only the classifier trained (frozen backbone)."
             if meta.get("head_only")
             else "."
+        )
+        + (
+            f" The weights are the average of {meta['soup']} fine-tuning runs from that start "
+            "(seeds in turn): too few positives for one run to be trusted."
+            if int(meta.get("soup") or 1) > 1
+            else ""
         ),
         "",
         "## Data",

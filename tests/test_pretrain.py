@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -33,7 +34,7 @@ from training.init import Init, InitError, resolve_init
 from training.model import create_model, load_checkpoint
 from training.pretrain import BACKBONE, CHECKPOINT, _ahead, _views, pretrain, pretrain_due
 from training.snapshot import snapshot
-from training.train import TrainError, train
+from training.train import TrainError, _souped, average_weights, train
 from training.views import ViewRecipe, view
 
 SPRITESAFE = str(Path(sys.executable).with_name("spritesafe"))
@@ -303,3 +304,48 @@ def test_training_starts_from_the_backbone_or_timm_and_says_so(small, tmp_path: 
     first = load_checkpoint(Path(from_timm.path) / "model.pt")
     assert first.meta["init"]["kind"] == "timm"
     assert not torch.equal(first.model.state_dict()["conv_stem.weight"], state["conv_stem.weight"])  # type: ignore[arg-type]
+
+
+def test_few_positives_train_a_soup_of_runs_that_resumes(small) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    def with_train(settings: Settings, **values: object) -> Settings:
+        return settings.model_copy(update={"train": settings.train.model_copy(update=values)})
+
+    souped = with_train(small, soup=2, eval_every_steps=1)
+    calls = []
+
+    def stop_in_the_second_run(entry: dict[str, object]) -> None:
+        calls.append(entry["epoch"])
+        if len(calls) == 3:  # run 0: epochs 1 and 2; run 1: epoch 1
+            raise KeyboardInterrupt
+
+    with open_workspace(small) as ws:
+        assert pretrain(ws.catalog, ws.blobs, small).status == "ok"
+        straight = train(ws.catalog, souped)
+        assert straight.soup == 2 and straight.init["kind"] == "ssl"
+        assert straight.selection.startswith("the average of 2 runs' weights")
+        assert {p.name for p in Path(straight.path).glob("run-*")} == {"run-0", "run-1"}
+        with pytest.raises(KeyboardInterrupt):
+            train(ws.catalog, souped, progress=stop_in_the_second_run)
+        resumed = train(ws.catalog, souped, resume=True)
+        assert resumed.resumed_at_epoch == 1 and resumed.soup == 2
+        # Each run is exactly the single run of its seed.
+        singles = [train(ws.catalog, with_train(souped, soup=1, seed=s)) for s in (5, 6)]
+        assert [r.soup for r in singles] == [1, 1]
+        # Many positives for the rule, or nothing pretrained to start from: one run.
+        assert train(ws.catalog, with_train(souped, soup_below_positives=1)).soup == 1
+        assert train(ws.catalog, souped, init="scratch").soup == 1
+    assert not _souped(souped.train, 1, Init("scratch"))
+
+    def weights(report) -> Any:  # type: ignore[no-untyped-def]
+        return torch.load(Path(report.path) / "model.pt", weights_only=False)["state_dict"]
+
+    want = average_weights([weights(r) for r in singles])
+    assert not all(torch.equal(v, weights(singles[0])[k]) for k, v in want.items())
+    for got in (weights(straight), weights(resumed)):
+        for name, value in want.items():
+            torch.testing.assert_close(got[name], value, rtol=1e-5, atol=1e-6)
+    kept = load_checkpoint(Path(straight.path) / "model.pt")
+    assert kept.meta["soup"] == 2
+    assert "(run 1)" in (Path(straight.path) / "report.md").read_text()

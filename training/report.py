@@ -41,14 +41,18 @@ def write_report(
     (folder / "report.json").write_text(
         json.dumps(summary | {"history": history}, indent=2, default=float) + "\n"
     )
-    epochs = [h["epoch"] for h in history]
     fig, loss_ax = plt.subplots(figsize=(6, 4))
-    loss_ax.plot(epochs, [h["train_loss"] for h in history], label="train loss (balanced)")
-    loss_ax.plot(epochs, [h["val_loss"] for h in history], label="validation loss")
-    loss_ax.set_xlabel("epoch")
-    loss_ax.set_ylabel("BCE")
     ap_ax = loss_ax.twinx()
-    ap_ax.plot(epochs, [h["val_pr_auc"] for h in history], "g:", label="validation PR-AUC")
+    runs = sorted({int(h.get("run", 0)) for h in history})  # a soup's runs, one line each
+    for run in runs:
+        part = [h for h in history if int(h.get("run", 0)) == run]
+        epochs = [h["epoch"] for h in part]
+        named = f" (run {run})" if len(runs) > 1 else ""
+        loss_ax.plot(epochs, [h["train_loss"] for h in part], label=f"train loss{named}")
+        loss_ax.plot(epochs, [h["val_loss"] for h in part], label=f"validation loss{named}")
+        ap_ax.plot(epochs, [h["val_pr_auc"] for h in part], ":", label=f"val PR-AUC{named}")
+    loss_ax.set_xlabel("epoch")
+    loss_ax.set_ylabel("BCE (balanced batches)")
     ap_ax.set_ylabel("PR-AUC")
     ap_ax.set_ylim(0, 1)
     fig.legend(loc="upper right")
@@ -123,6 +127,11 @@ def _gallery(folder: Path, summary: dict[str, Any], snapshot: Path, spec: Prepro
     return gallery.markdown(drawn, str(summary["model_id"]))
 
 
+def _run(entry: dict[str, Any]) -> str:
+    """Which run of a soup an epoch entry is from ("" outside a soup)."""
+    return f" (run {entry['run']})" if "run" in entry else ""
+
+
 def _markdown(summary: dict[str, Any], history: list[dict[str, Any]]) -> str:
     init = summary.get("init") or {}
     source = f" ({init['source']})" if init.get("source") else ""
@@ -164,7 +173,8 @@ def _markdown(summary: dict[str, Any], history: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {h['epoch']} | {h['train_loss']:.4f} | {h['val_loss']:.4f} | "
+        f"| {h['epoch']}{_run(h)} | "
+        f"{h['train_loss']:.4f} | {h['val_loss']:.4f} | "
         f"{_fmt(h['val_pr_auc'])} | {h['lr']:.2e} | {h['seconds']} |"
         for h in history
     ]
