@@ -133,7 +133,7 @@ RECIPES = {
             snapshot={"probe_negatives": 0.0},
         ),
         Recipe("lr-2x", "+ both, twice the learning rate", "resample", {"lr": 2e-3}),
-        Recipe("single", "+ both, one fine-tuning run (no soup)", "resample", {"soup": 1}),
+        Recipe("soup", "+ both, a soup of 3 runs", "resample", {"soup": 3}),
         Recipe(
             "unpruned",
             "+ both, no false positives pruned",

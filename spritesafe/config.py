@@ -331,7 +331,7 @@ class TrainSettings(BaseModel):
     min_val_positives: int = Field(10, ge=1)
     # With fewer training positives than this, one fine-tuning run is a lottery: `soup` runs
     # (seeds seed, seed + 1, ...) from the same start are averaged into one set of weights.
-    soup: int = Field(3, ge=1, description="fine-tuning runs averaged when positives are few")
+    soup: int = Field(1, ge=1, description="fine-tuning runs averaged when positives are few")
     soup_below_positives: int = Field(100, ge=0)
 
     @property
