@@ -32,6 +32,7 @@ def write_card(
     init = meta.get("init") or {"kind": "unknown", "note": "not recorded"}
     source = f" ({init['source']})" if init.get("source") else ""
     started = f"Weights started from {init['kind']}{source}: {init.get('note', '')}"
+    soup = int(meta.get("soup") or 1)  # checkpoints from before the soup recorded none
     nan = float("nan")
     threshold = float(meta.get("threshold", 0.5))
     card: dict[str, Any] = {
@@ -50,7 +51,7 @@ def write_card(
         "preprocess": json.loads(meta["preprocess"]),
         "init": init,
         "head_only": bool(meta.get("head_only", False)),
-        "soup": int(meta.get("soup") or 1),
+        "soup": soup,
         "data": {
             "snapshot_id": manifest["id"],
             "rubric_version": manifest["rubric_version"],
@@ -87,9 +88,9 @@ def write_card(
             else "."
         )
         + (
-            f" The weights are the average of {meta['soup']} fine-tuning runs from that start "
+            f" The weights are the average of {soup} fine-tuning runs from that start "
             "(seeds in turn): too few positives for one run to be trusted."
-            if int(meta.get("soup") or 1) > 1
+            if soup > 1
             else ""
         ),
         "",

@@ -329,8 +329,9 @@ class TrainSettings(BaseModel):
     # weights are kept instead of the "best" epoch, and the threshold comes from the model's
     # calibration (the score whose posterior at the base rate meets the target).
     min_val_positives: int = Field(10, ge=1)
-    # With fewer training positives than this, one fine-tuning run is a lottery: `soup` runs
-    # (seeds seed, seed + 1, ...) from the same start are averaged into one set of weights.
+    # With fewer than `soup_below_positives` training positives one fine-tuning run is a
+    # lottery; `soup` > 1 averages that many runs (seeds seed, seed + 1, ...) from the same
+    # pretrained start into one set of weights. Off (1): level with one run at 300 labels.
     soup: int = Field(1, ge=1, description="fine-tuning runs averaged when positives are few")
     soup_below_positives: int = Field(100, ge=0)
 

@@ -14,10 +14,11 @@ waits for `min_steps`. `head_only` fits only the classifier on the frozen pretra
 (training.head): seconds instead of minutes.
 
 With few training positives one fine-tuning run is a lottery (at 20 positives the holdout
-PR-AUC of three seeds spread over 0.026): below `soup_below_positives` the stage fine-tunes
-`soup` runs from the same start, with seeds seed, seed + 1, ..., each in its own folder, and
-keeps the uniform average of their kept weights (a model soup, Wortsman et al. 2022: runs
-fine-tuned from one pretrained start average into one model of the same size and speed).
+PR-AUC of three seeds spread over 0.016-0.074): with `soup` > 1 (off by default: measured
+level with one run at 300 labels) and fewer than `soup_below_positives`, the stage
+fine-tunes `soup` runs from the same start, with seeds seed, seed + 1, ..., each in its own
+folder, and keeps the uniform average of their kept weights (a model soup, Wortsman et al.
+2022: runs fine-tuned from one pretrained start average into one model of the same size).
 
 Every epoch writes `last.pt` (for `--resume`) and, when the criterion improves, `best.pt`.
 Validation and test sit at the realistic base rate (training.snapshot), so the PR-AUC and
