@@ -91,7 +91,7 @@ TODAY = {
     "eval_every_steps": 1,
     "warmup_share": 0.99,  # warm-up = warmup_epochs (3), as it was
     "min_val_positives": 1,
-    "soup": 1,
+    "teachers": 1,
 }
 
 
@@ -133,7 +133,7 @@ RECIPES = {
             snapshot={"probe_negatives": 0.0},
         ),
         Recipe("lr-2x", "+ both, twice the learning rate", "resample", {"lr": 2e-3}),
-        Recipe("soup", "+ both, a soup of 3 runs", "resample", {"soup": 3}),
+        Recipe("one-run", "+ both, one run (no teachers)", "resample", {"teachers": 1}),
         Recipe(
             "unpruned",
             "+ both, no false positives pruned",

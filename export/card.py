@@ -32,7 +32,7 @@ def write_card(
     init = meta.get("init") or {"kind": "unknown", "note": "not recorded"}
     source = f" ({init['source']})" if init.get("source") else ""
     started = f"Weights started from {init['kind']}{source}: {init.get('note', '')}"
-    soup = int(meta.get("soup") or 1)  # checkpoints from before the soup recorded none
+    teachers = int(meta.get("teachers") or 1)  # older checkpoints recorded none
     nan = float("nan")
     threshold = float(meta.get("threshold", 0.5))
     card: dict[str, Any] = {
@@ -51,7 +51,7 @@ def write_card(
         "preprocess": json.loads(meta["preprocess"]),
         "init": init,
         "head_only": bool(meta.get("head_only", False)),
-        "soup": soup,
+        "teachers": teachers,
         "data": {
             "snapshot_id": manifest["id"],
             "rubric_version": manifest["rubric_version"],
@@ -88,9 +88,10 @@ def write_card(
             else "."
         )
         + (
-            f" The weights are the average of {soup} fine-tuning runs from that start "
-            "(seeds in turn): too few positives for one run to be trusted."
-            if soup > 1
+            f" Too few positives for one run to be trusted: {teachers} fine-tuning runs from "
+            "that start (seeds in turn) taught this model, a student trained beside the labels "
+            "on their mean scores of unlabelled sprites."
+            if teachers > 1
             else ""
         ),
         "",

@@ -329,11 +329,15 @@ class TrainSettings(BaseModel):
     # weights are kept instead of the "best" epoch, and the threshold comes from the model's
     # calibration (the score whose posterior at the base rate meets the target).
     min_val_positives: int = Field(10, ge=1)
-    # With fewer than `soup_below_positives` training positives one fine-tuning run is a
-    # lottery; `soup` > 1 averages that many runs (seeds seed, seed + 1, ...) from the same
-    # pretrained start into one set of weights. Off (1): level with one run at 300 labels.
-    soup: int = Field(1, ge=1, description="fine-tuning runs averaged when positives are few")
-    soup_below_positives: int = Field(100, ge=0)
+    # With fewer than `distill_below_positives` training positives one fine-tuning run is a
+    # lottery; `teachers` > 1 fine-tunes that many runs (seeds seed, seed + 1, ...) from the
+    # same pretrained start, and one more run, the student, learns their mean scores on the
+    # unlabelled catalog (the `distill_top` they rank highest, and the probe negatives) beside
+    # the labels. The student ships: one network. 1 = off (one run).
+    teachers: int = Field(3, ge=1, description="runs that teach one student when positives are few")
+    distill_below_positives: int = Field(100, ge=0)
+    distill_top: int = Field(1000, ge=0, description="unlabelled sprites the teachers rank top")
+    distill_pool: int = Field(30_000, ge=0, description="unlabelled candidates in the snapshot")
 
     @property
     def threshold_positives(self) -> int:

@@ -20,11 +20,12 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from corpus.catalog import images, pretrains
+from corpus.catalog import images, labels, pretrains
 from corpus.dedupe import dedupe
 from corpus.ingest import ingest
 from corpus.sources import parse_source
 from corpus.workspace import open_workspace
+from labelers.effective import HUMAN, LLM
 from spritesafe.canonical import canonicalize
 from spritesafe.config import Settings, load_settings
 from spritesafe.preprocess import PreprocessSpec
@@ -34,7 +35,7 @@ from training.init import Init, InitError, resolve_init
 from training.model import create_model, load_checkpoint
 from training.pretrain import BACKBONE, CHECKPOINT, _ahead, _views, pretrain, pretrain_due
 from training.snapshot import snapshot
-from training.train import TrainError, _souped, average_weights, train
+from training.train import TrainError, _distilled, train
 from training.views import ViewRecipe, view
 
 SPRITESAFE = str(Path(sys.executable).with_name("spritesafe"))
@@ -306,46 +307,90 @@ def test_training_starts_from_the_backbone_or_timm_and_says_so(small, tmp_path: 
     assert not torch.equal(first.model.state_dict()["conv_stem.weight"], state["conv_stem.weight"])  # type: ignore[arg-type]
 
 
-def test_few_positives_train_a_soup_of_runs_that_resumes(small) -> None:  # type: ignore[no-untyped-def]
+def test_few_positives_distil_teachers_into_a_student_that_resumes(tmp_path: Path) -> None:
     import torch
+
+    from training.snapshot import load_snapshot
 
     def with_train(settings: Settings, **values: object) -> Settings:
         return settings.model_copy(update={"train": settings.train.model_copy(update=values)})
 
-    souped = with_train(small, soup=2, eval_every_steps=1)
+    # 160 LLM calls for 240 sprites: the rest stay unlabelled, for the teachers to score.
+    folder = coloured_corpus(tmp_path, positives=40, negatives=200)
+    base, server = labelled(
+        tmp_path,
+        folder,
+        label={"budget": 160},
+        snapshot={"target_base_rate": 0.1},
+        train={"epochs": 2, "min_steps": 0, "batch_size": 32, "size": 64, "seed": 5},
+        pretrain=SMALL,
+    )
+    taught = with_train(base, teachers=2, distill_top=20, eval_every_steps=1)
     calls = []
 
-    def stop_in_the_second_run(entry: dict[str, object]) -> None:
+    def stop_in_the_student(entry: dict[str, object]) -> None:
         calls.append(entry["epoch"])
-        if len(calls) == 3:  # run 0: epochs 1 and 2; run 1: epoch 1
+        if len(calls) == 5:  # teachers 0 and 1: epochs 1 and 2 each; the student: epoch 1
             raise KeyboardInterrupt
 
-    with open_workspace(small) as ws:
-        assert pretrain(ws.catalog, ws.blobs, small).status == "ok"
-        straight = train(ws.catalog, souped)
-        assert straight.soup == 2 and straight.init["kind"] == "ssl"
-        assert straight.selection.startswith("the average of 2 runs' weights")
-        assert {p.name for p in Path(straight.path).glob("run-*")} == {"run-0", "run-1"}
-        with pytest.raises(KeyboardInterrupt):
-            train(ws.catalog, souped, progress=stop_in_the_second_run)
-        resumed = train(ws.catalog, souped, resume=True)
-        assert resumed.resumed_at_epoch == 1 and resumed.soup == 2
-        # Each run is exactly the single run of its seed.
-        singles = [train(ws.catalog, with_train(souped, soup=1, seed=s)) for s in (5, 6)]
-        assert [r.soup for r in singles] == [1, 1]
-        # Many positives for the rule, or nothing pretrained to start from: one run.
-        assert train(ws.catalog, with_train(souped, soup_below_positives=1)).soup == 1
-        assert train(ws.catalog, souped, init="scratch").soup == 1
-    assert not _souped(souped.train, 1, Init("scratch"))
+    try:
+        with open_workspace(taught) as ws:
+            assert pretrain(ws.catalog, ws.blobs, taught).status == "ok"
+            frozen = snapshot(ws.catalog, ws.blobs, taught)
+            assert frozen.status == "ok", frozen.reason
+            with ws.catalog.read() as conn:
+                said = sa.select(labels.c.image_id).where(labels.c.labeler.in_((LLM, HUMAN)))
+                unlabelled = conn.execute(
+                    sa.select(sa.func.count())
+                    .where(images.c.status == "candidate")
+                    .where(images.c.id.not_in(said))
+                ).scalar_one()
+            data, manifest = load_snapshot(Path(frozen.path))
+            pool = manifest["unlabelled"]
+            # Every candidate no one labelled, but those near validation or test.
+            assert pool["kept"] == len(data["unlabelled"]) > 0
+            assert pool["kept"] + pool["near_evaluation"] == pool["of"]
+            probe = list(data["train"]["label_source"]).count("probe")
+            assert probe and pool["of"] == unlabelled - probe  # the probe's took the others
+            assert set(data["unlabelled"]["label_source"]) == {"unlabelled"}
+            labelled_ids = set().union(*(data[s]["image_id"] for s in ("train", "test")))
+            assert not labelled_ids & set(data["unlabelled"]["image_id"])
 
-    def weights(report) -> Any:  # type: ignore[no-untyped-def]
-        return torch.load(Path(report.path) / "model.pt", weights_only=False)["state_dict"]
+            straight = train(ws.catalog, taught)
+            assert straight.teachers == 2 and straight.init["kind"] == "ssl"
+            assert straight.selection.startswith("a student of 2 runs' mean scores")
+            runs = {p.name for p in Path(straight.path).iterdir() if p.is_dir()}
+            assert {"teacher-0", "teacher-1", "student"} <= runs
+            # The student's batches carry the soft targets' mass beside the drawn positives.
+            assert straight.trained_share > 0.25
+            with pytest.raises(KeyboardInterrupt):
+                train(ws.catalog, taught, progress=stop_in_the_student)
+            resumed = train(ws.catalog, taught, resume=True)
+            assert resumed.resumed_at_epoch == 1 and resumed.teachers == 2
+            # Teacher 0 is exactly the single run of its seed; the student is another model.
+            single = train(ws.catalog, with_train(taught, teachers=1))
+            assert single.teachers == 1
+            # Many positives for the rule, or nothing pretrained to start from: one run.
+            assert train(ws.catalog, with_train(taught, distill_below_positives=1)).teachers == 1
+            assert train(ws.catalog, taught, init="scratch").teachers == 1
+    finally:
+        server.stop()
+    assert not _distilled(taught.train, 1, Init("scratch"), "resample")
+    assert not _distilled(taught.train, 1, Init("ssl"), "downsample")
 
-    want = average_weights([weights(r) for r in singles])
-    assert not all(torch.equal(v, weights(singles[0])[k]) for k, v in want.items())
-    for got in (weights(straight), weights(resumed)):
-        for name, value in want.items():
-            torch.testing.assert_close(got[name], value, rtol=1e-5, atol=1e-6)
+    def weights(path: Path) -> Any:
+        return torch.load(path, weights_only=False)["state_dict"]
+
+    teacher = weights(Path(straight.path) / "teacher-0" / "best.pt")
+    assert all(
+        torch.equal(v, teacher[k]) for k, v in weights(Path(single.path) / "model.pt").items()
+    )
+    student = weights(Path(straight.path) / "model.pt")
+    assert not torch.equal(student["classifier.weight"], teacher["classifier.weight"])
+    # Resumed in the student's run, the same student: its soft targets are scored again.
+    for name, value in weights(Path(resumed.path) / "model.pt").items():
+        torch.testing.assert_close(student[name], value, rtol=1e-5, atol=1e-6)
     kept = load_checkpoint(Path(straight.path) / "model.pt")
-    assert kept.meta["soup"] == 2
-    assert "(run 1)" in (Path(straight.path) / "report.md").read_text()
+    assert kept.meta["teachers"] == 2 and kept.meta["trained_share"] == straight.trained_share
+    md = (Path(straight.path) / "report.md").read_text()
+    assert "(teacher 1)" in md and "(student)" in md

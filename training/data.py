@@ -19,6 +19,7 @@ from spritesafe.config import TrainSettings
 from spritesafe.decode import Rejected
 from spritesafe.preprocess import PreprocessSpec, batch, canonical_pixels, from_pixels
 from training.augment import augment
+from training.splits import GUESSED
 
 
 @dataclass
@@ -32,16 +33,22 @@ class SplitData:
     # What each positive counts for in precision: below 1 where an evaluation split holds
     # more positives than the base rate (the snapshot's `eval_pos_weight`).
     pos_weight: float = 1.0
+    # Rows no labeler looked at (training.splits.GUESSED: probe, screened, unlabelled).
+    guessed: NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, bool))
+    # Soft (N, 2) targets in place of the levels' (a distilled student's: training.train).
+    soft: NDArray[np.float32] | None = None
 
     def __post_init__(self) -> None:
         if not len(self.levels) and len(self.labels):
             # Binary labels only (benchmarks, cross-validation): positives are explicit.
             self.levels = np.where(self.labels > 0, 2, 0).astype(np.int64)
+        if len(self.guessed) != len(self.labels):
+            self.guessed = np.zeros(len(self.labels), bool)
 
     @property
     def targets(self) -> NDArray[np.float32]:
         """(N, 2) cumulative targets of the ordinal head: [>= suggestive, explicit]."""
-        return ordinal.targets(self.levels)
+        return ordinal.targets(self.levels) if self.soft is None else self.soft
 
     def at_least(self, level: int) -> NDArray[np.float32]:
         """Binary labels of "at least LEVELS[level]" (level 1 or 2)."""
@@ -62,6 +69,7 @@ def load_split(records: Any, spec: PreprocessSpec) -> SplitData:
     levels: list[int] = []
     ids: list[int] = []
     clusters: list[str] = []
+    guessed: list[bool] = []
     rejected = 0
     images = records.cast_column("image", records.features["image"].__class__(decode=False))
     for row in images:
@@ -74,6 +82,7 @@ def load_split(records: Any, spec: PreprocessSpec) -> SplitData:
         levels.append(ordinal.level_of(str(row["category"])))
         ids.append(int(row["image_id"]))
         clusters.append(str(row["cluster"]))
+        guessed.append(row["label_source"] in GUESSED)
     return SplitData(
         pixels,
         np.asarray(labels, dtype=np.float32),
@@ -81,6 +90,7 @@ def load_split(records: Any, spec: PreprocessSpec) -> SplitData:
         clusters,
         rejected,
         np.asarray(levels, dtype=np.int64),
+        guessed=np.asarray(guessed, dtype=bool),
     )
 
 

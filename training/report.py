@@ -43,11 +43,11 @@ def write_report(
     )
     fig, loss_ax = plt.subplots(figsize=(6, 4))
     ap_ax = loss_ax.twinx()
-    runs = sorted({int(h.get("run", 0)) for h in history})  # a soup's runs, one line each
+    runs = sorted({int(h.get("run", 0)) for h in history})  # distillation's runs, a line each
     for run in runs:
         part = [h for h in history if int(h.get("run", 0)) == run]
         epochs = [h["epoch"] for h in part]
-        named = f" (run {run})" if len(runs) > 1 else ""
+        named = _run(part[0], len(runs) - 1) if len(runs) > 1 else ""
         loss_ax.plot(epochs, [h["train_loss"] for h in part], label=f"train loss{named}")
         loss_ax.plot(epochs, [h["val_loss"] for h in part], label=f"validation loss{named}")
         ap_ax.plot(epochs, [h["val_pr_auc"] for h in part], ":", label=f"val PR-AUC{named}")
@@ -127,9 +127,12 @@ def _gallery(folder: Path, summary: dict[str, Any], snapshot: Path, spec: Prepro
     return gallery.markdown(drawn, str(summary["model_id"]))
 
 
-def _run(entry: dict[str, Any]) -> str:
-    """Which run of a soup an epoch entry is from ("" outside a soup)."""
-    return f" (run {entry['run']})" if "run" in entry else ""
+def _run(entry: dict[str, Any], teachers: int) -> str:
+    """Which run of a distillation an epoch entry is from ("" outside one): runs 0 to
+    `teachers` - 1 teach, run `teachers` is the student."""
+    if "run" not in entry:
+        return ""
+    return " (student)" if entry["run"] == teachers else f" (teacher {entry['run']})"
 
 
 def _markdown(summary: dict[str, Any], history: list[dict[str, Any]]) -> str:
@@ -173,7 +176,7 @@ def _markdown(summary: dict[str, Any], history: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {h['epoch']}{_run(h)} | "
+        f"| {h['epoch']}{_run(h, int(summary.get('teachers', 1)))} | "
         f"{h['train_loss']:.4f} | {h['val_loss']:.4f} | "
         f"{_fmt(h['val_pr_auc'])} | {h['lr']:.2e} | {h['seconds']} |"
         for h in history

@@ -55,9 +55,13 @@ from spritesafe import levels as ordinal
 from spritesafe.config import Settings, SnapshotSettings
 from spritesafe.reports import as_dict
 from training.splits import (
+    SOURCE_PROBE,
+    SOURCE_SCREEN,
+    SOURCE_UNLABELLED,
     SPLITS,
     TEST,
     TRAIN,
+    UNLABELLED,
     VALIDATION,
     Item,
     assign_splits,
@@ -68,8 +72,6 @@ from training.splits import downsample_negatives as downsample
 
 CLASS_NAMES = ("sfw", "nsfw")  # the binary label 0, 1 (the model also scores each level)
 SOURCE_RANK = {SOURCE_NONE: 0, SOURCE_TEACHER: 1, SOURCE_LLM: 2, SOURCE_HUMAN: 3}
-SOURCE_SCREEN = "screen"  # label_source of a screened negative: a sheet's pass + the model's
-SOURCE_PROBE = "probe"  # label_source of a probe negative: ranked low by the backbone's probe
 MANIFEST = "snapshot.json"
 
 
@@ -95,6 +97,8 @@ class SnapshotReport:
     probe_negatives: dict[str, Any] = field(default_factory=dict)
     # LLM positives left out of training as likely false alarms (prune_false_positives).
     pruned: dict[str, Any] = field(default_factory=dict)
+    # Unlabelled candidates written as the `unlabelled` split (few positives: distillation).
+    unlabelled: dict[str, Any] = field(default_factory=dict)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> sfw/nsfw
     train_dropped: int = 0  # negatives downsampled away from training
     pos_weight: float = 1.0
@@ -343,6 +347,7 @@ def _snapshot(
         frozen += _probe_negatives(
             catalog, blobs, settings, sheet_flagged, frozen, split_of, report
         )
+    frozen += _unlabelled_split(catalog, settings, frozen, split_of, report)
     _persist(catalog, blobs, settings, report, rubric.version, frozen, split_of, used, estimate)
 
 
@@ -610,14 +615,7 @@ def _probe_negatives(
     if room <= 0:
         report.probe_negatives = {"kept": 0, "why": f"training holds {(~given).sum()} negatives"}
         return []
-    with catalog.read() as conn:
-        said = sa.select(labels.c.image_id).where(labels.c.labeler.in_((LLM, HUMAN)))
-        pool, _ = _candidates(
-            conn,
-            sa.select(images.c.id)
-            .where(images.c.status == "candidate")
-            .where(images.c.id.not_in(said)),
-        )
+    pool = _unlabelled(catalog)
     # `flagged`: the contact sheets' flags; a sheet's doubt outweighs the probe.
     unlabelled = [i for i in pool if i not in split_of and i not in flagged]
     embedded = backbone_features(catalog, blobs, settings, [c.id for c in train] + unlabelled)
@@ -647,6 +645,47 @@ def _probe_negatives(
         "near_evaluation": near,
         "kept": len(chosen),
     }
+    return chosen
+
+
+def _unlabelled(catalog: Catalog) -> dict[int, _Candidate]:
+    """The deduped candidates neither the LLM nor a person has labelled."""
+    with catalog.read() as conn:
+        said = sa.select(labels.c.image_id).where(labels.c.labeler.in_((LLM, HUMAN)))
+        pool, _ = _candidates(
+            conn,
+            sa.select(images.c.id)
+            .where(images.c.status == "candidate")
+            .where(images.c.id.not_in(said)),
+        )
+    return pool
+
+
+def _unlabelled_split(
+    catalog: Catalog,
+    settings: Settings,
+    frozen: list[_Candidate],
+    split_of: dict[int, str],
+    report: SnapshotReport,
+) -> list[_Candidate]:
+    """With few training positives and distillation on (train.teachers > 1), the unlabelled
+    candidates (up to `train.distill_pool`, in a fixed order; none near validation or test)
+    as the `unlabelled` split: the teachers score them and the student learns the top of
+    them (training.train). Nothing otherwise: the split costs a read of every candidate."""
+    config = settings.train
+    positives = sum(
+        split_of.get(c.id) == TRAIN and c.category in settings.snapshot.positive for c in frozen
+    )
+    if config.teachers <= 1 or positives >= config.distill_below_positives:
+        return []
+    pool = _unlabelled(catalog)
+    found = [c for i, c in pool.items() if i not in split_of]
+    chosen, near = _train_as_negatives(
+        found, frozen, split_of, config.distill_pool, SOURCE_UNLABELLED, settings.snapshot
+    )
+    for cand in chosen:
+        split_of[cand.id] = UNLABELLED
+    report.unlabelled = {"kept": len(chosen), "near_evaluation": near, "of": len(found)}
     return chosen
 
 
@@ -790,6 +829,7 @@ def _manifest(
         "screened_negatives": report.screened_negatives,
         "probe_negatives": report.probe_negatives,
         "pruned": report.pruned,
+        "unlabelled": report.unlabelled,
         "sources": dict(Counter(c.source for c in frozen).most_common()),
         "settings": snapshot_settings,
     }
@@ -828,7 +868,8 @@ def _write_dataset(
             "sha256": datasets.Value("string"),
         }
     )
-    columns: dict[str, dict[str, list[Any]]] = {s: defaultdict(list) for s in SPLITS}
+    names = SPLITS + ((UNLABELLED,) if UNLABELLED in split_of.values() else ())
+    columns: dict[str, dict[str, list[Any]]] = {s: defaultdict(list) for s in names}
     for cand in sorted(kept, key=lambda c: c.id):
         assert cand.label is not None and cand.category is not None
         col = columns[split_of[cand.id]]
@@ -851,7 +892,7 @@ def _write_dataset(
             name: datasets.Dataset.from_dict(
                 {k: columns[name].get(k, []) for k in features}, features=features
             )
-            for name in SPLITS
+            for name in names
         }
     )
     tmp = path.with_name(path.name + ".tmp")

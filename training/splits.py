@@ -27,6 +27,13 @@ from dataclasses import dataclass
 
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
 SPLITS = (TRAIN, VALIDATION, TEST)
+# With few positives a snapshot also holds unlabelled candidates, for a distilled student.
+UNLABELLED = "unlabelled"
+# The label sources of snapshot rows no labeler looked at (their label is the snapshot's guess).
+SOURCE_SCREEN = "screen"  # a screened negative: a sheet's pass + the model's low rank
+SOURCE_PROBE = "probe"  # a probe negative: ranked low by the backbone's linear probe
+SOURCE_UNLABELLED = "unlabelled"  # a row of the `unlabelled` split
+GUESSED = frozenset({SOURCE_SCREEN, SOURCE_PROBE, SOURCE_UNLABELLED})
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,14 @@ waits for `min_steps`. `head_only` fits only the classifier on the frozen pretra
 (training.head): seconds instead of minutes.
 
 With few training positives one fine-tuning run is a lottery (at 20 positives the holdout
-PR-AUC of three seeds spread over 0.016-0.074): with `soup` > 1 (off by default: measured
-level with one run at 300 labels) and fewer than `soup_below_positives`, the stage
-fine-tunes `soup` runs from the same start, with seeds seed, seed + 1, ..., each in its own
-folder, and keeps the uniform average of their kept weights (a model soup, Wortsman et al.
-2022: runs fine-tuned from one pretrained start average into one model of the same size).
+PR-AUC of three seeds spread over 0.016-0.074), and the catalog's unlabelled sprites hold
+what the labels lack. With `teachers` > 1 and fewer than `distill_below_positives`, the stage
+fine-tunes `teachers` runs from the same pretrained start (seeds seed, seed + 1, ...), then
+one student from that start: the labels, plus the runs' mean scores as soft targets on the
+snapshot's unlabelled sprites (the `distill_top` they rank highest, and the probe
+negatives). The student is what ships, one network; each run has its own folder and resumes.
+Knowledge distillation (Hinton et al. 2015) of an ensemble into one model, on unlabelled
+data as in SimCLRv2's semi-supervised step (Chen et al. 2020).
 
 Every epoch writes `last.pt` (for `--resume`) and, when the criterion improves, `best.pt`.
 Validation and test sit at the realistic base rate (training.snapshot), so the PR-AUC and
@@ -73,6 +76,7 @@ from training.model import (
     save_checkpoint,
 )
 from training.snapshot import CLASS_NAMES, latest_snapshot, load_snapshot
+from training.splits import UNLABELLED
 
 Progress = Callable[[dict[str, Any]], None]  # called with each epoch's history entry
 Batches = Iterator[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]]
@@ -108,7 +112,7 @@ class TrainReport:
     # per level ("suggestive": at least suggestive, "explicit"): threshold, rule, metrics
     levels: dict[str, dict[str, Any]] = field(default_factory=dict)
     selection: str = ""  # how the kept weights were chosen
-    soup: int = 1  # fine-tuning runs whose weights were averaged
+    teachers: int = 1  # runs whose mean scores the kept model learnt (1: it is one run)
     validation: dict[str, Any] = field(default_factory=dict)
     test: dict[str, Any] = field(default_factory=dict)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -203,9 +207,10 @@ def _resumable(catalog: Catalog, snapshot_id: str) -> tuple[str, Path]:
 
 
 def _last_checkpoints(folder: Path) -> list[Path]:
-    """The `last.pt` files of a model folder: its own, or its soup's runs' (run-k/)."""
+    """The `last.pt` files of a model folder: its own, or its distilled runs' (teacher-k/,
+    student/)."""
     own = folder / "last.pt"
-    return [own] if own.is_file() else sorted(folder.glob("run-*/last.pt"))
+    return [own] if own.is_file() else sorted(folder.glob("*/last.pt"))
 
 
 def _set_model(catalog: Catalog, model_id: str, **values: Any) -> None:
@@ -350,8 +355,9 @@ def _train(
         save_checkpoint(
             folder / "best.pt", setup.base | {"state_dict": setup.model.state_dict(), "epoch": 1}
         )
-    elif _souped(config, setup.train_data.positives, start):
-        history = _soup(setup, config, folder, report, resume, progress, start)
+    elif _distilled(config, setup.train_data.positives, start, report.balance):
+        pool = _unlabelled(snapshot_path, setup.spec)
+        history = _distil(setup, config, folder, report, resume, progress, start, pool)
     else:
         history = _fine_tune(setup, config, folder, report, resume, progress)
     _finish(setup, config, snapshot_path, folder, report, history)
@@ -496,7 +502,7 @@ def _finish(
     final = setup.base | {
         "state_dict": best["state_dict"],
         "epoch": report.best_epoch,
-        "soup": report.soup,
+        "teachers": report.teachers,
         "threshold": report.threshold,
         "threshold_rule": report.threshold_rule,
         "thresholds": {name: part["threshold"] for name, part in report.levels.items()},
@@ -608,13 +614,27 @@ def _fine_tune(
     return state.history
 
 
-def _souped(config: TrainSettings, positives: int, start: Init) -> bool:
-    """Whether training averages several runs: with few positives, from pretrained weights
-    (runs from different random weights would not average)."""
-    return config.soup > 1 and positives < config.soup_below_positives and start.kind != "scratch"
+def _distilled(config: TrainSettings, positives: int, start: Init, balance: str) -> bool:
+    """Whether teachers train a student: with few positives, from pretrained weights, in
+    resampled batches (where it was measured; the student's soft sprites join the negatives'
+    part of each batch)."""
+    return (
+        config.teachers > 1
+        and positives < config.distill_below_positives
+        and start.kind != "scratch"
+        and balance == "resample"
+    )
 
 
-def _soup(
+def _unlabelled(snapshot_path: Path, spec: PreprocessSpec) -> SplitData:
+    """The snapshot's `unlabelled` split (empty when it holds none)."""
+    dataset, _ = load_snapshot(snapshot_path)
+    if UNLABELLED in dataset:
+        return load_split(dataset[UNLABELLED], spec)
+    return SplitData([], np.zeros(0, np.float32), np.zeros(0, np.int64), [])
+
+
+def _distil(
     setup: _Setup,
     config: TrainSettings,
     folder: Path,
@@ -622,56 +642,119 @@ def _soup(
     resume: bool,
     progress: Progress | None,
     start: Init,
+    unlabelled: SplitData,
 ) -> list[dict[str, Any]]:
-    """`config.soup` fine-tuning runs from `start`, run k with seed + k in `folder/run-k`
-    (each resumable on its own); `best.pt` gets the average of their kept weights. The history
-    holds every run's entries, marked with its `run`."""
+    """`config.teachers` fine-tuning runs from `start` (run k with seed + k in
+    `folder/teacher-k`), then the student in `folder/student`: the same start and seed as
+    teacher 0, trained as long, on the training split with the teachers' mean scores as soft
+    targets for its unlabelled negatives (probe, screened) plus the `distill_top` unlabelled
+    sprites they rank highest. Each run resumes on its own; `best.pt` is the student's. The
+    history holds every run's entries, marked with its `run` (the student's is `teachers`)."""
     history: list[dict[str, Any]] = []
-    states, steps, steps_done, resumed_at = [], 0, 0, 0
-    for k in range(config.soup):
-        sub = folder / f"run-{k}"
+    teachers: list[dict[str, torch.Tensor]] = []
+    steps, steps_done, resumed_at = 0, 0, 0
+    for k in range(config.teachers + 1):
+        student = k == config.teachers
+        sub = folder / ("student" if student else f"teacher-{k}")
         sub.mkdir(exist_ok=True)
-        run_config = config.model_copy(update={"seed": config.seed + k})
+        run_config = config.model_copy(update={"seed": config.seed + (0 if student else k)})
+        run = setup
+        if student:
+            # As long as a teacher: the soft sprites lengthen its epochs, not its training.
+            run_config = run_config.model_copy(
+                update={"max_steps": report.steps, "min_steps": min(config.min_steps, report.steps)}
+            )
+            run = _student_setup(setup, config, teachers, unlabelled, report)
         again = resume and (sub / "last.pt").is_file()
-        # Seeded as a run of its own with that seed would be, so run k is exactly that run.
+        # Seeded as a run of its own with that seed would be, so teacher k is exactly that run.
         torch.manual_seed(run_config.seed)
         model = _new_model(
-            config,
-            None if again else start,
-            setup.level_shares,
-            report.positive_level,
-            setup.device,
+            config, None if again else start, run.level_shares, report.positive_level, run.device
         )
-        run = dataclasses.replace(setup, model=model)
+        run = dataclasses.replace(run, model=model)
         entries = _fine_tune(run, run_config, sub, report, again, progress)
         history += [e | {"run": k} for e in entries]
-        states.append(torch.load(sub / "best.pt", map_location="cpu", weights_only=False))
+        if not student:
+            kept = torch.load(sub / "best.pt", map_location=setup.device, weights_only=False)
+            teachers.append(kept["state_dict"])
         steps += report.steps
         steps_done += report.steps_done
         resumed_at = report.resumed_at_epoch if again else resumed_at  # the interrupted run's
-    averaged = average_weights([s["state_dict"] for s in states])
-    save_checkpoint(
-        folder / "best.pt",
-        setup.base | {"state_dict": averaged, "epoch": report.best_epoch, "soup": config.soup},
+    shutil.copyfile(folder / "student" / "best.pt", folder / "best.pt")
+    # The threshold's fallback and the checkpoint go by the share the student was trained at.
+    setup.level_shares, setup.trained_share, setup.base = (
+        run.level_shares,
+        run.trained_share,
+        run.base,
     )
-    report.soup, report.steps, report.steps_done = config.soup, steps, steps_done
+    report.teachers, report.steps, report.steps_done = config.teachers, steps, steps_done
     report.resumed_at_epoch = resumed_at
-    report.selection = f"the average of {config.soup} runs' weights, each: {report.selection}"
+    report.selection = (
+        f"a student of {config.teachers} runs' mean scores (its own run: {report.selection})"
+    )
     return history
 
 
-def average_weights(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """The uniform average of state dicts of one architecture (a model soup). Floating
-    tensors, batch-norm statistics included, are averaged (re-estimating those statistics on
-    unaugmented sprites was measured to lose); counters are the first's."""
-    out = {}
-    for name, first in states[0].items():
-        if first.is_floating_point():
-            total = torch.stack([s[name].double() for s in states]).mean(0)
-            out[name] = total.to(first.dtype)
-        else:
-            out[name] = first.clone()
-    return out
+def _student_setup(
+    setup: _Setup,
+    config: TrainSettings,
+    teachers: list[dict[str, torch.Tensor]],
+    unlabelled: SplitData,
+    report: TrainReport,
+) -> _Setup:
+    """The training split with soft targets where it holds no label (probe and screened
+    negatives) plus the `distill_top` unlabelled sprites the teachers rank highest, their
+    targets the teachers' mean (N, 2) probabilities; its level shares and trained share
+    follow."""
+    data, spec, device = setup.train_data, setup.spec, setup.device
+    model = _new_model(config, None, setup.level_shares, report.positive_level, device)
+
+    def mean_scores(part: SplitData) -> np.ndarray[Any, Any]:
+        out = np.zeros((len(part), 2))
+        for state in teachers:
+            model.load_state_dict(state)
+            out += predict_at_least(model, eval_batches(part, spec), device)
+        return (out / len(teachers)).astype(np.float32)
+
+    soft = data.targets.copy()
+    guessed = np.flatnonzero(data.guessed)
+    soft[guessed] = mean_scores(_subset(data, guessed))
+    pool = mean_scores(unlabelled)
+    chosen = np.argsort(-pool[:, report.positive_level - 1], kind="stable")[: config.distill_top]
+    extra = _subset(unlabelled, chosen)
+    student = SplitData(
+        data.pixels + extra.pixels,
+        np.concatenate([data.labels, extra.labels]),
+        np.concatenate([data.image_ids, extra.image_ids]),
+        data.clusters + extra.clusters,
+        levels=np.concatenate([data.levels, extra.levels]),
+        soft=np.concatenate([soft, pool[chosen]]),
+    )
+    # The positive share its batches carry: the drawn positives' and the soft targets' mass.
+    drawn = batch_shape(config)[0] / config.batch_size
+    rest = student.targets[student.labels == 0]
+    shares = tuple(
+        min(max(drawn + (1 - drawn) * float(rest[:, j].mean()), 1e-4), 1 - 1e-4) for j in (0, 1)
+    )
+    share = shares[report.positive_level - 1]
+    report.trained_share = share
+    return dataclasses.replace(
+        setup,
+        train_data=student,
+        level_shares=(shares[0], shares[1]),
+        trained_share=share,
+        base=setup.base | {"trained_share": share},
+    )
+
+
+def _subset(data: SplitData, rows: np.ndarray[Any, Any]) -> SplitData:
+    return SplitData(
+        [data.pixels[i] for i in rows],
+        data.labels[rows],
+        data.image_ids[rows],
+        [data.clusters[i] for i in rows],
+        levels=data.levels[rows],
+    )
 
 
 def _optimization(setup: _Setup, config: TrainSettings, balance: str) -> _Optimization:
