@@ -733,9 +733,8 @@ def _student_setup(
     # The positive share its batches carry: the drawn positives' and the soft targets' mass.
     drawn = batch_shape(config)[0] / config.batch_size
     rest = student.targets[student.labels == 0]
-    shares = tuple(
-        min(max(drawn + (1 - drawn) * float(rest[:, j].mean()), 1e-4), 1 - 1e-4) for j in (0, 1)
-    )
+    soft_mass = rest.mean(axis=0) if len(rest) else np.zeros(2)
+    shares = tuple(min(max(drawn + (1 - drawn) * float(m), 1e-4), 1 - 1e-4) for m in soft_mass)
     share = shares[report.positive_level - 1]
     report.trained_share = share
     return dataclasses.replace(
