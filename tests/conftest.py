@@ -24,6 +24,14 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+# A temporary Prefect server starts in ~12 s cold on 2 idle cores; beside a benchmark it has
+# missed Prefect's 20 s default and failed the session's first flow run.
+PREFECT_ENV = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+}
+
+
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No test reads the repo's spritesafe.toml, the user's environment or Prefect state."""
@@ -32,7 +40,8 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
-    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    for name, value in PREFECT_ENV.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
@@ -61,13 +70,14 @@ def _prefect_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     registered. A flow run on a fresh home costs ~16 s here, on a used one ~7 s."""
     home = tmp_path_factory.mktemp("prefect-template")
     script = "from prefect import flow\n@flow\ndef warm() -> None: pass\nwarm()\n"
-    subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-c", script],
-        env=os.environ | {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
-        check=True,
+        env=os.environ | PREFECT_ENV | {"PREFECT_HOME": str(home)},
         capture_output=True,
+        text=True,
         timeout=300,
     )
+    assert done.returncode == 0, f"a first Prefect flow run failed:\n{done.stderr[-3000:]}"
     with sqlite3.connect(home / "prefect.db") as db:  # fold the WAL in: one file to copy
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return home
@@ -99,7 +109,7 @@ def _prefect_server(
     where = ["--host", "127.0.0.1", "--port", str(port)]
     server = subprocess.Popen(
         [prefect, "server", "start", "--no-services", "--no-ui", *where],
-        env=os.environ | {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
+        env=os.environ | PREFECT_ENV | {"PREFECT_HOME": str(home)},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
