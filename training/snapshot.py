@@ -9,10 +9,12 @@ running it again with nothing new returns the same snapshot and writes nothing.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -343,11 +345,13 @@ def _snapshot(
         frozen += _screened_negatives(
             catalog, rubric.screen_version, frozen, split_of, config, report
         )
+    # The unlabelled candidates, read at most once for the two parts below that draw on them.
+    unlabelled = functools.cache(functools.partial(_unlabelled, catalog))
     if config.balance == "resample" and config.probe_negatives > 0:
         frozen += _probe_negatives(
-            catalog, blobs, settings, sheet_flagged, frozen, split_of, report
+            catalog, blobs, settings, sheet_flagged, frozen, split_of, report, unlabelled
         )
-    frozen += _unlabelled_split(catalog, settings, frozen, split_of, report)
+    frozen += _unlabelled_split(settings, frozen, split_of, report, unlabelled)
     _persist(catalog, blobs, settings, report, rubric.version, frozen, split_of, used, estimate)
 
 
@@ -596,6 +600,7 @@ def _probe_negatives(
     frozen: list[_Candidate],
     split_of: dict[int, str],
     report: SnapshotReport,
+    unlabelled: Callable[[], dict[int, _Candidate]],
 ) -> list[_Candidate]:
     """Unlabelled training negatives ranked low by a linear probe on the self-supervised
     features (fitted on the training split's labels), at most `probe_negatives` per labelled
@@ -615,10 +620,10 @@ def _probe_negatives(
     if room <= 0:
         report.probe_negatives = {"kept": 0, "why": f"training holds {(~given).sum()} negatives"}
         return []
-    pool = _unlabelled(catalog)
+    pool = unlabelled()
     # `flagged`: the contact sheets' flags; a sheet's doubt outweighs the probe.
-    unlabelled = [i for i in pool if i not in split_of and i not in flagged]
-    embedded = backbone_features(catalog, blobs, settings, [c.id for c in train] + unlabelled)
+    eligible = [i for i in pool if i not in split_of and i not in flagged]
+    embedded = backbone_features(catalog, blobs, settings, [c.id for c in train] + eligible)
     if embedded is None or given.all() or not given.any():
         report.probe_negatives = {"kept": 0, "why": "no self-supervised backbone or one class"}
         return []
@@ -632,7 +637,7 @@ def _probe_negatives(
         float((~y).sum() / max(y.sum(), 1)),
         DEFAULT_L2,
     )
-    scored = [i for i in unlabelled if i in row]
+    scored = [i for i in eligible if i in row]
     scores = head.logits(features[[row[i] for i in scored]])
     cut = float(np.quantile(scores, config.probe_below)) if len(scores) else 0.0
     low = [pool[i] for i, s in zip(scored, scores, strict=True) if s <= cut]
@@ -662,11 +667,11 @@ def _unlabelled(catalog: Catalog) -> dict[int, _Candidate]:
 
 
 def _unlabelled_split(
-    catalog: Catalog,
     settings: Settings,
     frozen: list[_Candidate],
     split_of: dict[int, str],
     report: SnapshotReport,
+    unlabelled: Callable[[], dict[int, _Candidate]],
 ) -> list[_Candidate]:
     """With few training positives and distillation on (train.teachers > 1), the unlabelled
     candidates (up to `train.distill_pool`, in a fixed order; none near validation or test)
@@ -678,8 +683,7 @@ def _unlabelled_split(
     )
     if config.teachers <= 1 or positives >= config.distill_below_positives:
         return []
-    pool = _unlabelled(catalog)
-    found = [c for i, c in pool.items() if i not in split_of]
+    found = [c for i, c in unlabelled().items() if i not in split_of]
     chosen, near = _train_as_negatives(
         found, frozen, split_of, config.distill_pool, SOURCE_UNLABELLED, settings.snapshot
     )

@@ -356,8 +356,7 @@ def _train(
             folder / "best.pt", setup.base | {"state_dict": setup.model.state_dict(), "epoch": 1}
         )
     elif _distilled(config, setup.train_data.positives, start, report.balance):
-        pool = _unlabelled(snapshot_path, setup.spec)
-        history = _distil(setup, config, folder, report, resume, progress, start, pool)
+        history = _distil(setup, config, folder, report, resume, progress, start, snapshot_path)
     else:
         history = _fine_tune(setup, config, folder, report, resume, progress)
     _finish(setup, config, snapshot_path, folder, report, history)
@@ -447,7 +446,7 @@ def _level_shares(data: SplitData, share: float) -> tuple[float, float]:
     out = []
     positive = data.labels > 0
     for level in (1, 2):
-        hit = data.levels >= level
+        hit = data.targets[:, level - 1]  # a distilled student's are soft
         among_pos = float(hit[positive].mean()) if positive.any() else 0.0
         among_neg = float(hit[~positive].mean()) if (~positive).any() else 0.0
         out.append(min(max(share * among_pos + (1 - share) * among_neg, 1e-4), 1 - 1e-4))
@@ -642,7 +641,7 @@ def _distil(
     resume: bool,
     progress: Progress | None,
     start: Init,
-    unlabelled: SplitData,
+    snapshot_path: Path,
 ) -> list[dict[str, Any]]:
     """`config.teachers` fine-tuning runs from `start` (run k with seed + k in
     `folder/teacher-k`), then the student in `folder/student`: the same start and seed as
@@ -664,6 +663,8 @@ def _distil(
             run_config = run_config.model_copy(
                 update={"max_steps": report.steps, "min_steps": min(config.min_steps, report.steps)}
             )
+            # Decoded only now: the teachers never read it.
+            unlabelled = _unlabelled(snapshot_path, setup.spec)
             run = _student_setup(setup, config, teachers, unlabelled, report)
         again = resume and (sub / "last.pt").is_file()
         # Seeded as a run of its own with that seed would be, so teacher k is exactly that run.
@@ -731,16 +732,13 @@ def _student_setup(
         soft=np.concatenate([soft, pool[chosen]]),
     )
     # The positive share its batches carry: the drawn positives' and the soft targets' mass.
-    drawn = batch_shape(config)[0] / config.batch_size
-    rest = student.targets[student.labels == 0]
-    soft_mass = rest.mean(axis=0) if len(rest) else np.zeros(2)
-    shares = tuple(min(max(drawn + (1 - drawn) * float(m), 1e-4), 1 - 1e-4) for m in soft_mass)
+    shares = _level_shares(student, batch_shape(config)[0] / config.batch_size)
     share = shares[report.positive_level - 1]
     report.trained_share = share
     return dataclasses.replace(
         setup,
         train_data=student,
-        level_shares=(shares[0], shares[1]),
+        level_shares=shares,
         trained_share=share,
         base=setup.base | {"trained_share": share},
     )
