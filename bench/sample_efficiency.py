@@ -570,10 +570,14 @@ def main(argv: list[str] | None = None) -> int:
         steps_60k = min(config.max_steps, config.epochs * (60_000 // config.batch_size))
         minutes_60k = steps_60k * 2 * config.batch_size / pre["views_per_s"] / 60
         where = pre.get("cpu", "a machine not recorded")
+        # A resumed run's seconds and speed cover only the steps it ran itself.
+        ran = pre["steps_done"] - pre.get("resumed_at_step", 0)
+        resumed = f", resumed at step {pre['resumed_at_step']:,}" if ran < pre["steps_done"] else ""
         print(
             f"\npretraining on {where}: {pre['images']:,} sprites, "
-            f"{pre['steps_done']:,} steps ({pre['epochs']} epochs) in {pre['wall_s'] / 60:.1f} "
-            f"min: {pre['views_per_s']:.0f} views/s = {pre['views_per_s'] / 2:.0f} sprites/s "
+            f"{pre['steps_done']:,} steps ({pre['epochs']} epochs{resumed}); {ran:,} steps ran "
+            f"in {pre['wall_s'] / 60:.1f} min: {pre['views_per_s']:.0f} views/s = "
+            f"{pre['views_per_s'] / 2:.0f} sprites/s "
             f"(two views each); 60,000 sprites ({steps_60k:,} steps) at that speed: "
             f"{minutes_60k:.1f} min"
         )
