@@ -445,9 +445,10 @@ def _level_shares(data: SplitData, share: float) -> tuple[float, float]:
     mixed at that share. Clipped away from 0 and 1 (they start the head's biases)."""
     out = []
     positive = data.labels > 0
+    # A distilled student's targets are soft; in float64, as the 0/1 shares always were.
+    targets = data.targets.astype(np.float64)
     for level in (1, 2):
-        # A distilled student's targets are soft; in float64, as the 0/1 shares always were.
-        hit = data.targets[:, level - 1].astype(np.float64)
+        hit = targets[:, level - 1]
         among_pos = float(hit[positive].mean()) if positive.any() else 0.0
         among_neg = float(hit[~positive].mean()) if (~positive).any() else 0.0
         out.append(min(max(share * among_pos + (1 - share) * among_neg, 1e-4), 1 - 1e-4))
