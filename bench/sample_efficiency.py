@@ -47,6 +47,7 @@ import argparse
 import hashlib
 import json
 import shutil
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -490,7 +491,7 @@ def plot(
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("holdout PR-AUC")
     axes[0][-1].legend(list(shown.values()), list(shown), loc="upper left", fontsize=8)
-    fig.suptitle(title)
+    fig.suptitle("\n".join(textwrap.wrap(title, 60 * len(noises))))  # a long concept's name
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
