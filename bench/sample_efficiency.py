@@ -133,6 +133,12 @@ RECIPES = {
             "resample",
             snapshot={"probe_negatives": 0.0},
         ),
+        Recipe(
+            "probe-head",
+            "+ both, classifier from a linear probe",
+            "resample",
+            {"head_start": "probe"},
+        ),
         Recipe("lr-2x", "+ both, twice the learning rate", "resample", {"lr": 2e-3}),
         Recipe("one-run", "+ both, one run (no teachers)", "resample", {"teachers": 1}),
         Recipe(

@@ -294,6 +294,12 @@ class TrainSettings(BaseModel):
     # of this catalog, else timm's published weights if cached or downloadable, else scratch.
     init: Literal["auto", "ssl", "timm", "scratch"] = "auto"
     timm_weights: Path | None = Field(None, description="a local file of timm's weights")
+    # How the classifier starts on pretrained weights: "prior" (zero weights, biases at the
+    # trained shares) or "probe" (a logistic regression fitted on the start's frozen features
+    # of the training split, shifted to those shares: linear probing, then fine-tuning, as
+    # in Kumar et al. 2022, so the first steps do not pull the features toward a random
+    # head). Scratch weights always start at the prior.
+    head_start: Literal["prior", "probe"] = "prior"
     epochs: int = Field(40, ge=1)
     # Training length in optimizer steps: epochs x steps per epoch, but at least min_steps
     # (a small split needs many epochs) and at most max_steps (0: no cap).

@@ -300,11 +300,50 @@ def test_training_starts_from_the_backbone_or_timm_and_says_so(small, tmp_path: 
         assert float(trained.model.get_classifier().weight.detach().abs().sum()) > 0
         assert head.test["pr_auc"] > 0.5  # red squares, linearly separable after all
 
+        # The classifier can start from a linear probe of the start's features (LP-FT).
+        probing = settings.model_copy(
+            update={"train": settings.train.model_copy(update={"head_start": "probe"})}
+        )
+        probed = train(ws.catalog, probing)
+        assert probed.init["kind"] == "ssl" and probed.head_start["kind"] == "probe"
+        assert load_checkpoint(Path(probed.path) / "model.pt").meta["head_start"]["kind"] == "probe"
+        assert "its classifier from a linear probe" in (Path(probed.path) / "report.md").read_text()
+        assert head.head_start == {"kind": "prior"}  # head-only fits its own
+
         scratch = train(ws.catalog, settings, init="scratch")
         assert scratch.init["kind"] == "scratch"
+        assert train(ws.catalog, probing, init="scratch").head_start == {"kind": "prior"}
     first = load_checkpoint(Path(from_timm.path) / "model.pt")
     assert first.meta["init"]["kind"] == "timm"
     assert not torch.equal(first.model.state_dict()["conv_stem.weight"], state["conv_stem.weight"])  # type: ignore[arg-type]
+
+
+def test_a_probe_started_head_scores_as_the_probe_at_the_trained_share() -> None:
+    """start_from_probe: the positive level's logit is the probe's (fitted at balanced
+    weights) moved by the trained share's log-odds; the other level keeps its gap."""
+    import torch
+
+    from training.data import SplitData, eval_batches
+    from training.head import embed, fit_logistic, start_from_probe
+    from training.model import predict_logits
+
+    rng = np.random.default_rng(0)
+    pixels = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(40)]
+    y = (np.arange(40) % 4 == 0).astype(np.float32)  # 10 positives
+    data = SplitData(pixels, y, np.arange(40, dtype=np.int64), [""] * 40)
+    spec = PreprocessSpec(size=48)
+    shares = (0.3, 0.2)  # >= suggestive, explicit
+    torch.manual_seed(0)
+    model = create_model(ARCH, prior=shares)
+    features = embed(model, data, spec, torch.device("cpu"))
+    probe = fit_logistic(features, y, pos_weight=30 / 10, l2=1e-2)
+    start_from_probe(model, probe)
+    logits = predict_logits(model, eval_batches(data, spec))
+    expected = probe.logits(features) + np.log(0.2 / 0.8)
+    np.testing.assert_allclose(logits[:, 1], expected, rtol=1e-4, atol=1e-4)
+    gap = np.log(0.3 / 0.7) - np.log(0.2 / 0.8)
+    np.testing.assert_allclose(logits[:, 0] - logits[:, 1], gap, rtol=1e-4, atol=1e-4)
+    assert np.corrcoef(logits[:, 1], y)[0, 1] > 0.5  # the probe, not a blank head, ranks
 
 
 def test_few_positives_distil_teachers_into_a_student_that_resumes(tmp_path: Path) -> None:

@@ -113,3 +113,15 @@ def set_classifier(model: torch.nn.Module, head: LinearHead) -> None:
         classifier.bias.fill_(head.bias)
         if hasattr(classifier, "gap"):
             classifier.gap.fill_(-10.0)  # softplus(-10) = 4.5e-5
+
+
+def start_from_probe(model: torch.nn.Module, head: LinearHead) -> None:
+    """Add a probe fitted at balanced weights (fit_head with pos_weight = negatives /
+    positives) to an ordinal head whose biases sit at the trained shares (set_priors): the
+    weights become the probe's and both biases move by its bias, so the positive level's
+    logit is the probe's shifted to its trained share (a prior shift from 1/2), and the
+    gap between the levels is kept."""
+    classifier = model.get_classifier()  # type: ignore[operator]
+    with torch.no_grad():
+        classifier.weight.copy_(head.weight.to(classifier.weight)[None])
+        classifier.bias.add_(head.bias)

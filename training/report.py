@@ -138,6 +138,12 @@ def _run(entry: dict[str, Any], teachers: int) -> str:
 def _markdown(summary: dict[str, Any], history: list[dict[str, Any]]) -> str:
     init = summary.get("init") or {}
     source = f" ({init['source']})" if init.get("source") else ""
+    probe = summary.get("head_start") or {}
+    start = (
+        f" (its classifier from a linear probe of those weights, L2 {probe['l2']:g})"
+        if probe.get("kind") == "probe"
+        else ""
+    )
     how = (
         "only the classifier fitted on the frozen backbone"
         if summary.get("head_only")
@@ -150,7 +156,7 @@ def _markdown(summary: dict[str, Any], history: list[dict[str, Any]]) -> str:
         "",
         f"Snapshot `{summary['snapshot_id']}` (balance: {summary.get('balance', '')}), device "
         f"{summary['device']}; weights from {init.get('kind', 'unknown')}{source}: "
-        f"{init.get('note', '')}; {how}; {summary['train_images_per_s']} training images/s.",
+        f"{init.get('note', '')}{start}; {how}; {summary['train_images_per_s']} training images/s.",
         f"Validation and test hold the realistic base rate {summary['base_rate']:.4f}: "
         "a random scorer's PR-AUC equals it.",
         "",

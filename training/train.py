@@ -67,6 +67,7 @@ from training.data import (
     resampled_batches,
     train_batches,
 )
+from training.head import LinearHead, embed, fit_head, set_classifier, start_from_probe
 from training.init import Init, resolve_init
 from training.model import (
     create_model,
@@ -113,6 +114,7 @@ class TrainReport:
     levels: dict[str, dict[str, Any]] = field(default_factory=dict)
     selection: str = ""  # how the kept weights were chosen
     teachers: int = 1  # runs whose mean scores the kept model learnt (1: it is one run)
+    head_start: dict[str, Any] = field(default_factory=dict)  # the classifier's first weights
     validation: dict[str, Any] = field(default_factory=dict)
     test: dict[str, Any] = field(default_factory=dict)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -309,6 +311,7 @@ class _Setup:
     trained_share: float  # the positive share training sees
     level_shares: tuple[float, float]  # the shares of >= suggestive and explicit it sees
     base: dict[str, Any]  # the fields every checkpoint carries
+    probe: LinearHead | None = None  # where a new classifier starts (train.head_start)
 
 
 @dataclass
@@ -407,7 +410,10 @@ def _setup(
     report.trained_share = share
     report.positive_level = 1 if "suggestive" in manifest.get("positive_categories", []) else 2
     shares = _level_shares(train_data, share)
-    model = _new_model(config, None if resume else start, shares, report.positive_level, device)
+    probe = _probe(config, start, train_data, val_data, spec, device, report)
+    model = _new_model(
+        config, None if resume else start, shares, report.positive_level, device, probe
+    )
     base = {
         "arch": config.arch,
         "preprocess": spec.to_json(),
@@ -417,14 +423,47 @@ def _setup(
         "base_rate": report.base_rate,
         "train_settings": config.model_dump(mode="json"),
         "init": start.as_dict(),
+        "head_start": report.head_start,
         "head_only": report.head_only,
         "trained_share": share,
         "positive_level": report.positive_level,
         "levels": list(ordinal.LEVELS),
     }
     return _Setup(
-        device, spec, train_data, val_data, test_data, model, pos_weight, share, shares, base
+        device, spec, train_data, val_data, test_data, model, pos_weight, share, shares, base, probe
     )
+
+
+def _probe(
+    config: TrainSettings,
+    start: Init,
+    train_data: SplitData,
+    val_data: SplitData,
+    spec: PreprocessSpec,
+    device: torch.device,
+    report: TrainReport,
+) -> LinearHead | None:
+    """With train.head_start = "probe" and pretrained weights to fine-tune: a logistic
+    regression on the start's frozen features of the training split's hard labels, at
+    balanced weights (its L2 chosen on validation when it has positives enough); else None
+    (the prior start)."""
+    if config.head_start != "probe" or start.kind == "scratch" or report.head_only:
+        report.head_start = {"kind": "prior"}
+        return None
+    started = time.perf_counter()
+    frozen = create_model(config.arch, start).to(device)
+    train_x = embed(frozen, train_data, spec, device)
+    val_x = embed(frozen, val_data, spec, device)
+    negatives = len(train_data) - train_data.positives
+    probe = fit_head(
+        train_x, train_data.labels, val_x, val_data.labels, negatives / train_data.positives
+    )
+    report.head_start = {
+        "kind": "probe",
+        **probe.as_dict(),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    return probe
 
 
 def _new_model(
@@ -433,10 +472,15 @@ def _new_model(
     shares: tuple[float, float],
     positive_level: int,
     device: torch.device,
+    probe: LinearHead | None = None,
 ) -> torch.nn.Module:
     """The student with its weights from `start` (None: to be loaded from a checkpoint) and
-    its head's biases at the trained `shares`."""
-    return create_model(config.arch, start, prior=shares, positive_level=positive_level).to(device)
+    its head's biases at the trained `shares`, plus the `probe` when there is one and the
+    weights are `start`'s."""
+    model = create_model(config.arch, start, prior=shares, positive_level=positive_level)
+    if probe is not None and start is not None:
+        start_from_probe(model, probe)
+    return model.to(device)
 
 
 def _level_shares(data: SplitData, share: float) -> tuple[float, float]:
@@ -545,8 +589,6 @@ def _fit_head(
     report: TrainReport,
 ) -> list[dict[str, Any]]:
     """Only the classifier, on frozen features: one 'epoch' in the history."""
-    from training.head import embed, fit_head, set_classifier
-
     started = time.perf_counter()
     train_x = embed(model, train_data, spec, device)
     val_x = embed(model, val_data, spec, device)
@@ -672,7 +714,12 @@ def _distil(
         # Seeded as a run of its own with that seed would be, so teacher k is exactly that run.
         torch.manual_seed(run_config.seed)
         model = _new_model(
-            config, None if again else start, run.level_shares, report.positive_level, run.device
+            config,
+            None if again else start,
+            run.level_shares,
+            report.positive_level,
+            run.device,
+            setup.probe,
         )
         run = dataclasses.replace(run, model=model)
         entries = _fine_tune(run, run_config, sub, report, again, progress)
