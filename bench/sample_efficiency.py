@@ -389,6 +389,7 @@ def run_cell(
             "counts": frozen.counts,
             "pruned": frozen.pruned,
             "init": trained.init["kind"],
+            "head_start": trained.head_start.get("kind"),
             "steps": trained.steps_done,
             "epochs": trained.epochs_done,
             "best_epoch": trained.best_epoch,
