@@ -139,6 +139,12 @@ RECIPES = {
             "resample",
             {"head_start": "probe"},
         ),
+        Recipe(
+            "backbone-lr",
+            "+ both, the backbone at 0.2 of the learning rate",
+            "resample",
+            {"backbone_lr": 0.2},
+        ),
         Recipe("lr-2x", "+ both, twice the learning rate", "resample", {"lr": 2e-3}),
         Recipe("one-run", "+ both, one run (no teachers)", "resample", {"teachers": 1}),
         Recipe(

@@ -307,6 +307,9 @@ class TrainSettings(BaseModel):
     max_steps: int = Field(4000, ge=0)
     batch_size: int = Field(64, ge=2)
     lr: float = Field(1e-3, gt=0)
+    # The learning rate of every weight but the classifier's, as a share of `lr`: below 1
+    # pretrained features move less (few labels pull them toward what those few share).
+    backbone_lr: float = Field(1.0, gt=0, le=1)
     weight_decay: float = Field(0.05, ge=0)
     warmup_epochs: float = Field(3.0, ge=0)
     warmup_share: float = Field(0.05, ge=0, lt=1, description="warm-up: at most this share")

@@ -433,3 +433,31 @@ def test_few_positives_distil_teachers_into_a_student_that_resumes(tmp_path: Pat
     assert kept.meta["teachers"] == 2 and kept.meta["trained_share"] == straight.trained_share
     md = (Path(straight.path) / "report.md").read_text()
     assert "(teacher 1)" in md and "(student)" in md
+
+
+def test_the_backbone_can_learn_slower_than_the_classifier() -> None:
+    """train.backbone_lr: the classifier keeps the learning rate, every other weight gets
+    the share; at 1 the optimizer is one group, as checkpoints before the setting hold."""
+    import torch
+
+    from training.data import SplitData
+    from training.train import _optimization, _Setup
+
+    model = create_model(ARCH, prior=0.25)
+    empty = SplitData([], np.zeros(0, np.float32), np.zeros(0, np.int64), [])
+    rng = np.random.default_rng(0)
+    pixels = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(8)]
+    data = SplitData(pixels, np.array([1, 0] * 4, np.float32), np.arange(8), [""] * 8)
+    setup = _Setup(
+        torch.device("cpu"), PreprocessSpec(size=32), data, empty, empty, model, 1.0, 0.25,
+        (0.25, 0.25), {},
+    )  # fmt: skip
+    settings = load_settings(train={"lr": 1e-3, "backbone_lr": 0.2})
+    groups = _optimization(setup, settings.train, "resample").optimizer.param_groups
+    head = {id(p) for p in model.get_classifier().parameters()}
+    assert groups[1]["lr"] == pytest.approx(0.2 * groups[0]["lr"])  # through the warm-up
+    assert [g["initial_lr"] for g in groups] == pytest.approx([1e-3, 2e-4])
+    assert {id(p) for p in groups[0]["params"]} == head
+    assert len(groups[1]["params"]) == len(list(model.parameters())) - len(head)
+    one = _optimization(setup, load_settings().train, "resample").optimizer.param_groups
+    assert len(one) == 1 and one[0]["initial_lr"] == pytest.approx(1e-3)

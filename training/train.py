@@ -816,9 +816,17 @@ def _optimization(setup: _Setup, config: TrainSettings, balance: str) -> _Optimi
         full, rest = divmod(len(train_data), config.batch_size)
         steps_per_epoch = max(1, full + (rest > 1))
     epochs, total = plan_steps(config, steps_per_epoch)
-    optimizer = torch.optim.AdamW(
-        setup.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
+    params: Any = list(setup.model.parameters())
+    if config.backbone_lr < 1:  # one group otherwise, as checkpoints before it hold
+        head = set(map(id, setup.model.get_classifier().parameters()))  # type: ignore[operator]
+        params = [
+            {"params": [p for p in params if id(p) in head]},
+            {
+                "params": [p for p in params if id(p) not in head],
+                "lr": config.lr * config.backbone_lr,
+            },
+        ]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     warmup = min(round(config.warmup_epochs * steps_per_epoch), round(config.warmup_share * total))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, warmup, total)
