@@ -26,6 +26,11 @@ Recipes:
 - default-last: the same, keeping the weights' average where training ends
   (`train.keep = "last"`) instead of the best validation window;
 - head-only: the frozen backbone and a logistic-regression head (seconds);
+- probe-head: the default with its classifier started from a linear probe
+  (`train.head_start = "probe"`);
+- backbone-lr: the default with the backbone at 0.2 of the learning rate;
+- distil-all: the default's student learning the teachers' scores on every unlabelled
+  sprite of the snapshot, not only the 1,000 they rank highest;
 - unpruned: the default without leaving out the training positives that confident learning
   judges likeliest false alarms (`snapshot.prune_false_positives = false`, the default
   before 3 December 2026).
@@ -144,6 +149,12 @@ RECIPES = {
             "+ both, the backbone at 0.2 of the learning rate",
             "resample",
             {"backbone_lr": 0.2},
+        ),
+        Recipe(
+            "distil-all",
+            "+ both, the student distilled on every unlabelled sprite",
+            "resample",
+            {"distill_top": 30_000},
         ),
         Recipe("lr-2x", "+ both, twice the learning rate", "resample", {"lr": 2e-3}),
         Recipe("one-run", "+ both, one run (no teachers)", "resample", {"teachers": 1}),
