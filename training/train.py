@@ -452,12 +452,7 @@ def _probe(
         return None
     started = time.perf_counter()
     frozen = create_model(config.arch, start).to(device)
-    train_x = embed(frozen, train_data, spec, device)
-    val_x = embed(frozen, val_data, spec, device)
-    negatives = len(train_data) - train_data.positives
-    probe = fit_head(
-        train_x, train_data.labels, val_x, val_data.labels, negatives / train_data.positives
-    )
+    probe, _, _ = _frozen_fit(frozen, train_data, val_data, spec, device)
     report.head_start = {
         "kind": "probe",
         **probe.as_dict(),
@@ -590,16 +585,7 @@ def _fit_head(
 ) -> list[dict[str, Any]]:
     """Only the classifier, on frozen features: one 'epoch' in the history."""
     started = time.perf_counter()
-    train_x = embed(model, train_data, spec, device)
-    val_x = embed(model, val_data, spec, device)
-    negatives = len(train_data) - train_data.positives
-    head = fit_head(
-        train_x,
-        train_data.labels,
-        val_x,
-        val_data.labels,
-        pos_weight=negatives / max(train_data.positives, 1),
-    )
+    head, train_x, val_x = _frozen_fit(model, train_data, val_data, spec, device)
     set_classifier(model, head)
     val_scores = 1 / (1 + np.exp(-head.logits(val_x)))
     train_scores = 1 / (1 + np.exp(-head.logits(train_x)))
@@ -621,6 +607,28 @@ def _fit_head(
             "seconds": round(seconds, 2),
         }
     ]
+
+
+def _frozen_fit(
+    model: torch.nn.Module,
+    train_data: SplitData,
+    val_data: SplitData,
+    spec: PreprocessSpec,
+    device: torch.device,
+) -> tuple[LinearHead, torch.Tensor, torch.Tensor]:
+    """A logistic regression on `model`'s frozen features of the training split, at balanced
+    weights (training.head.fit_head); with the features of training and validation."""
+    train_x = embed(model, train_data, spec, device)
+    val_x = embed(model, val_data, spec, device)
+    negatives = len(train_data) - train_data.positives
+    head = fit_head(
+        train_x,
+        train_data.labels,
+        val_x,
+        val_data.labels,
+        pos_weight=negatives / max(train_data.positives, 1),
+    )
+    return head, train_x, val_x
 
 
 def _fine_tune(
