@@ -158,13 +158,6 @@ RECIPES = {
         ),
         Recipe("lr-2x", "+ both, twice the learning rate", "resample", {"lr": 2e-3}),
         Recipe("one-run", "+ both, one run (no teachers)", "resample", {"teachers": 1}),
-        Recipe("crop", "+ both, crops of half the area or more", "resample", {"min_crop": 0.5}),
-        Recipe(
-            "one-run-crop",
-            "+ both, one run, crops of half the area or more",
-            "resample",
-            {"teachers": 1, "min_crop": 0.5},
-        ),
         Recipe(
             "unpruned",
             "+ both, no false positives pruned",

@@ -331,9 +331,6 @@ class TrainSettings(BaseModel):
     flip: bool = True
     max_shift: int = Field(8, ge=0, description="integer-offset crop, output pixels")
     hue_jitter: float = Field(0.05, ge=0, le=0.5, description="palette hue turn, of a circle")
-    min_crop: float = Field(
-        1.0, gt=0, le=1, description="a crop keeps at least this share of the area; 1 = none"
-    )
     # The deployment threshold, chosen on validation for a target at the realistic base rate.
     threshold_for: Literal["precision", "recall"] = "precision"
     threshold_target: float = Field(0.9, gt=0, le=1)

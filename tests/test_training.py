@@ -18,7 +18,7 @@ import torch
 from corpus.catalog import images, models
 from corpus.workspace import open_workspace
 from spritesafe.config import TrainSettings, load_settings
-from spritesafe.preprocess import PreprocessSpec, fit, normalize
+from spritesafe.preprocess import PreprocessSpec, fit
 from tests.learning import MODEL, build_levels, coloured_corpus, labelled, noisy_responder
 from tests.ollama_server import FakeOllama
 from training import metrics
@@ -179,43 +179,6 @@ def test_augmented_inputs_stay_blocky() -> None:
     moved = fit(pixels, spec, (3, -2))  # 3 right, 2 up: pixels leaving the canvas are cut
     assert np.array_equal(moved[:-2, 3:], fitted[2:, :-3])
     assert (moved[-2:] == WHITE).all() and (moved[:, :3] == WHITE).all()
-
-
-def test_a_crop_is_whole_sprite_pixels_enlarged_by_an_integer_factor() -> None:
-    rng = np.random.default_rng(3)
-    spec = PreprocessSpec()
-    pixels = rng.integers(0, 200, (20, 20, 3), dtype=np.uint8)  # never the white background
-    config = TrainSettings(min_crop=0.4, max_shift=0, hue_jitter=0, flip=False)
-    white = normalize(np.full((1, 1, 3), 255, np.uint8), spec)[:, 0, 0]
-    zooms = set()
-    for _ in range(8):
-        x = augment(pixels, spec, config, rng)
-        content = np.argwhere((x != white[:, None, None]).any(axis=0))
-        height, width = content.max(axis=0) + 1 - content.min(axis=0)
-        # Which crop h x w, enlarged by the largest integer factor k that fits, gives it.
-        crops = [
-            (i, j, height // k, width // k, k)
-            for k in range(1, spec.size + 1)
-            if height % k == 0 and width % k == 0
-            for i in range(20 - height // k + 1)
-            for j in range(20 - width // k + 1)
-            if spec.size // max(height // k, width // k) == k
-        ]
-        found = [
-            (i, j, h, w, k)
-            for i, j, h, w, k in crops
-            if np.array_equal(x, normalize(fit(pixels[i : i + h, j : j + w], spec), spec))
-        ]
-        assert found, "the input is a fitted crop of whole sprite pixels"
-        _, _, h, w, k = found[0]
-        assert h * w >= 0.4 * 20 * 20 * 0.8  # about min_crop of the area at least (rounding)
-        zooms.add(k)
-    assert len(zooms) > 1 and max(zooms) > 8  # crops zoom in, not only the whole sprite
-    # min_crop = 1 (the default) draws nothing more: the same inputs as before the setting.
-    plain = TrainSettings(max_shift=0, hue_jitter=0, flip=False)
-    a, b = np.random.default_rng(4), np.random.default_rng(4)
-    assert np.array_equal(augment(pixels, spec, plain, a), normalize(fit(pixels, spec), spec))
-    assert a.random() == b.random()
 
 
 # --- checkpoints, resume, determinism ---------------------------------------------------

@@ -1,6 +1,5 @@
-"""Augmentations that keep pixel art pixel art: mirror, palette hue turn, a crop of whole
-sprite pixels (fit then enlarges it by the largest integer factor that fits: a zoom), integer
-shifts (spritesafe.preprocess.fit places the sprite off-centre by whole pixels).
+"""Augmentations that keep pixel art pixel art: mirror, palette hue turn, integer shifts
+(spritesafe.preprocess.fit places the sprite off-centre by whole pixels).
 
 No blur and no resampling: every output pixel is an input pixel (or the background), and one
 input colour always maps to one output colour, so sprite edges and palettes stay exact.
@@ -36,19 +35,6 @@ def hue_turn(
     return turned
 
 
-def crop(pixels: NDArray[np.uint8], min_area: float, rng: np.random.Generator) -> NDArray[np.uint8]:
-    """A random rectangle of whole pixels with at least `min_area` of the area, aspect ratio
-    within 3:4..4:3 of the sprite's."""
-    h, w = pixels.shape[:2]
-    area = rng.uniform(min_area, 1.0)
-    ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
-    ch = min(h, max(1, round(h * math.sqrt(area / ratio))))
-    cw = min(w, max(1, round(w * math.sqrt(area * ratio))))
-    top = int(rng.integers(0, h - ch + 1))
-    left = int(rng.integers(0, w - cw + 1))
-    return pixels[top : top + ch, left : left + cw]
-
-
 def augment(
     pixels: NDArray[np.uint8],
     spec: PreprocessSpec,
@@ -62,8 +48,6 @@ def augment(
         pixels = hue_turn(
             pixels, rng.uniform(-config.hue_jitter, config.hue_jitter), spec.background
         )
-    if config.min_crop < 1:
-        pixels = crop(pixels, config.min_crop, rng)
     offset = (0, 0)
     if config.max_shift > 0:
         dx, dy = rng.integers(-config.max_shift, config.max_shift + 1, size=2)

@@ -16,13 +16,14 @@ Sprites larger than the canvas are shrunk by area averaging, as the model's prep
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
 from spritesafe.preprocess import PreprocessSpec, fit
-from training.augment import crop, hue_turn
+from training.augment import hue_turn
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,19 @@ class ViewRecipe:
     brightness: float = 0.25  # and moved by ± this share of the range
     grayscale: float = 0.2  # probability
     background_swap: float = 0.5  # probability
+
+
+def crop(pixels: NDArray[np.uint8], min_area: float, rng: np.random.Generator) -> NDArray[np.uint8]:
+    """A random rectangle of whole pixels with at least `min_area` of the area, aspect ratio
+    within 3:4..4:3 of the sprite's."""
+    h, w = pixels.shape[:2]
+    area = rng.uniform(min_area, 1.0)
+    ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+    ch = min(h, max(1, round(h * math.sqrt(area / ratio))))
+    cw = min(w, max(1, round(w * math.sqrt(area * ratio))))
+    top = int(rng.integers(0, h - ch + 1))
+    left = int(rng.integers(0, w - cw + 1))
+    return pixels[top : top + ch, left : left + cw]
 
 
 def recolour(
