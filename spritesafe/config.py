@@ -347,10 +347,6 @@ class TrainSettings(BaseModel):
     distill_below_positives: int = Field(100, ge=0)
     distill_top: int = Field(1000, ge=0, description="unlabelled sprites the teachers rank top")
     distill_pool: int = Field(30_000, ge=0, description="unlabelled candidates in the snapshot")
-    # STUDY: unlabelled sprites whose teachers' mean is at least this join the positive stream.
-    pseudo_positives: float = Field(0.0, ge=0, le=1)
-    # STUDY: probability of a pretraining-style recolour + background swap per image.
-    recolour: float = Field(0.0, ge=0, le=1)
 
     @property
     def threshold_positives(self) -> int:

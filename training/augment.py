@@ -48,10 +48,6 @@ def augment(
         pixels = hue_turn(
             pixels, rng.uniform(-config.hue_jitter, config.hue_jitter), spec.background
         )
-    if config.recolour > 0 and rng.random() < config.recolour:
-        from training.views import ViewRecipe, recolour
-
-        pixels = recolour(np.ascontiguousarray(pixels), ViewRecipe(), spec.background, rng)
     offset = (0, 0)
     if config.max_shift > 0:
         dx, dy = rng.integers(-config.max_shift, config.max_shift + 1, size=2)

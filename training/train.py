@@ -780,10 +780,6 @@ def _student_setup(
     pool = mean_scores(unlabelled)
     chosen = np.argsort(-pool[:, report.positive_level - 1], kind="stable")[: config.distill_top]
     extra = _subset(unlabelled, chosen)
-    if config.pseudo_positives > 0:
-        joins = pool[chosen, report.positive_level - 1] >= config.pseudo_positives
-        extra.labels = np.where(joins, 1.0, extra.labels).astype(np.float32)
-        print(f"STUDY pseudo-positives: {int(joins.sum())} of {len(chosen)} join", flush=True)
     student = SplitData(
         data.pixels + extra.pixels,
         np.concatenate([data.labels, extra.labels]),
