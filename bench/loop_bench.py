@@ -457,6 +457,8 @@ def label_only(
         f"({tp / n_pos:.1%}), {out['positives_per_100_calls']:.1f} per 100 calls; found by "
         f"selection {dict(by_selection)}"
     )
+    passes = [(p["calls"], p["positives"]) for p in out["label"]["passes"]]
+    print(f"passes (calls, LLM positives): {passes}; {out['label']['stopped'] or 'budget spent'}")
     figures["label_only"] = out
     report_machine(figures)
     return write_figures(figures, OUT / "loop_bench_label_only.json", [])
@@ -529,6 +531,8 @@ def main(argv: list[str] | None = None) -> int:
                         "screen",
                         "second_opinions",
                         "steered_by",
+                        "passes",
+                        "stopped",
                         "cost",
                         "errors",
                     )

@@ -50,6 +50,7 @@ from labelers.budget import Plan, fill_random, steered_picks, uniform_picks
 from labelers.cost import call_rows, run_cost
 from labelers.effective import HUMAN, LLM, TEACHER
 from labelers.ollama import Job, OllamaLabeler, Outcome
+from labelers.refresh import blend, head_scores, labelled_now
 from labelers.rubric import Rubric, load_rubric
 from labelers.screen import ScreenRun, grid_for, quality, screen, screened
 from labelers.teacher import TeacherModel
@@ -77,6 +78,8 @@ class LabelReport:
     second_opinions: Counter[str] = field(default_factory=Counter)  # confirm, recheck
     sheet_confirmed: int = 0  # single LLM positives a sheet's flag confirmed (no call)
     cost: dict[str, Any] = field(default_factory=dict)  # labelers.cost.run_cost
+    passes: list[dict[str, Any]] = field(default_factory=list)  # calls, positives, ranked by
+    stopped: str = ""  # why the run left budget unspent, if it did
     seconds: float = 0.0
     status: str = "running"
 
@@ -370,6 +373,101 @@ def _label_ollama(
         return
     seed = _seed(report.run_id)
     scores, plan = _steering(catalog, blobs, settings, pending, budget, seed, report, everything)
+    by_model = report.steered_by.startswith("model")
+    learnt = by_model  # the ranking knows the concept (not the photo-trained teacher)
+    positive = settings.snapshot.positive
+    # The budget goes in passes. Between them a head refitted on every label so far ranks
+    # what is left (labelers.refresh): the next sheets go where the last ones found positives.
+    # Once the ranking knows the concept, a pass whose positives cost more than
+    # `max_calls_per_positive` calls each ends the run: what is left would be spent where
+    # positives no longer are. A budget that covers every candidate is one pass, spent whole.
+    size = budget if everything or not config.pass_calls else config.pass_calls
+    left = budget
+    grid = 1
+    while left > 0:
+        part = min(size, left)
+        before = run_cost(catalog, [report.run_id], positive)
+        grid = _one_pass(
+            catalog,
+            blobs,
+            settings,
+            llm,
+            rubric,
+            digest,
+            report,
+            (pending, part, seed + len(report.passes)),
+            scores,
+            plan,
+            everything,
+            progress,
+        )
+        # Second opinions now, not at the end: the next pass's sheet size and head read
+        # confirmed labels (an unconfirmed check answer would count as the screen's miss).
+        second_opinions(catalog, blobs, settings, llm, rubric, digest, report, scores, plan, part)
+        after = run_cost(catalog, [report.run_id], positive)
+        left -= part
+        calls = after["calls"] - before["calls"]
+        found = after["positives_found"] - before["positives_found"]
+        report.passes.append({"calls": calls, "positives": found, "ranked_by": plan.top_name})
+        limit = config.max_calls_per_positive
+        if learnt and limit and calls > found * limit:
+            report.stopped = (
+                f"pass {len(report.passes)} found {found} positives in {calls} calls (limit "
+                f"{limit:g} calls per positive); {left} of the budget left unspent"
+            )
+            break
+        if calls == 0 or left == 0:
+            break
+        pending, _ = _pending(catalog, LLM, digest, rubric.version, cfg.samples)
+        fresh = _refreshed(catalog, blobs, settings, rubric, digest, pending) if pending else None
+        if fresh is not None:
+            scores = blend(scores, plan.threshold, fresh) if by_model else fresh
+            if not learnt:
+                report.steered_by += ", then a head refitted between passes"
+            plan = replace(plan, threshold=0.5, top_name="head_top", near_name="head_near")
+            by_model = learnt = True  # the blend's threshold is 0.5 from here on
+    if report.screen:
+        report.screen["quality"] = quality(catalog, digest, rubric, grid, positive)
+
+
+def _refreshed(
+    catalog: Catalog,
+    blobs: BlobStore,
+    settings: Settings,
+    rubric: Rubric,
+    digest: str,
+    pending: list[int],
+) -> dict[int, float] | None:
+    """The head's scores of `pending` (labelers.refresh), when `label.refresh_head` is on."""
+    if not settings.label.refresh_head:
+        return None
+    known = labelled_now(catalog, rubric.version, settings.snapshot.positive)
+    flagged = (
+        flagged_on_sheets(catalog, rubric.screen_version, digest)
+        if rubric.screen_instructions
+        else set()
+    )
+    return head_scores(catalog, blobs, settings, pending, known, flagged)
+
+
+def _one_pass(
+    catalog: Catalog,
+    blobs: BlobStore,
+    settings: Settings,
+    llm: OllamaLabeler,
+    rubric: Rubric,
+    digest: str,
+    report: LabelReport,
+    work: tuple[list[int], int, int],
+    scores: dict[int, float],
+    plan: Plan,
+    everything: bool,
+    progress: Progress | None,
+) -> int:
+    """One pass of `budget` calls over the `pending` candidates: the uniform parts, contact
+    sheets and their follow-ups, steered picks, random fill; returns the sheets' grid."""
+    pending, budget, seed = work
+    config = settings.label
     clusters = clusters_of(catalog, pending)
     # 1. The uniform parts come first: the audit goes on along its fixed order of the whole
     # catalog (labelers.audit), exploration is a random draw of the pending candidates.
@@ -380,14 +478,19 @@ def _label_ollama(
     grid = 1
     if config.screen_share > 0 and rubric.screen_instructions and not everything:
         grid = grid_for(catalog, settings, digest, rubric)
-    n_sheets = min(round(budget * config.screen_share), budget - len(chosen)) if grid > 1 else 0
-    reserve = min(round(budget * config.followup_share), budget - len(chosen) - n_sheets)
-    reserve = reserve if n_sheets else 0
-    # Sprites earlier runs' sheets flagged and no run has labelled yet (a killed run, a full
-    # budget) are the likeliest positives: first in line, whether or not this run screens.
+    # Sprites earlier sheets flagged and no run has labelled yet (a killed run, a full
+    # budget, an earlier pass) are the likeliest positives: first in line, whether or not
+    # this pass screens.
     before = screened(catalog, digest, rubric) if rubric.screen_instructions else {}
     waiting = [i for i in pending if i in before and before[i].flagged and i not in chosen]
     waiting.sort(key=lambda i: (-scores.get(i, -1.0), i))
+    # New sheets take at most half the room the waiting flags leave (a sheet costs its call
+    # and at least one follow-up); what that takes from the sheets goes to follow-ups.
+    n_sheets = round(budget * config.screen_share) if grid > 1 else 0
+    cut = max(n_sheets - max((budget - len(chosen) - len(waiting)) // 2, 0), 0)
+    n_sheets -= cut
+    reserve = min(round(budget * config.followup_share) + cut, budget - len(chosen) - n_sheets)
+    reserve = reserve if n_sheets else 0
     if not n_sheets:
         for image_id in waiting[: budget - len(chosen)]:
             chosen[image_id] = "screen_flagged"
@@ -399,7 +502,7 @@ def _label_ollama(
     spent = 0
     if n_sheets:
         # 3. Contact sheets of the next-ranked candidates never screened, then one-by-one
-        # labels for what they (or earlier runs' sheets) flagged, and a random check sample.
+        # labels for what they (or earlier sheets) flagged, and a random check sample.
         rng = np.random.default_rng(seed + 2)
         tiebreak = dict(zip(pending, rng.permutation(len(pending)).tolist(), strict=True))
         # Never screened, or passed only by sheets larger than today's (whose recall failed).
@@ -411,7 +514,7 @@ def _label_ollama(
         ]
         fresh.sort(key=lambda i: (-scores.get(i, -1.0), tiebreak[i]))
         run = ScreenRun(grid)
-        queue = list(waiting)  # flagged, not yet labelled: earlier runs' first
+        queue = list(waiting)  # flagged, not yet labelled: earlier ones first
         n_more, checks = n_sheets, 0
         while n_more > 0 and fresh:
             batch, fresh = fresh[: n_more * grid * grid], fresh[n_more * grid * grid :]
@@ -422,7 +525,7 @@ def _label_ollama(
             spent = run.sheets
             # The check sample first (the screen's recall is measured, not hoped for), then
             # what the sheets flagged; flagged sprites the budget cannot take now wait for the
-            # next run.
+            # next pass or run.
             n_check = min(
                 budget - len(chosen) - spent,
                 round(len(part.unflagged) * config.screen_check_share),
@@ -435,20 +538,13 @@ def _label_ollama(
                 chosen[image_id] = "screen_flagged"
             queue = queue[room:]
             # Room the follow-ups left buys more sheets of the next-ranked candidates, as
-            # many as it pays for at this run's cost per sheet (its call, flags and checks):
+            # many as it pays for at this pass's cost per sheet (its call, flags and checks):
             # 16 sprites a call beat one-by-one picks below the sheets' ranks.
             checks += n_check
             per_sheet = 1 + (len(run.flagged) + checks) / max(run.sheets, 1)
             n_more = 0 if queue else int((budget - len(chosen) - spent) // per_sheet)
-        report.screen = {
-            "grid": grid,
-            "sheets": run.sheets,
-            "sprites": run.cells,
-            "flagged": len(run.flagged),
-            "flagged_before": len(waiting),
-            "errors": run.errors,
-        }
-        # 4. Room the sheets did not use goes to more steered picks (not to sprites this run's
+        _add_screen(report, run, len(waiting))
+        # 4. Room the sheets did not use goes to more steered picks (not to sprites this pass's
         # sheets passed: the check sample speaks for those; only the random fill below, when
         # nothing else is left, may take them).
         passed = set(run.unflagged)
@@ -457,10 +553,19 @@ def _label_ollama(
     chosen = fill_random(chosen, pending, budget - spent, seed)
     report.selected.update(chosen.values())
     ask_llm(catalog, blobs, settings, llm, rubric, digest, chosen, report, progress)
-    second_opinions(catalog, blobs, settings, llm, rubric, digest, report, scores, plan, budget)
-    if n_sheets:
-        positive = settings.snapshot.positive
-        report.screen["quality"] = quality(catalog, digest, rubric, grid, positive)
+    return grid
+
+
+def _add_screen(report: LabelReport, run: ScreenRun, waiting: int) -> None:
+    """Add one pass's sheets to the run's figures (`flagged_before`: the first pass's wait)."""
+    figures = {"sheets": run.sheets, "sprites": run.cells, "flagged": len(run.flagged)}
+    if not report.screen:
+        report.screen = {"grid": run.grid, **figures, "flagged_before": waiting, "errors": 0}
+    else:
+        for name, value in figures.items():
+            report.screen[name] += value
+        report.screen["grid"] = run.grid
+    report.screen["errors"] += run.errors
 
 
 def single_votes(catalog: Catalog, digest: str, rubric: Rubric) -> dict[int, str | None]:
@@ -518,7 +623,7 @@ def second_opinions(
     for purpose in ("confirm", "recheck"):
         part = {i: why for i, why in ask.items() if why == purpose}
         if part:
-            report.second_opinions[purpose] = len(part)
+            report.second_opinions[purpose] += len(part)
             ask_llm(
                 catalog,
                 blobs,

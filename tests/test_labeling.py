@@ -49,6 +49,9 @@ def _colour(rgb: NDArray[np.uint8], info: ChatRequestInfo) -> str | None:
 
 reddish = rubric_responder(_colour, unsure="I am not sure what this green thing is.")
 by_colour = rubric_responder(lambda rgb, info: _colour(rgb, info) or "safe")
+by_blue = rubric_responder(
+    lambda rgb, info: "explicit" if (rgb == (30, 30, 220)).all(axis=2).mean() > 0.1 else "safe"
+)
 
 
 def ollama_settings(*urls: str, **kw: object) -> OllamaSettings:
@@ -833,3 +836,83 @@ def test_second_opinions_keep_false_alarms_out_of_training_on_real_sprites(
     # Training's positives: real ones, and at most the false alarms a second look repeated.
     assert len(kept) >= 10 and kept <= truly | (false_alarms - refuted)
     assert not kept & refuted
+
+
+def test_passes_rank_by_a_refitted_head_and_stop_where_positives_run_out(
+    corpus: Settings, tmp_path: Path
+) -> None:
+    """The budget goes in passes: after the first (the teacher's order: it knows nothing of
+    blue blocks) a head refitted on the frozen backbone's features ranks what is left, so the next
+    picks are where the found positives are; once a pass finds too few positives per call the
+    run ends with budget left, instead of spending it where positives no longer are."""
+    from training.pretrain import pretrain
+
+    # 40 blue blocks (the positive concept here) among 120 random sprites and the fixture's
+    # 24: shapes even a briefly pretrained backbone tells apart (its views turn hues, so
+    # colour alone would not do), and a colour the photo-trained teacher does not favour.
+    rng = np.random.default_rng(21)
+    more = tmp_path / "more"
+    more.mkdir()
+    shapes = iter(rng.choice(11 * 11, 40, replace=False).tolist())  # 40 distinct blocks
+    for i in range(160):
+        tile = sprite(rng, 16)
+        if i % 4 == 0:
+            k = next(shapes)
+            h, w = 6 + k // 11, 6 + k % 11  # 6..16 px each way
+            tile[:] = 0
+            tile[:h, :w] = (30, 30, 220, 255)
+        (more / f"p{i}.png").write_bytes(png(tile))
+    with FakeOllama({MODEL: "sha256:" + "0e" * 32}, responder=by_blue) as server:
+        settings = corpus.model_copy(
+            update={
+                "ollama": ollama_settings(server.url),
+                "label": corpus.label.model_copy(
+                    update={
+                        "screen_share": 0.0,
+                        "audit_share": 0.0,
+                        "explore_share": 0.0,
+                        "confirm_positives": False,
+                        "pass_calls": 25,
+                        "max_calls_per_positive": 5.0,
+                    }
+                ),
+                "pretrain": corpus.pretrain.model_copy(update={"size": 32, "max_steps": 40}),
+            }
+        )
+        ws = open_workspace(settings)
+        ingest(ws.catalog, ws.blobs, [parse_source(str(more), settings)], settings)
+        assert pretrain(ws.catalog, ws.blobs, settings).status == "ok"
+        report = label(ws.catalog, ws.blobs, settings, budget=150)
+        rows = [r for r in _rows(ws, labels) if r.labeler == "ollama"]
+        named = _locators(ws)
+        ws.close()
+    blue = {i for i, name in named.items() if name.startswith("p") and int(name[1:-4]) % 4 == 0}
+    assert len(blue) == 40
+    ranked = [p["ranked_by"] for p in report.passes]
+    assert ranked[0] == "teacher_top" and set(ranked[1:]) == {"head_top"}
+    assert report.steered_by == "teacher, then a head refitted between passes"
+    # (The teacher favours flat blocks of colour: the first pass found most of them.) The
+    # head's picks are where the positives left are: several times their share of what the
+    # first pass left unlabelled.
+    first = {r.image_id for r in rows if r.selection.startswith("teacher")}
+    left_share = len(blue - first) / (len(named) - len(first))
+    by_head = [r.image_id for r in rows if r.selection == "head_top"]
+    assert sum(i in blue for i in by_head) >= 2.5 * left_share * len(by_head)
+    found = {r.image_id for r in rows if r.category == "explicit"}
+    assert len(found & blue) >= 36
+    # The pass that found too few ended the run, the rest of the budget unspent.
+    last = report.passes[-1]
+    assert last["calls"] > 5 * last["positives"] and "unspent" in report.stopped
+    assert report.cost["calls"] == sum(p["calls"] for p in report.passes) < 150
+
+
+def test_blend_centres_each_opinion_on_its_own_threshold() -> None:
+    from labelers.refresh import blend
+
+    model = {1: 0.9, 2: 0.2, 3: 0.2}
+    head = {1: 0.5, 2: 0.5, 3: 0.95, 4: 0.7}
+    out = blend(model, 0.2, head)
+    assert out[2] == pytest.approx(0.5)  # at both thresholds: undecided
+    assert out[1] > out[3] > out[2]  # each sure one way, the other undecided
+    assert out[4] == pytest.approx(0.7)  # only the head scored it
+    assert blend(model, 0.2, {}) == pytest.approx({1: 0.9730, 2: 0.5, 3: 0.5}, abs=1e-3)
