@@ -54,7 +54,7 @@ from corpus.catalog import images, labels, llm_calls, models, review_queue, utcn
 from corpus.workspace import open_workspace
 from export.scores import score_catalog
 from export.stage import export_model, verify_model
-from labelers.effective import LabelRow, effective_label
+from labelers.refresh import labelled_now
 from labelers.rubric import load_rubric
 from labelers.simulated import FakeOllama, NoisyOracle, rubric_responder
 from labelers.stage import label
@@ -142,17 +142,8 @@ def found_positives(
     """(true positives the loop holds as positive, sprites it holds as positive, the loop's
     effective verdict per labelled sprite) from the catalog's label rows."""
     rubric = load_rubric(settings.label.rubric)
-    rows: dict[int, list[LabelRow]] = {}
-    with open_workspace(settings) as ws, ws.catalog.read() as conn:
-        for r in conn.execute(
-            sa.select(labels).where(labels.c.labeler.in_(("ollama", "human"))).order_by(labels.c.id)
-        ):
-            rows.setdefault(r.image_id, []).append(LabelRow.of(r))
-    verdicts: dict[int, bool] = {}
-    for image_id, votes in rows.items():
-        v = effective_label(votes, rubric_version=rubric.version)
-        if v.category is not None and not v.uncertain:
-            verdicts[image_id] = v.category in settings.snapshot.positive
+    with open_workspace(settings) as ws:
+        verdicts = labelled_now(ws.catalog, rubric.version, settings.snapshot.positive)
     said = [i for i, pos in verdicts.items() if pos and i in truth]
     return sum(truth[i][0] for i in said), len(said), verdicts
 

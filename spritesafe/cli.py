@@ -332,6 +332,12 @@ def label_command(
     )
     if report.cost:
         out.print(f"cost: {cost_line(report.cost)}")
+    if len(report.passes) > 1 or report.stopped:
+        found = ", ".join(f"{p['positives']}/{p['calls']}" for p in report.passes)
+        out.print(
+            f"passes (positives/calls): {found}; steered by {report.steered_by}"
+            + (f"; stopped: {report.stopped}" if report.stopped else "")
+        )
 
 
 @app.command("snapshot")
