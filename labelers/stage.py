@@ -378,9 +378,9 @@ def _label_ollama(
     positive = settings.snapshot.positive
     # The budget goes in passes. Between them a head refitted on every label so far ranks
     # what is left (labelers.refresh): the next sheets go where the last ones found positives.
-    # Once the ranking knows the concept, a pass whose positives cost more than
-    # `max_calls_per_positive` calls each ends the run: what is left would be spent where
-    # positives no longer are. A budget that covers every candidate is one pass, spent whole.
+    # With `max_calls_per_positive` set (off by default), once the ranking knows the concept
+    # a pass whose positives cost more than that many calls each ends the run, the rest of
+    # the budget unspent. A budget that covers every candidate is one pass, spent whole.
     size = budget if everything or not config.pass_calls else config.pass_calls
     left = budget
     grid = 1
