@@ -375,6 +375,7 @@ def _label_ollama(
     scores, plan = _steering(catalog, blobs, settings, pending, budget, seed, report, everything)
     by_model = report.steered_by.startswith("model")
     learnt = by_model  # the ranking knows the concept (not the photo-trained teacher)
+    steering = scores, plan.threshold  # each refitted head is blended with these
     positive = settings.snapshot.positive
     # The budget goes in passes. Between them a head refitted on every label so far ranks
     # what is left (labelers.refresh): the next sheets go where the last ones found positives.
@@ -421,11 +422,11 @@ def _label_ollama(
         pending, _ = _pending(catalog, LLM, digest, rubric.version, cfg.samples)
         fresh = _refreshed(catalog, blobs, settings, rubric, digest, pending) if pending else None
         if fresh is not None:
-            scores = blend(scores, plan.threshold, fresh) if by_model else fresh
+            scores = blend(*steering, fresh) if by_model else fresh
             if not learnt:
                 report.steered_by += ", then a head refitted between passes"
             plan = replace(plan, threshold=0.5, top_name="head_top", near_name="head_near")
-            by_model = learnt = True  # the blend's threshold is 0.5 from here on
+            learnt = True
     if report.screen:
         report.screen["quality"] = quality(catalog, digest, rubric, grid, positive)
 
