@@ -19,7 +19,8 @@ Per round: LLM calls (by purpose) and image tokens so far, true positives found 
 effective label positive, the sprite truly positive) and their share of the corpus's,
 positives per 100 calls, holdout PR-AUC of the model the round trained and of the model the
 loop ships after it (the promoted one: the gate may refuse the new model and keep the old),
-and the share of the queue's top 20 whose label is really wrong. At the end, the queue that
+and the share of the queue's top 20 whose label is really wrong (for a sprite a sheet passed
+over, `passed_over`, the label is the sheet's "no"). At the end, the queue that
 mining builds now on the final catalog (a copy) is checked the same way. Targets (issue 13)
 are checked at the end, the holdout ones on the shipped model (exit 1 when one fails).
 
@@ -247,12 +248,9 @@ def review_round(
                 .order_by(review_queue.c.priority.desc(), review_queue.c.id)
             ).all()
         top = queue[:20]
-        wrong = [
-            q
-            for q in top
-            if q.image_id in verdicts and verdicts[q.image_id] != truth[q.image_id][0]
-        ]
+        wrong = [q for q in top if really_wrong(q.image_id, q.reason, verdicts, truth)]
         decided = 0
+        by_reason: dict[str, list[int]] = {}  # reason -> [decided, truly positive]
         for q in queue[:reviews]:
             decide(
                 ws.catalog,
@@ -261,14 +259,28 @@ def review_round(
                 "explicit" if truth[q.image_id][0] else "safe",
             )
             decided += 1
+            tally = by_reason.setdefault(q.reason, [0, 0])
+            tally[0] += 1
+            tally[1] += truth[q.image_id][0]
     return {
         "queued": dict(mined.queued),
         "top20": len(top),
         "top20_wrong": len(wrong),
         "top20_reasons": dict(Counter(q.reason for q in top)),
         "decided": decided,
+        "decided_by_reason": by_reason,
         "llm_error_rates": mined.llm_error_rates,
     }
+
+
+def really_wrong(
+    image_id: int, reason: str, verdicts: dict[int, bool], truth: dict[int, tuple[bool, str]]
+) -> bool:
+    """Whether a queue item's label is really wrong: the loop's effective label, or for a
+    sprite a contact sheet passed over (no label of its own), the sheet's "no"."""
+    if reason == "passed_over":
+        return truth[image_id][0]
+    return image_id in verdicts and verdicts[image_id] != truth[image_id][0]
 
 
 def queue_check(
@@ -285,8 +297,8 @@ def queue_check(
     settings = load_settings(None, data_dir=work, blob_url=str(base.blob_root))
     _, _, verdicts = found_positives(settings, truth)
 
-    def wrong(image_id: int) -> bool:
-        return image_id in verdicts and verdicts[image_id] != truth[image_id][0]
+    def wrong(image_id: int, reason: str = "") -> bool:
+        return really_wrong(image_id, reason, verdicts, truth)
 
     with open_workspace(settings) as ws:
         with ws.catalog.write() as conn:
@@ -310,7 +322,7 @@ def queue_check(
         "queued": dict(mined.queued),
         "scores": mined.llm_error_rates.get("scores"),
         "top20": len(queue[:20]),
-        "top20_wrong": sum(wrong(q.image_id) for q in queue[:20]),
+        "top20_wrong": sum(wrong(q.image_id, q.reason) for q in queue[:20]),
         "label_issues": len(issues),
         "label_issues_wrong": sum(wrong(q.image_id) for q in issues),
         "llm_labels": len(verdicts),
@@ -551,6 +563,13 @@ def main(argv: list[str] | None = None) -> int:
             results[key] = round_out
             save()
             print(f"{key}: {row(round_out, n_pos)}", flush=True)
+            passes = [(p["calls"], p["positives"]) for p in round_out["label"]["passes"]]
+            print(
+                f"  passes (calls, LLM positives): {passes}; "
+                f"{round_out['label']['stopped'] or 'budget spent'}; people decided (decided, "
+                f"truly positive) {round_out.get('review', {}).get('decided_by_reason')}",
+                flush=True,
+            )
             weak = round_out.get("snapshot", {})
             print(
                 f"  trained model, last weights: {round_out.get('holdout_pr_auc_last')}; "

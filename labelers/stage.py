@@ -42,6 +42,7 @@ from corpus.catalog import (
     model_scores,
     models,
     recorded,
+    runs,
     utcnow,
 )
 from export.stage import FP32_NAME, ExportError, promoted_model
@@ -379,12 +380,14 @@ def _label_ollama(
     positive = settings.snapshot.positive
     # The budget goes in passes. Between them a head refitted on every label so far ranks
     # what is left (labelers.refresh): the next sheets go where the last ones found positives.
-    # With `max_calls_per_positive` set (off by default), once the ranking knows the concept
-    # a pass whose positives cost more than that many calls each ends the run, the rest of
-    # the budget unspent. A budget that covers every candidate is one pass, spent whole.
+    # Once the ranking knows the concept, the run ends, the rest of the budget unspent, when
+    # the last two passes (the first pass's partner: the last pass of the run before) found
+    # their positives at more than `max_calls_per_positive` calls each: two, as one pass of
+    # 100 calls is too noisy to judge by. A budget that covers every candidate is one pass.
     size = budget if everything or not config.pass_calls else config.pass_calls
     left = budget
     grid = 1
+    earlier = last_pass(catalog, report.run_id) if learnt else None
     while left > 0:
         part = min(size, left)
         before = run_cost(catalog, [report.run_id], positive)
@@ -410,12 +413,9 @@ def _label_ollama(
         calls = after["calls"] - before["calls"]
         found = after["positives_found"] - before["positives_found"]
         report.passes.append({"calls": calls, "positives": found, "ranked_by": plan.top_name})
-        limit = config.max_calls_per_positive
-        if learnt and limit and calls > found * limit:
-            report.stopped = (
-                f"pass {len(report.passes)} found {found} positives in {calls} calls (limit "
-                f"{limit:g} calls per positive); {left} of the budget left unspent"
-            )
+        why = stop_reason(report.passes, earlier, config.max_calls_per_positive, left)
+        if learnt and why:
+            report.stopped = why
             break
         if calls == 0 or left == 0:
             break
@@ -429,6 +429,38 @@ def _label_ollama(
             learnt = True
     if report.screen:
         report.screen["quality"] = quality(catalog, digest, rubric, grid, positive)
+
+
+def stop_reason(
+    passes: list[dict[str, Any]], earlier: dict[str, Any] | None, limit: float, left: int
+) -> str:
+    """Why a run should stop now, or "": its last two `passes` (the first one's partner is the
+    run before's last pass, `earlier`) found positives at more than `limit` calls each."""
+    window = passes[-2:] if len(passes) > 1 else [p for p in (earlier, *passes) if p]
+    calls = sum(int(p["calls"]) for p in window)
+    found = sum(int(p["positives"]) for p in window)
+    if not limit or not left or calls <= found * limit:
+        return ""
+    return (
+        f"the last two passes found {found} positives in {calls} calls (limit {limit:g} calls"
+        f" per positive); {left} of the budget left unspent"
+    )
+
+
+def last_pass(catalog: Catalog, run_id: str) -> dict[str, Any] | None:
+    """The last pass of the newest label run before `run_id` that finished, when a learnt
+    ranking chose it (a model's or a head's, not the teacher's): how the run before ended."""
+    with catalog.read() as conn:
+        rows = conn.execute(
+            sa.select(runs.c.stats)
+            .where(runs.c.kind == f"label-{LLM}", runs.c.id != run_id, runs.c.status == "ok")
+            .order_by(runs.c.finished_at.desc())
+            .limit(1)
+        ).all()
+    passes = (rows[0].stats or {}).get("passes") if rows else None
+    if not passes or passes[-1].get("ranked_by", "").startswith("teacher"):
+        return None
+    return dict(passes[-1])
 
 
 def _refreshed(

@@ -11,6 +11,10 @@ wrong, higher first):
 - near_threshold: unlabelled, and the model's score is within `near_band` of the threshold
   (no label to be wrong: low priority);
 - screen_miss: an LLM positive that a contact sheet passed over (low priority: for the grid);
+- passed_over: a sprite a contact sheet passed over, with no label of its own, that the
+  model scores high; priority = the chance the sheet's "no" is wrong, as for an LLM "safe"
+  (a sheet misses at least what the LLM misses). The misses the LLM makes on every look
+  (sticky) are found nowhere else: for the grid;
 - audit: a small random share of scored images, so reviewers also see ordinary cases.
 Each run queues at most `max_per_run` new items, no reason more than `max_reason_share` of
 them. Images with a human decision are never queued; an (image, reason) pair is queued once
@@ -61,6 +65,7 @@ REASONS = (
     "teacher_vs_llm",
     "near_threshold",
     "screen_miss",
+    "passed_over",
     "audit",
     "audit_fp",  # spritesafe audit --queue: a model's errors on a held-out split
     "audit_fn",
@@ -151,6 +156,7 @@ def mine(
             base_rate=float(info["base_rate"]) if info.get("base_rate") else None,
             trained_share=float(share) if share else None,
             crossed=crossed,
+            model_share=float(info["trained_share"]) if info.get("trained_share") else None,
         )
         report.llm_error_rates = found.llm_error_rates
         write_queue(catalog, model_id, found.queue, report)
@@ -264,6 +270,7 @@ def find_disagreements(
     base_rate: float | None = None,
     trained_share: float | None = None,
     crossed: Mapping[int, float] | None = None,
+    model_share: float | None = None,
 ) -> Disagreements:
     """Which images to queue, for which reason, at what priority (the module's docstring has
     the reasons), capped at `config.max_per_run` over all reasons and `max_reason_share` of
@@ -271,7 +278,8 @@ def find_disagreements(
     out-of-sample scores, `passed` the images a contact sheet passed over, `base_rate` and
     `trained_share` the model's (None: the LLM's positive share, the base rate), `crossed`
     cross-validated scores that replace `scores` for label issues (trained at a share of
-    `trained_share`). `model_id` seeds the audit draw."""
+    `trained_share`), `model_share` the positive share the model's `scores` trained at (None:
+    the base rate). `model_id` seeds the audit draw."""
     found, judged, pairs = _by_labels(images, scores, config.teacher_gap, rubric_version, positive)
     rates = _label_issues(
         judged, pairs, config, base_rate, trained_share, crossed, found["label_issue"]
@@ -280,6 +288,7 @@ def find_disagreements(
     for image_id, llm_positive, _, detail in judged:
         if llm_positive and image_id in passed:
             found["screen_miss"].append((0.05, image_id, detail))
+    _passed_over(scores, images, passed, threshold, base_rate, model_share, rates, found)
     for image_id, score in scores.items():
         known = images.get(image_id)
         if known is not None and (known.human or known.llm_p):
@@ -310,6 +319,37 @@ def find_disagreements(
     )
     picked["audit"] = [(0.0, i, {"model": scores[i]}) for i in pool[:audit_n]]
     return Disagreements(dict(picked), rates)
+
+
+def _passed_over(
+    scores: Mapping[int, float],
+    images: Mapping[int, ImageEvidence],
+    passed: Collection[int],
+    threshold: float,
+    base_rate: float | None,
+    model_share: float | None,
+    rates: Mapping[str, Any],
+    out: dict[str, list[Entry]],
+) -> None:
+    """Append to out["passed_over"] the unlabelled sprites a sheet passed over that the model
+    scores at or above its `threshold`, each with the chance the sheet's "no" is wrong."""
+    ids = [
+        i
+        for i, s in scores.items()
+        if i in passed
+        and s >= threshold
+        and not ((known := images.get(i)) is not None and (known.human or known.llm_p))
+    ]
+    if not ids:
+        return
+    base = float(base_rate or 0.01)
+    p = np.array([scores[i] for i in ids], dtype=np.float64)
+    posterior = posterior_at(p, float(model_share or base), base)
+    no = np.zeros(len(ids), dtype=bool)
+    chance = chance_label_wrong(no, posterior, float(rates["miss"]), float(rates["false_alarm"]))
+    for image_id, q, c in zip(ids, posterior, chance, strict=True):
+        detail = {"model": scores[image_id], "posterior": round(float(q), 4)}
+        out["passed_over"].append((float(c), image_id, detail))
 
 
 def _by_labels(

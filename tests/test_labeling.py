@@ -844,7 +844,8 @@ def test_passes_rank_by_a_refitted_head_and_stop_where_positives_run_out(
     """The budget goes in passes: after the first (the teacher's order: it knows nothing of
     blue blocks) a head refitted on the frozen backbone's features ranks what is left, so the next
     picks are where the found positives are; once a pass finds too few positives per call the
-    run ends with budget left, instead of spending it where positives no longer are."""
+    run ends with budget left (judged by its last two passes), instead of spending it where
+    positives no longer are."""
     from training.pretrain import pretrain
 
     # 40 blue blocks (the positive concept here) among 120 random sprites and the fixture's
@@ -892,17 +893,18 @@ def test_passes_rank_by_a_refitted_head_and_stop_where_positives_run_out(
     assert ranked[0] == "teacher_top" and set(ranked[1:]) == {"head_top"}
     assert report.steered_by == "teacher, then a head refitted between passes"
     # (The teacher favours flat blocks of colour: the first pass found most of them.) The
-    # head's picks are where the positives left are: several times their share of what the
-    # first pass left unlabelled.
+    # head's first picks are where the positives left are: several times their share of what
+    # the first pass left unlabelled.
     first = {r.image_id for r in rows if r.selection.startswith("teacher")}
     left_share = len(blue - first) / (len(named) - len(first))
-    by_head = [r.image_id for r in rows if r.selection == "head_top"]
+    by_head = [r.image_id for r in rows if r.selection == "head_top"][: report.passes[1]["calls"]]
     assert sum(i in blue for i in by_head) >= 2.5 * left_share * len(by_head)
     found = {r.image_id for r in rows if r.category == "explicit"}
     assert len(found & blue) >= 36
-    # The pass that found too few ended the run, the rest of the budget unspent.
-    last = report.passes[-1]
-    assert last["calls"] > 5 * last["positives"] and "unspent" in report.stopped
+    # The two passes that found too few ended the run, the rest of the budget unspent.
+    last = report.passes[-2:]
+    calls, found_ = (sum(p[k] for p in last) for k in ("calls", "positives"))
+    assert calls > 5 * found_ and "last two passes" in report.stopped
     assert report.cost["calls"] == sum(p["calls"] for p in report.passes) < 150
 
 
@@ -916,3 +918,21 @@ def test_blend_centres_each_opinion_on_its_own_threshold() -> None:
     assert out[1] > out[3] > out[2]  # each sure one way, the other undecided
     assert out[4] == pytest.approx(0.7)  # only the head scored it
     assert blend(model, 0.2, {}) == pytest.approx({1: 0.9730, 2: 0.5, 3: 0.5}, abs=1e-3)
+
+
+def test_a_run_stops_on_its_last_two_passes_the_first_paired_with_the_run_before() -> None:
+    from labelers.stage import stop_reason
+
+    good, poor = {"calls": 100, "positives": 30}, {"calls": 100, "positives": 10}
+    # One poor pass after a good one is noise (40 in 200 calls: 5 each), two are not.
+    assert stop_reason([good, poor], None, 5.0, left=300) == ""
+    assert "15 positives in 200 calls" in stop_reason(
+        [good, poor, {**poor, "positives": 5}], None, 5.0, 200
+    )
+    # A run's first pass is judged with the last pass of the run before ...
+    assert stop_reason([poor], poor, 5.0, left=900).endswith("900 of the budget left unspent")
+    assert stop_reason([good], poor, 5.0, left=900) == ""
+    # ... alone when there is none; with no budget left or no limit, nothing to stop.
+    assert "10 positives in 100 calls" in stop_reason([poor], None, 5.0, left=900)
+    assert stop_reason([poor, poor], None, 5.0, left=0) == ""
+    assert stop_reason([poor, poor], None, 0.0, left=900) == ""

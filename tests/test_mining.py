@@ -90,3 +90,33 @@ def test_a_clear_label_error_is_queued_first_within_the_caps() -> None:
     assert len(more["low_agreement"]) == 3
     assert [i for _, i, _ in more["near_threshold"]] == near
     assert more["audit"] == []
+
+
+def test_sprites_a_sheet_passed_over_that_the_model_calls_positive_go_to_people() -> None:
+    """The LLM misses some positives on every look (sticky): a sheet passes them, single
+    labels never see them. Those the model scores above its threshold are queued, likeliest
+    first, at the chance the sheet's "no" is wrong; labelled or flagged sprites are not."""
+    images = {i: _llm("safe") for i in range(1, 31)}  # the LLM's negatives (label issues aside)
+    scores = dict.fromkeys(images, 0.01)
+    passed = {101, 102, 103, 104, 105}
+    scores |= {101: 0.99, 102: 0.9, 103: 0.6, 104: 0.3, 105: 0.999}  # 104: below threshold
+    images[105] = _llm("explicit")  # passed once, then labelled: a screen_miss, not this
+    scores[106] = 0.99  # never on a sheet: the label stage's to ask, not people's
+    found = find_disagreements(
+        images,
+        scores,
+        ReviewSettings(max_per_run=100, audit_share=0.0),
+        threshold=0.5,
+        rubric_version=RUBRIC,
+        positive=POSITIVE,
+        passed=passed,
+        base_rate=0.03,
+        model_share=0.25,
+    ).queue
+    over = found["passed_over"]
+    assert [i for _, i, _ in over] == [101, 102, 103]
+    chances = [p for p, _, _ in over]
+    assert chances == sorted(chances, reverse=True) and 0 < chances[-1] < chances[0] < 1
+    # The chance falls below the posterior itself: the sheet's "no" is evidence.
+    assert all(p < d["posterior"] for p, _, d in over)
+    assert [i for _, i, _ in found["screen_miss"]] == [105]
