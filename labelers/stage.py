@@ -442,8 +442,8 @@ def stop_reason(
     if not limit or not left or calls <= found * limit:
         return ""
     return (
-        f"the last two passes found {found} positives in {calls} calls (limit {limit:g} calls"
-        f" per positive); {left} of the budget left unspent"
+        f"the last {'two passes' if len(window) > 1 else 'pass'} found {found} positives in "
+        f"{calls} calls (limit {limit:g} calls per positive); {left} of the budget left unspent"
     )
 
 
