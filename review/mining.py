@@ -12,10 +12,9 @@ wrong, higher first):
   (no label to be wrong: low priority);
 - screen_miss: an LLM positive that a contact sheet passed over (low priority: for the grid);
 - passed_over: a sprite a contact sheet passed over, with no label of its own, that the
-  model scores above its threshold; priority = the chance the sheet's "no" is wrong, as for
-  an LLM "safe" (a sheet misses at least what the LLM misses), from the cross-validated
-  heads where there are (calibrated; the fine-tuned model's scores are overconfident). The
-  misses the LLM makes on every look (sticky) are found nowhere else: for the grid;
+  model scores high; priority = the chance the sheet's "no" is wrong, as for an LLM "safe"
+  (a sheet misses at least what the LLM misses). The misses the LLM makes on every look
+  (sticky) are found nowhere else: for the grid;
 - audit: a small random share of scored images, so reviewers also see ordinary cases.
 Each run queues at most `max_per_run` new items, no reason more than `max_reason_share` of
 them. Images with a human decision are never queued; an (image, reason) pair is queued once
@@ -142,10 +141,7 @@ def mine(
             if judged:
                 ids = [i for i, _ in judged]
                 said = np.array([s for _, s in judged], dtype=bool)
-                # The sprites a sheet passed over that the model flags get the folds'
-                # heads' opinion too (passed_over's priority: calibrated, unlike the model).
-                over = [i for i in passed if scores.get(i, 0.0) >= threshold]
-                crossed = cross_val_scores(catalog, blobs, settings, ids, said, also=over)
+                crossed = cross_val_scores(catalog, blobs, settings, ids, said)
             if crossed is not None:
                 share = TRAINED_SHARE  # the prior cross-validated scores are calibrated to
         found = find_disagreements(
@@ -292,8 +288,7 @@ def find_disagreements(
     for image_id, llm_positive, _, detail in judged:
         if llm_positive and image_id in passed:
             found["screen_miss"].append((0.05, image_id, detail))
-    belief = (crossed, trained_share) if crossed is not None else (scores, model_share)
-    _passed_over(scores, images, passed, threshold, (base_rate, *belief), rates, found)
+    _passed_over(scores, images, passed, threshold, base_rate, model_share, rates, found)
     for image_id, score in scores.items():
         known = images.get(image_id)
         if known is not None and (known.human or known.llm_p):
@@ -331,27 +326,25 @@ def _passed_over(
     images: Mapping[int, ImageEvidence],
     passed: Collection[int],
     threshold: float,
-    belief: tuple[float | None, Mapping[int, float], float | None],
+    base_rate: float | None,
+    model_share: float | None,
     rates: Mapping[str, Any],
     out: dict[str, list[Entry]],
 ) -> None:
     """Append to out["passed_over"] the unlabelled sprites a sheet passed over that the model
-    scores at or above its `threshold`, each with the chance the sheet's "no" is wrong from
-    `belief`: (base rate, P(positive) per sprite, the positive share those trained at)."""
-    base_rate, p_of, share = belief
+    scores at or above its `threshold`, each with the chance the sheet's "no" is wrong."""
     ids = [
         i
         for i, s in scores.items()
         if i in passed
-        and i in p_of
         and s >= threshold
         and not ((known := images.get(i)) is not None and (known.human or known.llm_p))
     ]
     if not ids:
         return
     base = float(base_rate or 0.01)
-    p = np.array([p_of[i] for i in ids], dtype=np.float64)
-    posterior = posterior_at(p, float(share or base), base)
+    p = np.array([scores[i] for i in ids], dtype=np.float64)
+    posterior = posterior_at(p, float(model_share or base), base)
     no = np.zeros(len(ids), dtype=bool)
     chance = chance_label_wrong(no, posterior, float(rates["miss"]), float(rates["false_alarm"]))
     for image_id, q, c in zip(ids, posterior, chance, strict=True):

@@ -120,19 +120,3 @@ def test_sprites_a_sheet_passed_over_that_the_model_calls_positive_go_to_people(
     # The chance falls below the posterior itself: the sheet's "no" is evidence.
     assert all(p < d["posterior"] for p, _, d in over)
     assert [i for _, i, _ in found["screen_miss"]] == [105]
-    # With cross-validated heads' scores (calibrated, prior 0.5), those rank them instead.
-    crossed = {101: 0.6, 102: 0.995, 103: 0.9}
-    again = find_disagreements(
-        images,
-        scores,
-        ReviewSettings(max_per_run=100, audit_share=0.0),
-        threshold=0.5,
-        rubric_version=RUBRIC,
-        positive=POSITIVE,
-        passed=passed,
-        base_rate=0.03,
-        trained_share=0.5,
-        crossed=crossed,
-        model_share=0.25,
-    ).queue["passed_over"]
-    assert [i for _, i, _ in again] == [102, 103, 101]

@@ -35,46 +35,32 @@ def cross_val_scores(
     image_ids: list[int],
     positive: NDArray[np.bool_],
     folds: int = 5,
-    also: list[int] | None = None,
 ) -> dict[int, float] | None:
     """image id -> P(positive) from a head that never saw that image's label (None without a
-    self-supervised backbone, or with too few labels of either class); the unlabelled `also`
-    get the mean of the folds' heads (none of them saw those)."""
+    self-supervised backbone, or with too few labels of either class)."""
     n_pos = int(np.sum(positive))
     if n_pos < folds or len(image_ids) - n_pos < folds:
         return None
-    given = dict(zip(image_ids, np.asarray(positive, dtype=bool).tolist(), strict=True))
-    extra = [i for i in also or [] if i not in given]
-    embedded = backbone_features(catalog, blobs, settings, image_ids + extra)
+    embedded = backbone_features(catalog, blobs, settings, image_ids)
     if embedded is None:
         return None
-    all_ids, all_features = embedded
-    known = torch.tensor([i in given for i in all_ids], dtype=torch.bool)
-    ids = [i for i in all_ids if i in given]
-    features, outside = all_features[known], all_features[~known]
+    ids, features = embedded
+    given = dict(zip(image_ids, np.asarray(positive, dtype=bool).tolist(), strict=True))
     labels = np.array([given[i] for i in ids], dtype=bool)
     clusters = image_column(catalog, images.c.cluster_id, ids)
     fold = np.array([_fold(clusters.get(i, i), folds) for i in ids])
     scores = np.zeros(len(ids))
-    others = np.zeros(len(all_ids) - len(ids))
     for f in range(folds):
         held = fold == f
         train_y = labels[~held]
         if held.any() and 0 < train_y.sum() < len(train_y):
             pos_weight = float((~train_y).sum() / train_y.sum())
             head = fit_logistic(features[torch.from_numpy(~held)], train_y, pos_weight, DEFAULT_L2)
-            scores[held] = _sigmoid(head.logits(features[torch.from_numpy(held)]))
-            others += _sigmoid(head.logits(outside)) / folds
+            logits = head.logits(features[torch.from_numpy(held)])
+            scores[held] = 1 / (1 + np.exp(-np.clip(logits, -50, 50)))
         else:
             scores[held] = TRAINED_SHARE  # nothing to learn from: no opinion
-            others += TRAINED_SHARE / folds
-    out = dict(zip(ids, scores.tolist(), strict=True))
-    out.update(zip((i for i in all_ids if i not in given), others.tolist(), strict=True))
-    return out
-
-
-def _sigmoid(logits: NDArray[np.float64]) -> NDArray[np.float64]:
-    return np.asarray(1 / (1 + np.exp(-np.clip(logits, -50, 50))), dtype=np.float64)
+    return dict(zip(ids, scores.tolist(), strict=True))
 
 
 def _fold(cluster: Any, folds: int) -> int:
