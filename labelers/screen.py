@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -232,10 +233,13 @@ def quality(
     (fl_n, fl_pos), (ck_n, ck_pos) = seen["screen_flagged"], seen["screen_check"]
     precision = fl_pos / fl_n if fl_n else None
     miss = ck_pos / ck_n if ck_n else None
-    recall = None
+    recall = high = None
     if miss is not None and (precision is not None or n_flagged == 0):
-        found, missed = (precision or 0.0) * n_flagged, miss * n_unflagged
-        recall = found / (found + missed) if found + missed > 0 else None
+        found = (precision or 0.0) * n_flagged
+        recall = _recall(found, miss * n_unflagged)
+        # The check sample is small (1 % of what sheets passed: a few positives at a rare
+        # rate): the recall it still allows, at the miss rate's 95 % lower bound.
+        high = _recall(found, _wilson_low(ck_pos, ck_n) * n_unflagged)
     return {
         "grid": grid,
         "screened": len(verdicts),
@@ -245,17 +249,31 @@ def quality(
         "positives_seen": fl_pos + ck_pos,
         "precision": None if precision is None else round(precision, 4),
         "recall": None if recall is None else round(recall, 4),
+        "recall_high": None if high is None else round(high, 4),
     }
+
+
+def _recall(found: float, missed: float) -> float | None:
+    return found / (found + missed) if found + missed > 0 else None
+
+
+def _wilson_low(k: int, n: int, z: float = 1.96) -> float:
+    """The lower end of the Wilson score interval for k successes in n trials."""
+    p, z2 = k / n, z * z
+    centre = p + z2 / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return max(0.0, (centre - spread) / (1 + z2 / n))
 
 
 def grid_for(catalog: Catalog, settings: Settings, digest: str, rubric: Rubric) -> int:
     """The sheet size to use: the configured one, one smaller for each size whose measured
-    recall (with enough positives seen) is below the floor; 1 = screen no more."""
+    recall (with enough positives seen) is below the floor beyond the check sample's error
+    (even at the miss rate's 95 % lower bound); 1 = screen no more."""
     config = settings.label
     for grid in range(config.screen_grid, 1, -1):
         q = quality(catalog, digest, rubric, grid, settings.snapshot.positive)
-        if q["recall"] is None or q["positives_seen"] < config.screen_min_positives:
+        if q["recall_high"] is None or q["positives_seen"] < config.screen_min_positives:
             return grid
-        if q["recall"] >= config.screen_recall_floor:
+        if q["recall_high"] >= config.screen_recall_floor:
             return grid
     return 1

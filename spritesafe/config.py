@@ -147,8 +147,9 @@ class LabelSettings(BaseModel):
     # Group screening (labelers.screen): `screen_share` of the budget goes to contact sheets
     # of screen_grid x screen_grid sprites (one call each); flagged sprites are then labelled
     # one by one from `followup_share` of the budget, with a `screen_check_share` random sample
-    # of the unflagged ones (the screen's measured recall). Below `screen_recall_floor`, with
-    # at least `screen_min_positives` positives seen, the next runs use smaller sheets.
+    # of the unflagged ones (the screen's measured recall). Below `screen_recall_floor` even
+    # at the check sample's 95 % bound, with at least `screen_min_positives` positives seen,
+    # the next runs use smaller sheets.
     # Most of the budget goes there: sheets are filled in the steering order, and in the loop
     # benchmark sheets + follow-ups found ~26 positives per 100 calls against ~9 for labelling
     # the top scores one by one (bench/out/loop3). `screen_share` is where the sheets start:
