@@ -13,8 +13,10 @@ wrong, higher first):
 - screen_miss: an LLM positive that a contact sheet passed over (low priority: for the grid);
 - passed_over: a sprite a contact sheet passed over, with no label of its own, that the
   model scores high; priority = the chance the sheet's "no" is wrong, as for an LLM "safe"
-  (a sheet misses at least what the LLM misses). The misses the LLM makes on every look
-  (sticky) are found nowhere else: for the grid;
+  (a sheet misses at least what the LLM misses), from the model's score at the base rate.
+  That overstates it (the model is overconfident; in the loop benchmark a quarter were
+  positive), but calibrated cross-validated heads put them below every other reason. The
+  misses the LLM makes on every look (sticky) are found nowhere else: for the grid;
 - audit: a small random share of scored images, so reviewers also see ordinary cases.
 Each run queues at most `max_per_run` new items, no reason more than `max_reason_share` of
 them. Images with a human decision are never queued; an (image, reason) pair is queued once
