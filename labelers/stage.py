@@ -388,9 +388,9 @@ def _label_ollama(
     left = budget
     grid = 1
     earlier = last_pass(catalog, report.run_id) if learnt else None
+    before = run_cost(catalog, [report.run_id], positive)  # each pass's end is the next's start
     while left > 0:
         part = min(size, left)
-        before = run_cost(catalog, [report.run_id], positive)
         grid = _one_pass(
             catalog,
             blobs,
@@ -412,6 +412,7 @@ def _label_ollama(
         left -= part
         calls = after["calls"] - before["calls"]
         found = after["positives_found"] - before["positives_found"]
+        before = after
         report.passes.append({"calls": calls, "positives": found, "ranked_by": plan.top_name})
         why = stop_reason(report.passes, earlier, config.max_calls_per_positive, left)
         if learnt and why:
