@@ -415,7 +415,7 @@ def _label_ollama(
         before = after
         report.passes.append({"calls": calls, "positives": found, "ranked_by": plan.top_name})
         why = stop_reason(report.passes, earlier, config.max_calls_per_positive, left)
-        if learnt and why:
+        if learnt and why and _snapshot_ready(catalog, settings, rubric):
             report.stopped = why
             break
         if calls == 0 or left == 0:
@@ -430,6 +430,15 @@ def _label_ollama(
             learnt = True
     if report.screen:
         report.screen["quality"] = quality(catalog, digest, rubric, grid, positive)
+
+
+def _snapshot_ready(catalog: Catalog, settings: Settings, rubric: Rubric) -> bool:
+    """Whether the labels so far meet the snapshot's minimums: a run does not stop short of
+    the labels its first model needs (on a small corpus positives run out before those)."""
+    known = labelled_now(catalog, rubric.version, settings.snapshot.positive)
+    n_pos = sum(known.values())
+    snap = settings.snapshot
+    return n_pos >= snap.min_positives and len(known) - n_pos >= snap.min_negatives
 
 
 def stop_reason(
