@@ -2,7 +2,8 @@
 be unsafe; one call screens grid x grid sprites.
 
 Verdicts go to the `screenings` table, never to `labels`: a flagged sprite is labelled on its
-own afterwards (selection `screen_flagged`), and so is a random share of the unflagged ones
+own afterwards (selection `screen_flagged`; `explore_flagged` from the exploration's sheets of
+random sprites), and so is a random share of the unflagged ones
 (`screen_check`), which is how the screen's recall is known rather than hoped for. When the
 measured recall at a sheet size falls below the floor, the next runs use smaller sheets
 (4x4 -> 3x3 -> 2x2 -> none), and sprites passed only by the larger sheets are screened again.
@@ -28,6 +29,14 @@ from labelers.rubric import Rubric
 from labelers.sheets import Sheet, compose
 from labelers.views import canonical_images
 from spritesafe.config import Settings
+
+# One-by-one labels that follow a sheet, and what they measure: flagged (precision) or the
+# random check sample of the unflagged (the miss rate).
+FOLLOW_UPS = {
+    "screen_flagged": "screen_flagged",
+    "explore_flagged": "screen_flagged",
+    "screen_check": "screen_check",
+}
 
 
 @dataclass
@@ -88,9 +97,11 @@ def screen(
     grid: int,
     run_id: str,
     progress: Callable[[int, int], None] | None = None,
+    selection: str = "screen",
 ) -> ScreenRun:
     """Screen `ids` on grid x grid sheets; each answered sheet's verdicts are stored at once
-    (a killed run keeps them, and the next run does not screen those sprites again)."""
+    (a killed run keeps them, and the next run does not screen those sprites again). The
+    calls are recorded under `selection`: the part of the budget that bought them."""
     result = ScreenRun(grid)
     if not ids or grid < 2:
         return result
@@ -106,7 +117,7 @@ def screen(
             out.calls,
             run_id=run_id,
             purpose="screen",
-            selection="screen",
+            selection=selection,
             image_id=None,
             sprites=len(sheet.image_ids),
             png=sheet.png,
@@ -180,7 +191,8 @@ def quality(
 ) -> dict[str, Any]:
     """The screen's measured precision and recall at one sheet size, over every run.
 
-    Precision: the share of flagged sprites labelled on their own (`screen_flagged`) that the
+    Precision: the share of flagged sprites labelled on their own (`screen_flagged`,
+    `explore_flagged`) that the
     LLM calls positive. The miss rate: the same share among the random `screen_check` sample
     of unflagged ones. Recall = flagged positives / (those + the unflagged positives both
     imply), so it is an estimate with the check sample's error, not a guess.
@@ -210,7 +222,7 @@ def quality(
                     labels.c.labeler == LLM,
                     labels.c.rubric_version == rubric.version,
                     labels.c.sample == 0,
-                    labels.c.selection.in_(("screen_flagged", "screen_check")),
+                    labels.c.selection.in_(list(FOLLOW_UPS)),
                 )
             )
         }
@@ -228,8 +240,9 @@ def quality(
     seen = {"screen_flagged": [0, 0], "screen_check": [0, 0]}  # labelled, positive
     for image_id, votes in rows.items():
         said = effective_label(votes, rubric_version=rubric.version)
-        seen[followed[image_id]][0] += 1
-        seen[followed[image_id]][1] += int(not said.uncertain and said.category in wanted)
+        part = seen[FOLLOW_UPS[followed[image_id]]]
+        part[0] += 1
+        part[1] += int(not said.uncertain and said.category in wanted)
     (fl_n, fl_pos), (ck_n, ck_pos) = seen["screen_flagged"], seen["screen_check"]
     precision = fl_pos / fl_n if fl_n else None
     miss = ck_pos / ck_n if ck_n else None

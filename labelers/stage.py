@@ -532,7 +532,16 @@ def _one_pass(
     n_sheets = round(budget * config.screen_share) if grid > 1 else 0
     cut = max(n_sheets - max((budget - len(chosen) - len(waiting)) // 2, 0), 0)
     n_sheets -= cut
-    reserve = min(round(budget * config.followup_share) + cut, budget - len(chosen) - n_sheets)
+    # Exploration on sheets when this pass screens: its calls buy sheets of random sprites
+    # never screened (a sheet and about one follow-up each) instead of random sprites one by
+    # one, ~16 times the sprites for the calls. The audit stays one by one and measures
+    # random sampling's yield; exploration is there to find what the ranking misses.
+    explore = [i for i, why in chosen.items() if why == "explore"] if n_sheets else []
+    for image_id in explore:
+        del chosen[image_id]
+    n_explore_sheets = -(-len(explore) // 2)
+    reserve = round(budget * config.followup_share) + cut + len(explore) - n_explore_sheets
+    reserve = min(reserve, budget - len(chosen) - n_sheets - n_explore_sheets)
     reserve = reserve if n_sheets else 0
     if not n_sheets:
         for image_id in waiting[: budget - len(chosen)]:
@@ -540,7 +549,7 @@ def _one_pass(
     # 2. The steered picks, leaving room for the sheets and what they flag.
     taken: Counter[int] = Counter()
     pool = [i for i in pending if i not in chosen]
-    steer = budget - len(chosen) - n_sheets - reserve
+    steer = budget - len(chosen) - n_sheets - n_explore_sheets - reserve
     chosen |= steered_picks(pool, steer, scores, clusters, plan, taken)
     spent = 0
     if n_sheets:
@@ -555,16 +564,36 @@ def _one_pass(
             if i not in chosen
             and (i not in before or (before[i].grid > grid and not before[i].flagged))
         ]
-        fresh.sort(key=lambda i: (-scores.get(i, -1.0), tiebreak[i]))
+        # The exploration's sheets: a random draw of them, screened first.
+        explored = sorted(fresh, key=lambda i: tiebreak[i])[: n_explore_sheets * grid * grid]
+        fresh = sorted(
+            set(fresh) - set(explored), key=lambda i: (-scores.get(i, -1.0), tiebreak[i])
+        )
         run = ScreenRun(grid)
         queue = list(waiting)  # flagged, not yet labelled: earlier ones first
-        n_more, checks = n_sheets, 0
-        while n_more > 0 and fresh:
-            batch, fresh = fresh[: n_more * grid * grid], fresh[n_more * grid * grid :]
+        why = dict.fromkeys(waiting, "screen_flagged")  # the selection of a flagged follow-up
+        n_more, checks, explore_sheets = n_sheets, 0, 0
+        while (n_more > 0 and fresh) or explored:
+            if explored:
+                batch, explored, part_name = explored, [], "explore"
+            else:
+                batch, fresh = fresh[: n_more * grid * grid], fresh[n_more * grid * grid :]
+                part_name = "screen"
             part = screen(
-                catalog, blobs, settings, llm, rubric, digest, batch, grid, report.run_id, progress
+                catalog,
+                blobs,
+                settings,
+                llm,
+                rubric,
+                digest,
+                batch,
+                grid,
+                report.run_id,
+                progress,
+                selection=part_name,
             )
             run.merge(part)
+            explore_sheets += part.sheets if part_name == "explore" else 0
             spent = run.sheets
             # The check sample first (the screen's recall is measured, not hoped for), then
             # what the sheets flagged; flagged sprites the budget cannot take now wait for the
@@ -576,17 +605,20 @@ def _one_pass(
             for i in rng.permutation(len(part.unflagged))[:n_check]:
                 chosen[part.unflagged[i]] = "screen_check"
             queue += sorted(part.flagged, key=lambda i: (-scores.get(i, -1.0), i))
+            why |= dict.fromkeys(part.flagged, f"{part_name}_flagged")
             room = budget - len(chosen) - spent
             for image_id in queue[:room]:
-                chosen[image_id] = "screen_flagged"
+                chosen[image_id] = why[image_id]
             queue = queue[room:]
+            checks += n_check
+            if part_name == "explore":
+                continue  # the ranked sheets come next, as planned
             # Room the follow-ups left buys more sheets of the next-ranked candidates, as
             # many as it pays for at this pass's cost per sheet (its call, flags and checks):
             # 16 sprites a call beat one-by-one picks below the sheets' ranks.
-            checks += n_check
             per_sheet = 1 + (len(run.flagged) + checks) / max(run.sheets, 1)
             n_more = 0 if queue else int((budget - len(chosen) - spent) // per_sheet)
-        _add_screen(report, run, len(waiting))
+        _add_screen(report, run, len(waiting), explore_sheets)
         # 4. Room the sheets did not use goes to more steered picks (not to sprites this pass's
         # sheets passed: the check sample speaks for those; only the random fill below, when
         # nothing else is left, may take them).
@@ -599,9 +631,15 @@ def _one_pass(
     return grid
 
 
-def _add_screen(report: LabelReport, run: ScreenRun, waiting: int) -> None:
-    """Add one pass's sheets to the run's figures (`flagged_before`: the first pass's wait)."""
-    figures = {"sheets": run.sheets, "sprites": run.cells, "flagged": len(run.flagged)}
+def _add_screen(report: LabelReport, run: ScreenRun, waiting: int, explore: int) -> None:
+    """Add one pass's sheets to the run's figures (`flagged_before`: the first pass's wait;
+    `explore_sheets`: those of random sprites, among `sheets`)."""
+    figures = {
+        "sheets": run.sheets,
+        "explore_sheets": explore,
+        "sprites": run.cells,
+        "flagged": len(run.flagged),
+    }
     if not report.screen:
         report.screen = {"grid": run.grid, **figures, "flagged_before": waiting, "errors": 0}
     else:

@@ -460,6 +460,44 @@ def test_room_the_follow_ups_leave_buys_more_sheets(corpus: Settings, tmp_path: 
     assert report.cost["positives_found"] == 16
 
 
+def test_exploration_screens_random_sprites_on_sheets(corpus: Settings, tmp_path: Path) -> None:
+    """When a pass screens, its exploration share buys sheets of random never-screened sprites
+    (a sheet and about one follow-up each) instead of random sprites one by one; what those
+    sheets flag is labelled as `explore_flagged` and counts in the screen's precision."""
+    more = _red_every(tmp_path / "more", 96, 8, seed=11, prefix="m")
+    with FakeOllama({MODEL: "sha256:" + "0e" * 32}, responder=by_colour) as server:
+        settings = _screening(
+            corpus,
+            server.url,
+            screen_share=0.1,  # 3 ranked sheets of a budget of 30
+            followup_share=0.5,
+            explore_share=0.2,  # 6 calls: 3 sheets of random sprites and their follow-ups
+            screen_check_share=0.0,
+        )
+        ws = open_workspace(settings)
+        ingest(ws.catalog, ws.blobs, [parse_source(str(more), settings)], settings)
+        report = label(ws.catalog, ws.blobs, settings, budget=30)
+        rows = [r for r in _rows(ws, labels) if r.labeler == "ollama"]
+        calls = [r for r in _rows(ws, llm_calls) if r.purpose == "screen"]
+        sheets = _rows(ws, screenings)
+        ws.close()
+    explore_calls = [c for c in calls if c.selection == "explore"]
+    assert report.screen["explore_sheets"] == len(explore_calls) == 3
+    assert all(c.sprites == 16 for c in explore_calls)
+    # The first three sheets screened were the exploration's (48 sprites, each once).
+    first = {s.sheet for s in sorted(sheets, key=lambda s: s.id)[:48]}
+    assert len(first) == 3
+    explored = {s.image_id for s in sheets if s.sheet in first}
+    flagged = {s.image_id for s in sheets if s.flagged}
+    selection = {r.image_id: r.selection for r in rows}
+    assert "explore" not in selection.values()  # nothing random one by one
+    assert {i for i, why in selection.items() if why == "explore_flagged"} == explored & flagged
+    assert explored & flagged  # red sprites are 1 in 7: the random sheets hold some
+    assert {selection[i] for i in flagged - explored} <= {"screen_flagged"}
+    assert report.screen["quality"]["precision"] == 1.0
+    assert report.cost["calls"] <= 30
+
+
 def test_flags_left_waiting_come_first_even_without_sheets(
     corpus: Settings, tmp_path: Path
 ) -> None:
