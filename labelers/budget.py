@@ -7,7 +7,8 @@ scores, else the teacher's pre-screen):
   pending candidates in labelers.audit's fixed order of the whole catalog, so it stays
   uniform over everything however much the other parts have labelled);
 - `explore`: a small uniform share labelled as such, so the loop does not only confirm what the
-  model already believes (its yield is the random baseline, measured every run);
+  model already believes (the label stage turns it into sheets of random sprites when a pass
+  screens: labelers.stage);
 - `top`: the highest scores (likely positives: the model proposes, the LLM verifies);
 - `near`: the scores nearest the threshold (where a label teaches the model most).
 `top` and `near` take at most `per_cluster` candidates of one near-duplicate cluster, so one

@@ -141,6 +141,8 @@ class LabelSettings(BaseModel):
     # gate refused for its INT8 file, by its FP32 file; else the teacher): a small
     # uniform exploration share, then the top scores and, `near_share` of them, the scores
     # nearest the threshold; at most `per_cluster` picks of one near-duplicate cluster.
+    # Exploration finds what the ranking misses: when a pass screens, its calls buy sheets of
+    # random never-screened sprites (16 a call) and their follow-ups, else random sprites.
     explore_share: float = Field(0.05, ge=0, le=1, description="uniform, labelled explore")
     near_share: float = Field(0.25, ge=0, le=1, description="of the steered part")
     per_cluster: int = Field(2, ge=1, description="steered picks per near-duplicate cluster")
