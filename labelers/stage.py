@@ -597,16 +597,20 @@ def _one_pass(
             spent = run.sheets
             # The check sample first (the screen's recall is measured, not hoped for), then
             # what the sheets flagged; flagged sprites the budget cannot take now wait for the
-            # next pass or run.
-            n_check = min(
-                budget - len(chosen) - spent,
-                round(len(part.unflagged) * config.screen_check_share),
+            # next pass or run. After the exploration's sheets, the ranked ones are still due.
+            ahead = min(n_more, -(-len(fresh) // (grid * grid))) if part_name == "explore" else 0
+            n_check = max(
+                min(
+                    budget - len(chosen) - spent - ahead,
+                    round(len(part.unflagged) * config.screen_check_share),
+                ),
+                0,
             )
             for i in rng.permutation(len(part.unflagged))[:n_check]:
                 chosen[part.unflagged[i]] = "screen_check"
             queue += sorted(part.flagged, key=lambda i: (-scores.get(i, -1.0), i))
             why |= dict.fromkeys(part.flagged, f"{part_name}_flagged")
-            room = budget - len(chosen) - spent
+            room = max(budget - len(chosen) - spent - ahead, 0)
             for image_id in queue[:room]:
                 chosen[image_id] = why[image_id]
             queue = queue[room:]

@@ -498,6 +498,26 @@ def test_exploration_screens_random_sprites_on_sheets(corpus: Settings, tmp_path
     assert report.cost["calls"] <= 30
 
 
+@pytest.mark.parametrize("budget", [4, 7, 12])
+def test_exploration_sheets_stay_within_a_tight_budget(
+    corpus: Settings, tmp_path: Path, budget: int
+) -> None:
+    """Every sprite red (every cell flagged): the exploration's follow-ups leave the ranked
+    sheets their calls, and the pass spends no more than its budget."""
+    reds = _red_every(tmp_path / "reds", 96, 1, seed=13, prefix="r")
+    with FakeOllama({MODEL: "sha256:" + "0f" * 32}, responder=by_colour) as server:
+        settings = _screening(
+            corpus, server.url, screen_share=0.25, explore_share=0.25, screen_check_share=0.5
+        )
+        ws = open_workspace(settings)
+        ingest(ws.catalog, ws.blobs, [parse_source(str(reds), settings)], settings)
+        report = label(ws.catalog, ws.blobs, settings, budget=budget)
+        ws.close()
+    assert report.screen["explore_sheets"] >= 1
+    assert report.screen["sheets"] > report.screen["explore_sheets"]  # the ranked ones too
+    assert report.cost["calls"] == budget
+
+
 def test_flags_left_waiting_come_first_even_without_sheets(
     corpus: Settings, tmp_path: Path
 ) -> None:
