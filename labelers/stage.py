@@ -53,7 +53,7 @@ from labelers.effective import HUMAN, LLM, TEACHER
 from labelers.ollama import Job, OllamaLabeler, Outcome
 from labelers.refresh import blend, head_scores, labelled_now
 from labelers.rubric import Rubric, load_rubric
-from labelers.screen import ScreenRun, grid_for, quality, screen, screened
+from labelers.screen import FOLLOW_UPS, ScreenRun, grid_for, quality, screen, screened
 from labelers.teacher import TeacherModel
 from labelers.views import canonical_images, llm_view
 from spritesafe.config import Settings
@@ -388,10 +388,11 @@ def _label_ollama(
     left = budget
     grid = 1
     earlier = last_pass(catalog, report.run_id) if learnt else None
+    false_alarm = llm_false_alarm(catalog, settings)
     before = run_cost(catalog, [report.run_id], positive)  # each pass's end is the next's start
     while left > 0:
         part = min(size, left)
-        grid = _one_pass(
+        grid, examined = _one_pass(
             catalog,
             blobs,
             settings,
@@ -413,8 +414,11 @@ def _label_ollama(
         calls = after["calls"] - before["calls"]
         found = after["positives_found"] - before["positives_found"]
         before = after
-        report.passes.append({"calls": calls, "positives": found, "ranked_by": plan.top_name})
-        why = stop_reason(report.passes, earlier, config.max_calls_per_positive, left)
+        report.passes.append(
+            {"calls": calls, "positives": found, "examined": examined, "ranked_by": plan.top_name}
+        )
+        limit = config.max_calls_per_positive
+        why = stop_reason(report.passes, earlier, limit, left, false_alarm)
         if learnt and why and _snapshot_ready(catalog, settings, rubric):
             report.stopped = why
             break
@@ -442,19 +446,44 @@ def _snapshot_ready(catalog: Catalog, settings: Settings, rubric: Rubric) -> boo
 
 
 def stop_reason(
-    passes: list[dict[str, Any]], earlier: dict[str, Any] | None, limit: float, left: int
+    passes: list[dict[str, Any]],
+    earlier: dict[str, Any] | None,
+    limit: float,
+    left: int,
+    false_alarm: float = 0.0,
 ) -> str:
     """Why a run should stop now, or "": its last two `passes` (the first one's partner is the
-    run before's last pass, `earlier`) found positives at more than `limit` calls each."""
+    run before's last pass, `earlier`) found positives at more than `limit` calls each, net
+    of the LLM's false alarms expected among the sprites they showed it (`false_alarm` of
+    those `examined`). At a rare rate those are a large share of what it calls positive (2 %
+    of ~1,000 sprites a pass on sheets, against ~20 positives left to find), and they do not
+    run out: counting them kept runs going long after the positives had."""
     window = passes[-2:] if len(passes) > 1 else [p for p in (earlier, *passes) if p]
     calls = sum(int(p["calls"]) for p in window)
     found = sum(int(p["positives"]) for p in window)
-    if not limit or not left or calls <= found * limit:
+    alarms = false_alarm * sum(int(p.get("examined", 0)) for p in window)
+    if not limit or not left or calls <= (found - alarms) * limit:
         return ""
+    net = f", ~{alarms:.0f} of them expected false alarms" if alarms else ""
     return (
         f"the last {'two passes' if len(window) > 1 else 'pass'} found {found} positives in "
-        f"{calls} calls (limit {limit:g} calls per positive); {left} of the budget left unspent"
+        f"{calls} calls{net} (limit {limit:g} calls per positive); {left} of the budget left "
+        "unspent"
     )
+
+
+def llm_false_alarm(catalog: Catalog, settings: Settings) -> float:
+    """The LLM's false-alarm rate as people last measured it (review.mining stores it with
+    each queue run), else the configured prior."""
+    with catalog.read() as conn:
+        rows = conn.execute(
+            sa.select(runs.c.stats)
+            .where(runs.c.kind == "mine", runs.c.status == "ok")
+            .order_by(runs.c.finished_at.desc())
+            .limit(1)
+        ).all()
+    measured = ((rows[0].stats or {}).get("llm_error_rates") or {}) if rows else {}
+    return float(measured.get("false_alarm", settings.review.llm_false_alarm_prior))
 
 
 def last_pass(catalog: Catalog, run_id: str) -> dict[str, Any] | None:
@@ -506,9 +535,10 @@ def _one_pass(
     plan: Plan,
     everything: bool,
     progress: Progress | None,
-) -> int:
+) -> tuple[int, int]:
     """One pass of `budget` calls over the `pending` candidates: the uniform parts, contact
-    sheets and their follow-ups, steered picks, random fill; returns the sheets' grid."""
+    sheets and their follow-ups, steered picks, random fill; returns the sheets' grid and how
+    many sprites the pass showed the LLM (on sheets, or alone and not a sheet's follow-up)."""
     pending, budget, seed = work
     config = settings.label
     clusters = clusters_of(catalog, pending)
@@ -551,7 +581,7 @@ def _one_pass(
     pool = [i for i in pending if i not in chosen]
     steer = budget - len(chosen) - n_sheets - n_explore_sheets - reserve
     chosen |= steered_picks(pool, steer, scores, clusters, plan, taken)
-    spent = 0
+    spent = cells = 0
     if n_sheets:
         # 3. Contact sheets of the next-ranked candidates never screened, then one-by-one
         # labels for what they (or earlier sheets) flagged, and a random check sample.
@@ -623,6 +653,7 @@ def _one_pass(
             per_sheet = 1 + (len(run.flagged) + checks) / max(run.sheets, 1)
             n_more = 0 if queue else int((budget - len(chosen) - spent) // per_sheet)
         _add_screen(report, run, len(waiting), explore_sheets)
+        cells = run.cells
         # 4. Room the sheets did not use goes to more steered picks (not to sprites this pass's
         # sheets passed: the check sample speaks for those; only the random fill below, when
         # nothing else is left, may take them).
@@ -632,7 +663,8 @@ def _one_pass(
     chosen = fill_random(chosen, pending, budget - spent, seed)
     report.selected.update(chosen.values())
     ask_llm(catalog, blobs, settings, llm, rubric, digest, chosen, report, progress)
-    return grid
+    alone = sum(why not in FOLLOW_UPS for why in chosen.values())
+    return grid, alone + cells
 
 
 def _add_screen(report: LabelReport, run: ScreenRun, waiting: int, explore: int) -> None:

@@ -961,8 +961,9 @@ def test_passes_rank_by_a_refitted_head_and_stop_where_positives_run_out(
     assert len(found & blue) >= 36
     # The two passes that found too few ended the run, the rest of the budget unspent.
     last = report.passes[-2:]
-    calls, found_ = (sum(p[k] for p in last) for k in ("calls", "positives"))
-    assert calls > 5 * found_ and "last two passes" in report.stopped
+    calls, found_, shown = (sum(p[k] for p in last) for k in ("calls", "positives", "examined"))
+    assert shown == calls  # one sprite a call here (no sheets)
+    assert calls > 5 * (found_ - 0.02 * shown) and "last two passes" in report.stopped
     assert report.cost["calls"] == sum(p["calls"] for p in report.passes) < 150
 
 
@@ -994,6 +995,25 @@ def test_a_run_stops_on_its_last_two_passes_the_first_paired_with_the_run_before
     assert "10 positives in 100 calls" in stop_reason([poor], None, 5.0, left=900)
     assert stop_reason([poor, poor], None, 5.0, left=0) == ""
     assert stop_reason([poor, poor], None, 0.0, left=900) == ""
+    # The LLM's expected false alarms among the sprites a pass showed it are not positives:
+    # 30 a pass, 20 of them false alarms (2 % of 1,000), is 10 a pass.
+    shown = {**good, "examined": 1000}
+    assert stop_reason([shown, shown], None, 5.0, left=300) == ""  # without the rate
+    why = stop_reason([shown, shown], None, 5.0, left=300, false_alarm=0.02)
+    assert "60 positives in 200 calls, ~40 of them expected false alarms" in why
+    assert stop_reason([good, good], None, 5.0, 300, false_alarm=0.02) == ""  # none shown
+
+
+def test_the_stop_reads_the_llms_false_alarm_rate_people_measured(corpus: Settings) -> None:
+    from labelers.stage import llm_false_alarm
+
+    ws = open_workspace(corpus)
+    assert llm_false_alarm(ws.catalog, corpus) == corpus.review.llm_false_alarm_prior
+    for rate, status in ((0.05, "ok"), (0.5, "failed")):  # a failed run measured nothing
+        run_id = ws.catalog.start_run("mine")
+        ws.catalog.finish_run(run_id, status, {"llm_error_rates": {"false_alarm": rate}})
+    assert llm_false_alarm(ws.catalog, corpus) == 0.05
+    ws.close()
 
 
 def test_the_screen_recall_allows_for_the_check_samples_error() -> None:
