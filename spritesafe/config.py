@@ -175,7 +175,9 @@ class LabelSettings(BaseModel):
     # is left. The budget is a cap, not a target: once the ranking knows the concept (a model,
     # or that head), a run ends when its last two passes (the first pass's partner is the last
     # pass of the run before) found positives at more than `max_calls_per_positive` calls
-    # each (0: spend the whole budget). Judged by one pass, a limit of 5 ended runs on noise
+    # each (0: spend the whole budget), net of the LLM's false alarms expected among the
+    # sprites they showed it (review.llm_false_alarm_prior, or as people measured it).
+    # Judged by one pass, a limit of 5 ended runs on noise
     # (57 % found in the loop benchmark); by two, see README "The loop". A budget covering
     # every candidate is one pass.
     pass_calls: int = Field(100, ge=0, description="calls per pass; 0 = one pass")
