@@ -192,10 +192,10 @@ def quality(
     """The screen's measured precision and recall at one sheet size, over every run.
 
     Precision: the share of flagged sprites labelled on their own (`screen_flagged`,
-    `explore_flagged`) that the
-    LLM calls positive. The miss rate: the same share among the random `screen_check` sample
-    of unflagged ones. Recall = flagged positives / (those + the unflagged positives both
-    imply), so it is an estimate with the check sample's error, not a guess.
+    `explore_flagged`) that the LLM calls positive. The miss rate: the same share among the
+    random `screen_check` sample of unflagged ones. Recall = flagged positives / (those + the
+    unflagged positives both imply), so it is an estimate with the check sample's error, not
+    a guess.
 
     "Calls positive" is the sprite's effective label (a person's decision, else the LLM's
     votes): a check answer that its second opinion does not confirm is per-call noise, not a

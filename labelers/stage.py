@@ -472,31 +472,29 @@ def stop_reason(
     )
 
 
+def _newest_stats(catalog: Catalog, kind: str, other_than: str = "") -> dict[str, Any]:
+    """The stats of the newest run of `kind` that finished well (not `other_than`), or {}."""
+    with catalog.read() as conn:
+        stats = conn.execute(
+            sa.select(runs.c.stats)
+            .where(runs.c.kind == kind, runs.c.id != other_than, runs.c.status == "ok")
+            .order_by(runs.c.finished_at.desc())
+            .limit(1)
+        ).scalar()
+    return dict(stats or {})
+
+
 def llm_false_alarm(catalog: Catalog, settings: Settings) -> float:
     """The LLM's false-alarm rate as people last measured it (review.mining stores it with
     each queue run), else the configured prior."""
-    with catalog.read() as conn:
-        rows = conn.execute(
-            sa.select(runs.c.stats)
-            .where(runs.c.kind == "mine", runs.c.status == "ok")
-            .order_by(runs.c.finished_at.desc())
-            .limit(1)
-        ).all()
-    measured = ((rows[0].stats or {}).get("llm_error_rates") or {}) if rows else {}
+    measured = _newest_stats(catalog, "mine").get("llm_error_rates") or {}
     return float(measured.get("false_alarm", settings.review.llm_false_alarm_prior))
 
 
 def last_pass(catalog: Catalog, run_id: str) -> dict[str, Any] | None:
     """The last pass of the newest label run before `run_id` that finished, when a learnt
     ranking chose it (a model's or a head's, not the teacher's): how the run before ended."""
-    with catalog.read() as conn:
-        rows = conn.execute(
-            sa.select(runs.c.stats)
-            .where(runs.c.kind == f"label-{LLM}", runs.c.id != run_id, runs.c.status == "ok")
-            .order_by(runs.c.finished_at.desc())
-            .limit(1)
-        ).all()
-    passes = (rows[0].stats or {}).get("passes") if rows else None
+    passes = _newest_stats(catalog, f"label-{LLM}", other_than=run_id).get("passes")
     if not passes or passes[-1].get("ranked_by", "").startswith("teacher"):
         return None
     return dict(passes[-1])
@@ -566,7 +564,7 @@ def _one_pass(
     # never screened (a sheet and about one follow-up each) instead of random sprites one by
     # one, ~16 times the sprites for the calls. The audit stays one by one and measures
     # random sampling's yield; exploration is there to find what the ranking misses.
-    explore = [i for i, why in chosen.items() if why == "explore"] if n_sheets else []
+    explore = [i for i, selection in chosen.items() if selection == "explore"] if n_sheets else []
     for image_id in explore:
         del chosen[image_id]
     n_explore_sheets = -(-len(explore) // 2)
@@ -663,7 +661,7 @@ def _one_pass(
     chosen = fill_random(chosen, pending, budget - spent, seed)
     report.selected.update(chosen.values())
     ask_llm(catalog, blobs, settings, llm, rubric, digest, chosen, report, progress)
-    alone = sum(why not in FOLLOW_UPS for why in chosen.values())
+    alone = sum(selection not in FOLLOW_UPS for selection in chosen.values())
     return grid, alone + cells
 
 
