@@ -23,8 +23,9 @@ Recipes:
   while training holds fewer than 2,500 negatives);
 - no-probe: the default without probe negatives (`snapshot.probe_negatives = 0`, the
   default before 4 December 2026);
-- default-last: the same, keeping the weights' average where training ends
-  (`train.keep = "last"`) instead of the best validation window;
+- default-best: the same, keeping the best validation window (`train.keep = "best"`, with
+  early stopping; the default until 6 December 2026) instead of the weights' average where
+  training ends;
 - head-only: the frozen backbone and a logistic-regression head (seconds);
 - probe-head: the default with its classifier started from a linear probe
   (`train.head_start = "probe"`);
@@ -130,7 +131,7 @@ RECIPES = {
         ),
         Recipe("ssl", "+ self-supervised init", "downsample", {"init": "ssl"}),
         Recipe("default", "+ both (new default)", "resample", {}),
-        Recipe("default-last", "+ both, last weights kept", "resample", {"keep": "last"}),
+        Recipe("default-best", "+ both, best validation window", "resample", {"keep": "best"}),
         Recipe("head-only", "head only (frozen backbone)", "resample", {"init": "ssl"}, True),
         Recipe(
             "no-probe",

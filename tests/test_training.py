@@ -255,8 +255,9 @@ def test_interrupted_training_resumes_exactly(small) -> None:  # type: ignore[no
         assert (Path(resumed.path) / name).stat().st_size > 0
 
 
-def test_keep_last_ships_the_average_where_training_ends(small) -> None:  # type: ignore[no-untyped-def]
-    settings = small.model_copy(update={"train": small.train.model_copy(update={"keep": "last"})})
+def test_the_default_ships_the_average_where_training_ends(small) -> None:  # type: ignore[no-untyped-def]
+    settings = small
+    assert settings.train.keep == "last"  # the default (spritesafe.config)
     with open_workspace(settings) as ws:
         report = train(ws.catalog, settings)
     assert report.selection == "last weights (train.keep = last)"

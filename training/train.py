@@ -8,9 +8,10 @@ per step, bf16 autocast on a CUDA GPU. Its length is counted in optimizer steps:
 but at least `min_steps` on a small split and at most `max_steps` on a big one. With the
 snapshot's `resample` balance every negative is kept and each batch is topped up with
 positives (training.data). Validation scores an exponential moving average of the weights,
-and the kept model is the one with the best validation PR-AUC averaged over a window of
-evaluations, so a small, noisy validation split does not pick a lucky epoch; early stopping
-waits for `min_steps`. `head_only` fits only the classifier on the frozen pretrained backbone
+and the kept model is that average where the schedule ends (`keep = "last"`): a small, noisy
+validation split picks lucky epochs. `keep = "best"` keeps the best validation PR-AUC
+averaged over a window of evaluations instead, with early stopping once past `min_steps`.
+`head_only` fits only the classifier on the frozen pretrained backbone
 (training.head): seconds instead of minutes.
 
 With few training positives one fine-tuning run is a lottery (at 20 positives the holdout
