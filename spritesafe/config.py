@@ -390,8 +390,12 @@ class ExportSettings(BaseModel):
     max_flip_share: float = Field(0.01, ge=0, le=1)
     max_pr_auc_drop: float = Field(0.01, ge=0)
     # A new model replaces the promoted one only if its PR-AUC on its own test split is at
-    # most this much below the promoted model's on that same split (or with --force).
+    # most this much below the promoted model's on that same split (or with --force). Only
+    # the test images whose labels no model's ranking chose count (the audit and the other
+    # uniform picks: export.stage.UNIFORM), and only with at least `min_compare_positives`
+    # positives among them; otherwise the two are not compared and the report says why.
     replace_tolerance: float = Field(0.01, ge=0)
+    min_compare_positives: int = Field(10, ge=1)
     seed: int = 0
 
 

@@ -22,12 +22,13 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 
-from corpus.catalog import exports
+from corpus.catalog import Catalog, exports, labels
 from corpus.workspace import open_workspace
 from export.classify import Classifier
 from export.onnx import OUTPUT, PIXELS, feed, read_metadata, run, session
 from export.quantize import equalize
-from export.stage import INT8_NAME, export_model, verify_model
+from export.stage import INT8_NAME, export_model, uniform_picks, verify_model
+from labelers.effective import LLM
 from spritesafe.config import Settings
 from spritesafe.preprocess import PreprocessSpec, fit_bytes, normalize, rgba
 from tests.helpers import free_port, png, sprite
@@ -526,9 +527,15 @@ def test_web_bundle_matches_python_in_chromium(
 
 def test_a_worse_model_is_not_promoted_unless_forced(trained: Settings) -> None:
     settings = _lenient(trained)
+    # The budget covered every sprite, so no model chose what was labelled: every label is a
+    # uniform pick and every test image the promoted model did not train on is compared.
+    settings = settings.model_copy(
+        update={"export": settings.export.model_copy(update={"min_compare_positives": 2})}
+    )
     with open_workspace(settings) as ws:
         export_model(ws.catalog, settings)
-        assert verify_model(ws.catalog, ws.blobs, settings).promoted
+        good = verify_model(ws.catalog, ws.blobs, settings)
+        assert good.promoted
         current = Classifier(settings.deploy_path / INT8_NAME).model_id
         # A model that learned nothing: zero-initialized head, a learning rate of ~0.
         idle = settings.model_copy(
@@ -538,11 +545,42 @@ def test_a_worse_model_is_not_promoted_unless_forced(trained: Settings) -> None:
         export_model(ws.catalog, settings, worse.model_id)
         refused = verify_model(ws.catalog, ws.blobs, settings, worse.model_id)
         assert not refused.promoted and refused.current["model_id"] == current
+        assert refused.current["positives"] >= 2, refused.current
         assert any("worse than the promoted model" in r for r in refused.reasons), refused.reasons
         assert Classifier(settings.deploy_path / INT8_NAME).model_id == current
         forced = verify_model(ws.catalog, ws.blobs, settings, worse.model_id, force=True)
         assert forced.promoted
         assert Classifier(settings.deploy_path / INT8_NAME).model_id == worse.model_id
+        # Too few positives among the uniform picks to judge by: not compared, promoted.
+        strict = settings.model_copy(
+            update={"export": settings.export.model_copy(update={"min_compare_positives": 10**6})}
+        )
+        back = verify_model(ws.catalog, ws.blobs, strict, good.model_id)
+        assert back.promoted and back.current["skipped"].startswith("not compared"), back.current
+        assert Classifier(settings.deploy_path / INT8_NAME).model_id == good.model_id
+
+
+def test_only_labels_no_model_chose_judge_a_new_model(trained: Settings, tmp_path: Path) -> None:
+    """Images a steering model or a contact sheet picked are left out of the comparison."""
+    import sqlite3
+
+    # A copy of the catalog where a third of the LLM's labels say a ranking chose them.
+    copy = tmp_path / "catalog.db"
+    with sqlite3.connect(trained.data_path / "catalog.db") as source, sqlite3.connect(copy) as to:
+        source.backup(to)
+    catalog = Catalog(sa.create_engine(f"sqlite:///{copy}"))
+    with catalog.read() as conn:
+        ids = sorted(
+            set(conn.execute(sa.select(labels.c.image_id).where(labels.c.labeler == LLM)).scalars())
+        )
+    assert uniform_picks(catalog, ids) == set(ids)  # the budget covered everything
+    steered = set(ids[::3])
+    for selection, chosen in (("model_top", steered), ("screen_flagged", {ids[1]})):
+        with catalog.engine.begin() as conn:
+            conn.execute(
+                sa.update(labels).where(labels.c.image_id.in_(chosen)).values(selection=selection)
+            )
+    assert uniform_picks(catalog, ids) == set(ids) - steered - {ids[1]}
 
 
 @pytest.mark.slow
