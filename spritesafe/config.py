@@ -331,15 +331,14 @@ class TrainSettings(BaseModel):
     warmup_share: float = Field(0.05, ge=0, lt=1, description="warm-up: at most this share")
     # Batches' positive share when the snapshot keeps every negative (balance = "resample").
     positive_share: float = Field(0.25, gt=0, lt=1)
-    # Validation scores the exponential moving average of the weights (0: the raw weights),
-    # and the best model is chosen on validation PR-AUC averaged over this many evaluations.
+    # Validation scores the exponential moving average of the weights (0: the raw weights).
     ema_decay: float = Field(0.999, ge=0, lt=1)
     # Which weights are kept: "last" (the average at the end of the schedule; validation only
     # reports), or "best" (the best windowed validation PR-AUC, early stopping). "last" since
     # 6 December 2026: on 20 paired runs of the benchmarks it scored +0.024 holdout PR-AUC on
     # average, and the windowed pick of a small validation split lost up to 0.14 (README).
     keep: Literal["best", "last"] = "last"
-    selection_window: int = Field(3, ge=1)
+    selection_window: int = Field(3, ge=1, description="validations averaged (keep = best)")
     eval_every_steps: int = Field(100, ge=1, description="validate after at least this many")
     patience: int = Field(10, ge=1, description="validations without a better criterion")
     seed: int = 0
