@@ -478,6 +478,23 @@ def image_column(catalog: Catalog, column: sa.Column[Any], ids: Iterable[int]) -
     return found
 
 
+def labelled_ids(catalog: Catalog, ids: Iterable[int], *where: sa.ColumnElement[bool]) -> set[int]:
+    """Those of `ids` with a label row matching `where` (read in chunks: SQL's parameter
+    limits)."""
+    wanted = list(ids)
+    found: set[int] = set()
+    with catalog.read() as conn:
+        for start in range(0, len(wanted), 500):
+            found.update(
+                conn.execute(
+                    sa.select(labels.c.image_id)
+                    .where(labels.c.image_id.in_(wanted[start : start + 500]), *where)
+                    .distinct()
+                ).scalars()
+            )
+    return found
+
+
 def flagged_on_sheets(catalog: Catalog, screen_version: str, digest: str | None = None) -> set[int]:
     """Sprites a contact sheet flagged under this screening text (and LLM, when `digest` is
     given): labelers.screen writes the verdicts, the label stage and snapshots read them."""

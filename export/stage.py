@@ -25,10 +25,21 @@ import sqlalchemy as sa
 from numpy.typing import NDArray
 
 from corpus.blobs import BlobStore
-from corpus.catalog import Catalog, exports, images, labels, models, recorded, snapshots, utcnow
+from corpus.catalog import (
+    Catalog,
+    exports,
+    images,
+    labelled_ids,
+    labels,
+    models,
+    recorded,
+    snapshots,
+    utcnow,
+)
 from export.onnx import export_fp32, run, session
 from export.quantize import Recipe, candidate_recipes, needs_reduce_range, quantize
 from export.verify import Agreement, agreement, gate, int8_reasons
+from labelers.effective import LLM
 from spritesafe import levels as ordinal
 from spritesafe.config import ExportSettings, Settings
 from spritesafe.decode import Rejected
@@ -359,19 +370,8 @@ UNIFORM = ("audit", "explore", "random")
 
 def uniform_picks(catalog: Catalog, image_ids: list[int]) -> set[int]:
     """Those of `image_ids` an LLM label was asked for by a `UNIFORM` part of the budget."""
-    from labelers.effective import LLM
-
-    picked: set[int] = set()
-    with catalog.read() as conn:
-        for start in range(0, len(image_ids), 500):  # SQL parameter limits
-            picked.update(
-                conn.execute(
-                    sa.select(labels.c.image_id)
-                    .where(labels.c.image_id.in_(image_ids[start : start + 500]))
-                    .where(labels.c.labeler == LLM, labels.c.selection.in_(UNIFORM))
-                ).scalars()
-            )
-    return picked
+    uniform = labels.c.selection.in_(UNIFORM)
+    return labelled_ids(catalog, image_ids, labels.c.labeler == LLM, uniform)
 
 
 def _against_current(

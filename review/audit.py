@@ -27,7 +27,7 @@ import numpy as np
 import sqlalchemy as sa
 from PIL import Image
 
-from corpus.catalog import Catalog, labels, recorded, snapshots
+from corpus.catalog import Catalog, labelled_ids, labels, recorded, snapshots
 from export.onnx import read_metadata
 from export.stage import INT8_NAME, ExportError, trained_model_row
 from labelers.effective import HUMAN
@@ -222,17 +222,7 @@ def _png(data: bytes, settings: Settings) -> bytes | None:
 
 def _queue(catalog: Catalog, drawn: gallery.Gallery, report: AuditReport) -> None:
     """Queue the errors (but those a person has decided) with their reasons."""
-    ids = [e.image_id for e in drawn.errors]
-    decided: set[int] = set()
-    with catalog.read() as conn:
-        for start in range(0, len(ids), 500):
-            decided |= set(
-                conn.execute(
-                    sa.select(labels.c.image_id)
-                    .where(labels.c.labeler == HUMAN)
-                    .where(labels.c.image_id.in_(ids[start : start + 500]))
-                ).scalars()
-            )
+    decided = labelled_ids(catalog, (e.image_id for e in drawn.errors), labels.c.labeler == HUMAN)
     entries: dict[str, list[Entry]] = {reason: [] for reason in REASONS.values()}
     for error in drawn.errors:
         if error.image_id in decided:
