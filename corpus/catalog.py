@@ -478,21 +478,31 @@ def image_column(catalog: Catalog, column: sa.Column[Any], ids: Iterable[int]) -
     return found
 
 
-def labelled_ids(catalog: Catalog, ids: Iterable[int], *where: sa.ColumnElement[bool]) -> set[int]:
-    """Those of `ids` with a label row matching `where` (read in chunks: SQL's parameter
+def label_rows(
+    catalog: Catalog,
+    ids: Iterable[int],
+    columns: list[sa.Column[Any]],
+    *where: sa.ColumnElement[bool],
+) -> list[sa.Row[Any]]:
+    """`columns` of the label rows of `ids` that match `where` (read in chunks: SQL's parameter
     limits)."""
     wanted = list(ids)
-    found: set[int] = set()
+    found: list[sa.Row[Any]] = []
     with catalog.read() as conn:
         for start in range(0, len(wanted), 500):
-            found.update(
+            found.extend(
                 conn.execute(
-                    sa.select(labels.c.image_id)
-                    .where(labels.c.image_id.in_(wanted[start : start + 500]), *where)
-                    .distinct()
-                ).scalars()
+                    sa.select(*columns).where(
+                        labels.c.image_id.in_(wanted[start : start + 500]), *where
+                    )
+                )
             )
     return found
+
+
+def labelled_ids(catalog: Catalog, ids: Iterable[int], *where: sa.ColumnElement[bool]) -> set[int]:
+    """Those of `ids` with a label row matching `where`."""
+    return {row.image_id for row in label_rows(catalog, ids, [labels.c.image_id], *where)}
 
 
 def flagged_on_sheets(catalog: Catalog, screen_version: str, digest: str | None = None) -> set[int]:

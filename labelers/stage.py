@@ -37,6 +37,7 @@ from corpus.catalog import (
     image_column,
     images,
     label_errors,
+    label_rows,
     labels,
     llm_calls,
     model_scores,
@@ -104,15 +105,8 @@ def _samples_done(
     catalog: Catalog, key: sa.ColumnElement[bool], ids: list[int]
 ) -> dict[int, set[int]]:
     done: dict[int, set[int]] = {}
-    with catalog.read() as conn:
-        for start in range(0, len(ids), 500):
-            rows = conn.execute(
-                sa.select(labels.c.image_id, labels.c.sample).where(
-                    key, labels.c.image_id.in_(ids[start : start + 500])
-                )
-            )
-            for row in rows:
-                done.setdefault(row.image_id, set()).add(row.sample or 0)
+    for row in label_rows(catalog, ids, [labels.c.image_id, labels.c.sample], key):
+        done.setdefault(row.image_id, set()).add(row.sample or 0)
     return done
 
 
@@ -145,18 +139,14 @@ def _pending(
 
 
 def _teacher_scores(catalog: Catalog, digest: str, ids: list[int]) -> dict[int, float]:
-    scores: dict[int, float] = {}
-    with catalog.read() as conn:
-        for start in range(0, len(ids), 500):
-            rows = conn.execute(
-                sa.select(labels.c.image_id, labels.c.score_explicit).where(
-                    labels.c.labeler == TEACHER,
-                    labels.c.model_digest == digest,
-                    labels.c.image_id.in_(ids[start : start + 500]),
-                )
-            )
-            scores.update({row.image_id: float(row.score_explicit) for row in rows})
-    return scores
+    rows = label_rows(
+        catalog,
+        ids,
+        [labels.c.image_id, labels.c.score_explicit],
+        labels.c.labeler == TEACHER,
+        labels.c.model_digest == digest,
+    )
+    return {row.image_id: float(row.score_explicit) for row in rows}
 
 
 def run_teacher(
