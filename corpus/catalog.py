@@ -465,15 +465,19 @@ def recorded(catalog: Catalog, report: RunReport) -> Iterator[None]:
         catalog.finish_run(report.run_id, report.status, report.as_dict())
 
 
+def _in_chunks(ids: Iterable[int], size: int = 500) -> Iterator[list[int]]:
+    """`ids` in lists short enough for one SQL `IN (...)`: SQLite caps a statement's
+    parameters, and a catalog's id lists run to tens of thousands."""
+    wanted = list(ids)
+    return (wanted[start : start + size] for start in range(0, len(wanted), size))
+
+
 def image_column(catalog: Catalog, column: sa.Column[Any], ids: Iterable[int]) -> dict[int, Any]:
     """image id -> one `images` column for `ids` (read in chunks; null values left out)."""
     found: dict[int, Any] = {}
-    wanted = list(ids)
     with catalog.read() as conn:
-        for start in range(0, len(wanted), 500):
-            rows = conn.execute(
-                sa.select(images.c.id, column).where(images.c.id.in_(wanted[start : start + 500]))
-            )
+        for part in _in_chunks(ids):
+            rows = conn.execute(sa.select(images.c.id, column).where(images.c.id.in_(part)))
             found.update({row[0]: row[1] for row in rows if row[1] is not None})
     return found
 
@@ -486,16 +490,11 @@ def label_rows(
 ) -> list[sa.Row[Any]]:
     """`columns` of the label rows of `ids` that match `where` (read in chunks: SQL's parameter
     limits)."""
-    wanted = list(ids)
     found: list[sa.Row[Any]] = []
     with catalog.read() as conn:
-        for start in range(0, len(wanted), 500):
+        for part in _in_chunks(ids):
             found.extend(
-                conn.execute(
-                    sa.select(*columns).where(
-                        labels.c.image_id.in_(wanted[start : start + 500]), *where
-                    )
-                )
+                conn.execute(sa.select(*columns).where(labels.c.image_id.in_(part), *where))
             )
     return found
 

@@ -12,12 +12,18 @@ from alembic.migration import MigrationContext
 
 from corpus.blobs import BlobStore, blob_key
 from corpus.catalog import (
+    image_column,
+    images,
+    label_rows,
+    labelled_ids,
+    labels,
     metadata,
     migrate,
     open_catalog,
     runs,
     to_signed64,
     to_unsigned64,
+    utcnow,
 )
 
 
@@ -107,3 +113,48 @@ def test_blob_store_is_content_addressed(tmp_path: Path, kind: str) -> None:
     if kind == "local":
         files = [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()]
         assert [p.name for p in files] == [sha]  # no temp files left behind
+
+
+def test_id_lists_longer_than_one_sql_statement_are_read_whole(tmp_path: Path) -> None:
+    """image_column and label_rows split their id lists (SQLite caps a statement's
+    parameters); every id past the first chunk must still come back, and only asked ones."""
+    catalog = open_catalog(f"sqlite:///{tmp_path / 'c.db'}")
+    now = utcnow()
+    with catalog.write() as conn:
+        conn.execute(
+            images.insert(),
+            [
+                {
+                    "sha256": f"{i:064x}",
+                    "byte_size": 1,
+                    "status": "candidate",
+                    "width": i,
+                    "created_at": now,
+                }
+                for i in range(1, 1_301)
+            ],
+        )
+        ids = [row.id for row in conn.execute(sa.select(images.c.id).order_by(images.c.id))]
+        conn.execute(
+            labels.insert(),
+            [
+                {
+                    "image_id": i,
+                    "labeler": "ollama",
+                    "model": "m",
+                    "model_digest": "d",
+                    "rubric_version": "r",
+                    "category": "safe" if i % 3 else "explicit",
+                    "created_at": now,
+                }
+                for i in ids[::2]
+            ],
+        )
+    asked = ids[:1_201]  # three chunks, the last one short
+    widths = image_column(catalog, images.c.width, asked)
+    assert widths == {i: ids.index(i) + 1 for i in asked}
+    rows = label_rows(catalog, asked, [labels.c.image_id], labels.c.category == "explicit")
+    assert sorted(r.image_id for r in rows) == [i for i in asked[::2] if i % 3 == 0]
+    assert labelled_ids(catalog, asked) == set(asked[::2])
+    assert image_column(catalog, images.c.width, []) == {}
+    catalog.dispose()
