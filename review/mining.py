@@ -44,6 +44,7 @@ from corpus.blobs import BlobStore
 from corpus.catalog import (
     Catalog,
     insert_ignore,
+    label_rows,
     labels,
     model_scores,
     models,
@@ -137,7 +138,7 @@ def mine(
         positive = settings.snapshot.positive
         suggestive = settings.snapshot.suggestive_is_positive
         by_image, scores, passed, info = _read(catalog, model_id, rubric.version, suggestive)
-        decided = _decided(catalog, "passed_over", by_image, rubric.version, positive)
+        decided = decided_on(catalog, "passed_over", positive)
         crossed, share = None, info.get("trained_share")
         if blobs is not None:
             from training.crossval import TRAINED_SHARE, cross_val_scores
@@ -169,30 +170,30 @@ def mine(
     return report
 
 
-def _decided(
-    catalog: Catalog,
-    reason: str,
-    by_image: Mapping[int, ImageEvidence],
-    rubric_version: str,
-    positive: frozenset[str],
-) -> list[tuple[float, bool]]:
-    """(priority when queued, the person found the label wrong) for each item of `reason`
-    people decided (skips and retracted decisions left out). For passed_over the label was
-    the sheet's "no": wrong when the person says positive."""
+def decided_on(catalog: Catalog, reason: str, positive: frozenset[str]) -> list[tuple[float, bool]]:
+    """(priority when queued, the person said positive) for each item of `reason` that people
+    decided (skipped and undone items are not "decided"). For passed_over the label was the
+    sheet's "no": the person saying positive found it wrong."""
     with catalog.read() as conn:
-        rows = conn.execute(
-            sa.select(review_queue.c.image_id, review_queue.c.priority).where(
-                review_queue.c.reason == reason, review_queue.c.status != "open"
+        queued = {
+            int(r.image_id): float(r.priority)
+            for r in conn.execute(
+                sa.select(review_queue.c.image_id, review_queue.c.priority).where(
+                    review_queue.c.reason == reason, review_queue.c.status == "decided"
+                )
             )
-        ).all()
+        }
+    rows: dict[int, list[LabelRow]] = defaultdict(list)
+    columns = [labels.c.image_id, labels.c.category, labels.c.created_at, labels.c.model]
+    for row in label_rows(catalog, queued, columns, labels.c.labeler == HUMAN):
+        rows[row.image_id].append(LabelRow(HUMAN, row.category, row.created_at, "-", by=row.model))
     out = []
-    for row in rows:
-        item = by_image.get(row.image_id)
-        if item is None or not item.human:
-            continue
-        person = effective_label(item.rows, rubric_version=rubric_version).category
+    for image_id, priority in queued.items():
+        person = (
+            effective_label(rows[image_id], rubric_version="-").category if rows[image_id] else None
+        )
         if person is not None:
-            out.append((float(row.priority), person in positive))
+            out.append((priority, person in positive))
     return out
 
 
