@@ -14,9 +14,11 @@ wrong, higher first):
 - passed_over: a sprite a contact sheet passed over, with no label of its own, that the
   model scores high; priority = the chance the sheet's "no" is wrong, as for an LLM "safe"
   (a sheet misses at least what the LLM misses), from the model's score at the base rate.
-  That overstates it (the model is overconfident; in the loop benchmark a quarter were
-  positive), but calibrated cross-validated heads put them below every other reason. The
-  misses the LLM makes on every look (sticky) are found nowhere else: for the grid;
+  That overstates it (the model is overconfident; in the loop benchmark 38 % of those people
+  decided were positive), so once people have decided `calibrate_after` of them the
+  priorities are scaled by the share they found positive over the share predicted
+  (reason_calibration). The misses the LLM makes on every look (sticky) are found nowhere
+  else: for the grid;
 - audit: a small random share of scored images, so reviewers also see ordinary cases.
 Each run queues at most `max_per_run` new items, no reason more than `max_reason_share` of
 them. Images with a human decision are never queued; an (image, reason) pair is queued once
@@ -31,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter, defaultdict
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +44,7 @@ from corpus.blobs import BlobStore
 from corpus.catalog import (
     Catalog,
     insert_ignore,
+    label_rows,
     labels,
     model_scores,
     models,
@@ -135,6 +138,7 @@ def mine(
         positive = settings.snapshot.positive
         suggestive = settings.snapshot.suggestive_is_positive
         by_image, scores, passed, info = _read(catalog, model_id, rubric.version, suggestive)
+        decided = decided_on(catalog, "passed_over", positive)
         crossed, share = None, info.get("trained_share")
         if blobs is not None:
             from training.crossval import TRAINED_SHARE, cross_val_scores
@@ -159,10 +163,49 @@ def mine(
             trained_share=float(share) if share else None,
             crossed=crossed,
             model_share=float(info["trained_share"]) if info.get("trained_share") else None,
+            passed_over_decided=decided,
         )
         report.llm_error_rates = found.llm_error_rates
         write_queue(catalog, model_id, found.queue, report)
     return report
+
+
+def decided_on(catalog: Catalog, reason: str, positive: frozenset[str]) -> list[tuple[float, bool]]:
+    """(priority when queued, the person said positive) for each item of `reason` that people
+    decided (skipped and undone items are not "decided"). For passed_over the label was the
+    sheet's "no": the person saying positive found it wrong."""
+    with catalog.read() as conn:
+        queued = {
+            int(r.image_id): float(r.priority)
+            for r in conn.execute(
+                sa.select(review_queue.c.image_id, review_queue.c.priority).where(
+                    review_queue.c.reason == reason, review_queue.c.status == "decided"
+                )
+            )
+        }
+    rows: dict[int, list[LabelRow]] = defaultdict(list)
+    columns = [labels.c.image_id, labels.c.category, labels.c.created_at, labels.c.model]
+    for row in label_rows(catalog, queued, columns, labels.c.labeler == HUMAN):
+        rows[row.image_id].append(LabelRow(HUMAN, row.category, row.created_at, "-", by=row.model))
+    out = []
+    for image_id, priority in queued.items():
+        person = (
+            effective_label(rows[image_id], rubric_version="-").category if rows[image_id] else None
+        )
+        if person is not None:
+            out.append((priority, person in positive))
+    return out
+
+
+def reason_calibration(decided: Sequence[tuple[float, bool]], minimum: int) -> float | None:
+    """How far a reason's priorities overstate the chance: the share of people's decisions
+    that found the label wrong over the share its priorities predicted (each pulled one
+    decision towards even), at most 1; None before `minimum` decisions."""
+    if len(decided) < minimum:
+        return None
+    predicted = sum(p for p, _ in decided)
+    wrong = sum(w for _, w in decided)
+    return min(1.0, (wrong + 1) / (predicted + 2))
 
 
 def _read(
@@ -273,6 +316,7 @@ def find_disagreements(
     trained_share: float | None = None,
     crossed: Mapping[int, float] | None = None,
     model_share: float | None = None,
+    passed_over_decided: Sequence[tuple[float, bool]] = (),
 ) -> Disagreements:
     """Which images to queue, for which reason, at what priority (the module's docstring has
     the reasons), capped at `config.max_per_run` over all reasons and `max_reason_share` of
@@ -281,7 +325,8 @@ def find_disagreements(
     `trained_share` the model's (None: the LLM's positive share, the base rate), `crossed`
     cross-validated scores that replace `scores` for label issues (trained at a share of
     `trained_share`), `model_share` the positive share the model's `scores` trained at (None:
-    the base rate). `model_id` seeds the audit draw."""
+    the base rate). `passed_over_decided` is (priority, found wrong) of the passed_over
+    items people decided (reason_calibration). `model_id` seeds the audit draw."""
     found, judged, pairs = _by_labels(images, scores, config.teacher_gap, rubric_version, positive)
     rates = _label_issues(
         judged, pairs, config, base_rate, trained_share, crossed, found["label_issue"]
@@ -290,7 +335,9 @@ def find_disagreements(
     for image_id, llm_positive, _, detail in judged:
         if llm_positive and image_id in passed:
             found["screen_miss"].append((0.05, image_id, detail))
-    _passed_over(scores, images, passed, threshold, base_rate, model_share, rates, found)
+    scale = reason_calibration(passed_over_decided, config.calibrate_after)
+    rates["passed_over_scale"] = scale
+    _passed_over(scores, images, passed, threshold, base_rate, model_share, rates, found, scale)
     for image_id, score in scores.items():
         known = images.get(image_id)
         if known is not None and (known.human or known.llm_p):
@@ -332,9 +379,11 @@ def _passed_over(
     model_share: float | None,
     rates: Mapping[str, Any],
     out: dict[str, list[Entry]],
+    scale: float | None = None,
 ) -> None:
     """Append to out["passed_over"] the unlabelled sprites a sheet passed over that the model
-    scores at or above its `threshold`, each with the chance the sheet's "no" is wrong."""
+    scores at or above its `threshold`, each with the chance the sheet's "no" is wrong
+    (times `scale`, as people measured it, when given)."""
     ids = [
         i
         for i, s in scores.items()
@@ -349,6 +398,8 @@ def _passed_over(
     posterior = posterior_at(p, float(model_share or base), base)
     no = np.zeros(len(ids), dtype=bool)
     chance = chance_label_wrong(no, posterior, float(rates["miss"]), float(rates["false_alarm"]))
+    if scale is not None:
+        chance = chance * scale
     for image_id, q, c in zip(ids, posterior, chance, strict=True):
         detail = {"model": scores[image_id], "posterior": round(float(q), 4)}
         out["passed_over"].append((float(c), image_id, detail))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from labelers.effective import HUMAN, LLM, LabelRow
-from review.mining import ImageEvidence, find_disagreements, llm_judged
+from review.mining import ImageEvidence, find_disagreements, llm_judged, reason_calibration
 from spritesafe.config import ReviewSettings
 
 RUBRIC = "r1"
@@ -120,3 +120,45 @@ def test_sprites_a_sheet_passed_over_that_the_model_calls_positive_go_to_people(
     # The chance falls below the posterior itself: the sheet's "no" is evidence.
     assert all(p < d["posterior"] for p, _, d in over)
     assert [i for _, i, _ in found["screen_miss"]] == [105]
+
+
+def test_people_s_decisions_scale_overstated_passed_over_priorities() -> None:
+    """The model's scores overstate the chance a sheet's "no" is wrong; once people have
+    decided enough passed_over items, the priorities shrink by what they measured, and the
+    label issue the unscaled ones buried comes first."""
+    images = {i: _llm("safe") for i in range(1, 41)}
+    scores = dict.fromkeys(images, 0.02)
+    images[50], scores[50] = _llm("explicit", "explicit"), 0.002  # an LLM positive, surely not
+    passed = {101, 102, 103}
+    scores |= {101: 0.999, 102: 0.995, 103: 0.99}
+    config = ReviewSettings(max_per_run=100, audit_share=0.0, calibrate_after=20)
+
+    def ranked(decided: list[tuple[float, bool]]) -> tuple[list[str], dict[int, float]]:
+        queue = find_disagreements(
+            images,
+            scores,
+            config,
+            threshold=0.5,
+            rubric_version=RUBRIC,
+            positive=POSITIVE,
+            passed=passed,
+            base_rate=0.03,
+            model_share=0.25,
+            passed_over_decided=decided,
+        ).queue
+        rows = sorted(
+            ((p, reason, i) for reason, items in queue.items() for p, i, _ in items),
+            reverse=True,
+        )
+        return [r for _, r, _ in rows], {i: p for p, i, _ in queue["passed_over"]}
+
+    raw_order, raw = ranked([(0.99, True)] * 5)  # too few decisions: as the model says
+    assert raw_order[0] == "passed_over"
+    measured = [(0.99, True)] * 8 + [(0.99, False)] * 22  # 8 of 30 positive, 99 % predicted
+    scale = reason_calibration(measured, 20)
+    assert scale is not None and abs(scale - 9 / (29.7 + 2)) < 1e-9
+    order, scaled = ranked(measured)
+    assert order[0] == "label_issue"
+    assert all(abs(scaled[i] - raw[i] * scale) < 1e-6 for i in passed)
+    assert reason_calibration([(0.1, True)] * 30, 20) == 1.0  # never scaled up past the model
+    assert reason_calibration(measured[:19], 20) is None

@@ -822,3 +822,55 @@ def _ingest_running(ws: Any) -> bool:
             ).scalar_one()
             > 0
         )
+
+
+def test_passed_over_decisions_are_read_back_as_what_people_measured(tmp_path: Path) -> None:
+    """What calibrates passed_over priorities: each decided item's priority when queued and
+    whether the person said positive; skips, undone decisions and other reasons do not count."""
+    from corpus.catalog import open_catalog, utcnow
+    from review.mining import decided_on
+
+    catalog = open_catalog(f"sqlite:///{tmp_path / 'c.db'}")
+    now = utcnow()
+    with catalog.write() as conn:
+        conn.execute(
+            images.insert(),
+            [
+                {
+                    "id": i,
+                    "sha256": f"{i:064x}",
+                    "byte_size": 1,
+                    "status": "candidate",
+                    "created_at": now,
+                }
+                for i in range(1, 6)
+            ],
+        )
+        conn.execute(
+            review_queue.insert(),
+            [
+                {
+                    "id": i,
+                    "image_id": i,
+                    "reason": reason,
+                    "priority": p,
+                    "status": "open",
+                    "created_at": now,
+                }
+                for i, reason, p in [
+                    (1, "passed_over", 0.99),
+                    (2, "passed_over", 0.98),
+                    (3, "passed_over", 0.97),
+                    (4, "passed_over", 0.96),
+                    (5, "label_issue", 0.95),
+                ]
+            ],
+        )
+    decide(catalog, 1, "ann", "explicit")  # the sheet's "no" was wrong
+    decide(catalog, 2, "ann", "safe")  # right
+    decide(catalog, 3, "ann", "skip")  # no decision
+    decide(catalog, 4, "ann", "explicit")
+    assert undo(catalog, "ann") == 4  # taken back
+    decide(catalog, 5, "ann", "explicit")  # another reason
+    decided = decided_on(catalog, "passed_over", frozenset({"explicit"}))
+    assert sorted(decided) == [(0.98, False), (0.99, True)]
