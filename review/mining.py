@@ -15,10 +15,11 @@ wrong, higher first):
   model scores high; priority = the chance the sheet's "no" is wrong, as for an LLM "safe"
   (a sheet misses at least what the LLM misses), from the model's score at the base rate.
   That overstates it (the model is overconfident; in the loop benchmark 38 % of those people
-  decided were positive), so once people have decided `calibrate_after` of them the
-  priorities are scaled by the share they found positive over the share predicted
-  (reason_calibration). The misses the LLM makes on every look (sticky) are found nowhere
-  else: for the grid;
+  decided were positive) and hardly ranks them (they all scored near 1). Once people have
+  decided `calibrate_after` of them, a head on the self-supervised features, fitted on the
+  LLM's labels, ranks them instead (out of sample: they have no LLM label), its odds shifted
+  to what people found (passed_over_shift). The misses the LLM makes on every look (sticky)
+  are found nowhere else: for the grid;
 - audit: a small random share of scored images, so reviewers also see ordinary cases.
 Each run queues at most `max_per_run` new items, no reason more than `max_reason_share` of
 them. Images with a human decision are never queued; an (image, reason) pair is queued once
@@ -39,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
+from numpy.typing import NDArray
 
 from corpus.blobs import BlobStore
 from corpus.catalog import (
@@ -139,17 +141,19 @@ def mine(
         suggestive = settings.snapshot.suggestive_is_positive
         by_image, scores, passed, info = _read(catalog, model_id, rubric.version, suggestive)
         decided = decided_on(catalog, "passed_over", positive)
-        crossed, share = None, info.get("trained_share")
+        crossed, share, head = None, info.get("trained_share"), None
         if blobs is not None:
             from training.crossval import TRAINED_SHARE, cross_val_scores
 
             judged = llm_judged(by_image, rubric_version=rubric.version, positive=positive)
+            over = [*passed_over_ids(scores, by_image, passed, threshold), *decided]
             if judged:
                 ids = [i for i, _ in judged]
                 said = np.array([s for _, s in judged], dtype=bool)
-                crossed = cross_val_scores(catalog, blobs, settings, ids, said)
+                crossed = cross_val_scores(catalog, blobs, settings, ids, said, unlabelled=over)
             if crossed is not None:
                 share = TRAINED_SHARE  # the prior cross-validated scores are calibrated to
+                head = {i: crossed[i] for i in over if i in crossed}
         found = find_disagreements(
             by_image,
             scores,
@@ -164,48 +168,53 @@ def mine(
             crossed=crossed,
             model_share=float(info["trained_share"]) if info.get("trained_share") else None,
             passed_over_decided=decided,
+            passed_over_head=head,
         )
         report.llm_error_rates = found.llm_error_rates
         write_queue(catalog, model_id, found.queue, report)
     return report
 
 
-def decided_on(catalog: Catalog, reason: str, positive: frozenset[str]) -> list[tuple[float, bool]]:
-    """(priority when queued, the person said positive) for each item of `reason` that people
-    decided (skipped and undone items are not "decided"). For passed_over the label was the
-    sheet's "no": the person saying positive found it wrong."""
+def decided_on(catalog: Catalog, reason: str, positive: frozenset[str]) -> dict[int, bool]:
+    """image id -> the person said positive, for each item of `reason` that people decided
+    (skipped and undone items are not "decided"). For passed_over the label was the sheet's
+    "no": the person saying positive found it wrong."""
     with catalog.read() as conn:
-        queued = {
-            int(r.image_id): float(r.priority)
-            for r in conn.execute(
-                sa.select(review_queue.c.image_id, review_queue.c.priority).where(
+        queued = list(
+            conn.execute(
+                sa.select(review_queue.c.image_id).where(
                     review_queue.c.reason == reason, review_queue.c.status == "decided"
                 )
-            )
-        }
+            ).scalars()
+        )
     rows: dict[int, list[LabelRow]] = defaultdict(list)
     columns = [labels.c.image_id, labels.c.category, labels.c.created_at, labels.c.model]
     for row in label_rows(catalog, queued, columns, labels.c.labeler == HUMAN):
         rows[row.image_id].append(LabelRow(HUMAN, row.category, row.created_at, "-", by=row.model))
-    out = []
-    for image_id, priority in queued.items():
-        person = (
-            effective_label(rows[image_id], rubric_version="-").category if rows[image_id] else None
-        )
-        if person is not None:
-            out.append((priority, person in positive))
-    return out
+    return {
+        int(image_id): effective_label(rows[image_id], rubric_version="-").category in positive
+        for image_id in queued
+        if rows[image_id]
+    }
 
 
-def reason_calibration(decided: Sequence[tuple[float, bool]], minimum: int) -> float | None:
-    """How far a reason's priorities overstate the chance: the share of people's decisions
-    that found the label wrong over the share its priorities predicted (each pulled one
-    decision towards even), at most 1; None before `minimum` decisions."""
-    if len(decided) < minimum:
+def passed_over_shift(scores: Sequence[float], found: Sequence[bool], minimum: int) -> float | None:
+    """The log-odds shift that makes `scores` (P(positive) of the passed_over items people
+    decided, by the rule that ranks the open ones) predict what people `found`: the sprites
+    the model picks from what sheets passed over are far richer in positives than the base
+    rate a posterior assumes, a prior shift that people's decisions measure (fitted to
+    (found + 1) / (n + 2)). None before `minimum` decisions."""
+    if len(found) < minimum:
         return None
-    predicted = sum(p for p, _ in decided)
-    wrong = sum(w for _, w in decided)
-    return min(1.0, (wrong + 1) / (predicted + 2))
+    p = np.clip(np.asarray(scores, dtype=np.float64), 1e-6, 1 - 1e-6)
+    logit = np.log(p / (1 - p))
+    target = (sum(found) + 1) / (len(found) + 2)
+    low, high = -30.0, 30.0
+    for _ in range(60):  # the mean is monotone in the shift: bisect
+        mid = (low + high) / 2
+        mean = float(np.mean(1 / (1 + np.exp(-(logit + mid)))))
+        low, high = (mid, high) if mean < target else (low, mid)
+    return (low + high) / 2
 
 
 def _read(
@@ -316,7 +325,8 @@ def find_disagreements(
     trained_share: float | None = None,
     crossed: Mapping[int, float] | None = None,
     model_share: float | None = None,
-    passed_over_decided: Sequence[tuple[float, bool]] = (),
+    passed_over_decided: Mapping[int, bool] | None = None,
+    passed_over_head: Mapping[int, float] | None = None,
 ) -> Disagreements:
     """Which images to queue, for which reason, at what priority (the module's docstring has
     the reasons), capped at `config.max_per_run` over all reasons and `max_reason_share` of
@@ -325,8 +335,9 @@ def find_disagreements(
     `trained_share` the model's (None: the LLM's positive share, the base rate), `crossed`
     cross-validated scores that replace `scores` for label issues (trained at a share of
     `trained_share`), `model_share` the positive share the model's `scores` trained at (None:
-    the base rate). `passed_over_decided` is (priority, found wrong) of the passed_over
-    items people decided (reason_calibration). `model_id` seeds the audit draw."""
+    the base rate). `passed_over_decided` is what people found of the passed_over items
+    they decided (image id -> positive), `passed_over_head` a second ranking of passed-over
+    sprites (the self-supervised head's P(positive)). `model_id` seeds the audit draw."""
     found, judged, pairs = _by_labels(images, scores, config.teacher_gap, rubric_version, positive)
     rates = _label_issues(
         judged, pairs, config, base_rate, trained_share, crossed, found["label_issue"]
@@ -335,9 +346,17 @@ def find_disagreements(
     for image_id, llm_positive, _, detail in judged:
         if llm_positive and image_id in passed:
             found["screen_miss"].append((0.05, image_id, detail))
-    scale = reason_calibration(passed_over_decided, config.calibrate_after)
-    rates["passed_over_scale"] = scale
-    _passed_over(scores, images, passed, threshold, base_rate, model_share, rates, found, scale)
+    over = _PassedOver(scores, base_rate, model_share, rates, passed_over_head)
+    decided = passed_over_decided or {}
+    ranked_by = [i for i in decided if i in scores or i in (passed_over_head or {})]
+    shift = passed_over_shift(
+        over.chance(ranked_by, by_head=True).tolist(),
+        [decided[i] for i in ranked_by],
+        config.calibrate_after,
+    )
+    rates["passed_over_shift"] = shift
+    for image_id in passed_over_ids(scores, images, passed, threshold):
+        found["passed_over"].append(over.entry(image_id, shift))
     for image_id, score in scores.items():
         known = images.get(image_id)
         if known is not None and (known.human or known.llm_p):
@@ -370,39 +389,58 @@ def find_disagreements(
     return Disagreements(dict(picked), rates)
 
 
-def _passed_over(
+def passed_over_ids(
     scores: Mapping[int, float],
     images: Mapping[int, ImageEvidence],
     passed: Collection[int],
     threshold: float,
-    base_rate: float | None,
-    model_share: float | None,
-    rates: Mapping[str, Any],
-    out: dict[str, list[Entry]],
-    scale: float | None = None,
-) -> None:
-    """Append to out["passed_over"] the unlabelled sprites a sheet passed over that the model
-    scores at or above its `threshold`, each with the chance the sheet's "no" is wrong
-    (times `scale`, as people measured it, when given)."""
-    ids = [
+) -> list[int]:
+    """The unlabelled sprites a sheet passed over that the model scores at or above its
+    `threshold`: the passed_over candidates."""
+    return [
         i
         for i, s in scores.items()
         if i in passed
         and s >= threshold
         and not ((known := images.get(i)) is not None and (known.human or known.llm_p))
     ]
-    if not ids:
-        return
-    base = float(base_rate or 0.01)
-    p = np.array([scores[i] for i in ids], dtype=np.float64)
-    posterior = posterior_at(p, float(model_share or base), base)
-    no = np.zeros(len(ids), dtype=bool)
-    chance = chance_label_wrong(no, posterior, float(rates["miss"]), float(rates["false_alarm"]))
-    if scale is not None:
-        chance = chance * scale
-    for image_id, q, c in zip(ids, posterior, chance, strict=True):
-        detail = {"model": scores[image_id], "posterior": round(float(q), 4)}
-        out["passed_over"].append((float(c), image_id, detail))
+
+
+@dataclass
+class _PassedOver:
+    """How a passed-over sprite is ranked: the chance the sheet's "no" is wrong from the
+    model's score at the base rate; once people have calibrated the reason, the head's
+    P(positive) where it has one (else that chance), shifted by passed_over_shift."""
+
+    scores: Mapping[int, float]
+    base_rate: float | None
+    model_share: float | None
+    rates: Mapping[str, Any]
+    head: Mapping[int, float] | None
+
+    def posterior(self, ids: list[int]) -> NDArray[np.float64]:
+        base = float(self.base_rate or 0.01)
+        p = np.array([self.scores.get(i, 0.0) for i in ids], dtype=np.float64)
+        return np.asarray(posterior_at(p, float(self.model_share or base), base))
+
+    def chance(self, ids: list[int], by_head: bool) -> NDArray[np.float64]:
+        no = np.zeros(len(ids), dtype=bool)
+        miss, alarm = float(self.rates["miss"]), float(self.rates["false_alarm"])
+        chance = chance_label_wrong(no, self.posterior(ids), miss, alarm)
+        if by_head and self.head:
+            chance = np.array([self.head.get(i, c) for i, c in zip(ids, chance, strict=True)])
+        return np.asarray(chance, dtype=np.float64)
+
+    def entry(self, image_id: int, shift: float | None) -> Entry:
+        (c,) = self.chance([image_id], by_head=shift is not None)
+        (q,) = self.posterior([image_id])
+        detail: dict[str, Any] = {"model": self.scores[image_id], "posterior": round(float(q), 4)}
+        if self.head and image_id in self.head:
+            detail["head"] = round(self.head[image_id], 4)
+        if shift is not None:
+            c = float(np.clip(c, 1e-6, 1 - 1e-6))
+            c = 1 / (1 + math.exp(-(math.log(c / (1 - c)) + shift)))
+        return (float(c), image_id, detail)
 
 
 def _by_labels(

@@ -409,10 +409,11 @@ class ReviewSettings(BaseModel):
     llm_miss_prior: float = Field(0.15, ge=0, lt=1)
     llm_false_alarm_prior: float = Field(0.02, ge=0, lt=1)
     audit_share: float = Field(0.1, ge=0, le=1, description="random items, share of the rest")
-    # passed_over priorities come from the model's scores, which overstate the chance (loop
-    # bench: 74 of 193 decided were positive, predicted 99.9 %); after this many decisions
-    # on the reason they are scaled by the share people found wrong over the share predicted.
-    calibrate_after: int = Field(20, ge=1, description="decisions before passed_over is scaled")
+    # passed_over priorities come from the model's scores, which overstate the chance and
+    # hardly rank (loop bench: 74 of 193 decided were positive, predicted 99.9 %); after
+    # this many decisions on the reason they come from the self-supervised head, shifted to
+    # what people found (review.mining.passed_over_shift).
+    calibrate_after: int = Field(20, ge=1, description="decisions before passed_over is refitted")
     host: str = "127.0.0.1"
     port: int = Field(8765, ge=0, le=65535)
     # Bound beyond loopback: the names people open the page under (a DNS name, an address).

@@ -54,3 +54,50 @@ def test_features_are_computed_once_per_sprite_and_backbone(tmp_path: Path) -> N
         assert fresh != cache and not cache.exists()
         with np.load(fresh) as stored:
             assert len(stored["keys"]) == 5
+
+
+def test_sprites_without_a_label_are_scored_by_a_head_on_every_label(tmp_path: Path) -> None:
+    """cross_val_scores' `unlabelled`: sprites with no label (mining's passed-over ones) get
+    the P(positive) of one head fitted on every label, and the labelled sprites' fold scores
+    are exactly what they are without them."""
+    from corpus.catalog import source_items
+    from training.crossval import cross_val_scores
+    from training.head import DEFAULT_L2, fit_logistic
+
+    folder = coloured_corpus(tmp_path, positives=12, negatives=36)
+    settings = load_settings(
+        None,
+        data_dir=tmp_path / "data",
+        ingest={"workers": 1},
+        pretrain={"size": 32, "max_steps": 4, "batch_size": 16},
+    )
+    with open_workspace(settings) as ws:
+        ingest(ws.catalog, ws.blobs, [parse_source(str(folder), settings)], settings)
+        dedupe(ws.catalog, settings)
+        assert pretrain(ws.catalog, ws.blobs, settings).status == "ok"
+        with ws.catalog.read() as conn:
+            rows = conn.execute(
+                sa.select(source_items.c.image_id, source_items.c.locator)
+                .join(images, images.c.id == source_items.c.image_id)
+                .where(images.c.status == "candidate")
+            )
+            where = {row.image_id: row.locator for row in rows}
+        ids = sorted(where)
+        red = {i: int(Path(where[i]).stem.rstrip("v")) < 12 for i in ids}
+        labelled, rest = ids[::2], ids[1::2]
+        given = np.array([red[i] for i in labelled])
+        alone = cross_val_scores(ws.catalog, ws.blobs, settings, labelled, given)
+        both = cross_val_scores(
+            ws.catalog, ws.blobs, settings, labelled, given, unlabelled=[*rest, labelled[0]]
+        )
+        assert alone is not None and both is not None and set(both) == set(ids)
+        assert {i: both[i] for i in labelled} == alone
+        seen = backbone_features(ws.catalog, ws.blobs, settings, labelled)
+        unseen = backbone_features(ws.catalog, ws.blobs, settings, rest)
+    assert seen is not None and unseen is not None
+    head = fit_logistic(seen[1], given, float((~given).sum() / given.sum()), DEFAULT_L2)
+    expected = 1 / (1 + np.exp(-head.logits(unseen[1])))
+    np.testing.assert_allclose([both[i] for i in rest], expected, rtol=1e-9)
+    reds = [both[i] for i in rest if red[i]]
+    plain = [both[i] for i in rest if not red[i]]
+    assert reds and plain and np.mean(reds) > np.mean(plain)

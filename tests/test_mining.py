@@ -3,10 +3,14 @@ find_disagreements), on hand-made evidence: no catalog."""
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
 
 from labelers.effective import HUMAN, LLM, LabelRow
-from review.mining import ImageEvidence, find_disagreements, llm_judged, reason_calibration
+from review.mining import ImageEvidence, find_disagreements, llm_judged, passed_over_shift
 from spritesafe.config import ReviewSettings
 
 RUBRIC = "r1"
@@ -122,19 +126,25 @@ def test_sprites_a_sheet_passed_over_that_the_model_calls_positive_go_to_people(
     assert [i for _, i, _ in found["screen_miss"]] == [105]
 
 
-def test_people_s_decisions_scale_overstated_passed_over_priorities() -> None:
-    """The model's scores overstate the chance a sheet's "no" is wrong; once people have
-    decided enough passed_over items, the priorities shrink by what they measured, and the
-    label issue the unscaled ones buried comes first."""
+def test_people_s_decisions_recalibrate_passed_over_priorities() -> None:
+    """The model's scores overstate the chance a sheet's "no" is wrong and hardly rank the
+    sprites it picked. Once people have decided enough passed_over items, the head on the
+    self-supervised features ranks them, its odds shifted to what people found; the label
+    issue the model's overstated chances buried comes first."""
     images = {i: _llm("safe") for i in range(1, 41)}
     scores = dict.fromkeys(images, 0.02)
     images[50], scores[50] = _llm("explicit", "explicit"), 0.002  # an LLM positive, surely not
     passed = {101, 102, 103}
     scores |= {101: 0.999, 102: 0.995, 103: 0.99}
+    head = {101: 0.2, 102: 0.9, 103: 0.6}
+    # 30 decided: the model called them all alike, the head told the 8 positives apart
+    decided = {200 + k: k < 8 for k in range(30)}
+    scores |= dict.fromkeys(decided, 0.995)
+    head |= {i: 0.9 if positive else 0.3 for i, positive in decided.items()}
     config = ReviewSettings(max_per_run=100, audit_share=0.0, calibrate_after=20)
 
-    def ranked(decided: list[tuple[float, bool]]) -> tuple[list[str], dict[int, float]]:
-        queue = find_disagreements(
+    def ranked(people: dict[int, bool]) -> tuple[list[str], list[tuple[float, int]], Any]:
+        found = find_disagreements(
             images,
             scores,
             config,
@@ -144,21 +154,33 @@ def test_people_s_decisions_scale_overstated_passed_over_priorities() -> None:
             passed=passed,
             base_rate=0.03,
             model_share=0.25,
-            passed_over_decided=decided,
-        ).queue
+            passed_over_decided=people,
+            passed_over_head=head,
+        )
         rows = sorted(
-            ((p, reason, i) for reason, items in queue.items() for p, i, _ in items),
+            ((p, reason, i) for reason, items in found.queue.items() for p, i, _ in items),
             reverse=True,
         )
-        return [r for _, r, _ in rows], {i: p for p, i, _ in queue["passed_over"]}
+        over = [(p, i) for p, i, _ in found.queue["passed_over"]]
+        return [r for _, r, _ in rows], over, found.llm_error_rates["passed_over_shift"]
 
-    raw_order, raw = ranked([(0.99, True)] * 5)  # too few decisions: as the model says
-    assert raw_order[0] == "passed_over"
-    measured = [(0.99, True)] * 8 + [(0.99, False)] * 22  # 8 of 30 positive, 99 % predicted
-    scale = reason_calibration(measured, 20)
-    assert scale is not None and abs(scale - 9 / (29.7 + 2)) < 1e-9
-    order, scaled = ranked(measured)
+    few = dict(list(decided.items())[:19])  # too few decisions: as the model says
+    order, over, shift = ranked(few)
+    assert shift is None and order[0] == "passed_over" and [i for _, i in over] == [101, 102, 103]
+    order, over, shift = ranked(decided)
+    assert [i for _, i in over] == [102, 103, 101]  # the head's order
     assert order[0] == "label_issue"
-    assert all(abs(scaled[i] - raw[i] * scale) < 1e-6 for i in passed)
-    assert reason_calibration([(0.1, True)] * 30, 20) == 1.0  # never scaled up past the model
-    assert reason_calibration(measured[:19], 20) is None
+    # The shifted head predicts the decided items as people found them: 9 in 32 (smoothed).
+    odds = [h / (1 - h) * math.exp(shift) for h in (0.9, 0.3)]
+    mean = (8 * odds[0] / (1 + odds[0]) + 22 * odds[1] / (1 + odds[1])) / 30
+    assert abs(mean - 9 / 32) < 1e-6
+    assert abs(over[0][0] - odds[0] / (1 + odds[0])) < 1e-6  # 102 sits where the 0.9s do
+
+
+def test_passed_over_shift_is_the_prior_shift_people_measured() -> None:
+    assert passed_over_shift([0.5] * 30, [True] * 8 + [False] * 22, 20) == pytest.approx(
+        math.log(9 / 23)
+    )
+    shift = passed_over_shift([0.01] * 30, [True] * 30, 20)
+    assert shift is not None and shift > math.log(99)  # up as well as down
+    assert passed_over_shift([0.5] * 19, [True] * 19, 20) is None

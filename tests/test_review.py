@@ -825,8 +825,8 @@ def _ingest_running(ws: Any) -> bool:
 
 
 def test_passed_over_decisions_are_read_back_as_what_people_measured(tmp_path: Path) -> None:
-    """What calibrates passed_over priorities: each decided item's priority when queued and
-    whether the person said positive; skips, undone decisions and other reasons do not count."""
+    """What calibrates passed_over priorities: whether the person said positive on each
+    decided item; skips, undone decisions and other reasons do not count."""
     from corpus.catalog import open_catalog, utcnow
     from review.mining import decided_on
 
@@ -873,4 +873,4 @@ def test_passed_over_decisions_are_read_back_as_what_people_measured(tmp_path: P
     assert undo(catalog, "ann") == 4  # taken back
     decide(catalog, 5, "ann", "explicit")  # another reason
     decided = decided_on(catalog, "passed_over", frozenset({"explicit"}))
-    assert sorted(decided) == [(0.98, False), (0.99, True)]
+    assert decided == {1: True, 2: False}
