@@ -14,20 +14,25 @@ from corpus.dedupe import dedupe
 from corpus.ingest import ingest
 from corpus.sources import parse_source
 from corpus.workspace import open_workspace
-from spritesafe.config import load_settings
+from spritesafe.config import Settings, load_settings
 from tests.learning import coloured_corpus, count_embeds
 from training.features import backbone_features
 from training.pretrain import pretrain
 
 
-def test_features_are_computed_once_per_sprite_and_backbone(tmp_path: Path) -> None:
-    folder = coloured_corpus(tmp_path, positives=10, negatives=30)
-    settings = load_settings(
+def _tiny_pretraining(tmp_path: Path) -> Settings:
+    """A workspace whose backbone pretrains in seconds (4 steps at 32 px)."""
+    return load_settings(
         None,
         data_dir=tmp_path / "data",
         ingest={"workers": 1},
         pretrain={"size": 32, "max_steps": 4, "batch_size": 16},
     )
+
+
+def test_features_are_computed_once_per_sprite_and_backbone(tmp_path: Path) -> None:
+    folder = coloured_corpus(tmp_path, positives=10, negatives=30)
+    settings = _tiny_pretraining(tmp_path)
     with open_workspace(settings) as ws, pytest.MonkeyPatch.context() as patch:
         embedded = count_embeds(patch)
         ingest(ws.catalog, ws.blobs, [parse_source(str(folder), settings)], settings)
@@ -65,12 +70,7 @@ def test_sprites_without_a_label_are_scored_by_a_head_on_every_label(tmp_path: P
     from training.head import DEFAULT_L2, fit_logistic
 
     folder = coloured_corpus(tmp_path, positives=12, negatives=36)
-    settings = load_settings(
-        None,
-        data_dir=tmp_path / "data",
-        ingest={"workers": 1},
-        pretrain={"size": 32, "max_steps": 4, "batch_size": 16},
-    )
+    settings = _tiny_pretraining(tmp_path)
     with open_workspace(settings) as ws:
         ingest(ws.catalog, ws.blobs, [parse_source(str(folder), settings)], settings)
         dedupe(ws.catalog, settings)
