@@ -507,13 +507,27 @@ def labelled_ids(catalog: Catalog, ids: Iterable[int], *where: sa.ColumnElement[
 def flagged_on_sheets(catalog: Catalog, screen_version: str, digest: str | None = None) -> set[int]:
     """Sprites a contact sheet flagged under this screening text (and LLM, when `digest` is
     given): labelers.screen writes the verdicts, the label stage and snapshots read them."""
+    return _on_sheets(catalog, screen_version, digest, flagged=True)
+
+
+def passed_on_sheets(catalog: Catalog, screen_version: str, digest: str | None = None) -> set[int]:
+    """Sprites contact sheets showed under this screening text (and LLM) and never flagged."""
+    return _on_sheets(catalog, screen_version, digest, flagged=False)
+
+
+def _on_sheets(
+    catalog: Catalog, screen_version: str, digest: str | None, flagged: bool
+) -> set[int]:
+    where = [screenings.c.version == screen_version]
+    if digest is not None:
+        where.append(screenings.c.model_digest == digest)
+    ever = sa.func.max(sa.cast(screenings.c.flagged, sa.Integer))
     query = (
         sa.select(screenings.c.image_id)
-        .distinct()
-        .where(screenings.c.flagged, screenings.c.version == screen_version)
+        .where(*where)
+        .group_by(screenings.c.image_id)
+        .having(ever == int(flagged))
     )
-    if digest is not None:
-        query = query.where(screenings.c.model_digest == digest)
     with catalog.read() as conn:
         return set(conn.execute(query).scalars())
 

@@ -7,10 +7,13 @@ estimates a rate that falls run after run (in the loop benchmark 4.1 %, 2.5 %, 1
 over four rounds, where the LLM calls ~4 % of the corpus positive). So every candidate has a
 place in one order, a salted hash of its content (stable across runs, catalogs and machines),
 and each run's audit part labels the first candidates in that order that nobody has labelled
-yet; those other parts labelled already are in the sample for free. The audited sample is the
-longest prefix of the order that has been answered: a uniform sample of the whole catalog,
-whatever else the budget chased. A sprite added later lands anywhere in the order; inside the
-prefix, it shortens the prefix until the next run's audit labels it.
+yet; those other parts labelled already are in the sample for free. When the stage screens,
+the audit's calls buy contact sheets of the next unanswered candidates in the order instead
+(about 8 sprites a call): a sheet that passes a sprite answers its place (the LLM's negative,
+as training.snapshot counts it), a flagged one is labelled on its own (`audit_flagged`). The
+audited sample is the longest prefix of the order that has been answered: a uniform sample of
+the whole catalog, whatever else the budget chased. A sprite added later lands anywhere in the
+order; inside the prefix, it shortens the prefix until the next run's audit labels it.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ positives are, as ranked by the best scorer there is (the promoted model's out-o
 scores, else the teacher's pre-screen):
 - `audit`: a uniform share, never steered: the unbiased base rate comes from it (the next
   pending candidates in labelers.audit's fixed order of the whole catalog, so it stays
-  uniform over everything however much the other parts have labelled);
+  uniform over everything however much the other parts have labelled; on sheets of the
+  next unscreened ones in that order when a pass screens: labelers.stage);
 - `explore`: a small uniform share labelled as such, so the loop does not only confirm what the
   model already believes (the label stage turns it into sheets of random sprites when a pass
   screens: labelers.stage);

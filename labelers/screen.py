@@ -2,11 +2,12 @@
 be unsafe; one call screens grid x grid sprites.
 
 Verdicts go to the `screenings` table, never to `labels`: a flagged sprite is labelled on its
-own afterwards (selection `screen_flagged`; `explore_flagged` from the exploration's sheets of
-random sprites), and so is a random share of the unflagged ones
-(`screen_check`), which is how the screen's recall is known rather than hoped for. When the
-measured recall at a sheet size falls below the floor, the next runs use smaller sheets
-(4x4 -> 3x3 -> 2x2 -> none), and sprites passed only by the larger sheets are screened again.
+own afterwards (selection `screen_flagged`; `audit_flagged` and `explore_flagged` from the
+sheets of the uniform parts: the audit's fixed order, random sprites), and so is a random
+share of the unflagged ones (`screen_check`), which is how the screen's recall is known
+rather than hoped for. When the measured recall at a sheet size falls below the floor, the
+next runs use smaller sheets (4x4 -> 3x3 -> 2x2 -> none), and sprites passed only by the
+larger sheets are screened again.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from spritesafe.config import Settings
 FOLLOW_UPS = {
     "screen_flagged": "screen_flagged",
     "explore_flagged": "screen_flagged",
+    "audit_flagged": "screen_flagged",
     "screen_check": "screen_check",
 }
 

@@ -47,7 +47,7 @@ from corpus.catalog import (
     utcnow,
 )
 from export.stage import FP32_NAME, ExportError, promoted_model
-from labelers.audit import audit_order
+from labelers.audit import audit_order, audit_picks
 from labelers.budget import Plan, fill_random, steered_picks, uniform_picks
 from labelers.cost import call_rows, run_cost
 from labelers.effective import HUMAN, LLM, TEACHER
@@ -550,16 +550,19 @@ def _one_pass(
     n_sheets = round(budget * config.screen_share) if grid > 1 else 0
     cut = max(n_sheets - max((budget - len(chosen) - len(waiting)) // 2, 0), 0)
     n_sheets -= cut
-    # Exploration on sheets when this pass screens: its calls buy sheets of random sprites
-    # never screened (a sheet and about one follow-up each) instead of random sprites one by
-    # one, ~16 times the sprites for the calls. The audit stays one by one and measures
-    # random sampling's yield; exploration is there to find what the ranking misses.
-    explore = [i for i, selection in chosen.items() if selection == "explore"] if n_sheets else []
-    for image_id in explore:
+    # The uniform parts on sheets when this pass screens: their calls buy sheets (a sheet and
+    # about one follow-up each) instead of sprites one by one, ~8 times the sprites for the
+    # calls. The audit's sheets take the next sprites of its fixed order that no sheet has
+    # answered (a sheet's pass answers an audit place: training.snapshot counts it as the
+    # LLM's negative), exploration's a random draw of the never screened.
+    audit = [i for i, why in chosen.items() if why == "audit"] if n_sheets else []
+    explore = [i for i, why in chosen.items() if why == "explore"] if n_sheets else []
+    for image_id in audit + explore:
         del chosen[image_id]
-    n_explore_sheets = -(-len(explore) // 2)
-    reserve = round(budget * config.followup_share) + cut + len(explore) - n_explore_sheets
-    reserve = min(reserve, budget - len(chosen) - n_sheets - n_explore_sheets)
+    n_audit_sheets, n_explore_sheets = -(-len(audit) // 2), -(-len(explore) // 2)
+    n_uniform_sheets = n_audit_sheets + n_explore_sheets
+    reserve = round(budget * config.followup_share) + cut + len(audit) + len(explore)
+    reserve = min(reserve - n_uniform_sheets, budget - len(chosen) - n_sheets - n_uniform_sheets)
     reserve = reserve if n_sheets else 0
     if not n_sheets:
         for image_id in waiting[: budget - len(chosen)]:
@@ -567,7 +570,7 @@ def _one_pass(
     # 2. The steered picks, leaving room for the sheets and what they flag.
     taken: Counter[int] = Counter()
     pool = [i for i in pending if i not in chosen]
-    steer = budget - len(chosen) - n_sheets - n_explore_sheets - reserve
+    steer = budget - len(chosen) - n_sheets - n_uniform_sheets - reserve
     chosen |= steered_picks(pool, steer, scores, clusters, plan, taken)
     spent = cells = 0
     if n_sheets:
@@ -582,18 +585,24 @@ def _one_pass(
             if i not in chosen
             and (i not in before or (before[i].grid > grid and not before[i].flagged))
         ]
-        # The exploration's sheets: a random draw of them, screened first.
-        explored = sorted(fresh, key=lambda i: tiebreak[i])[: n_explore_sheets * grid * grid]
+        # The uniform parts' sheets, screened first: the audit's, then exploration's.
+        per = grid * grid
+        audited = audit_picks(order or [], set(fresh), n_audit_sheets * per)
+        explored = sorted(set(fresh) - set(audited), key=lambda i: tiebreak[i])
+        explored = explored[: n_explore_sheets * per]
+        uniform = [(b, name) for b, name in ((audited, "audit"), (explored, "explore")) if b]
         fresh = sorted(
-            set(fresh) - set(explored), key=lambda i: (-scores.get(i, -1.0), tiebreak[i])
+            set(fresh) - {i for b, _ in uniform for i in b},
+            key=lambda i: (-scores.get(i, -1.0), tiebreak[i]),
         )
         run = ScreenRun(grid)
         queue = list(waiting)  # flagged, not yet labelled: earlier ones first
         why = dict.fromkeys(waiting, "screen_flagged")  # the selection of a flagged follow-up
-        n_more, checks, explore_sheets = n_sheets, 0, 0
-        while (n_more > 0 and fresh) or explored:
-            if explored:
-                batch, explored, part_name = explored, [], "explore"
+        n_more, checks = n_sheets, 0
+        uniform_sheets: Counter[str] = Counter()
+        while (n_more > 0 and fresh) or uniform:
+            if uniform:
+                batch, part_name = uniform.pop(0)
             else:
                 batch, fresh = fresh[: n_more * grid * grid], fresh[n_more * grid * grid :]
                 part_name = "screen"
@@ -611,12 +620,15 @@ def _one_pass(
                 selection=part_name,
             )
             run.merge(part)
-            explore_sheets += part.sheets if part_name == "explore" else 0
+            uniform_sheets[part_name] += part.sheets
             spent = run.sheets
             # The check sample first (the screen's recall is measured, not hoped for), then
             # what the sheets flagged; flagged sprites the budget cannot take now wait for the
-            # next pass or run. After the exploration's sheets, the ranked ones are still due.
-            ahead = min(n_more, -(-len(fresh) // (grid * grid))) if part_name == "explore" else 0
+            # next pass or run. After the uniform parts' sheets, the ranked ones are still due.
+            ahead = 0
+            if part_name != "screen":
+                ahead = min(n_more, -(-len(fresh) // per))
+                ahead += sum(-(-len(b) // per) for b, _ in uniform)
             n_check = max(
                 min(
                     budget - len(chosen) - spent - ahead,
@@ -633,14 +645,14 @@ def _one_pass(
                 chosen[image_id] = why[image_id]
             queue = queue[room:]
             checks += n_check
-            if part_name == "explore":
+            if part_name != "screen":
                 continue  # the ranked sheets come next, as planned
             # Room the follow-ups left buys more sheets of the next-ranked candidates, as
             # many as it pays for at this pass's cost per sheet (its call, flags and checks):
             # 16 sprites a call beat one-by-one picks below the sheets' ranks.
             per_sheet = 1 + (len(run.flagged) + checks) / max(run.sheets, 1)
             n_more = 0 if queue else int((budget - len(chosen) - spent) // per_sheet)
-        _add_screen(report, run, len(waiting), explore_sheets)
+        _add_screen(report, run, len(waiting), uniform_sheets)
         cells = run.cells
         # 4. Room the sheets did not use goes to more steered picks (not to sprites this pass's
         # sheets passed: the check sample speaks for those; only the random fill below, when
@@ -655,12 +667,13 @@ def _one_pass(
     return grid, alone + cells
 
 
-def _add_screen(report: LabelReport, run: ScreenRun, waiting: int, explore: int) -> None:
+def _add_screen(report: LabelReport, run: ScreenRun, waiting: int, uniform: Counter[str]) -> None:
     """Add one pass's sheets to the run's figures (`flagged_before`: the first pass's wait;
-    `explore_sheets`: those of random sprites, among `sheets`)."""
+    `audit_sheets`, `explore_sheets`: those of the uniform parts, among `sheets`)."""
     figures = {
         "sheets": run.sheets,
-        "explore_sheets": explore,
+        "audit_sheets": uniform["audit"],
+        "explore_sheets": uniform["explore"],
         "sprites": run.cells,
         "flagged": len(run.flagged),
     }

@@ -498,6 +498,63 @@ def test_exploration_screens_random_sprites_on_sheets(corpus: Settings, tmp_path
     assert report.cost["calls"] <= 30
 
 
+def test_the_audit_screens_the_next_sprites_of_its_order_on_sheets(
+    corpus: Settings, tmp_path: Path
+) -> None:
+    """When a pass screens, the audit's calls buy sheets of the first unanswered sprites in its
+    fixed order (a sheet and about one follow-up each); what they flag is labelled as
+    `audit_flagged`, and the snapshot counts what they passed as the audit's negatives."""
+    from corpus.dedupe import dedupe
+    from labelers.audit import audit_order, audited_prefix
+    from training.snapshot import snapshot
+
+    more = _red_every(tmp_path / "more", 96, 8, seed=11, prefix="m")
+    with FakeOllama({MODEL: "sha256:" + "1a" * 32}, responder=by_colour) as server:
+        settings = _screening(
+            corpus,
+            server.url,
+            screen_share=0.1,
+            followup_share=0.5,
+            audit_share=0.2,  # 6 calls: 3 sheets of the audit's order and their follow-ups
+            explore_share=0.0,
+            screen_check_share=0.0,
+        )
+        ws = open_workspace(settings)
+        ingest(ws.catalog, ws.blobs, [parse_source(str(more), settings)], settings)
+        dedupe(ws.catalog, settings)
+        report = label(ws.catalog, ws.blobs, settings, budget=30)
+        rows = [r for r in _rows(ws, labels) if r.labeler == "ollama"]
+        calls = [r for r in _rows(ws, llm_calls) if r.purpose == "screen"]
+        asked = {r.image_id for r in _rows(ws, label_errors)} | {r.image_id for r in rows}
+        sheets = _rows(ws, screenings)
+        order = audit_order(ws.catalog)
+        shot = snapshot(ws.catalog, ws.blobs, settings)
+        ws.close()
+    audit_calls = [c for c in calls if c.selection == "audit"]
+    assert report.screen["audit_sheets"] == len(audit_calls) == 3
+    # The first three sheets were the audit's: the first 48 sprites of its order that no
+    # one-by-one pick had taken before them.
+    first = {s.sheet for s in sorted(sheets, key=lambda s: s.id)[:48]}
+    audited = [s.image_id for s in sheets if s.sheet in first]
+    selection = {r.image_id: r.selection for r in rows}
+    assert audited == [i for i in order if i not in asked or i in audited][:48]
+    flagged = {s.image_id for s in sheets if s.flagged}
+    assert "audit" not in selection.values()  # nothing audited one by one
+    assert {i for i, why in selection.items() if why == "audit_flagged"} == set(audited) & flagged
+    assert set(audited) & flagged
+    assert report.cost["calls"] <= 30
+    # The snapshot's audit: the answered prefix of the order, a sheet's pass an answer; here
+    # every sprite was screened or labelled. Positives with one answer that no sheet flagged
+    # (the teacher's picks) are left out of the snapshot, the audit included.
+    passed = {s.image_id for s in sheets} - flagged
+    assert len(audited_prefix(order, set(selection) | passed)) == 120
+    estimate, unconfirmed = shot.base_rate_estimate, shot.excluded["unconfirmed_positive"]
+    assert shot.audited == estimate["audited"] == 120 - unconfirmed
+    assert estimate["on_sheets"] == len(passed - set(selection)) > 0
+    red = sum(r.category == "explicit" for r in rows) - unconfirmed
+    assert shot.base_rate == pytest.approx((red + 0.5) / (shot.audited + 1), abs=1e-5)
+
+
 @pytest.mark.parametrize("budget", [4, 7, 12])
 def test_exploration_sheets_stay_within_a_tight_budget(
     corpus: Settings, tmp_path: Path, budget: int

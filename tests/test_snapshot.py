@@ -276,8 +276,9 @@ def test_the_audit_stays_uniform_while_the_budget_finds_the_positives(tmp_path: 
     """A first run's sheets find the red sprites; later runs audit what is left. The audit is
     a prefix of one fixed order of the whole catalog, labels other parts made included, so the
     base rate does not fall as positives are found (a uniform draw of the pending sprites, as
-    the audit was before, sees none of them after the first run)."""
-    from corpus.catalog import labels
+    the audit was before, sees none of them after the first run). The first run screens, so
+    its audit goes on sheets: a sprite they passed is an answered place too."""
+    from corpus.catalog import labels, llm_calls, screenings
     from labelers.audit import audit_order, audited_prefix
 
     folder = coloured_corpus(tmp_path, positives=30, negatives=270)  # 36 of 360 red
@@ -304,13 +305,21 @@ def test_the_audit_stays_uniform_while_the_budget_finds_the_positives(tmp_path: 
                         labels.c.labeler == "ollama"
                     )
                 ).all()
+                sheets = conn.execute(sa.select(screenings)).all()
+                audit_sheets = conn.execute(
+                    sa.select(sa.func.count()).where(
+                        llm_calls.c.purpose == "screen", llm_calls.c.selection == "audit"
+                    )
+                ).scalar()
             order = audit_order(ws.catalog)
     finally:
         server.stop()
     red = {r.image_id for r in rows if r.category == "explicit"}
     picked = {r.image_id for r in rows if r.selection == "audit"}
-    prefix = set(audited_prefix(order, {r.image_id for r in rows}))
-    assert len(red) == 36 and len(picked) == 88  # the first run found every red sprite
+    passed = {s.image_id for s in sheets} - {s.image_id for s in sheets if s.flagged}
+    prefix = set(audited_prefix(order, {r.image_id for r in rows} | passed))
+    assert audit_sheets == 4  # the first run's audit (8 calls): sheets and their follow-ups
+    assert len(red) == 36 and len(picked) == 80  # the first run found every red sprite
     # The audit's own picks are all in the prefix, with the red sprites the sheets' follow-ups
     # labelled where the order puts them.
     assert picked < prefix and report.audited == len(prefix)

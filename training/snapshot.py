@@ -14,7 +14,7 @@ import hashlib
 import json
 import shutil
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from corpus.catalog import (
     labels,
     model_scores,
     models,
+    passed_on_sheets,
     recorded,
     screenings,
     snapshots,
@@ -175,11 +176,12 @@ def _candidates(conn: sa.Connection, ids: sa.Select[Any]) -> tuple[dict[int, _Ca
 
 
 def _load(
-    catalog: Catalog, rubric_version: str
-) -> tuple[list[_Candidate], int, set[tuple[str, ...]]]:
+    catalog: Catalog, rubric_version: str, passed: Collection[int] = ()
+) -> tuple[list[_Candidate], int, set[tuple[str, ...]], int]:
     """Labelled candidates with their label rows (`audit`: in the audited prefix of
     labelers.audit's order, or a person's decision on an audit review item); how many are not
-    deduped yet; labelers."""
+    deduped yet; labelers; how many of the audited prefix only a contact sheet answered
+    (`passed`: sprites sheets showed the LLM and it never flagged; no label row)."""
     with catalog.read() as conn:
         by_id, undeduped = _candidates(conn, sa.select(labels.c.image_id))
         # An LLM error on record answers an audit place too: a sprite the LLM cannot answer
@@ -205,13 +207,14 @@ def _load(
             ).order_by(labels.c.id)
         ).all()
     used: set[tuple[str, ...]] = set()
+    told: set[int] = set()  # an LLM or a person gave it a label
     for row in label_rows:
         cand = by_id.get(row.image_id)
         if cand is None:
             continue
         cand.rows.append(LabelRow.of(row))
         if row.labeler == LLM and row.rubric_version == rubric_version:
-            answered.add(cand.id)
+            told.add(cand.id)
             if row.score_explicit is not None:
                 cand.llm_explicit.append(float(row.score_explicit))
             used.add((row.labeler, row.model, row.model_digest))
@@ -220,12 +223,18 @@ def _load(
             used.add((row.labeler, row.model, row.model_digest))
         elif row.labeler == HUMAN:
             used.add((row.labeler, row.model, row.model_digest))
-            answered.add(cand.id)
+            told.add(cand.id)
             cand.audit = cand.audit or row.selection == "audit"
-    for image_id in audited_prefix(audit_order(catalog), answered):
-        if image_id in by_id:
-            by_id[image_id].audit = True
-    return list(by_id.values()), undeduped, used
+    # A sheet that passed a sprite answered it as well: the audit goes on sheets when the
+    # label stage screens (labelers.stage), and its negatives get no LLM label row.
+    passed_only = 0
+    for image_id in audited_prefix(audit_order(catalog), answered | told | set(passed)):
+        if image_id in told or image_id in answered:
+            if image_id in by_id:
+                by_id[image_id].audit = True
+        else:
+            passed_only += 1
+    return list(by_id.values()), undeduped, used, passed_only
 
 
 def corrected_rate(observed: float, sensitivity: float, specificity: float) -> float:
@@ -246,6 +255,7 @@ class BaseRate:
     reviewed: int = 0  # audited images a person decided too
     sensitivity: float | None = None  # of the LLM against those decisions
     specificity: float | None = None
+    on_sheets: int = 0  # audited negatives only a contact sheet answered (no label row)
 
 
 def estimate_base_rate(
@@ -253,8 +263,11 @@ def estimate_base_rate(
     positive: frozenset[str],
     configured: float | None,
     min_reviewed: int = 20,
+    passed: int = 0,
 ) -> BaseRate:
-    """Configured, else the uniform audit sample: the LLM's positive share there, corrected
+    """Configured, else the uniform audit sample (the audited `candidates`, and `passed`
+    audited sprites a contact sheet passed, negatives the LLM was not asked about one by
+    one): the LLM's positive share there, corrected
     for its errors as measured where people reviewed audit images (at least `min_reviewed`;
     add-one smoothing on both error rates), else with add-half smoothing so a sample without
     positives does not claim 0; else the labelled share (biased towards positives by the
@@ -262,12 +275,13 @@ def estimate_base_rate(
     the many negatives inflate its raw share: the correction is what removes them."""
     certain = [c for c in candidates if c.label and not c.label.uncertain and c.category]
     audited = [c for c in certain if c.audit]
+    n = len(audited) + passed
     if configured is not None:
-        return BaseRate(configured, "configured", len(audited))
-    if not audited:
+        return BaseRate(configured, "configured", n, on_sheets=passed)
+    if not n:
         hits = sum(c.category in positive for c in certain)
         return BaseRate(max(hits, 1) / max(len(certain), 2), "labelled (biased)", 0)
-    said: list[bool] = []  # the LLM's verdict on each audited image
+    said = [False] * passed  # the LLM's verdict on each audited image
     pairs: list[tuple[bool, bool]] = []  # (LLM, person) where a person decided
     for c in audited:
         llm = effective_label([r for r in c.rows if r.labeler == LLM])
@@ -277,9 +291,9 @@ def estimate_base_rate(
         if c.label is not None and c.label.source == SOURCE_HUMAN:
             pairs.append((said[-1], c.category in positive))
     hits = sum(c.category in positive for c in audited)
-    smoothed = (hits + 0.5) / (len(audited) + 1)
+    smoothed = (hits + 0.5) / (n + 1)
     if not said or len(pairs) < min_reviewed:
-        return BaseRate(smoothed, "audit", len(audited), reviewed=len(pairs))
+        return BaseRate(smoothed, "audit", n, reviewed=len(pairs), on_sheets=passed)
     raw = (sum(said) + 0.5) / (len(said) + 1)
     tp = sum(a and b for a, b in pairs)
     fn = sum(b and not a for a, b in pairs)
@@ -287,9 +301,7 @@ def estimate_base_rate(
     fp = sum(a and not b for a, b in pairs)
     sensitivity, specificity = (tp + 1) / (tp + fn + 2), (tn + 1) / (tn + fp + 2)
     rate = max(corrected_rate(raw, sensitivity, specificity), 0.5 / (len(said) + 1))
-    return BaseRate(
-        rate, "audit corrected", len(audited), raw, len(pairs), sensitivity, specificity
-    )
+    return BaseRate(rate, "audit corrected", n, raw, len(pairs), sensitivity, specificity, passed)
 
 
 def _snapshot_id(rubric_version: str, settings: dict[str, Any], rows: list[tuple[Any, ...]]) -> str:
@@ -317,7 +329,8 @@ def _snapshot(
 ) -> None:
     config = settings.snapshot
     rubric = load_rubric(settings.label.rubric)
-    candidates, undeduped, used = _load(catalog, rubric.version)
+    passed = passed_on_sheets(catalog, rubric.screen_version)
+    candidates, undeduped, used, passed_audited = _load(catalog, rubric.version, passed)
     if undeduped:
         raise NotEnoughLabels(
             f"{undeduped} labelled images are not deduped yet, so their near-duplicates "
@@ -330,7 +343,7 @@ def _snapshot(
         candidates, config, rubric.version, report, sheet_flagged if confirming else set()
     )
     # Estimated before the checks: a refused report still says what the base rate was.
-    estimate = _estimate(kept, config, report)
+    estimate = _estimate(kept, config, report, passed_audited)
     items = _check(kept, config, report.excluded)
     suspects = (
         _false_positive_suspects(catalog, blobs, settings, kept, report)
@@ -393,10 +406,12 @@ def _select(
     return kept
 
 
-def _estimate(kept: list[_Candidate], config: SnapshotSettings, report: SnapshotReport) -> BaseRate:
+def _estimate(
+    kept: list[_Candidate], config: SnapshotSettings, report: SnapshotReport, passed: int
+) -> BaseRate:
     """The base rate of validation and test (estimate_base_rate), recorded in `report`."""
     estimate = estimate_base_rate(
-        kept, config.positive, config.target_base_rate, config.min_reviewed_audit
+        kept, config.positive, config.target_base_rate, config.min_reviewed_audit, passed
     )
     report.base_rate, report.base_rate_source = estimate.rate, estimate.source
     report.audited = estimate.audited
