@@ -347,9 +347,13 @@ def test_audit_base_rate_is_corrected_for_the_llms_measured_errors() -> None:
         # The LLM: 15 % misses, 2 % false positives; a person reviews every 10th audit image.
         said = rng.random() >= 0.15 if truth else rng.random() < 0.02
         rows = [LabelRow("ollama", "explicit" if said else "safe", when)]
-        if i % 10 == 0:
+        reviewed = i % 10 == 0
+        # People also decide queue items chosen as likely errors (label issues: here every
+        # false positive): those measure nothing about the LLM's error rates.
+        if reviewed or (said and not truth):
             rows.append(LabelRow("human", "explicit" if truth else "safe", when, by="ana"))
         cand = _Candidate(i, f"{i}", f"{i}", f"{i}", "", "", rows, audit=True)
+        cand.audit_review = reviewed
         cand.label = effective_label(rows)
         audited.append(cand)
     positive = frozenset({"explicit"})

@@ -127,6 +127,7 @@ class _Candidate:
     locator: str
     rows: list[LabelRow] = field(default_factory=list)
     audit: bool = False
+    audit_review: bool = False  # a person decided it as an audit item of the review queue
     llm_explicit: list[float] = field(default_factory=list)
     teacher: float | None = None
     label: EffectiveLabel | None = None
@@ -224,7 +225,8 @@ def _load(
         elif row.labeler == HUMAN:
             used.add((row.labeler, row.model, row.model_digest))
             told.add(cand.id)
-            cand.audit = cand.audit or row.selection == "audit"
+            if row.selection == "audit":
+                cand.audit = cand.audit_review = True
     # A sheet that passed a sprite answered it as well: the audit goes on sheets when the
     # label stage screens (labelers.stage), and its negatives get no LLM label row.
     passed_only = 0
@@ -288,7 +290,11 @@ def estimate_base_rate(
         if llm.category is None or llm.uncertain:
             continue
         said.append(llm.category in positive)
-        if c.label is not None and c.label.source == SOURCE_HUMAN:
+        # Only the queue's audit items measure the LLM's errors: a uniform draw. Its other
+        # reasons pick likely errors (label issues), and the audited prefix holds many of them
+        # once the audit goes on sheets: counted, they made the LLM look wrong about most
+        # negatives (loop21: specificity 0.04 from 25 decisions).
+        if c.audit_review and c.label is not None and c.label.source == SOURCE_HUMAN:
             pairs.append((said[-1], c.category in positive))
     hits = sum(c.category in positive for c in audited)
     smoothed = (hits + 0.5) / (n + 1)
