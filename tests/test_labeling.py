@@ -533,15 +533,15 @@ def test_the_audit_screens_the_next_sprites_of_its_order_on_sheets(
     audit_calls = [c for c in calls if c.selection == "audit"]
     assert report.screen["audit_sheets"] == len(audit_calls) == 3
     # The first three sheets were the audit's: the first 48 sprites of its order that no
-    # one-by-one pick had taken before them.
+    # one-by-one pick had taken before them (their verdicts are stored as they come back).
     first = {s.sheet for s in sorted(sheets, key=lambda s: s.id)[:48]}
-    audited = [s.image_id for s in sheets if s.sheet in first]
+    audited = {s.image_id for s in sheets if s.sheet in first}
     selection = {r.image_id: r.selection for r in rows}
-    assert audited == [i for i in order if i not in asked or i in audited][:48]
+    assert audited == set([i for i in order if i not in asked or i in audited][:48])
     flagged = {s.image_id for s in sheets if s.flagged}
     assert "audit" not in selection.values()  # nothing audited one by one
-    assert {i for i, why in selection.items() if why == "audit_flagged"} == set(audited) & flagged
-    assert set(audited) & flagged
+    assert {i for i, why in selection.items() if why == "audit_flagged"} == audited & flagged
+    assert audited & flagged
     assert report.cost["calls"] <= 30
     # The snapshot's audit: the answered prefix of the order, a sheet's pass an answer; here
     # every sprite was screened or labelled. Positives with one answer that no sheet flagged
