@@ -269,9 +269,9 @@ def estimate_base_rate(
 ) -> BaseRate:
     """Configured, else the uniform audit sample (the audited `candidates`, and `passed`
     audited sprites a contact sheet passed, negatives the LLM was not asked about one by
-    one): the LLM's positive share there, corrected
-    for its errors as measured where people reviewed audit images (at least `min_reviewed`;
-    add-one smoothing on both error rates), else with add-half smoothing so a sample without
+    one): the LLM's positive share there, corrected for its errors as measured on the
+    review queue's audit items people decided (at least `min_reviewed`; add-one smoothing on
+    both error rates), else with add-half smoothing so a sample without
     positives does not claim 0; else the labelled share (biased towards positives by the
     label budget; said so in the source). At a low base rate the LLM's false positives on
     the many negatives inflate its raw share: the correction is what removes them."""
