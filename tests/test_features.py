@@ -63,10 +63,10 @@ def test_features_are_computed_once_per_sprite_and_backbone(tmp_path: Path) -> N
 
 def test_sprites_without_a_label_are_scored_by_a_head_on_every_label(tmp_path: Path) -> None:
     """cross_val_scores' `unlabelled`: sprites with no label (mining's passed-over ones) get
-    the P(positive) of one head fitted on every label, and the labelled sprites' fold scores
+    the P(positive) of the judges fitted on every label, and the labelled sprites' fold scores
     are exactly what they are without them."""
     from corpus.catalog import source_items
-    from training.crossval import cross_val_scores
+    from training.crossval import cross_val_scores, neighbour_scores
     from training.head import DEFAULT_L2, fit_logistic
 
     folder = coloured_corpus(tmp_path, positives=12, negatives=36)
@@ -95,9 +95,37 @@ def test_sprites_without_a_label_are_scored_by_a_head_on_every_label(tmp_path: P
         seen = backbone_features(ws.catalog, ws.blobs, settings, labelled)
         unseen = backbone_features(ws.catalog, ws.blobs, settings, rest)
     assert seen is not None and unseen is not None
+    # Both judges fitted on every label: the head's and the neighbours' log-odds averaged.
     head = fit_logistic(seen[1], given, float((~given).sum() / given.sum()), DEFAULT_L2)
-    expected = 1 / (1 + np.exp(-head.logits(unseen[1])))
+    unit = torch.nn.functional.normalize
+    near = neighbour_scores(unit(seen[1], dim=1), given, unit(unseen[1], dim=1))
+    expected = 1 / (1 + np.exp(-(head.logits(unseen[1]) + np.log(near / (1 - near))) / 2))
     np.testing.assert_allclose([both[i] for i in rest], expected, rtol=1e-9)
     reds = [both[i] for i in rest if red[i]]
     plain = [both[i] for i in rest if not red[i]]
     assert reds and plain and np.mean(reds) > np.mean(plain)
+
+
+def test_neighbours_judge_a_sprite_by_its_nearest_labels_with_the_classes_weighed_equally() -> None:
+    """neighbour_scores: a query among positives scores high, one among negatives low, and
+    one whose neighbours hold the labels' own positive share scores 0.5 (the classes weigh
+    equally, as the head's do); never exactly 0 or 1."""
+    from training.crossval import neighbour_scores
+
+    rng = np.random.default_rng(0)
+    centres = torch.nn.functional.normalize(torch.randn(3, 16), dim=1)
+
+    def around(c: int, n: int) -> torch.Tensor:
+        noisy = centres[c] + 0.05 * torch.from_numpy(rng.standard_normal((n, 16))).float()
+        return torch.nn.functional.normalize(noisy, dim=1)
+
+    # Cluster 0: 5 positives; cluster 1: 95 negatives; cluster 2: 1 positive among 20, the
+    # labels' own share (6 / 120).
+    features = torch.cat([around(0, 5), around(1, 95), around(2, 20)])
+    labels = np.array([True] * 5 + [False] * 95 + [True] + [False] * 19)
+    queries = torch.cat([around(0, 1), around(1, 1)])
+    among_positives, among_negatives = neighbour_scores(features, labels, queries, 5)
+    assert among_positives > 0.9 and among_negatives < 0.2
+    near = neighbour_scores(features, labels, around(2, 1), 20)
+    assert near[0] == pytest.approx(0.5)
+    assert among_negatives > 0 and among_positives < 1
