@@ -88,7 +88,7 @@ def test_label_errors_rise_to_the_top_of_the_queue_on_real_sprites(tmp_path: Pat
     """Real tiles (Debian), 10 % with the stand-in concept, every one labelled through the
     Ollama test server by an LLM whose errors are fixed per image (20 % of positives missed,
     3 % of negatives called explicit: asking again does not help). With a self-supervised
-    backbone on the catalog, cross-validated heads judge every label: the queue's top holds
+    backbone on the catalog, cross-validated judges score every label: the queue's top holds
     several times the base rate of real label errors, within the per-reason cap."""
     import sqlalchemy as sa
 

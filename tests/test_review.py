@@ -680,7 +680,7 @@ def test_the_queue_puts_likely_label_errors_first(mined: Settings, tmp_path: Pat
     assert all(0 <= r.priority <= 1 and "chance_wrong" in r.detail for r in issues)
 
     # With a self-supervised backbone, every LLM label (the training split's too) is judged
-    # by cross-validated heads on its frozen features: out of sample for all of them.
+    # by cross-validated judges on its frozen features: out of sample for all of them.
     from training.pretrain import pretrain
 
     tiny = roomy.model_copy(
