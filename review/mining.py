@@ -150,7 +150,9 @@ def mine(
             if judged:
                 ids = [i for i, _ in judged]
                 said = np.array([s for _, s in judged], dtype=bool)
-                crossed = cross_val_scores(catalog, blobs, settings, ids, said, unlabelled=over)
+                crossed = cross_val_scores(
+                    catalog, blobs, settings, ids, said, unlabelled=over, neighbours=True
+                )
             if crossed is not None:
                 share = TRAINED_SHARE  # the prior cross-validated scores are calibrated to
                 head = {i: crossed[i] for i in over if i in crossed}

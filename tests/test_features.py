@@ -90,17 +90,23 @@ def test_sprites_without_a_label_are_scored_by_a_head_on_every_label(tmp_path: P
         both = cross_val_scores(
             ws.catalog, ws.blobs, settings, labelled, given, unlabelled=[*rest, labelled[0]]
         )
+        pooled = cross_val_scores(
+            ws.catalog, ws.blobs, settings, labelled, given, unlabelled=rest, neighbours=True
+        )
         assert alone is not None and both is not None and set(both) == set(ids)
         assert {i: both[i] for i in labelled} == alone
         seen = backbone_features(ws.catalog, ws.blobs, settings, labelled)
         unseen = backbone_features(ws.catalog, ws.blobs, settings, rest)
     assert seen is not None and unseen is not None
-    # Both judges fitted on every label: the head's and the neighbours' log-odds averaged.
+    # The head fitted on every label; with the neighbours (mining's), their log-odds averaged.
     head = fit_logistic(seen[1], given, float((~given).sum() / given.sum()), DEFAULT_L2)
+    logits = head.logits(unseen[1])
+    np.testing.assert_allclose([both[i] for i in rest], 1 / (1 + np.exp(-logits)), rtol=1e-9)
     unit = torch.nn.functional.normalize
     near = neighbour_scores(unit(seen[1], dim=1), given, unit(unseen[1], dim=1))
-    expected = 1 / (1 + np.exp(-(head.logits(unseen[1]) + np.log(near / (1 - near))) / 2))
-    np.testing.assert_allclose([both[i] for i in rest], expected, rtol=1e-9)
+    expected = 1 / (1 + np.exp(-(logits + np.log(near / (1 - near))) / 2))
+    assert pooled is not None
+    np.testing.assert_allclose([pooled[i] for i in rest], expected, rtol=1e-9)
     reds = [both[i] for i in rest if red[i]]
     plain = [both[i] for i in rest if not red[i]]
     assert reds and plain and np.mean(reds) > np.mean(plain)

@@ -481,7 +481,7 @@ def test_sprites_a_sheet_passed_and_the_model_ranks_low_train_as_negatives(tmp_p
 def test_likely_false_alarms_are_pruned_from_training_only(tmp_path: Path) -> None:
     """An LLM that also calls ~8 % of plain sprites explicit, every time (a sticky error a
     second opinion confirms): with a self-supervised backbone, the snapshot leaves the
-    training positives that cross-validated judges believe least out, about as many as
+    training positives that cross-validated heads believe least out, about as many as
     confident learning estimates are wrong, and they are mostly the false alarms."""
     import hashlib
 

@@ -4,16 +4,17 @@ features.
 Confident learning needs each label judged by a model that never trained on it. The promoted
 model trained on most labels (its scores there are in-sample) and it learnt their errors with
 them; a fine-tuned model per fold costs minutes each. The self-supervised backbone never saw a
-label: its features are computed once per sprite (training.features), and two judges are
+label: its features are computed once per sprite (training.features), and judges are
 fitted K times, each time scoring the fold it left out, with near-duplicate clusters kept
 within one fold: a logistic head (training.head) and the labels of each sprite's nearest
 neighbours (cosine, `NEIGHBOURS`). The head draws one plane through the features; the
 neighbours also know a rare class's small, separate groups (an art style with few sprites),
-and an LLM's false alarm rarely has neighbours that share its label. Their log-odds are
-averaged: on three loop catalogs this found more of the LLM's false positives among its
-lowest scores than the head alone (the benchmark log, 7 December 2026). Both weigh the classes
-equally, so the scores' prior is 0.5 (for Bayes' rule downstream). Seconds for thousands of
-sprites.
+and an LLM's false alarm rarely has neighbours that share its label. The review queue pools
+their log-odds: on four loop catalogs that put more real label errors in its top 20 than the
+head alone. The snapshot's pruning keeps the head alone: the loop run with both pruned more
+real positives and shipped a weaker model (the benchmark log, 7 December 2026). Both weigh
+the classes equally, so the scores' prior is 0.5 (for Bayes' rule downstream). Seconds for
+thousands of sprites.
 """
 
 from __future__ import annotations
@@ -44,11 +45,13 @@ def cross_val_scores(
     positive: NDArray[np.bool_],
     folds: int = 5,
     unlabelled: Sequence[int] = (),
+    neighbours: bool = False,
 ) -> dict[int, float] | None:
     """image id -> P(positive) from judges that never saw that image's label (None without a
     self-supervised backbone, or with too few labels of either class). `unlabelled` sprites
     (none of `image_ids`) are scored too, by judges fitted on every label: out of sample for
-    them as they are."""
+    them as they are. The judge is the head alone, or with `neighbours` the head and the
+    nearest labels pooled (the review queue's; the module docstring says why)."""
     n_pos = int(np.sum(positive))
     if n_pos < folds or len(image_ids) - n_pos < folds:
         return None
@@ -71,25 +74,28 @@ def cross_val_scores(
         train_y = labels[~held]
         if held.any() and 0 < train_y.sum() < len(train_y):
             mask = torch.from_numpy(held)
-            scores[held] = _judged(features[~mask], train_y, features[mask])
+            scores[held] = _judged(features[~mask], train_y, features[mask], neighbours)
         else:
             scores[held] = TRAINED_SHARE  # nothing to learn from: no opinion
     out = dict(zip(ids, scores.tolist(), strict=True))
     if not known.all() and 0 < labels.sum() < len(labels):
         rest = all_features[torch.from_numpy(~known)]
         others = [i for i, k in zip(every, known, strict=True) if not k]
-        out |= dict(zip(others, _judged(features, labels, rest).tolist(), strict=True))
+        judged = _judged(features, labels, rest, neighbours)
+        out |= dict(zip(others, judged.tolist(), strict=True))
     return out
 
 
 def _judged(
-    features: torch.Tensor, labels: NDArray[np.bool_], queries: torch.Tensor
+    features: torch.Tensor, labels: NDArray[np.bool_], queries: torch.Tensor, neighbours: bool
 ) -> NDArray[np.float64]:
-    """P(positive) of `queries` from both judges fitted on (`features`, `labels`): the head's
-    and the neighbours' log-odds averaged."""
+    """P(positive) of `queries` from the head fitted on (`features`, `labels`), and with
+    `neighbours` the nearest labels' too (log-odds averaged)."""
     pos_weight = float((~labels).sum() / labels.sum())
     head = fit_logistic(features, labels, pos_weight, DEFAULT_L2)
     head_logits = np.clip(head.logits(queries), -50, 50)
+    if not neighbours:
+        return _sigmoid(head_logits)
     unit = torch.nn.functional.normalize
     near = neighbour_scores(unit(features.float(), dim=1), labels, unit(queries.float(), dim=1))
     return _sigmoid((head_logits + np.log(near / (1 - near))) / 2)

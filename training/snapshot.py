@@ -528,7 +528,7 @@ def _false_positive_suspects(
     report: SnapshotReport,
 ) -> set[int]:
     """The LLM positives to leave out of training as likeliest false alarms: every kept
-    label judged out of sample (training.crossval: K-fold judges on the self-supervised
+    label judged out of sample (training.crossval: K-fold heads on the self-supervised
     features), as many pruned as confident learning estimates are wrong
     (training.label_issues.prune_false_positives). A person's label is never pruned; validation
     and test keep theirs, so they still measure against the labels as given. Nothing is
