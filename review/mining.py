@@ -16,8 +16,9 @@ wrong, higher first):
   (a sheet misses at least what the LLM misses), from the model's score at the base rate.
   That overstates it (the model is overconfident; in the loop benchmark 38 % of those people
   decided were positive) and hardly ranks them (they all scored near 1). Once people have
-  decided `calibrate_after` of them, a head on the self-supervised features, fitted on the
-  LLM's labels, ranks them instead (out of sample: they have no LLM label), its odds shifted
+  decided `calibrate_after` of them, the cross-validated judges on the self-supervised
+  features (training.crossval: a head and the nearest labels), fitted on the LLM's labels,
+  rank them instead (out of sample: they have no LLM label), its odds shifted
   to what people found (passed_over_shift). The misses the LLM makes on every look (sticky)
   are found nowhere else: for the grid;
 - audit: a small random share of scored images, so reviewers also see ordinary cases.

@@ -93,7 +93,7 @@ def _judged(
     `neighbours` the nearest labels' too (log-odds averaged)."""
     pos_weight = float((~labels).sum() / labels.sum())
     head = fit_logistic(features, labels, pos_weight, DEFAULT_L2)
-    head_logits = np.clip(head.logits(queries), -50, 50)
+    head_logits = head.logits(queries)  # _sigmoid clips
     if not neighbours:
         return _sigmoid(head_logits)
     unit = torch.nn.functional.normalize
