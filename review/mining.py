@@ -3,8 +3,10 @@
 Reasons (each a queue row whose priority is the chance that what people would correct is
 wrong, higher first):
 - label_issue: confident learning (training.label_issues) flags the LLM's label against the
-  model's out-of-sample score; priority = the chance the *label* is wrong, from the model's
-  posterior at the base rate and the LLM's error rates as people measured them;
+  model's out-of-sample score (the confident joint's off-diagonal, and the LLM positives the
+  snapshot's pruning by noise rate would leave out); priority = the chance the *label* is
+  wrong, from the model's posterior at the base rate and the LLM's error rates as people
+  measured them;
 - low_agreement: the LLM's own samples disagree; priority = 1 - agreement;
 - teacher_vs_llm: the teacher and the LLM are `teacher_gap` apart (the photo-trained teacher
   is weak evidence: a quarter of the gap);
@@ -63,7 +65,7 @@ from spritesafe.reports import as_dict
 from training.label_issues import (
     chance_label_wrong,
     error_rates,
-    find_label_issues,
+    label_issues,
     posterior_at,
 )
 
@@ -517,7 +519,7 @@ def _label_issues(
     base = float(base_rate or given.mean() or 0.01)
     posterior = posterior_at(p, float(trained_share or base), base)
     chance = chance_label_wrong(given, posterior, rates["miss"], rates["false_alarm"])
-    for k in np.flatnonzero(find_label_issues(given, p)):
+    for k in np.flatnonzero(label_issues(given, p)):
         image_id, _, _, detail = judged[k]
         extra = {"posterior": round(float(posterior[k]), 4), "chance_wrong": float(chance[k])}
         out.append((float(chance[k]), image_id, detail | extra))

@@ -13,6 +13,7 @@ from training.label_issues import (
     error_rates,
     estimated_false_positives,
     find_label_issues,
+    label_issues,
     posterior_at,
     prune_false_positives,
 )
@@ -53,6 +54,23 @@ def test_pruning_by_noise_rate_estimates_the_false_alarms_and_takes_the_least_be
     # Labels that agree with the model lose few.
     assert prune_false_positives(truth, p).sum() < 0.25 * truth.sum()
     assert estimated_false_positives(np.zeros(5, dtype=bool), np.full(5, 0.5)) == 0
+
+
+def test_the_queues_label_issues_add_the_false_alarms_pruning_would_drop() -> None:
+    rng = np.random.default_rng(0)
+    truth = rng.random(20_000) < 0.03
+    given = np.where(truth, rng.random(truth.size) > 0.15, rng.random(truth.size) < 0.02)
+    # False alarms score like the negatives they are, with a spread: many sit above the
+    # negative class's threshold (not "confidently negative"), yet below the real positives.
+    p = np.clip(np.where(truth, 0.7, 0.2) + rng.normal(0, 0.15, truth.size), 0.001, 0.999)
+    false_alarms = given & ~truth
+    found, issues = find_label_issues(given, p), label_issues(given, p)
+    assert not (found & ~issues).any()  # nothing the confident joint flags is lost
+    assert (issues & false_alarms).sum() >= 1.2 * (found & false_alarms).sum()
+    added = issues & ~found
+    assert added.any() and (added & false_alarms).sum() / added.sum() > 0.9
+    # Labels that agree with the model: the added issues stay few.
+    assert (label_issues(truth, p) & truth).sum() < 0.25 * truth.sum()
 
 
 def test_the_chance_a_label_is_wrong_weighs_the_labelers_errors() -> None:

@@ -75,6 +75,16 @@ def prune_false_positives(given: Bools, p: Floats) -> Bools:
     return out
 
 
+def label_issues(given: Bools, p: Floats) -> Bools:
+    """The labels to show people: the confident joint's off-diagonal (find_label_issues) and
+    the positives pruning by noise rate leaves out of training (prune_false_positives), so
+    the review queue asks about what the snapshot drops. At a rare class the per-class
+    threshold calls few LLM positives confidently negative (a false alarm often scores
+    ~0.5); the loop benchmark's final catalogs (README "The loop") held more real errors
+    among the least believed."""
+    return find_label_issues(given, p) | prune_false_positives(given, p)
+
+
 def posterior_at(p: Floats, trained_share: float, base_rate: float) -> Floats:
     """A score calibrated to the positive share it trained at, moved to the base rate (the
     odds scale by the ratio of the prior odds)."""
