@@ -3,10 +3,10 @@
 Reasons (each a queue row whose priority is the chance that what people would correct is
 wrong, higher first):
 - label_issue: confident learning (training.label_issues) flags the LLM's label against the
-  model's out-of-sample score (the confident joint's off-diagonal, and the LLM positives the
-  snapshot's pruning by noise rate would leave out); priority = the chance the *label* is
-  wrong, from the model's posterior at the base rate and the LLM's error rates as people
-  measured them;
+  model's out-of-sample score (the confident joint's off-diagonal, and the LLM positives
+  that pruning by noise rate, the snapshot's rule, takes on the same scores); priority =
+  the chance the *label* is wrong, from the model's posterior at the base rate and the
+  LLM's error rates as people measured them;
 - low_agreement: the LLM's own samples disagree; priority = 1 - agreement;
 - teacher_vs_llm: the teacher and the LLM are `teacher_gap` apart (the photo-trained teacher
   is weak evidence: a quarter of the gap);

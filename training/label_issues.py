@@ -77,11 +77,11 @@ def prune_false_positives(given: Bools, p: Floats) -> Bools:
 
 def label_issues(given: Bools, p: Floats) -> Bools:
     """The labels to show people: the confident joint's off-diagonal (find_label_issues) and
-    the positives pruning by noise rate leaves out of training (prune_false_positives), so
-    the review queue asks about what the snapshot drops. At a rare class the per-class
-    threshold calls few LLM positives confidently negative (a false alarm often scores
-    ~0.5); the loop benchmark's final catalogs (README "The loop") held more real errors
-    among the least believed."""
+    the positives that pruning by noise rate, the snapshot's rule, takes on these scores
+    (prune_false_positives), so people are asked about what training drops. At a rare
+    class the per-class threshold calls few LLM positives confidently negative (a false
+    alarm often scores ~0.5); on the loop benchmark's final catalogs (README "The loop")
+    the union put more real errors among the issues at the same precision."""
     return find_label_issues(given, p) | prune_false_positives(given, p)
 
 
