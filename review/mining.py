@@ -20,7 +20,7 @@ wrong, higher first):
   decided were positive) and hardly ranks them (they all scored near 1). Once people have
   decided `calibrate_after` of them, the cross-validated judges on the self-supervised
   features (training.crossval: a head and the nearest labels), fitted on the LLM's labels,
-  rank them instead (out of sample: they have no LLM label), its odds shifted
+  rank them instead (out of sample: they have no LLM label), their odds shifted
   to what people found (passed_over_shift). The misses the LLM makes on every look (sticky)
   are found nowhere else: for the grid;
 - audit: a small random share of scored images, so reviewers also see ordinary cases.
