@@ -364,6 +364,16 @@ class TrainSettings(BaseModel):
     distill_below_positives: int = Field(100, ge=0)
     distill_top: int = Field(1000, ge=0, description="unlabelled sprites the teachers rank top")
     distill_pool: int = Field(30_000, ge=0, description="unlabelled candidates in the snapshot")
+    # The LLM's false alarms, judged by fine-tuning (training.train): a network trained on
+    # them learns them by heart, one that never saw a sprite scores a false alarm low. With
+    # `judge_folds` >= 2 and at least `judge_min_positives` LLM positives in training, that
+    # many short runs (`judge_steps`) each fine-tune on all folds but one (near-duplicate
+    # clusters whole) and score its LLM positives; those scored below `judge_below` are left
+    # out of the run that ships. A person's label is never left out. 0 = off.
+    judge_folds: int = Field(2, ge=0)
+    judge_steps: int = Field(800, ge=1)
+    judge_below: float = Field(0.05, gt=0, lt=1)
+    judge_min_positives: int = Field(100, ge=1)
 
     @property
     def threshold_positives(self) -> int:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from labelers.effective import SOURCE_LLM
 from spritesafe import levels as ordinal
 from spritesafe.config import TrainSettings
 from spritesafe.decode import Rejected
@@ -37,6 +38,8 @@ class SplitData:
     guessed: NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, bool))
     # Soft (N, 2) targets in place of the levels' (a distilled student's: training.train).
     soft: NDArray[np.float32] | None = None
+    # Rows whose label is the vision LLM's (no person's): what the judges may leave out.
+    llm: NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, bool))
 
     def __post_init__(self) -> None:
         if not len(self.levels) and len(self.labels):
@@ -44,6 +47,8 @@ class SplitData:
             self.levels = np.where(self.labels > 0, 2, 0).astype(np.int64)
         if len(self.guessed) != len(self.labels):
             self.guessed = np.zeros(len(self.labels), bool)
+        if len(self.llm) != len(self.labels):
+            self.llm = np.zeros(len(self.labels), bool)
 
     @property
     def targets(self) -> NDArray[np.float32]:
@@ -70,6 +75,7 @@ def load_split(records: Any, spec: PreprocessSpec) -> SplitData:
     ids: list[int] = []
     clusters: list[str] = []
     guessed: list[bool] = []
+    llm: list[bool] = []
     rejected = 0
     images = records.cast_column("image", records.features["image"].__class__(decode=False))
     for row in images:
@@ -83,6 +89,7 @@ def load_split(records: Any, spec: PreprocessSpec) -> SplitData:
         ids.append(int(row["image_id"]))
         clusters.append(str(row["cluster"]))
         guessed.append(row["label_source"] in GUESSED)
+        llm.append(row["label_source"] == SOURCE_LLM)
     return SplitData(
         pixels,
         np.asarray(labels, dtype=np.float32),
@@ -91,6 +98,7 @@ def load_split(records: Any, spec: PreprocessSpec) -> SplitData:
         rejected,
         np.asarray(levels, dtype=np.int64),
         guessed=np.asarray(guessed, dtype=bool),
+        llm=np.asarray(llm, dtype=bool),
     )
 
 

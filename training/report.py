@@ -135,6 +135,16 @@ def _run(entry: dict[str, Any], teachers: int) -> str:
     return " (student)" if entry["run"] == teachers else f" (teacher {entry['run']})"
 
 
+def _judged(judged: dict[str, Any]) -> str:
+    if not judged:
+        return ""
+    return (
+        f" Left out {judged['left_out']} of the {judged['judged']} LLM positives as likely false "
+        f"alarms: {judged['folds']} judges ({judged['steps']} steps each, out of fold) scored "
+        f"them below {judged['below']:g} ({judged['seconds']:.0f} s)."
+    )
+
+
 def _markdown(summary: dict[str, Any], history: list[dict[str, Any]]) -> str:
     init = summary.get("init") or {}
     source = f" ({init['source']})" if init.get("source") else ""
@@ -156,7 +166,8 @@ def _markdown(summary: dict[str, Any], history: list[dict[str, Any]]) -> str:
         "",
         f"Snapshot `{summary['snapshot_id']}` (balance: {summary.get('balance', '')}), device "
         f"{summary['device']}; weights from {init.get('kind', 'unknown')}{source}: "
-        f"{init.get('note', '')}{start}; {how}; {summary['train_images_per_s']} training images/s.",
+        f"{init.get('note', '')}{start}; {how}; {summary['train_images_per_s']} training images/s."
+        f"{_judged(summary.get('judged') or {})}",
         f"Validation and test hold the realistic base rate {summary['base_rate']:.4f}: "
         "a random scorer's PR-AUC equals it.",
         "",

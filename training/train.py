@@ -40,11 +40,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import shutil
 import sys
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +118,7 @@ class TrainReport:
     selection: str = ""  # how the kept weights were chosen
     teachers: int = 1  # runs whose mean scores the kept model learnt (1: it is one run)
     head_start: dict[str, Any] = field(default_factory=dict)  # the classifier's first weights
+    judged: dict[str, Any] = field(default_factory=dict)  # LLM positives the judges left out
     validation: dict[str, Any] = field(default_factory=dict)
     test: dict[str, Any] = field(default_factory=dict)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -362,7 +365,22 @@ def _train(
     elif _distilled(config, setup.train_data.positives, start, report.balance):
         history = _distil(setup, config, folder, report, resume, progress, start, snapshot_path)
     else:
-        history = _fine_tune(setup, config, folder, report, resume, progress)
+        again = resume
+        if _judging(config, setup.train_data, start):
+            setup = _judge(setup, config, folder, report, resume, start)
+            again = resume and (folder / "last.pt").is_file()
+            if resume and not again:  # stopped while judging: the run itself starts now
+                torch.manual_seed(config.seed)
+                model = _new_model(
+                    config,
+                    start,
+                    setup.level_shares,
+                    report.positive_level,
+                    setup.device,
+                    setup.probe,
+                )
+                setup = dataclasses.replace(setup, model=model)
+        history = _fine_tune(setup, config, folder, report, again, progress)
     _finish(setup, config, snapshot_path, folder, report, history)
 
 
@@ -809,7 +827,100 @@ def _subset(data: SplitData, rows: np.ndarray[Any, Any]) -> SplitData:
         data.image_ids[rows],
         [data.clusters[i] for i in rows],
         levels=data.levels[rows],
+        guessed=data.guessed[rows],
+        llm=data.llm[rows],
     )
+
+
+def _judging(config: TrainSettings, data: SplitData, start: Init) -> bool:
+    """Whether judges look at the LLM's positives first: enough of them to judge, and
+    pretrained weights (a short run from scratch learns too little to judge by)."""
+    asked = int(((data.labels == 1) & data.llm).sum())
+    return (
+        config.judge_folds >= 2 and asked >= config.judge_min_positives and start.kind != "scratch"
+    )
+
+
+def _judge(
+    setup: _Setup,
+    config: TrainSettings,
+    folder: Path,
+    report: TrainReport,
+    resume: bool,
+    start: Init,
+) -> _Setup:
+    """The training split without the LLM positives that fine-tuned judges reject. Fold k
+    holds the near-duplicate clusters that crc32(cluster) puts there; run k (`folder/judge-k`,
+    `judge_steps` steps from `start`, the last averaged weights) trains on every other fold and
+    scores fold k's LLM positives: out of sample, before it could learn them by heart. Those
+    below `judge_below` are left out. The verdicts go to `judged.json`, so a resumed run
+    leaves out the same ones; each judge resumes on its own.
+
+    Why not the snapshot's pruning alone (linear heads on frozen features): on loop25's
+    round-3 snapshot (README "The loop") its survivors, 64 false alarms among 477 positives,
+    scored like real zombies there (AUC 0.63), while a run trained without them put them
+    below the holdout's negatives' median; with them, the shipped run learnt them all."""
+    data = setup.train_data
+    verdicts = folder / "judged.json"
+    if verdicts.is_file():
+        judged = json.loads(verdicts.read_text())
+    else:
+        started = time.perf_counter()
+        fold = np.array([zlib.crc32(c.encode()) % config.judge_folds for c in data.clusters])
+        asked = np.flatnonzero((data.labels == 1) & data.llm)
+        short = config.model_copy(
+            update={
+                "min_steps": config.judge_steps,
+                "max_steps": config.judge_steps,
+                "keep": "last",
+            }
+        )
+        scores: dict[str, float] = {}
+        for k in range(config.judge_folds):
+            sub = folder / f"judge-{k}"
+            sub.mkdir(exist_ok=True)
+            again = resume and (sub / "last.pt").is_file()
+            torch.manual_seed(short.seed)
+            model = _new_model(
+                config,
+                None if again else start,
+                setup.level_shares,
+                report.positive_level,
+                setup.device,
+                setup.probe,
+            )
+            others = _subset(data, np.flatnonzero(fold != k))
+            _fine_tune(
+                dataclasses.replace(setup, model=model, train_data=others),
+                short,
+                sub,
+                report,
+                again,
+                None,
+            )
+            kept = torch.load(sub / "best.pt", map_location=setup.device, weights_only=False)
+            model.load_state_dict(kept["state_dict"])
+            rows = asked[fold[asked] == k]
+            cumulative = predict_at_least(
+                model, eval_batches(_subset(data, rows), setup.spec), setup.device
+            )
+            p = cumulative[:, report.positive_level - 1]
+            scores |= {str(data.image_ids[r]): float(v) for r, v in zip(rows, p, strict=True)}
+        judged = {"scores": scores, "seconds": round(time.perf_counter() - started, 1)}
+        verdicts.write_text(json.dumps(judged))
+    out = {int(i) for i, v in judged["scores"].items() if v < config.judge_below}
+    keep = np.flatnonzero([int(i) not in out for i in data.image_ids])
+    report.judged = {
+        "folds": config.judge_folds,
+        "steps": config.judge_steps,
+        "judged": len(judged["scores"]),
+        "left_out": len(out),
+        "below": config.judge_below,
+        "seconds": judged["seconds"],
+    }
+    # The judges' counts are not the shipped run's.
+    report.epochs_done = report.steps_done = report.resumed_at_epoch = 0
+    return dataclasses.replace(setup, train_data=_subset(data, keep))
 
 
 def _optimization(setup: _Setup, config: TrainSettings, balance: str) -> _Optimization:
