@@ -156,6 +156,17 @@ def coloured_corpus(
     return folder
 
 
+# A short training at 64 px for mechanics tests (validated every epoch).
+TINY_TRAIN: dict[str, object] = {
+    "epochs": 3,
+    "min_steps": 0,
+    "eval_every_steps": 1,
+    "batch_size": 32,
+    "size": 64,
+    "seed": 5,
+}
+
+
 def labelled(
     tmp_path: Path,
     folder: Path,

@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 import training.train as train_module
 from corpus.catalog import source_items
 from corpus.workspace import open_workspace
-from tests.learning import RED, coloured_corpus, labelled
+from tests.learning import RED, TINY_TRAIN, coloured_corpus, labelled
 from tests.ollama_server import ChatRequestInfo, rubric_responder
 from training.model import create_model
 from training.snapshot import snapshot
@@ -44,16 +44,11 @@ def noisy(tmp_path: Path):  # type: ignore[no-untyped-def]
         folder,
         responder=rubric_responder(_verdict),
         snapshot={"target_base_rate": 0.1},
-        train={
-            "epochs": 3,
-            "min_steps": 0,
-            "eval_every_steps": 1,
-            "batch_size": 32,
-            "size": 64,
-            "seed": 5,
+        train=TINY_TRAIN
+        | {
             "teachers": 1,  # few positives would distil instead
             "judge_folds": 2,
-            "judge_steps": 40,
+            "judge_steps": 80,
             "judge_below": 0.5,
             "judge_min_positives": 10,
         },

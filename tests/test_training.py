@@ -19,7 +19,14 @@ from corpus.catalog import images, models
 from corpus.workspace import open_workspace
 from spritesafe.config import TrainSettings, load_settings
 from spritesafe.preprocess import PreprocessSpec, fit
-from tests.learning import MODEL, build_levels, coloured_corpus, labelled, noisy_responder
+from tests.learning import (
+    MODEL,
+    TINY_TRAIN,
+    build_levels,
+    coloured_corpus,
+    labelled,
+    noisy_responder,
+)
 from tests.ollama_server import FakeOllama
 from training import metrics
 from training.augment import augment, hue_turn
@@ -191,15 +198,7 @@ def small(tmp_path: Path):  # type: ignore[no-untyped-def]
         tmp_path,
         folder,
         snapshot={"target_base_rate": 0.1},
-        train={
-            "epochs": 3,
-            "min_steps": 0,
-            "eval_every_steps": 1,
-            "batch_size": 32,
-            "size": 64,
-            "seed": 5,
-            "patience": 5,
-        },
+        train=TINY_TRAIN | {"patience": 5},
     )
     with open_workspace(settings) as ws:
         report = snapshot(ws.catalog, ws.blobs, settings)

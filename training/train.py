@@ -372,15 +372,7 @@ def _train(
             setup = _judge(setup, config, folder, report, resume, start)
             again = resume and (folder / "last.pt").is_file()
             if resume and not again:  # stopped while judging: the run itself starts now
-                torch.manual_seed(config.seed)
-                model = _new_model(
-                    config,
-                    start,
-                    setup.level_shares,
-                    report.positive_level,
-                    setup.device,
-                    setup.probe,
-                )
+                model = _run_model(config, start, setup, report, config.seed)
                 setup = dataclasses.replace(setup, model=model)
         history = _fine_tune(setup, config, folder, report, again, progress)
     _finish(setup, config, snapshot_path, folder, report, history)
@@ -497,6 +489,18 @@ def _new_model(
     if probe is not None and start is not None:
         start_from_probe(model, probe)
     return model.to(device)
+
+
+def _run_model(
+    config: TrainSettings, start: Init | None, setup: _Setup, report: TrainReport, seed: int
+) -> torch.nn.Module:
+    """A new model for one run of several (a judge, a teacher, the student, the run after the
+    judges), seeded as that run on its own would be; `start` None: its weights come from the
+    run's checkpoint."""
+    torch.manual_seed(seed)
+    return _new_model(
+        config, start, setup.level_shares, report.positive_level, setup.device, setup.probe
+    )
 
 
 def _level_shares(data: SplitData, share: float) -> tuple[float, float]:
@@ -741,15 +745,7 @@ def _distil(
             run = _student_setup(setup, config, teachers, unlabelled, report)
         again = resume and (sub / "last.pt").is_file()
         # Seeded as a run of its own with that seed would be, so teacher k is exactly that run.
-        torch.manual_seed(run_config.seed)
-        model = _new_model(
-            config,
-            None if again else start,
-            run.level_shares,
-            report.positive_level,
-            run.device,
-            setup.probe,
-        )
+        model = _run_model(config, None if again else start, run, report, run_config.seed)
         run = dataclasses.replace(run, model=model)
         entries = _fine_tune(run, run_config, sub, report, again, progress)
         history += [e | {"run": k} for e in entries]
@@ -882,15 +878,7 @@ def _judge(
             sub = folder / f"judge-{k}"
             sub.mkdir(exist_ok=True)
             again = resume and (sub / "last.pt").is_file()
-            torch.manual_seed(short.seed)
-            model = _new_model(
-                config,
-                None if again else start,
-                setup.level_shares,
-                report.positive_level,
-                setup.device,
-                setup.probe,
-            )
+            model = _run_model(config, None if again else start, setup, report, short.seed)
             others = _subset(data, np.flatnonzero(fold != k))
             _fine_tune(
                 dataclasses.replace(setup, model=model, train_data=others),
