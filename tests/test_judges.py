@@ -49,6 +49,7 @@ def noisy(tmp_path: Path):  # type: ignore[no-untyped-def]
             "teachers": 1,  # few positives would distil instead
             "judge_folds": 2,
             "judge_steps": 80,
+            "judge_size": 48,  # the judges' own pixels, not the run's 64
             "judge_below": 0.5,
             "judge_min_positives": 10,
         },
@@ -88,6 +89,7 @@ def test_judges_leave_out_the_llms_false_alarms(noisy: Any) -> None:
     assert sum(scores[i] < 0.5 for i in false) >= 0.6 * len(false)
     card = (Path(report.path) / "report.md").read_text()
     assert f"Left out {len(left_out)} of the {len(scores)} LLM positives" in card
+    assert "(80 steps each at 48 px, out of fold)" in card
     # The run that ships trained after them, on what they kept: its own counts.
     assert report.steps_done == report.steps and report.epochs_done == 3
 

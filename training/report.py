@@ -138,10 +138,11 @@ def _run(entry: dict[str, Any], teachers: int) -> str:
 def _judged(judged: dict[str, Any]) -> str:
     if not judged:
         return ""
+    size = f" at {judged['size']} px" if judged.get("size") else ""
     return (
         f" Left out {judged['left_out']} of the {judged['judged']} LLM positives as likely false "
-        f"alarms: {judged['folds']} judges ({judged['steps']} steps each, out of fold) scored "
-        f"them below {judged['below']:g} ({judged['seconds']:.0f} s)."
+        f"alarms: {judged['folds']} judges ({judged['steps']} steps each{size}, out of fold) "
+        f"scored them below {judged['below']:g} ({judged['seconds']:.0f} s)."
     )
 
 

@@ -369,7 +369,7 @@ def _train(
     else:
         again = resume
         if _judging(config, setup.train_data, start):
-            setup = _judge(setup, config, folder, report, resume, start)
+            setup = _judge(setup, config, snapshot_path, folder, report, resume, start)
             again = resume and (folder / "last.pt").is_file()
             if resume and not again:  # stopped while judging: the run itself starts now
                 model = _run_model(config, start, setup, report, config.seed)
@@ -842,6 +842,7 @@ def _judging(config: TrainSettings, data: SplitData, start: Init) -> bool:
 def _judge(
     setup: _Setup,
     config: TrainSettings,
+    snapshot_path: Path,
     folder: Path,
     report: TrainReport,
     resume: bool,
@@ -849,10 +850,11 @@ def _judge(
 ) -> _Setup:
     """The training split without the LLM positives that fine-tuned judges reject. Fold k
     holds the near-duplicate clusters that crc32(cluster) puts there; run k (`folder/judge-k`,
-    `judge_steps` steps from `start`, the last averaged weights) trains on every other fold and
-    scores fold k's LLM positives: out of sample, before it could learn them by heart. Those
-    below `judge_below` are left out. The verdicts go to `judged.json`, so a resumed run
-    leaves out the same ones; each judge resumes on its own.
+    `judge_steps` steps from `start` at `judge_size` pixels, the last averaged weights) trains
+    on every other fold and scores fold k's LLM positives: out of sample, before it could
+    learn them by heart. Those below `judge_below` are left out. The verdicts go to
+    `judged.json`, keyed by image id, so a resumed run leaves out the same ones; each judge
+    resumes on its own.
 
     Why not the snapshot's pruning alone (linear heads on frozen features): on loop25's
     round-3 snapshot (README "The loop") its survivors, 64 false alarms among 477 positives,
@@ -864,38 +866,8 @@ def _judge(
         judged = json.loads(verdicts.read_text())
     else:
         started = time.perf_counter()
-        fold = np.array([zlib.crc32(c.encode()) % config.judge_folds for c in data.clusters])
-        asked = np.flatnonzero((data.labels == 1) & data.llm)
-        short = config.model_copy(
-            update={
-                "min_steps": config.judge_steps,
-                "max_steps": config.judge_steps,
-                "keep": "last",
-            }
-        )
-        scores: dict[str, float] = {}
-        for k in range(config.judge_folds):
-            sub = folder / f"judge-{k}"
-            sub.mkdir(exist_ok=True)
-            again = resume and (sub / "last.pt").is_file()
-            model = _run_model(config, None if again else start, setup, report, short.seed)
-            others = _subset(data, np.flatnonzero(fold != k))
-            _fine_tune(
-                dataclasses.replace(setup, model=model, train_data=others),
-                short,
-                sub,
-                report,
-                again,
-                None,
-            )
-            kept = torch.load(sub / "best.pt", map_location=setup.device, weights_only=False)
-            model.load_state_dict(kept["state_dict"])
-            rows = asked[fold[asked] == k]
-            cumulative = predict_at_least(
-                model, eval_batches(_subset(data, rows), setup.spec), setup.device
-            )
-            p = cumulative[:, report.positive_level - 1]
-            scores |= {str(data.image_ids[r]): float(v) for r, v in zip(rows, p, strict=True)}
+        small = _at_size(setup, snapshot_path, config.judge_size)
+        scores = _judges_scores(small, config, folder, report, resume, start)
         judged = {"scores": scores, "seconds": round(time.perf_counter() - started, 1)}
         verdicts.write_text(json.dumps(judged))
     out = {int(i) for i, v in judged["scores"].items() if v < config.judge_below}
@@ -903,6 +875,7 @@ def _judge(
     report.judged = {
         "folds": config.judge_folds,
         "steps": config.judge_steps,
+        "size": config.judge_size,
         "judged": len(judged["scores"]),
         "left_out": len(out),
         "below": config.judge_below,
@@ -911,6 +884,57 @@ def _judge(
     # The judges' counts are not the shipped run's.
     report.epochs_done = report.steps_done = report.resumed_at_epoch = 0
     return dataclasses.replace(setup, train_data=_subset(data, keep))
+
+
+def _at_size(setup: _Setup, snapshot_path: Path, size: int) -> _Setup:
+    """`setup` with its training and validation splits decoded again at `size` pixels (the
+    judges': a quarter of the pixels at 96 judged as well as 160 on loop25's round 3, in a
+    quarter of the time); itself when that is its size already."""
+    if size == setup.spec.size:
+        return setup
+    spec = dataclasses.replace(setup.spec, size=size)
+    dataset, _ = load_snapshot(snapshot_path)
+    train_data = load_split(dataset["train"], spec)
+    val_data = load_split(dataset["validation"], spec)
+    val_data.pos_weight = setup.val_data.pos_weight
+    return dataclasses.replace(setup, spec=spec, train_data=train_data, val_data=val_data)
+
+
+def _judges_scores(
+    setup: _Setup,
+    config: TrainSettings,
+    folder: Path,
+    report: TrainReport,
+    resume: bool,
+    start: Init,
+) -> dict[str, float]:
+    """Each LLM positive in training, by image id: the score of the judge that never saw
+    its fold."""
+    data = setup.train_data
+    fold = np.array([zlib.crc32(c.encode()) % config.judge_folds for c in data.clusters])
+    asked = np.flatnonzero((data.labels == 1) & data.llm)
+    short = config.model_copy(
+        update={"min_steps": config.judge_steps, "max_steps": config.judge_steps, "keep": "last"}
+    )
+    scores: dict[str, float] = {}
+    for k in range(config.judge_folds):
+        sub = folder / f"judge-{k}"
+        sub.mkdir(exist_ok=True)
+        again = resume and (sub / "last.pt").is_file()
+        model = _run_model(config, None if again else start, setup, report, short.seed)
+        others = _subset(data, np.flatnonzero(fold != k))
+        _fine_tune(
+            dataclasses.replace(setup, model=model, train_data=others), short, sub, report, again, None
+        )
+        kept = torch.load(sub / "best.pt", map_location=setup.device, weights_only=False)
+        model.load_state_dict(kept["state_dict"])
+        rows = asked[fold[asked] == k]
+        cumulative = predict_at_least(
+            model, eval_batches(_subset(data, rows), setup.spec), setup.device
+        )
+        p = cumulative[:, report.positive_level - 1]
+        scores |= {str(data.image_ids[r]): float(v) for r, v in zip(rows, p, strict=True)}
+    return scores
 
 
 def _optimization(setup: _Setup, config: TrainSettings, balance: str) -> _Optimization:
