@@ -924,7 +924,12 @@ def _judges_scores(
         model = _run_model(config, None if again else start, setup, report, short.seed)
         others = _subset(data, np.flatnonzero(fold != k))
         _fine_tune(
-            dataclasses.replace(setup, model=model, train_data=others), short, sub, report, again, None
+            dataclasses.replace(setup, model=model, train_data=others),
+            short,
+            sub,
+            report,
+            again,
+            None,
         )
         kept = torch.load(sub / "best.pt", map_location=setup.device, weights_only=False)
         model.load_state_dict(kept["state_dict"])
