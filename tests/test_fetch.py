@@ -702,7 +702,11 @@ def test_per_host_rate_limit_spaces_requests(server: SpriteServer) -> None:
     arrivals = sorted(r.arrived for r in server.requests)
     assert len(arrivals) == 6
     gaps = [b - a for a, b in pairwise(arrivals)]
-    assert min(gaps) >= 0.18, gaps
+    # 0.2 s apart when sent; a loaded machine delays one arrival more than the next (0.169 s
+    # was seen beside a training run), so each gap only has to be far from the unlimited ~0
+    # and the span near five intervals.
+    assert min(gaps) >= 0.1, gaps
+    assert arrivals[-1] - arrivals[0] >= 5 * 0.18, gaps
     assert elapsed >= 5 * 0.18
 
 
