@@ -370,10 +370,9 @@ class TrainSettings(BaseModel):
     # many short runs (`judge_steps` at `judge_size` pixels) each fine-tune on all folds but
     # one (near-duplicate clusters whole) and score its LLM positives; those scored below
     # `judge_below` are left out of the run that ships. A person's label is never left out.
-    # 0 = off, the default: it gained 0.010-0.031 holdout PR-AUC on three loop snapshots, but
-    # one loop run with it (loop26) stayed inside the spread without, and it took the rebuild
-    # bench to 1,114 s (over 15 min). 400 steps at 96 px judged loop25's round 3 as well as
-    # 800 at 160 (AUC 0.80 vs 0.82, the same gain) in a quarter of the time.
+    # 0 = off, the default: at 800 steps and 160 px it gained 0.010-0.031 holdout PR-AUC on
+    # three loop snapshots; at 400 steps and 96 px (a quarter of the time) +0.025 on loop25's
+    # round 3 but -0.025 on loop26's, and it took the rebuild bench to 1,114 s (over 15 min).
     judge_folds: int = Field(0, ge=0)
     judge_steps: int = Field(400, ge=1)
     judge_size: int = Field(96, ge=32)
