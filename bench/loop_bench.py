@@ -46,6 +46,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 
 from bench import sample_efficiency as se
@@ -64,7 +65,7 @@ from review.mining import mine
 from spritesafe.canonical import from_bytes
 from spritesafe.config import Settings, load_settings
 from spritesafe.preprocess import PreprocessSpec
-from training import metrics
+from training import early, metrics
 from training.data import eval_batches
 from training.model import load_checkpoint, predict
 from training.snapshot import load_snapshot, snapshot
@@ -215,17 +216,33 @@ def train_round(settings: Settings, truth: dict[int, tuple[bool, str]]) -> dict[
             len(said),
         ]
         trained = train(ws.catalog, settings, frozen.snapshot_id)
+        seen = early.read(trained.path)
+        judged = [i for i in said if i in seen and i in truth]
         out["train"] = {
             "model_id": trained.model_id,
             "path": trained.path,
             "test_pr_auc": trained.test["pr_auc"],
             "steps": trained.steps_done,
             "init": trained.init.get("kind"),
+            # How well the run's early scores told its real positives from false alarms.
+            "early_auc_real_vs_false": separation(
+                [seen[i] for i in judged], [truth[i][0] for i in judged]
+            ),
         }
         export_model(ws.catalog, settings, trained.model_id)
         verified = verify_model(ws.catalog, ws.blobs, settings, trained.model_id)
         out["promoted"] = verified.promoted
     return out
+
+
+def separation(scores: list[float], real: list[bool]) -> float | None:
+    """AUC of `scores` for real against false (ties count half); None without both."""
+    pos = np.array([s for s, r in zip(scores, real, strict=True) if r])
+    neg = np.array([s for s, r in zip(scores, real, strict=True) if not r])
+    if not len(pos) or not len(neg):
+        return None
+    wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return round(float(wins / (len(pos) * len(neg))), 4)
 
 
 def review_round(
@@ -251,7 +268,13 @@ def review_round(
         wrong = [q for q in top if really_wrong(q.image_id, q.reason, verdicts, truth)]
         decided = 0
         by_reason: dict[str, list[int]] = {}  # reason -> [decided, truly positive]
+        fixed = Counter[str]()  # the label errors people's decisions corrected
         for q in queue[:reviews]:
+            real = truth[q.image_id][0]
+            if q.image_id in verdicts and verdicts[q.image_id] and not real:
+                fixed["false_alarms"] += 1
+            elif real and not verdicts.get(q.image_id, False):
+                fixed["misses"] += 1
             decide(
                 ws.catalog,
                 q.id,
@@ -269,6 +292,8 @@ def review_round(
         "top20_reasons": dict(Counter(q.reason for q in top)),
         "decided": decided,
         "decided_by_reason": by_reason,
+        "fixed": dict(fixed),
+        "label_views": mined.label_views,
         "llm_error_rates": mined.llm_error_rates,
     }
 
@@ -567,14 +592,18 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"  passes (calls, LLM positives): {passes}; "
                 f"{round_out['label']['stopped'] or 'budget spent'}; people decided (decided, "
-                f"truly positive) {round_out.get('review', {}).get('decided_by_reason')}",
+                f"truly positive) {round_out.get('review', {}).get('decided_by_reason')}, "
+                f"errors they fixed {round_out.get('review', {}).get('fixed')}",
                 flush=True,
             )
             weak = round_out.get("snapshot", {})
             print(
                 f"  trained model, last weights: {round_out.get('holdout_pr_auc_last')}; "
                 f"screened negatives: {weak.get('screened_negatives', {}).get('kept')} "
-                f"({weak.get('screened_negatives_really_positive')} really positive)",
+                f"({weak.get('screened_negatives_really_positive')} really positive); "
+                f"training positives (really positive, all) "
+                f"{weak.get('train_positives_really_positive')}, early scores' AUC real vs "
+                f"false {round_out.get('train', {}).get('early_auc_real_vs_false')}",
                 flush=True,
             )
     if not args.skip_ceiling and not ceiling_path.is_file():

@@ -62,6 +62,7 @@ from labelers.effective import HUMAN, LLM, TEACHER, LabelRow, effective_label
 from labelers.rubric import load_rubric
 from spritesafe.config import ReviewSettings, Settings
 from spritesafe.reports import as_dict
+from training import early
 from training.label_issues import (
     chance_label_wrong,
     error_rates,
@@ -89,6 +90,9 @@ class MineReport:
     model_id: str = ""
     queued: Counter[str] = field(default_factory=Counter)  # new rows by reason
     llm_error_rates: dict[str, Any] = field(default_factory=dict)  # as people measured them
+    # How the LLM's labels were judged: cross-validated scores pooled with the model's early
+    # view of its training split ("early"), or alone ("crossval").
+    label_views: dict[str, int] = field(default_factory=dict)
     open: dict[str, int] = field(default_factory=dict)  # open rows by reason, after the run
     seconds: float = 0.0
     status: str = "running"
@@ -136,7 +140,8 @@ def mine(
     """Queue what the model `model_id` (with its deployment `threshold`) and the labelers
     disagree on. Idempotent per (image, reason). With `blobs`, every LLM label is judged by
     cross-validated scores on the self-supervised features (training.crossval: out of sample
-    for all of them, the training split too); else by the model's out-of-sample scores."""
+    for all of them, the training split too), pooled with the model's early view of its own
+    training split (with_early_view); else by the model's out-of-sample scores alone."""
     report = MineReport(run_id=catalog.start_run("mine"), model_id=model_id)
     with recorded(catalog, report):
         rubric = load_rubric(settings.label.rubric)
@@ -159,6 +164,13 @@ def mine(
             if crossed is not None:
                 share = TRAINED_SHARE  # the prior cross-validated scores are calibrated to
                 head = {i: crossed[i] for i in over if i in crossed}
+                crossed, report.label_views = with_early_view(
+                    crossed,
+                    [i for i, _ in judged],
+                    early.read(info.get("path")),
+                    float(info.get("trained_share") or TRAINED_SHARE),
+                    TRAINED_SHARE,
+                )
         found = find_disagreements(
             by_image,
             scores,
@@ -256,8 +268,11 @@ def _read(
         passed = set(
             conn.execute(sa.select(screenings.c.image_id).where(~screenings.c.flagged)).scalars()
         )
-        info = conn.execute(sa.select(models.c.metrics).where(models.c.id == model_id)).scalar()
-    return dict(by_image), scores, passed, info or {}
+        model = conn.execute(
+            sa.select(models.c.metrics, models.c.path).where(models.c.id == model_id)
+        ).first()
+    info = (model.metrics or {}) | {"path": model.path} if model is not None else {}
+    return dict(by_image), scores, passed, info
 
 
 def write_queue(
@@ -314,6 +329,36 @@ def llm_judged(
     checks for a label issue: the labels cross-validation learns from (`mine` with blobs)."""
     _, judged, _ = _by_labels(images, {}, math.inf, rubric_version, positive)
     return [(image_id, said) for image_id, said, _, _ in judged]
+
+
+def with_early_view(
+    crossed: Mapping[int, float],
+    judged: Sequence[int],
+    early_scores: Mapping[int, float],
+    model_share: float,
+    prior: float,
+) -> tuple[dict[int, float], dict[str, int]]:
+    """The cross-validated score of each `judged` label pooled (log-odds averaged) with the
+    model's early score of its image where the model trained on it (training.early: before
+    it learnt the label by heart), moved from the model's training share to `prior` (the
+    cross-validated scores') first. Two views that err apart: the frozen features know the
+    catalog's neighbours, the fine-tuned network the concept. (A network's final scores of
+    the labels it never trained on were pooled too, once: a weak model then diluted the
+    judges, tests/test_review.py.) Also how many labels each judged."""
+    out = dict(crossed)
+    views: Counter[str] = Counter()
+    for i in judged:
+        if i not in crossed:
+            continue
+        if i not in early_scores:
+            views["crossval"] += 1
+            continue
+        q = float(posterior_at(np.array([early_scores[i]]), model_share, prior)[0])
+        c = float(np.clip(crossed[i], 1e-6, 1 - 1e-6))
+        logit = (math.log(q / (1 - q)) + math.log(c / (1 - c))) / 2
+        out[i] = 1 / (1 + math.exp(-logit))
+        views["early"] += 1
+    return out, dict(views)
 
 
 def find_disagreements(
@@ -505,9 +550,7 @@ def _label_issues(
     rates = error_rates(llm, person, config.llm_miss_prior, config.llm_false_alarm_prior)
     if crossed is not None:
         judged = [
-            (i, g, crossed[i], d | {"crossval": crossed[i]})
-            for i, g, _, d in judged
-            if i in crossed
+            (i, g, crossed[i], d | {"judge": crossed[i]}) for i, g, _, d in judged if i in crossed
         ]
     else:
         judged = [j for j in judged if j[2] is not None]

@@ -378,6 +378,13 @@ class TrainSettings(BaseModel):
     judge_size: int = Field(96, ge=32)
     judge_below: float = Field(0.05, gt=0, lt=1)
     judge_min_positives: int = Field(100, ge=1)
+    # The run's own early view of its training split: at the first validation from this many
+    # steps on, the weights' average scores every training image and the scores go to the
+    # model's folder (early_scores.json). The network has not learnt its wrong labels by heart
+    # yet (on loop25's round 3 real zombies and false alarms separated with AUC 0.79 at step
+    # 106, 0.71 at 530, ~1.0 at the end), so the review queue judges the training split's
+    # labels by them (review.mining). 0 = off.
+    early_scores_after: int = Field(100, ge=0)
 
     @property
     def threshold_positives(self) -> int:

@@ -174,3 +174,20 @@ def test_label_errors_rise_to_the_top_of_the_queue_on_real_sprites(tmp_path: Pat
     # 32 px) the top 20 held 5-7 errors for corpus seeds 8-11: well above chance, short of
     # the loop bench's 20 of 20 with a full backbone on the proxy.
     assert hits >= 4
+
+
+def test_the_early_view_is_pooled_with_the_cross_validated_one() -> None:
+    """review.mining.with_early_view: where the model trained on an image, its early score
+    (training.early), moved to the cross-validated prior, is pooled with the judges'."""
+    from review.mining import with_early_view
+
+    crossed = {1: 0.5, 2: 0.5, 3: 0.9}
+    early_scores = {1: 0.02, 2: 0.25}  # trained on images 1 and 2
+    pooled, views = with_early_view(crossed, [1, 2, 3, 4], early_scores, 0.25, 0.5)
+    assert views == {"early": 2, "crossval": 1}  # 4 has no cross-validated score
+    assert pooled[1] < 0.2
+    # 0.25 at a training share of 0.25 is even odds at the prior 0.5: nothing moves.
+    assert pooled[2] == pytest.approx(0.5) and pooled[3] == 0.9
+    # Log-odds averaged: 0.02 at share 0.25 is odds 0.0612 at 0.5; with even odds, its root.
+    odds = (0.02 / 0.98) * 3
+    assert pooled[1] == pytest.approx(odds**0.5 / (1 + odds**0.5))

@@ -65,7 +65,7 @@ def mined(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         responder=_wavering,
         samples=3,
         snapshot={"target_base_rate": 0.1},
-        train={"epochs": 2, "min_steps": 0, "batch_size": 32, "size": 64},
+        train={"epochs": 2, "min_steps": 0, "batch_size": 32, "size": 64, "early_scores_after": 1},
         export={"calibration_images": 64, "unlabelled_sample": 0} | LENIENT,
         review={"near_band": 0.2},
     )
@@ -698,7 +698,11 @@ def test_the_queue_puts_likely_label_errors_first(mined: Settings, tmp_path: Pat
                 .order_by(review_queue.c.priority.desc())
             ).all()
     assert again.llm_error_rates["scores"] == "cross-validated"
-    assert all("crossval" in r.detail for r in crossed)
+    assert all("judge" in r.detail for r in crossed)
+    # Labels the model never trained on are judged by the cross-validated scores alone; its
+    # training split's by those pooled with the run's early scores (training.early).
+    assert again.label_views.get("crossval", 0) >= len(scored), again.label_views
+    assert again.label_views.get("early", 0) >= 50, again.label_views
     top = [r.image_id for r in crossed if r.image_id in scored][:10]
     # The queue holds what it judges likely wrong: 9-10 of these labels here, 6-9 of them real
     # errors (torch's thread count and what the module ingested first move the tiny

@@ -28,7 +28,7 @@ from tests.learning import (
     noisy_responder,
 )
 from tests.ollama_server import FakeOllama
-from training import metrics
+from training import early, metrics
 from training.augment import augment, hue_turn
 from training.data import SplitData, eval_batches, load_split, resampled_batches
 from training.model import load_checkpoint, predict
@@ -198,7 +198,7 @@ def small(tmp_path: Path):  # type: ignore[no-untyped-def]
         tmp_path,
         folder,
         snapshot={"target_base_rate": 0.1},
-        train=TINY_TRAIN | {"patience": 5},
+        train=TINY_TRAIN | {"patience": 5, "early_scores_after": 1},
     )
     with open_workspace(settings) as ws:
         report = snapshot(ws.catalog, ws.blobs, settings)
@@ -252,6 +252,16 @@ def test_interrupted_training_resumes_exactly(small) -> None:  # type: ignore[no
     np.testing.assert_allclose(scores, recorded["test_scores"], atol=1e-5)
     for name in ("report.md", "loss.png", "pr.png", "calibration.png", "best.pt", "last.pt"):
         assert (Path(resumed.path) / name).stat().st_size > 0
+
+    # The run's early view of its labelled training rows (training.early) is written once, at
+    # the first validation: the resumed run keeps what the interrupted one wrote, and it
+    # equals the straight run's.
+    split = load_split(data["train"], trained.spec)
+    views = [early.read(r.path) for r in (straight, resumed)]
+    assert set(views[0]) == set(split.image_ids[~split.guessed].tolist())
+    assert views[1] == pytest.approx(views[0], abs=1e-5)
+    first = json.loads((Path(resumed.path) / early.FILE).read_text())["step"]
+    assert first == history[0][0]["step"]
 
 
 def test_the_default_ships_the_average_where_training_ends(small) -> None:  # type: ignore[no-untyped-def]

@@ -63,7 +63,7 @@ from spritesafe import levels as ordinal
 from spritesafe.config import Settings, TrainSettings
 from spritesafe.preprocess import PreprocessSpec
 from spritesafe.reports import as_dict
-from training import metrics
+from training import early, metrics
 from training.data import (
     SplitData,
     batch_shape,
@@ -733,7 +733,10 @@ def _distil(
         student = k == config.teachers
         sub = folder / ("student" if student else f"teacher-{k}")
         sub.mkdir(exist_ok=True)
-        run_config = config.model_copy(update={"seed": config.seed + (0 if student else k)})
+        run_config = config.model_copy(
+            update={"seed": config.seed + (0 if student else k)}
+            | ({} if student else {"early_scores_after": 0})  # the student's view is the one
+        )
         run = setup
         if student:
             # As long as a teacher: the soft sprites lengthen its epochs, not its training.
@@ -756,6 +759,8 @@ def _distil(
         steps_done += report.steps_done
         resumed_at = report.resumed_at_epoch if again else resumed_at  # the interrupted run's
     shutil.copyfile(folder / "student" / "best.pt", folder / "best.pt")
+    if early.done(folder / "student"):
+        shutil.copyfile(folder / "student" / early.FILE, folder / early.FILE)
     # The threshold's fallback and the checkpoint go by the share the student was trained at.
     setup.level_shares, setup.trained_share, setup.base = (
         run.level_shares,
@@ -914,7 +919,12 @@ def _judges_scores(
     fold = np.array([zlib.crc32(c.encode()) % config.judge_folds for c in data.clusters])
     asked = np.flatnonzero((data.labels == 1) & data.llm)
     short = config.model_copy(
-        update={"min_steps": config.judge_steps, "max_steps": config.judge_steps, "keep": "last"}
+        update={
+            "min_steps": config.judge_steps,
+            "max_steps": config.judge_steps,
+            "keep": "last",
+            "early_scores_after": 0,  # their scores are out of fold already
+        }
     )
     scores: dict[str, float] = {}
     for k in range(config.judge_folds):
@@ -1033,6 +1043,8 @@ def _epochs(
         if epoch % every and epoch != opt.epochs:
             continue
         entry = _validate(setup, config, opt, state, ranks, epoch, losses, started)
+        if config.early_scores_after and state.step >= config.early_scores_after:
+            _score_early(setup, opt, state.step, folder)  # before the checkpoint: resumable
         _checkpoint(setup, opt, state, epoch, entry, folder)
         report.epochs_done = epoch
         report.steps_done = state.step
@@ -1094,6 +1106,16 @@ def _validate(
         "lr": float(opt.scheduler.get_last_lr()[0]),
         "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def _score_early(setup: _Setup, opt: _Optimization, step: int, folder: Path) -> None:
+    """The labelled training rows scored by the weights' average, once per run (training.early)."""
+    if early.done(folder):
+        return
+    rows = np.flatnonzero(~setup.train_data.guessed)
+    data = _subset(setup.train_data, rows)
+    scores = predict(opt.judged, eval_batches(data, setup.spec), setup.device)
+    early.write(folder, step, data.image_ids.tolist(), scores.tolist())
 
 
 def _checkpoint(
