@@ -56,6 +56,7 @@ from corpus.catalog import images, labels, llm_calls, models, review_queue, utcn
 from corpus.workspace import open_workspace
 from export.scores import score_catalog
 from export.stage import export_model, verify_model
+from labelers.effective import SOURCE_LLM
 from labelers.refresh import labelled_now
 from labelers.rubric import load_rubric
 from labelers.simulated import FakeOllama, NoisyOracle, rubric_responder
@@ -217,7 +218,10 @@ def train_round(settings: Settings, truth: dict[int, tuple[bool, str]]) -> dict[
         ]
         trained = train(ws.catalog, settings, frozen.snapshot_id)
         seen = early.read(trained.path)
-        judged = [i for i in said if i in seen and i in truth]
+        asked = [
+            r["image_id"] for r in train_rows if r["label"] == 1 and r["label_source"] == SOURCE_LLM
+        ]
+        judged = [i for i in asked if i in seen and i in truth]
         out["train"] = {
             "model_id": trained.model_id,
             "path": trained.path,
@@ -270,11 +274,8 @@ def review_round(
         by_reason: dict[str, list[int]] = {}  # reason -> [decided, truly positive]
         fixed = Counter[str]()  # the label errors people's decisions corrected
         for q in queue[:reviews]:
-            real = truth[q.image_id][0]
-            if q.image_id in verdicts and verdicts[q.image_id] and not real:
-                fixed["false_alarms"] += 1
-            elif real and not verdicts.get(q.image_id, False):
-                fixed["misses"] += 1
+            if really_wrong(q.image_id, q.reason, verdicts, truth):
+                fixed["misses" if truth[q.image_id][0] else "false_alarms"] += 1
             decide(
                 ws.catalog,
                 q.id,

@@ -13,7 +13,6 @@ against ~2,900 calls for screening everything in a fixed order (docs/benchmark-l
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -23,6 +22,7 @@ from corpus.blobs import BlobStore
 from corpus.catalog import Catalog, image_column, images, labels
 from labelers.effective import HUMAN, LLM, LabelRow, effective_label
 from spritesafe.config import Settings
+from training.label_issues import logit, sigmoid
 from training.splits import seeded_order
 
 MIN_POSITIVES = 5  # fewer: the head would learn a handful of sprites, not the concept
@@ -87,7 +87,7 @@ def head_scores(
     head = fit_logistic(x, y, float((~y).sum() / y.sum()), DEFAULT_L2)
     scored = [i for i in pending if i in row]
     logits = head.logits(features[[row[i] for i in scored]])
-    return {i: _sigmoid(float(z)) for i, z in zip(scored, logits, strict=True)}
+    return {i: sigmoid(float(z)) for i, z in zip(scored, logits, strict=True)}
 
 
 def blend(
@@ -96,22 +96,13 @@ def blend(
     """The steering model's and the head's opinions as one score with threshold 0.5: the mean
     of their logits, each measured from its own threshold (the model's trained threshold, the
     head's 0.5). A candidate only one of them scored keeps that one's opinion."""
-    centre = _logit(threshold)
+    centre = logit(threshold)
     out: dict[int, float] = {}
     for image_id in set(model) | set(head):
         parts = []
         if image_id in model:
-            parts.append(_logit(model[image_id]) - centre)
+            parts.append(logit(model[image_id]) - centre)
         if image_id in head:
-            parts.append(_logit(head[image_id]))
-        out[image_id] = _sigmoid(sum(parts) / len(parts))
+            parts.append(logit(head[image_id]))
+        out[image_id] = sigmoid(sum(parts) / len(parts))
     return out
-
-
-def _logit(p: float) -> float:
-    p = min(max(p, 1e-6), 1 - 1e-6)
-    return math.log(p / (1 - p))
-
-
-def _sigmoid(z: float) -> float:
-    return 1 / (1 + math.exp(-max(min(z, 50.0), -50.0)))

@@ -67,7 +67,9 @@ from training.label_issues import (
     chance_label_wrong,
     error_rates,
     label_issues,
+    logit,
     posterior_at,
+    sigmoid,
 )
 
 REASONS = (
@@ -354,9 +356,7 @@ def with_early_view(
             views["crossval"] += 1
             continue
         q = float(posterior_at(np.array([early_scores[i]]), model_share, prior)[0])
-        c = float(np.clip(crossed[i], 1e-6, 1 - 1e-6))
-        logit = (math.log(q / (1 - q)) + math.log(c / (1 - c))) / 2
-        out[i] = 1 / (1 + math.exp(-logit))
+        out[i] = sigmoid((logit(q) + logit(crossed[i])) / 2)
         views["early"] += 1
     return out, dict(views)
 
@@ -488,8 +488,7 @@ class _PassedOver:
         if self.head and image_id in self.head:
             detail["head"] = round(self.head[image_id], 4)
         if shift is not None:
-            c = float(np.clip(c, 1e-6, 1 - 1e-6))
-            c = 1 / (1 + math.exp(-(math.log(c / (1 - c)) + shift)))
+            c = sigmoid(logit(float(c)) + shift)
         return (float(c), image_id, detail)
 
 

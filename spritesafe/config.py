@@ -382,8 +382,9 @@ class TrainSettings(BaseModel):
     # steps on, the weights' average scores every training image and the scores go to the
     # model's folder (early_scores.json). The network has not learnt its wrong labels by heart
     # yet (on loop25's round 3 real zombies and false alarms separated with AUC 0.79 at step
-    # 106, 0.71 at 530, ~1.0 at the end), so the review queue judges the training split's
-    # labels by them (review.mining). 0 = off.
+    # 106, 0.71 at 530; the shipped model scored the false alarms at a median of 1.000), so
+    # the review queue judges the training split's labels by them too (review.mining). No
+    # file when that validation falls in the run's second half. 0 = off.
     early_scores_after: int = Field(100, ge=0)
 
     @property

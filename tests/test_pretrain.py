@@ -25,12 +25,13 @@ from corpus.dedupe import dedupe
 from corpus.ingest import ingest
 from corpus.sources import parse_source
 from corpus.workspace import open_workspace
-from labelers.effective import HUMAN, LLM
+from labelers.effective import HUMAN, LLM, SOURCE_HUMAN, SOURCE_LLM
 from spritesafe.canonical import canonicalize
 from spritesafe.config import Settings, load_settings
 from spritesafe.preprocess import PreprocessSpec
 from tests.helpers import png, real_tiles, sprite
 from tests.learning import coloured_corpus, labelled
+from training import early
 from training.init import Init, InitError, resolve_init
 from training.model import create_model, load_checkpoint
 from training.pretrain import BACKBONE, CHECKPOINT, _ahead, _views, pretrain, pretrain_due
@@ -364,7 +365,7 @@ def test_few_positives_distil_teachers_into_a_student_that_resumes(tmp_path: Pat
         train={"epochs": 2, "min_steps": 0, "batch_size": 32, "size": 64, "seed": 5},
         pretrain=SMALL,
     )
-    taught = with_train(base, teachers=2, distill_top=20, eval_every_steps=1)
+    taught = with_train(base, teachers=2, distill_top=20, eval_every_steps=1, early_scores_after=1)
     calls = []
 
     def stop_in_the_student(entry: dict[str, object]) -> None:
@@ -402,6 +403,12 @@ def test_few_positives_distil_teachers_into_a_student_that_resumes(tmp_path: Pat
             assert {"teacher-0", "teacher-1", "student"} <= runs
             # The student's batches carry the soft targets' mass beside the drawn positives.
             assert straight.trained_share > 0.25
+            # Its early view (training.early) covers the labelled training rows only: not the
+            # probe's, nor the unlabelled sprites it learnt softly; the teachers keep none.
+            rows = data["train"].select_columns(["image_id", "label_source"]).to_list()
+            asked = {r["image_id"] for r in rows if r["label_source"] in (SOURCE_LLM, SOURCE_HUMAN)}
+            assert set(early.read(straight.path)) == asked
+            assert not (Path(straight.path) / "teacher-0" / early.FILE).exists()
             with pytest.raises(KeyboardInterrupt):
                 train(ws.catalog, taught, progress=stop_in_the_student)
             resumed = train(ws.catalog, taught, resume=True)

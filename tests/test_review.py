@@ -65,7 +65,14 @@ def mined(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         responder=_wavering,
         samples=3,
         snapshot={"target_base_rate": 0.1},
-        train={"epochs": 2, "min_steps": 0, "batch_size": 32, "size": 64, "early_scores_after": 1},
+        train={
+            "epochs": 2,
+            "min_steps": 0,
+            "batch_size": 32,
+            "size": 64,
+            "eval_every_steps": 1,
+            "early_scores_after": 1,
+        },
         export={"calibration_images": 64, "unlabelled_sample": 0} | LENIENT,
         review={"near_band": 0.2},
     )

@@ -3,11 +3,12 @@
 A network fine-tuned on a wrong label learns it by heart: at the end of a run its scores on
 its training split say what the labels said. Early in the run they do not yet. On loop25's
 round 3 (bench/loop_bench.py) the weights' average separated the real zombies among the
-LLM's training positives from its false alarms with AUC 0.79 at step 106, 0.71 at step 530,
-and not at all at the end, against 0.63 for the cross-validated judges on the frozen
-self-supervised features (training.crossval). So the train stage scores its labelled
-training rows once, at the first validation past `train.early_scores_after` steps
-(training.train), and the review queue judges those labels by these scores
+LLM's training positives from its false alarms with AUC 0.79 at step 106 and 0.71 at step
+530, and the shipped model scored the false alarms at a median of 1.000, against AUC 0.63
+for the cross-validated judges on the frozen self-supervised features (training.crossval).
+So the train stage scores its labelled training rows once, at the first validation past
+`train.early_scores_after` steps if that falls in the run's first half (training.train),
+and the review queue judges those labels by these scores pooled with the judges'
 (review.mining). Plain JSON beside the checkpoints: {"step": N, "scores": {image id: P}}.
 """
 

@@ -809,6 +809,8 @@ def _student_setup(
         data.clusters + extra.clusters,
         levels=np.concatenate([data.levels, extra.levels]),
         soft=np.concatenate([soft, pool[chosen]]),
+        guessed=np.concatenate([data.guessed, np.ones(len(extra), bool)]),
+        llm=np.concatenate([data.llm, np.zeros(len(extra), bool)]),
     )
     # The positive share its batches carry: the drawn positives' and the soft targets' mass.
     shares = _level_shares(student, batch_shape(config)[0] / config.batch_size)
@@ -1109,8 +1111,10 @@ def _validate(
 
 
 def _score_early(setup: _Setup, opt: _Optimization, step: int, folder: Path) -> None:
-    """The labelled training rows scored by the weights' average, once per run (training.early)."""
-    if early.done(folder):
+    """The labelled training rows scored by the weights' average, once per run (training.early),
+    unless the first validation past `early_scores_after` comes in the run's second half (long
+    epochs, a short run): that is no early view."""
+    if early.done(folder) or step > opt.total / 2:
         return
     rows = np.flatnonzero(~setup.train_data.guessed)
     data = _subset(setup.train_data, rows)
