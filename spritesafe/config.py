@@ -379,7 +379,7 @@ class TrainSettings(BaseModel):
     judge_below: float = Field(0.05, gt=0, lt=1)
     judge_min_positives: int = Field(100, ge=1)
     # The run's own early view of its training split: at the first validation from this many
-    # steps on, the weights' average scores every training image and the scores go to the
+    # steps on, the weights' average scores the labelled training rows and the scores go to the
     # model's folder (early_scores.json). The network has not learnt its wrong labels by heart
     # yet (on loop25's round 3 real zombies and false alarms separated with AUC 0.79 at step
     # 106, 0.71 at 530; the shipped model scored the false alarms at a median of 1.000), so
