@@ -239,7 +239,7 @@ def export_model(catalog: Catalog, settings: Settings, model_id: str | None = No
             done = quantize(folder / FP32_NAME, out, calibration, recipe, trained.spec)
             scores = run(session(out, config.threads), val_x, trained.spec)
             checks = _agreements(
-                reference, scores, trained.thresholds, config.confident_margin, val_y
+                reference, scores, trained.thresholds, config.confident_logits, val_y
             )
             reasons = [
                 r
@@ -481,7 +481,7 @@ def verify_model(
         for name, (x, y) in sets.items():
             # Each level's score checked on its own ("test/explicit", "test/suggestive", ...).
             reference = _torch_scores(trained, x)
-            margin, thresholds = config.confident_margin, trained.thresholds
+            margin, thresholds = config.confident_logits, trained.thresholds
             by_fp32 = _agreements(reference, run(fp32, x, trained.spec), thresholds, margin, y)
             by_int8 = _agreements(reference, run(int8, x, trained.spec), thresholds, margin, y)
             for level in ordinal.CUMULATIVE:

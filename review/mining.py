@@ -67,6 +67,7 @@ from training.label_issues import (
     chance_label_wrong,
     error_rates,
     label_issues,
+    log_odds,
     logit,
     posterior_at,
     sigmoid,
@@ -225,8 +226,7 @@ def passed_over_shift(scores: Sequence[float], found: Sequence[bool], minimum: i
     (found + 1) / (n + 2)). None before `minimum` decisions."""
     if len(found) < minimum:
         return None
-    p = np.clip(np.asarray(scores, dtype=np.float64), 1e-6, 1 - 1e-6)
-    logit = np.log(p / (1 - p))
+    logit = log_odds(scores)
     target = (sum(found) + 1) / (len(found) + 2)
     low, high = -30.0, 30.0
     for _ in range(60):  # the mean is monotone in the shift: bisect

@@ -157,20 +157,34 @@ def test_one_near_threshold_flip_on_a_small_split_passes_and_confident_ones_do_n
     reference = np.linspace(0.99, 0.01, 88)  # 0.5057 and 0.4943 around the threshold 0.5
     near = reference.copy()
     near[43] = 0.45  # one flip, near the threshold
-    assert agreement(reference, near, 0.5, 0.1).flips == 1
-    assert not int8_reasons("test", agreement(reference, near, 0.5, 0.1), limits)
+    assert agreement(reference, near, 0.5, 2.0).flips == 1
+    assert not int8_reasons("test", agreement(reference, near, 0.5, 2.0), limits)
     two = near.copy()
     two[44] = 0.55  # a second one: 2.3 %
-    assert int8_reasons("test", agreement(reference, two, 0.5, 0.1), limits)
+    assert int8_reasons("test", agreement(reference, two, 0.5, 2.0), limits)
     confident = reference.copy()
     confident[0] = 0.01  # 0.99 -> 0.01: one flip, but a confident one
     assert [
         r
-        for r in int8_reasons("test", agreement(reference, confident, 0.5, 0.1), limits)
+        for r in int8_reasons("test", agreement(reference, confident, 0.5, 2.0), limits)
         if "confident" in r
     ]
     none = ExportSettings(max_flip_share=0.0)
-    assert int8_reasons("test", agreement(reference, near, 0.5, 0.1), none)
+    assert int8_reasons("test", agreement(reference, near, 0.5, 2.0), none)
+
+
+def test_confidence_is_measured_in_log_odds_wherever_the_threshold_sits() -> None:
+    from export.verify import agreement
+
+    # The rebuild's case: threshold 0.618, a negative at 0.765 that INT8 put at 0.616 (0.7
+    # log-odds above the threshold, 0.15 in probability): a flip, not a confident one.
+    near = agreement(np.array([0.765, 0.1]), np.array([0.616, 0.1]), 0.618, 2.0)
+    assert (near.flips, near.confident, near.confident_flips) == (1, 1, 0)
+    # A threshold near 1 (resampled training): a positive at 0.99999, 3.4 log-odds above
+    # 0.9997, that INT8 drops below it is a confident flip (0.1 in probability could not
+    # even reach above this threshold); 0.9 sits 5.9 log-odds below it.
+    high = agreement(np.array([0.99999, 0.9]), np.array([0.999, 0.9]), 0.9997, 2.0)
+    assert (high.flips, high.confident, high.confident_flips) == (1, 2, 1)
 
 
 def test_the_flip_share_is_judged_over_every_image_checked_of_a_level() -> None:
@@ -185,11 +199,11 @@ def test_the_flip_share_is_judged_over_every_image_checked_of_a_level() -> None:
     def checks(
         test_int8: np.ndarray, level: str = "explicit"
     ) -> dict[str, tuple[Agreement, Agreement]]:
-        same = agreement(unlabelled, unlabelled, 0.5, 0.1)
+        same = agreement(unlabelled, unlabelled, 0.5, 2.0)
         return {
             f"test/{level}": (
-                agreement(test, test, 0.5, 0.1),
-                agreement(test, test_int8, 0.5, 0.1),
+                agreement(test, test, 0.5, 2.0),
+                agreement(test, test_int8, 0.5, 2.0),
             ),
             f"unlabelled/{level}": (same, same),
         }
@@ -198,7 +212,7 @@ def test_the_flip_share_is_judged_over_every_image_checked_of_a_level() -> None:
     two[36], two[37] = 0.49, 0.51  # 2 near-threshold flips: 2.7 % of 74, 0.35 % of 574
     assert gate(checks(two), limits).passed
     eight = test.copy()
-    eight[33:41] = 1 - eight[33:41]  # 8 flips, all within the 0.1 margin: 1.4 % of 574
+    eight[33:41] = 1 - eight[33:41]  # 8 flips, none confident: 1.4 % of 574
     result = gate(checks(eight), limits)
     assert not result.passed
     assert result.reasons == [
@@ -208,7 +222,7 @@ def test_the_flip_share_is_judged_over_every_image_checked_of_a_level() -> None:
     # Levels are judged apart; a confident flip anywhere still fails.
     assert gate(checks(two) | checks(two, "suggestive"), limits).passed
     confident = test.copy()
-    confident[0] = 0.2
+    confident[0] = 0.2  # 0.9 -> 0.2: 2.2 log-odds above the threshold, flipped
     assert not gate(checks(confident), limits).passed
 
 

@@ -17,7 +17,7 @@ import math
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 
 Bools = NDArray[np.bool_]
 Floats = NDArray[np.float64]
@@ -27,6 +27,12 @@ def logit(p: float) -> float:
     """The log-odds of a probability, clipped away from 0 and 1."""
     p = min(max(p, 1e-6), 1 - 1e-6)
     return math.log(p / (1 - p))
+
+
+def log_odds(p: ArrayLike) -> Floats:
+    """`logit` over an array."""
+    q = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
+    return np.log(q / (1 - q))
 
 
 def sigmoid(z: float) -> float:
