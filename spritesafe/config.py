@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -410,6 +410,18 @@ class ExportSettings(BaseModel):
     # models (the loop bench's four, a rebuild's; their validation, test and unlabelled
     # images) was 0.7-1.5 log-odds: a confident flip is a broken conversion, not rounding.
     confident_logits: float = Field(2.0, gt=0, description="|logit p - logit threshold| above")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        # Sections ignore unknown keys; a renamed limit must not be dropped without a word.
+        if isinstance(data, dict) and "confident_margin" in data:
+            raise ValueError(
+                "export.confident_margin (a margin in probability) was replaced by "
+                "export.confident_logits (a margin in log-odds, default 2.0)"
+            )
+        return data
+
     max_fp32_delta: float = Field(1e-4, gt=0, description="ONNX FP32 vs torch, any image")
     max_confident_flips: int = Field(0, ge=0)
     max_flip_share: float = Field(0.01, ge=0, le=1)

@@ -60,6 +60,15 @@ def test_invalid_config_is_refused(tmp_path: Path, text: str) -> None:
         load_settings(config)
 
 
+def test_the_renamed_gate_margin_says_what_replaced_it(tmp_path: Path) -> None:
+    config = tmp_path / "old.toml"
+    config.write_text("[export]\nconfident_margin = 0.1\n")
+    with pytest.raises(ValidationError, match="confident_logits"):
+        load_settings(config)
+    config.write_text("[export]\nconfident_logits = 3.0\n")
+    assert load_settings(config).export.confident_logits == 3.0
+
+
 def test_missing_explicit_config(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         load_settings(tmp_path / "nope.toml")
