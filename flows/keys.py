@@ -1,12 +1,12 @@
 """Cache keys built from content, so a re-run of a flow skips work that is already done.
 
 Each key hashes what the stage's output depends on, read from the catalog: the candidates'
-image hashes (dedupe), the label rows and rubric version (snapshot), the snapshot id, the
-training settings and the newest pretrained backbone (train), the model id and export
-settings (export, verify), the promoted model and the catalog's images and labels (review
-queue). Same content, same key: Prefect
-returns the stored result instead of running the task. Not Prefect's default policy (which
-hashes the task's inputs, here a config path that never changes).
+image hashes (dedupe), the label rows, the rubric version and the warm start's model
+(snapshot), the snapshot id, the training settings and the newest pretrained backbone (train),
+the model id and export settings (export, verify), the promoted model and the catalog's images
+and labels (review queue). Same content, same key: Prefect returns the stored result instead
+of running the task. Not Prefect's default policy (which hashes the task's inputs, here a
+config path that never changes).
 
 Ingest, label and pretrain have no key: ingest skips unchanged items by its own fingerprints,
 label is idempotent per image x labeler x model digest x rubric and spends a new budget on
@@ -73,7 +73,16 @@ def snapshot(context: Any, parameters: Parameters) -> str:
         settings.snapshot.model_dump(),
         # The train setting the snapshot reads: whether validation could use its positives.
         settings.train.threshold_positives,
+        _warm_start(settings),  # the promoted model training continues from keeps its images
     )
+
+
+def _warm_start(settings: Settings) -> str | None:
+    from training.init import warm_start_model
+
+    with open_workspace(settings) as ws:
+        warm = warm_start_model(ws.catalog, settings)
+    return None if warm is None else warm.model_id
 
 
 def train(context: Any, parameters: Parameters) -> str:

@@ -309,6 +309,10 @@ class TrainSettings(BaseModel):
     # Where the weights start (training.init): auto = the newest self-supervised backbone
     # of this catalog, else timm's published weights if cached or downloadable, else scratch.
     init: Literal["auto", "ssl", "timm", "scratch"] = "auto"
+    # With init auto and a promoted model that descends from the newest backbone, the next
+    # snapshot keeps every image those weights trained on in training, and training
+    # fine-tunes from them (training.init.warm_start_model): each round builds on the last.
+    warm_start: bool = True
     timm_weights: Path | None = Field(None, description="a local file of timm's weights")
     # How the classifier starts on pretrained weights: "prior" (zero weights, biases at the
     # trained shares) or "probe" (a logistic regression fitted on the start's frozen features

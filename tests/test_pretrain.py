@@ -319,6 +319,69 @@ def test_training_starts_from_the_backbone_or_timm_and_says_so(small, tmp_path: 
     assert not torch.equal(first.model.state_dict()["conv_stem.weight"], state["conv_stem.weight"])  # type: ignore[arg-type]
 
 
+def _with(settings: Settings, **sections: dict[str, Any]) -> Settings:
+    return settings.model_copy(
+        update={k: getattr(settings, k).model_copy(update=v) for k, v in sections.items()}
+    )
+
+
+def test_a_round_continues_from_the_promoted_model_and_its_images_keep_training(small) -> None:  # type: ignore[no-untyped-def]
+    import datasets
+    import torch
+
+    from export.stage import export_model, verify_model
+    from tests.learning import LENIENT
+    from training.init import SEEN
+
+    settings = _with(small, export={"calibration_images": 64, "unlabelled_sample": 0, **LENIENT})
+    with open_workspace(settings) as ws:
+        done = pretrain(ws.catalog, ws.blobs, settings)
+        first = train(ws.catalog, settings)  # no promoted model yet: from the backbone
+        assert first.init["kind"] == "ssl" and first.init["root"] == done.pretrain_id
+        seen = set(np.load(Path(first.path) / SEEN).tolist())
+        first_data = datasets.load_from_disk(str(settings.snapshots_path / first.snapshot_id))
+        assert seen == set(first_data["train"]["image_id"])
+        export_model(ws.catalog, settings)
+        assert verify_model(ws.catalog, ws.blobs, settings).promoted
+
+        # Another split order (snapshot.seed) would put images the model trained on into
+        # validation and test; continuing from it, they stay in training instead.
+        reshuffled = _with(settings, snapshot={"seed": 7})
+        cold = _with(reshuffled, train={"warm_start": False})
+
+        def evaluated(report: Any) -> set[int]:
+            data = datasets.load_from_disk(report.path)
+            return set(data["validation"]["image_id"]) | set(data["test"]["image_id"])
+
+        plain = snapshot(ws.catalog, ws.blobs, cold)
+        assert not plain.warm_start and evaluated(plain) & seen  # the leak the rule prevents
+        warm = snapshot(ws.catalog, ws.blobs, reshuffled)
+        assert warm.status == "ok" and warm.snapshot_id != plain.snapshot_id
+        assert warm.warm_start["model_id"] == first.model_id
+        assert warm.warm_start["kept_in_training"] >= len(seen)
+        assert not evaluated(warm) & seen
+        assert evaluated(warm), "validation and test still hold images"
+
+        second = train(ws.catalog, reshuffled, warm.snapshot_id)
+        assert second.init["kind"] == "model" and second.init["source"] == first.model_id
+        assert second.init["root"] == done.pretrain_id
+        # What it started from: the promoted model's weights, all but the classifier.
+        start = create_model(ARCH, Init(**second.init)).state_dict()
+        promoted = load_checkpoint(Path(first.path) / "model.pt").model.state_dict()
+        assert all(
+            torch.equal(start[k], v) for k, v in promoted.items() if not k.startswith("classifier")
+        )
+        later = set(np.load(Path(second.path) / SEEN).tolist())
+        assert later >= seen | set(datasets.load_from_disk(warm.path)["train"]["image_id"])
+        assert (
+            "fine-tuned further from the promoted model"
+            in (Path(second.path) / "report.md").read_text()
+        )
+
+        # An explicit init, or no warm start, starts from the backbone on the same snapshot.
+        assert train(ws.catalog, reshuffled, warm.snapshot_id, init="ssl").init["kind"] == "ssl"
+
+
 def test_a_probe_started_head_scores_as_the_probe_at_the_trained_share() -> None:
     """start_from_probe: the positive level's logit is the probe's (fitted at balanced
     weights) moved by the trained share's log-odds; the other level keeps its gap."""

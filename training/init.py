@@ -1,13 +1,21 @@
 """Where the student's weights start: decided in one place, said once, recorded everywhere.
 
 `train.init` (or `--init`):
-- `auto`: the newest self-supervised backbone pretrained on this catalog for this
+- `auto`: the promoted model, when the snapshot was made to continue from it (below); else
+  the newest self-supervised backbone pretrained on this catalog for this
   architecture and preprocessing (`spritesafe pretrain`); else timm's published ImageNet
   weights for the architecture when they are cached (Hugging Face cache, or the file named by
   `train.timm_weights`) or can be downloaded; else from scratch;
 - `ssl`, `timm`, `scratch`: that one, or an error saying why it is not there;
 - `--pretrained PATH` (a local timm checkpoint, or a `backbone.pt`) overrides all of them.
 The choice (`Init`) goes into the checkpoint, the ONNX metadata and the model card.
+
+Warm starts (`train.warm_start`): a grow round fine-tunes from the promoted model instead of
+the backbone, so each round builds on the last. Its weights have seen every image in its
+lineage's training splits (`SEEN` in its folder), so the snapshot keeps those images' clusters
+in training (never validation or test) and names the model in its manifest (`warm_start`);
+training under `auto` starts from it only then. A newer backbone (the corpus grew and
+pretraining ran again) starts a new lineage.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 import torch
 
@@ -26,6 +35,7 @@ from spritesafe.preprocess import PreprocessSpec
 from spritesafe.reports import as_dict
 
 TIMM_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm publishes on the hub
+SEEN = "seen.npy"  # in a model's folder: the ids of every image its weights trained on
 
 
 class InitError(ValueError):
@@ -34,10 +44,11 @@ class InitError(ValueError):
 
 @dataclass(frozen=True)
 class Init:
-    kind: str  # ssl, timm, file, scratch
-    source: str = ""  # the pretrain id, the timm weights' id, or the file
+    kind: str  # model, ssl, timm, file, scratch
+    source: str = ""  # the model id, the pretrain id, the timm weights' id, or the file
     path: str = ""  # the weights file, when there is one
     note: str = ""  # one line for people: where the weights came from, or why scratch
+    root: str = ""  # the pretrain id the weights descend from (ssl, and models warm-started)
 
     def as_dict(self) -> dict[str, Any]:
         return as_dict(self)
@@ -70,6 +81,56 @@ def newest_backbone(catalog: Catalog, settings: Settings) -> tuple[str, Path] | 
         if same and path.is_file():
             return str(row.id), path
     return None
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """The promoted model a snapshot lets training continue from."""
+
+    model_id: str
+    path: Path  # its model.pt
+    root: str  # the pretrain id its lineage started from
+    seen: frozenset[int]  # every image id its weights trained on
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"model_id": self.model_id, "path": str(self.path), "root": self.root}
+
+
+def warm_start_model(catalog: Catalog, settings: Settings) -> WarmStart | None:
+    """The promoted model, when training under `auto` may continue from it: the same
+    architecture and canonical pixels, descended from the newest backbone, its seen images
+    on file. None otherwise (then training starts from the backbone as before)."""
+    from corpus.catalog import exports, models
+
+    config = settings.train
+    if not config.warm_start or config.init != "auto":
+        return None
+    backbone = newest_backbone(catalog, settings)
+    if backbone is None:
+        return None
+    with catalog.read() as conn:
+        row = conn.execute(
+            sa.select(models.c.id, models.c.path, models.c.arch)
+            .join(exports, exports.c.model_id == models.c.id)
+            .where(exports.c.status == "promoted")
+            .order_by(exports.c.verified_at.desc())
+            .limit(1)
+        ).first()
+    if row is None or row.arch != config.arch:
+        return None
+    folder = Path(row.path)
+    if not (folder / "model.pt").is_file() or not (folder / SEEN).is_file():
+        return None
+    meta = torch.load(folder / "model.pt", map_location="cpu", weights_only=False)
+    root = str(meta.get("init", {}).get("root", ""))
+    try:
+        spec = PreprocessSpec.from_json(str(meta["preprocess"]))
+    except ValueError:  # another preprocessing version: its weights read other pixels
+        return None
+    if root != backbone[0] or spec != PreprocessSpec.from_settings(settings, size=config.size):
+        return None
+    seen = frozenset(int(i) for i in np.load(folder / SEEN))
+    return WarmStart(str(row.id), folder / "model.pt", root, seen)
 
 
 def _hub_reachable(timeout: float = 5.0) -> bool:
@@ -132,8 +193,10 @@ def resolve_init(
     catalog: Catalog | None = None,
     mode: str | None = None,
     pretrained: Path | None = None,
+    warm: dict[str, str] | None = None,
 ) -> Init:
-    """Decide where training starts (see the module docstring)."""
+    """Decide where training starts (see the module docstring); `warm` is the snapshot
+    manifest's `warm_start` (WarmStart.as_dict), when it was made to continue a model."""
     if pretrained is not None:
         if not pretrained.is_file():
             raise InitError(f"pretrained checkpoint not found: {pretrained}")
@@ -141,11 +204,15 @@ def resolve_init(
     mode = mode or settings.train.init
     if mode == "scratch":
         return Init("scratch", note="random weights, as asked (train.init = scratch)")
+    if mode == "auto" and warm and Path(warm["path"]).is_file():
+        note = "fine-tuned further from the promoted model (its training images train here too)"
+        return Init("model", warm["model_id"], warm["path"], note, warm["root"])
     if mode in ("auto", "ssl"):
         found = newest_backbone(catalog, settings) if catalog is not None else None
         if found is not None:
             pretrain_id, path = found
-            return Init("ssl", pretrain_id, str(path), "self-supervised on this catalog")
+            note = "self-supervised on this catalog"
+            return Init("ssl", pretrain_id, str(path), note, pretrain_id)
         if mode == "ssl":
             raise InitError(
                 "no self-supervised backbone for this architecture and preprocessing: run "
@@ -196,3 +263,19 @@ def load_init_weights(model: torch.nn.Module, init: Init, arch: str) -> int:
         )
     model.load_state_dict(usable, strict=False)
     return len(usable)
+
+
+def seen_images(snapshot_path: Path, start: Init) -> np.ndarray:
+    """The ids of every image a model trained on `snapshot_path` from `start` has seen: the
+    snapshot's training (and unlabelled, distilled) images, and its start model's."""
+    import datasets
+
+    data = datasets.load_from_disk(str(snapshot_path))
+    ids = [
+        np.asarray(data[name]["image_id"], dtype=np.int64)
+        for name in data
+        if name in ("train", "unlabelled")
+    ]
+    if start.kind == "model":
+        ids.append(np.load(Path(start.path).parent / SEEN))
+    return np.unique(np.concatenate(ids)) if ids else np.zeros(0, dtype=np.int64)

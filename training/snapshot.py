@@ -102,6 +102,9 @@ class SnapshotReport:
     pruned: dict[str, Any] = field(default_factory=dict)
     # Unlabelled candidates written as the `unlabelled` split (few positives: distillation).
     unlabelled: dict[str, Any] = field(default_factory=dict)
+    # The promoted model training may continue from (training.init.warm_start_model), and how
+    # many labelled images stay in training because its weights have seen them.
+    warm_start: dict[str, Any] = field(default_factory=dict)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> sfw/nsfw
     train_dropped: int = 0  # negatives downsampled away from training
     pos_weight: float = 1.0
@@ -358,7 +361,10 @@ def _snapshot(
     )
     # Validation positives training would not use (too few to select or threshold by) train.
     ranking = settings.train.threshold_positives
-    split_of = _split_and_balance(items, estimate.rate, config, report, suspects, ranking)
+    train_only = _warm_start(catalog, settings, items, report)
+    split_of = _split_and_balance(
+        items, estimate.rate, config, report, suspects, ranking, train_only
+    )
     frozen = [c for c in kept if c.id in split_of]
     if config.balance == "resample" and config.screened_negatives > 0:
         frozen += _screened_negatives(
@@ -714,6 +720,22 @@ def _unlabelled_split(
     return chosen
 
 
+def _warm_start(
+    catalog: Catalog, settings: Settings, items: list[Item], report: SnapshotReport
+) -> frozenset[str]:
+    """The clusters that must train because the promoted model training will continue from
+    has seen them (none without a warm start); the model goes into `report.warm_start`."""
+    from training.init import warm_start_model  # torch: only when a snapshot is made
+
+    warm = warm_start_model(catalog, settings)
+    if warm is None:
+        return frozenset()
+    clusters = frozenset(i.cluster for i in items if i.id in warm.seen)
+    held = sum(i.cluster in clusters for i in items)
+    report.warm_start = warm.as_dict() | {"seen": len(warm.seen), "kept_in_training": held}
+    return clusters
+
+
 def _split_and_balance(
     items: list[Item],
     rate: float,
@@ -721,6 +743,7 @@ def _split_and_balance(
     report: SnapshotReport,
     suspects: set[int],
     min_ranking_positives: int = 0,
+    train_only: frozenset[str] = frozenset(),
 ) -> dict[int, str]:
     """Item id -> split, by cluster at the base rate (validation positives too few for
     training to rank by, fewer than `min_ranking_positives`, train); `suspects` that land in
@@ -735,6 +758,7 @@ def _split_and_balance(
         config.seed,
         min_positives=config.min_eval_positives,
         min_ranking_positives=min_ranking_positives,
+        train_only=train_only,
     )
     report.eval_pos_weight = eval_pos_weights(items, split_of, rate)
     pruned = [i for i in items if i.id in suspects and split_of[i.id] == TRAIN]
@@ -774,6 +798,8 @@ def _persist(
     config = settings.snapshot
     positive = config.positive
     snapshot_settings = config.model_dump(mode="json") | {"base_rate": round(estimate.rate, 6)}
+    if report.warm_start:  # another start model, another snapshot (the same splits or not)
+        snapshot_settings["warm_start"] = report.warm_start["model_id"]
     rows = [
         (
             c.sha256,
@@ -855,6 +881,7 @@ def _manifest(
         "probe_negatives": report.probe_negatives,
         "pruned": report.pruned,
         "unlabelled": report.unlabelled,
+        "warm_start": report.warm_start or None,
         "sources": dict(Counter(c.source for c in frozen).most_common()),
         "settings": snapshot_settings,
     }

@@ -72,13 +72,15 @@ def assign_splits(
     min_positives: int = 0,
     min_positives_share: float = 0.15,
     min_ranking_positives: int = 0,
+    train_only: frozenset[str] = frozenset(),
 ) -> dict[int, str]:
     """Item id -> split. `*_share` are shares of the negative clusters; at most
     `max_eval_positive_share` of the positive clusters go to validation and test together;
     each evaluation split takes at least `min_positives` positives, but never for that more
     than `min_positives_share` of all positives (with few labels, training needs them more);
     beyond the rate's share they are weighed down (eval_pos_weights). Validation takes none
-    when it would get fewer than `min_ranking_positives`."""
+    when it would get fewer than `min_ranking_positives`. The clusters in `train_only` (a
+    warm start's weights have trained on them) train; the sizes count them all the same."""
     if not 0 < base_rate < 1:
         raise ValueError(f"base rate must be in (0, 1), got {base_rate}")
     grouped: dict[str, list[Item]] = defaultdict(list)
@@ -87,18 +89,22 @@ def assign_splits(
     clusters = sorted(
         (_Cluster(k, v) for k, v in grouped.items()), key=lambda c: seeded_order(seed, c.key)
     )
-    negative = [c for c in clusters if c.positives == 0]
-    positive = [c for c in clusters if c.positives > 0]  # mixed clusters count as positive
+    n_negative = sum(c.positives == 0 for c in clusters)
+    every_positive = [c for c in clusters if c.positives > 0]  # mixed clusters count as positive
+    # What evaluation may take from: in the same order, without the clusters kept training.
+    negative = [c for c in clusters if c.positives == 0 and c.key not in train_only]
+    positive = [c for c in every_positive if c.key not in train_only]
 
     split_of: dict[str, str] = {}
     # Validation and test together take at most this many positive clusters, and training
     # always keeps at least one (with fewer than 3 there is nothing to evaluate on anyway).
-    budget = min(math.floor(len(positive) * max_eval_positive_share), len(positive) - 1)
+    n_positive = len(every_positive)
+    budget = min(math.floor(n_positive * max_eval_positive_share), n_positive - 1, len(positive))
     used: set[str] = set()
-    floor = min(min_positives, min_positives_share * sum(c.positives for c in positive))
+    floor = min(min_positives, min_positives_share * sum(c.positives for c in every_positive))
     start_neg = 0
     for index, (name, share) in enumerate(((TEST, test_share), (VALIDATION, val_share))):
-        neg = negative[start_neg : start_neg + round(len(negative) * share)]
+        neg = negative[start_neg : start_neg + round(n_negative * share)]
         start_neg += len(neg)
         neg_images = sum(c.negatives for c in neg)
         at_rate = base_rate / (1 - base_rate) * neg_images  # positives for the base rate
@@ -115,8 +121,9 @@ def assign_splits(
             pos.append(cluster)
             used.add(cluster.key)
             got += cluster.positives
-        if not pos and allowed:  # every cluster is big: the smallest, and more negatives below
-            smallest = min((c for c in positive if c.key not in used), key=lambda c: c.positives)
+        rest = [c for c in positive if c.key not in used]
+        if not pos and allowed and rest:  # all are big: the smallest, and more negatives below
+            smallest = min(rest, key=lambda c: c.positives)
             pos, got = [smallest], smallest.positives
             used.add(smallest.key)
         if name == VALIDATION and got < min_ranking_positives:
@@ -124,7 +131,8 @@ def assign_splits(
             used.difference_update(c.key for c in pos)
             pos, got = [], 0
         needed = got * (1 - base_rate) / base_rate
-        spare = len(negative) // 2  # training keeps at least half of the negative clusters
+        # training keeps at least half of the negative clusters
+        spare = min(n_negative // 2, len(negative))
         # Too many positives: more negatives, from train (with `min_positives` the positives
         # beyond the rate's share are weighed down instead).
         while not min_positives and neg_images < needed and start_neg < spare:

@@ -73,7 +73,7 @@ from training.data import (
     train_batches,
 )
 from training.head import LinearHead, embed, fit_head, set_classifier, start_from_probe
-from training.init import Init, resolve_init
+from training.init import SEEN, Init, resolve_init, seen_images
 from training.model import (
     create_model,
     pick_device,
@@ -248,7 +248,8 @@ def train(
         last = _last_checkpoints(folder)[0]
         start = Init(**torch.load(last, weights_only=False).get("init", {}))
     else:
-        start = resolve_init(settings, catalog, init, pretrained)
+        warm = json.loads((snapshot_path / "snapshot.json").read_text()).get("warm_start")
+        start = resolve_init(settings, catalog, init, pretrained, warm)
         if head_only and start.kind == "scratch":
             raise TrainError(
                 "--head-only fits a classifier on pretrained features, and there are none: "
@@ -589,6 +590,8 @@ def _finish(
         test_levels=test_data.levels,
     )
     shutil.copyfile(snapshot_path / "snapshot.json", folder / "snapshot.json")
+    # What a warm start from this model keeps in training.
+    np.save(folder / SEEN, seen_images(snapshot_path, Init(**setup.base["init"])))
     write_report(  # after scores.npz: the error gallery is drawn from it
         folder,
         report.as_dict(),
