@@ -96,8 +96,8 @@ def train(context: Any, parameters: Parameters) -> str:
         backbone = found[0] if found else None
     return "train-" + _digest(
         settings,
-        parameters["snapshot_id"],
-        settings.train.model_dump(),
+        parameters["snapshot_id"],  # names the model a warm start continues from
+        settings.train.model_dump(exclude={"warm_start"}),  # the snapshot's to decide
         settings.canonical.model_dump(),  # the preprocessing's background and scale limit
         backbone,
     )
