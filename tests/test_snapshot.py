@@ -120,6 +120,26 @@ def test_evaluation_splits_take_enough_positives_and_weigh_them_to_the_rate() ->
     )
 
 
+def test_clusters_a_warm_start_has_trained_on_stay_in_training_and_sizes_hold() -> None:
+    items = _items([(1, 0)] * 200 + [(0, 1)] * 1000)
+    plain = assign_splits(items, 0.02, 0.15, 0.15, seed=0, min_positives=20)
+    # The start model trained on half of what this split order puts in evaluation (another
+    # round's order put them in training).
+    kept = frozenset(sorted(i.cluster for i in items if plain[i.id] != TRAIN)[::2])
+    split_of = assign_splits(items, 0.02, 0.15, 0.15, seed=0, min_positives=20, train_only=kept)
+    assert all(split_of[i.id] == TRAIN for i in items if i.cluster in kept)
+    for name in (VALIDATION, TEST):  # as large as before, from the clusters left
+        assert _share(items, split_of, name) == _share(items, plain, name), name
+    # When nearly every positive was trained on, evaluation takes what is left.
+    most = frozenset(i.cluster for i in items if i.positive) - {"c0", "c1", "c2"}
+    split_of = assign_splits(items, 0.02, 0.15, 0.15, seed=0, min_positives=20, train_only=most)
+    assert {i.cluster for i in items if i.positive and split_of[i.id] != TRAIN} <= {
+        "c0",
+        "c1",
+        "c2",
+    }
+
+
 def test_downsampling_keeps_every_positive() -> None:
     items = _items([(1, 0)] * 10 + [(0, 1)] * 100)
     kept, dropped = downsample_negatives(items, 4.0, seed=0)
