@@ -333,7 +333,12 @@ def test_a_round_continues_from_the_promoted_model_and_its_images_keep_training(
     from tests.learning import LENIENT
     from training.init import SEEN
 
-    settings = _with(small, export={"calibration_images": 64, "unlabelled_sample": 0, **LENIENT})
+    settings = _with(
+        small,
+        export={"calibration_images": 64, "unlabelled_sample": 0, **LENIENT},
+        # One run, validated each epoch: it writes its own early view.
+        train={"early_scores_after": 1, "teachers": 1, "eval_every_steps": 1},
+    )
     with open_workspace(settings) as ws:
         done = pretrain(ws.catalog, ws.blobs, settings)
         first = train(ws.catalog, settings)  # no promoted model yet: from the backbone
@@ -371,6 +376,12 @@ def test_a_round_continues_from_the_promoted_model_and_its_images_keep_training(
         assert all(
             torch.equal(start[k], v) for k, v in promoted.items() if not k.startswith("classifier")
         )
+        # Its early view of the images the promoted model trained on is that model's (it has
+        # learnt them by heart before its first step); of the others, its own.
+        views = [early.read(r.path) for r in (first, second)]
+        shared = set(views[0]) & set(views[1])
+        assert shared and all(views[1][i] == views[0][i] for i in shared)
+        assert set(views[1]) - shared
         later = set(np.load(Path(second.path) / SEEN).tolist())
         assert later >= seen | set(datasets.load_from_disk(warm.path)["train"]["image_id"])
         assert (

@@ -10,6 +10,8 @@ So the train stage scores its labelled training rows once, at the first validati
 `train.early_scores_after` steps if that falls in the run's first half (training.train),
 and the review queue judges those labels by these scores pooled with the judges'
 (review.mining). Plain JSON beside the checkpoints: {"step": N, "scores": {image id: P}}.
+A run warm-started from a model (training.init) has learnt that model's training images by
+heart before its first step, so for those it carries on the model's early scores.
 """
 
 from __future__ import annotations

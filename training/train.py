@@ -1122,7 +1122,14 @@ def _score_early(setup: _Setup, opt: _Optimization, step: int, folder: Path) -> 
     rows = np.flatnonzero(~setup.train_data.guessed)
     data = _subset(setup.train_data, rows)
     scores = predict(opt.judged, eval_batches(data, setup.spec), setup.device)
-    early.write(folder, step, data.image_ids.tolist(), scores.tolist())
+    ids = data.image_ids.tolist()
+    start = setup.base["init"]
+    if start.get("kind") == "model":
+        # A warm start has trained on its images already: their early view is the one taken
+        # when its lineage first trained on them (the start's own early scores, carried on).
+        before = early.read(Path(start["path"]).parent)
+        scores = np.array([before.get(i, s) for i, s in zip(ids, scores.tolist(), strict=True)])
+    early.write(folder, step, ids, scores.tolist())
 
 
 def _checkpoint(
