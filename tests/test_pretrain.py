@@ -331,7 +331,7 @@ def test_a_round_continues_from_the_promoted_model_and_its_images_keep_training(
 
     from export.stage import export_model, verify_model
     from tests.learning import LENIENT
-    from training.init import SEEN
+    from training.snapshot import SEEN, trained_on
 
     settings = _with(
         small,
@@ -384,6 +384,8 @@ def test_a_round_continues_from_the_promoted_model_and_its_images_keep_training(
         assert set(views[1]) - shared
         later = set(np.load(Path(second.path) / SEEN).tolist())
         assert later >= seen | set(datasets.load_from_disk(warm.path)["train"]["image_id"])
+        # Its scores are out of sample only where its lineage never trained (export.scores).
+        assert trained_on(ws.catalog, second.model_id) == later
         assert (
             "fine-tuned further from the promoted model"
             in (Path(second.path) / "report.md").read_text()

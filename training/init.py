@@ -33,9 +33,9 @@ from corpus.catalog import Catalog, pretrains
 from spritesafe.config import Settings
 from spritesafe.preprocess import PreprocessSpec
 from spritesafe.reports import as_dict
+from training.snapshot import SEEN
 
 TIMM_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm publishes on the hub
-SEEN = "seen.npy"  # in a model's folder: the ids of every image its weights trained on
 
 
 class InitError(ValueError):
@@ -266,16 +266,12 @@ def load_init_weights(model: torch.nn.Module, init: Init, arch: str) -> int:
 
 
 def seen_images(snapshot_path: Path, start: Init) -> np.ndarray:
-    """The ids of every image a model trained on `snapshot_path` from `start` has seen: the
-    snapshot's training (and unlabelled, distilled) images, and its start model's."""
+    """The ids of every image a model trained on `snapshot_path` from `start` has trained on:
+    the snapshot's training split, and its start model's. (The unlabelled sprites a student
+    distils on carry no label and stay out of sample, as they always were.)"""
     import datasets
 
-    data = datasets.load_from_disk(str(snapshot_path))
-    ids = [
-        np.asarray(data[name]["image_id"], dtype=np.int64)
-        for name in data
-        if name in ("train", "unlabelled")
-    ]
+    ids = [np.asarray(datasets.load_from_disk(str(snapshot_path))["train"]["image_id"])]
     if start.kind == "model":
         ids.append(np.load(Path(start.path).parent / SEEN))
-    return np.unique(np.concatenate(ids)) if ids else np.zeros(0, dtype=np.int64)
+    return np.unique(np.concatenate(ids).astype(np.int64))

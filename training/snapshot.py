@@ -76,6 +76,7 @@ from training.splits import downsample_negatives as downsample
 CLASS_NAMES = ("sfw", "nsfw")  # the binary label 0, 1 (the model also scores each level)
 SOURCE_RANK = {SOURCE_NONE: 0, SOURCE_TEACHER: 1, SOURCE_LLM: 2, SOURCE_HUMAN: 3}
 MANIFEST = "snapshot.json"
+SEEN = "seen.npy"  # in a model's folder: the ids of every image its weights trained on
 
 
 class NotEnoughLabels(RuntimeError):
@@ -990,14 +991,20 @@ __all__ = [
 
 
 def trained_on(catalog: Catalog, model_id: str) -> set[int]:
-    """Image ids in the training split of the model's snapshot (empty if unknown)."""
+    """Image ids the model trained on: its snapshot's training split, and with a warm start
+    its lineage's too (SEEN, training.init); empty if unknown."""
     with catalog.read() as conn:
-        path = conn.execute(
-            sa.select(snapshots.c.path)
+        row = conn.execute(
+            sa.select(snapshots.c.path, models.c.path.label("folder"))
             .join(models, models.c.snapshot_id == snapshots.c.id)
             .where(models.c.id == model_id)
-        ).scalar()
-    if path is None or not Path(path).is_dir():
+        ).first()
+    if row is None:
         return set()
-    data, _ = load_snapshot(Path(path))
+    seen = Path(row.folder) / SEEN
+    if seen.is_file():
+        return {int(i) for i in np.load(seen)}
+    if not Path(row.path).is_dir():
+        return set()
+    data, _ = load_snapshot(Path(row.path))
     return set(data["train"]["image_id"])

@@ -73,7 +73,7 @@ from training.data import (
     train_batches,
 )
 from training.head import LinearHead, embed, fit_head, set_classifier, start_from_probe
-from training.init import SEEN, Init, resolve_init, seen_images
+from training.init import Init, resolve_init, seen_images
 from training.model import (
     create_model,
     pick_device,
@@ -81,7 +81,7 @@ from training.model import (
     predict_at_least,
     save_checkpoint,
 )
-from training.snapshot import CLASS_NAMES, latest_snapshot, load_snapshot
+from training.snapshot import CLASS_NAMES, SEEN, latest_snapshot, load_snapshot
 from training.splits import UNLABELLED
 
 Progress = Callable[[dict[str, Any]], None]  # called with each epoch's history entry
