@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -29,7 +29,13 @@ DEFAULT_CONFIG_NAME = "spritesafe.toml"
 _toml_path: ContextVar[Path | None] = ContextVar("spritesafe_toml_path", default=None)
 
 
-class ImageLimits(BaseModel):
+class Section(BaseModel):
+    """A config section: an unknown key (a typo, a renamed setting) is an error, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ImageLimits(Section):
     """What an input may be before we decode it; anything beyond is rejected with a reason."""
 
     max_bytes: int = Field(32 * 2**20, gt=0, description="largest file accepted")
@@ -40,7 +46,7 @@ class ImageLimits(BaseModel):
     animated: Literal["first_frame", "reject"] = "first_frame"
 
 
-class CanonicalSettings(BaseModel):
+class CanonicalSettings(Section):
     """Pixel-art canonicalization: alpha onto one fixed background, then the native grid."""
 
     background: tuple[int, int, int] = (255, 255, 255)
@@ -67,7 +73,7 @@ class CanonicalSettings(BaseModel):
         return value
 
 
-class DedupeSettings(BaseModel):
+class DedupeSettings(Section):
     # A pair is near-duplicate when both hashes are within their radius. The multi-index
     # finds every pair within phash radius <= 6 (8 bands, pairs of bands as keys).
     phash_radius: int = Field(6, ge=0, le=6)
@@ -78,7 +84,7 @@ class DedupeSettings(BaseModel):
     chunk_size: int = Field(50_000, gt=0, description="new images deduped per transaction")
 
 
-class IngestSettings(BaseModel):
+class IngestSettings(Section):
     batch_size: int = Field(512, gt=0, description="items committed per transaction")
     # Two batches are in memory at once (one analyzed while the other commits), each with a
     # copy on its way to the decode workers: 4 x 32 MB, whatever an archive holds.
@@ -88,7 +94,7 @@ class IngestSettings(BaseModel):
     read_archives: bool = True
 
 
-class HttpSettings(BaseModel):
+class HttpSettings(Section):
     concurrency: int = Field(8, gt=0)
     per_host_rps: float = Field(4.0, gt=0, description="requests per second to any one host")
     timeout_s: float = Field(20.0, gt=0)
@@ -99,7 +105,7 @@ class HttpSettings(BaseModel):
     respect_robots: bool = True
 
 
-class OllamaSettings(BaseModel):
+class OllamaSettings(Section):
     """The vision LLM labeler. Hosts share the work; each takes `per_host_concurrency`."""
 
     hosts: Annotated[list[str], NoDecode] = Field(
@@ -128,7 +134,7 @@ class OllamaSettings(BaseModel):
         return value
 
 
-class LabelSettings(BaseModel):
+class LabelSettings(Section):
     labeler: Literal["ollama", "teacher"] = "ollama"
     budget: int = Field(
         500,
@@ -188,7 +194,7 @@ class LabelSettings(BaseModel):
     rubric: Path | None = Field(None, description="rubric TOML; default labelers/rubrics")
 
 
-class SnapshotSettings(BaseModel):
+class SnapshotSettings(Section):
     """Freezing effective labels into a dataset version: target, splits, balance."""
 
     # The binary target: explicit is always positive; suggestive counts when this is true.
@@ -265,7 +271,7 @@ class SnapshotSettings(BaseModel):
     seed: int = 0
 
 
-class PretrainSettings(BaseModel):
+class PretrainSettings(Section):
     """Self-supervised pretraining of the student's backbone on every candidate sprite.
 
     Views keep pixel art pixel art (training.views). Content-keyed: the candidates' canonical
@@ -300,7 +306,7 @@ class PretrainSettings(BaseModel):
     seed: int = 0
 
 
-class TrainSettings(BaseModel):
+class TrainSettings(Section):
     """The student: timm MobileNetV4-conv-small-050 with an ordinal head (two logits from one
     weight vector: training/model.py), at `size` px."""
 
@@ -399,7 +405,7 @@ class TrainSettings(BaseModel):
         return self.min_val_positives if self.threshold_for == "precision" else 0
 
 
-class ExportSettings(BaseModel):
+class ExportSettings(Section):
     """ONNX export, INT8 quantization and the verification gate that promotes a model."""
 
     # "auto" tries per-channel, + FP32 classifier, + cross-layer equalization, + FP32 stem,
@@ -418,7 +424,7 @@ class ExportSettings(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _renamed(cls, data: Any) -> Any:
-        # Sections ignore unknown keys; a renamed limit must not be dropped without a word.
+        # Said with what replaced it (any other unknown key gets pydantic's "extra" error).
         if isinstance(data, dict) and "confident_margin" in data:
             raise ValueError(
                 "export.confident_margin (a margin in probability) was replaced by "
@@ -440,7 +446,7 @@ class ExportSettings(BaseModel):
     seed: int = 0
 
 
-class ReviewSettings(BaseModel):
+class ReviewSettings(Section):
     """Disagreement mining and the review page."""
 
     near_band: float = Field(0.05, gt=0, lt=0.5, description="'uncertain': |p - threshold| <")
@@ -481,13 +487,13 @@ class ReviewSettings(BaseModel):
         return value
 
 
-class GrowSettings(BaseModel):
+class GrowSettings(Section):
     """The scheduled growth run: retrain only when enough new labels arrived."""
 
     min_new_labels: int = Field(200, ge=0, description="LLM or human labels since the snapshot")
 
 
-class FlowSettings(BaseModel):
+class FlowSettings(Section):
     """How `grow` and `rebuild` run their CPU-heavy work (decode/hash in ingest, scoring)."""
 
     dask: bool = Field(False, description="on a Dask cluster (needs the `dask` extra)")

@@ -69,6 +69,18 @@ def test_the_renamed_gate_margin_says_what_replaced_it(tmp_path: Path) -> None:
     assert load_settings(config).export.confident_logits == 3.0
 
 
+def test_an_unknown_key_in_a_section_is_refused_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "typo.toml"
+    config.write_text("[train]\nwarm_strat = false\n")  # a typo would otherwise be ignored
+    with pytest.raises(ValidationError, match=r"train\.warm_strat\s+Extra inputs"):
+        load_settings(config)
+    monkeypatch.setenv("SPRITESAFE_LABEL__BUDGETT", "5")
+    with pytest.raises(ValidationError, match=r"label\.budgett"):
+        load_settings(None)
+
+
 def test_missing_explicit_config(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         load_settings(tmp_path / "nope.toml")
