@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from corpus.catalog import images, labels, pretrains
+from corpus.catalog import images, labels, pretrains, utcnow
 from corpus.dedupe import dedupe
 from corpus.ingest import ingest
 from corpus.sources import parse_source
@@ -353,6 +353,21 @@ def test_a_round_continues_from_the_promoted_model_and_its_images_keep_training(
         # validation and test; continuing from it, they stay in training instead.
         reshuffled = _with(settings, snapshot={"seed": 7})
         cold = _with(reshuffled, train={"warm_start": False})
+        # Nothing labelled since the promoted model's snapshot: nothing to continue on.
+        assert not snapshot(ws.catalog, ws.blobs, reshuffled).warm_start
+        with ws.catalog.write() as conn:  # a person agrees with one LLM label
+            said = conn.execute(sa.select(labels).where(labels.c.labeler == LLM).limit(1)).one()
+            conn.execute(
+                labels.insert().values(
+                    image_id=said.image_id,
+                    labeler=HUMAN,
+                    model="a person",
+                    model_digest="",
+                    rubric_version=said.rubric_version,
+                    category=said.category,
+                    created_at=utcnow(),
+                )
+            )
 
         def evaluated(report: Any) -> set[int]:
             data = datasets.load_from_disk(report.path)

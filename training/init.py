@@ -20,6 +20,7 @@ pretraining ran again) starts a new lineage.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,8 +100,13 @@ class WarmStart:
 def warm_start_model(catalog: Catalog, settings: Settings) -> WarmStart | None:
     """The promoted model, when training under `auto` may continue from it: the same
     architecture and canonical pixels, descended from the newest backbone, its seen images
-    on file. None otherwise (then training starts from the backbone as before)."""
-    from corpus.catalog import exports, models
+    on file. None otherwise (then training starts from the backbone as before).
+
+    With no LLM or human label since the promoted model's snapshot there is nothing new to
+    continue on: the answer is that snapshot's own start, so the same labels freeze into the
+    same snapshot and a forced re-run finds its model already trained."""
+    from corpus.catalog import exports, labels, models, snapshots
+    from labelers.effective import HUMAN, LLM
 
     config = settings.train
     if not config.warm_start or config.init != "auto":
@@ -110,27 +116,53 @@ def warm_start_model(catalog: Catalog, settings: Settings) -> WarmStart | None:
         return None
     with catalog.read() as conn:
         row = conn.execute(
-            sa.select(models.c.id, models.c.path, models.c.arch)
+            sa.select(models.c.id, models.c.path, snapshots.c.path.label("snapshot"))
             .join(exports, exports.c.model_id == models.c.id)
+            .join(snapshots, snapshots.c.id == models.c.snapshot_id)
             .where(exports.c.status == "promoted")
+            .where(models.c.arch == config.arch)
             .order_by(exports.c.verified_at.desc())
             .limit(1)
         ).first()
-    if row is None or row.arch != config.arch:
+        if row is None:
+            return None
+        since = conn.execute(
+            sa.select(snapshots.c.created_at)
+            .join(models, models.c.snapshot_id == snapshots.c.id)
+            .where(models.c.id == row.id)
+        ).scalar_one()
+        new = conn.execute(
+            sa.select(labels.c.id)
+            .where(labels.c.labeler.in_((LLM, HUMAN)))
+            .where(labels.c.created_at > since)
+            .limit(1)
+        ).first()
+    if new is None:
+        manifest = Path(row.snapshot) / "snapshot.json"
+        before = json.loads(manifest.read_text()).get("warm_start") if manifest.is_file() else None
+        if not before:
+            return None
+        return _eligible(before["model_id"], Path(before["path"]), backbone[0], settings)
+    return _eligible(str(row.id), Path(row.path) / "model.pt", backbone[0], settings)
+
+
+def _eligible(model_id: str, path: Path, backbone: str, settings: Settings) -> WarmStart | None:
+    """The model at `path` as a warm start, if it descends from `backbone`, reads the
+    settings' pixels and has its seen images on file."""
+    seen_file = path.parent / SEEN
+    if not path.is_file() or not seen_file.is_file():
         return None
-    folder = Path(row.path)
-    if not (folder / "model.pt").is_file() or not (folder / SEEN).is_file():
-        return None
-    meta = torch.load(folder / "model.pt", map_location="cpu", weights_only=False)
+    meta = torch.load(path, map_location="cpu", weights_only=False)
     root = str(meta.get("init", {}).get("root", ""))
     try:
         spec = PreprocessSpec.from_json(str(meta["preprocess"]))
     except ValueError:  # another preprocessing version: its weights read other pixels
         return None
-    if root != backbone[0] or spec != PreprocessSpec.from_settings(settings, size=config.size):
+    want = PreprocessSpec.from_settings(settings, size=settings.train.size)
+    if root != backbone or spec != want:
         return None
-    seen = frozenset(int(i) for i in np.load(folder / SEEN))
-    return WarmStart(str(row.id), folder / "model.pt", root, seen)
+    seen = frozenset(int(i) for i in np.load(seen_file))
+    return WarmStart(model_id, path, root, seen)
 
 
 def _hub_reachable(timeout: float = 5.0) -> bool:
