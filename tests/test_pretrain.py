@@ -337,7 +337,7 @@ def test_a_round_continues_from_the_promoted_model_and_its_images_keep_training(
         small,
         export={"calibration_images": 64, "unlabelled_sample": 0, **LENIENT},
         # One run, validated each epoch: it writes its own early view.
-        train={"early_scores_after": 1, "teachers": 1, "eval_every_steps": 1},
+        train={"early_scores_after": 1, "teachers": 1, "eval_every_steps": 1, "warm_start": True},
     )
     with open_workspace(settings) as ws:
         done = pretrain(ws.catalog, ws.blobs, settings)
