@@ -34,7 +34,7 @@ from corpus.catalog import Catalog, pretrains
 from spritesafe.config import Settings
 from spritesafe.preprocess import PreprocessSpec
 from spritesafe.reports import as_dict
-from training.snapshot import SEEN
+from training.snapshot import MANIFEST, SEEN
 
 TIMM_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm publishes on the hub
 
@@ -105,8 +105,8 @@ def warm_start_model(catalog: Catalog, settings: Settings) -> WarmStart | None:
     With no LLM or human label since the promoted model's snapshot there is nothing new to
     continue on: the answer is that snapshot's own start, so the same labels freeze into the
     same snapshot and a forced re-run finds its model already trained."""
-    from corpus.catalog import exports, labels, models, snapshots
-    from labelers.effective import HUMAN, LLM
+    from corpus.catalog import exports, models, snapshots
+    from training.due import labels_since
 
     config = settings.train
     if not config.warm_start or config.init != "auto":
@@ -116,7 +116,12 @@ def warm_start_model(catalog: Catalog, settings: Settings) -> WarmStart | None:
         return None
     with catalog.read() as conn:
         row = conn.execute(
-            sa.select(models.c.id, models.c.path, snapshots.c.path.label("snapshot"))
+            sa.select(
+                models.c.id,
+                models.c.path,
+                snapshots.c.path.label("snapshot"),
+                snapshots.c.created_at.label("since"),
+            )
             .join(exports, exports.c.model_id == models.c.id)
             .join(snapshots, snapshots.c.id == models.c.snapshot_id)
             .where(exports.c.status == "promoted")
@@ -124,21 +129,11 @@ def warm_start_model(catalog: Catalog, settings: Settings) -> WarmStart | None:
             .order_by(exports.c.verified_at.desc())
             .limit(1)
         ).first()
-        if row is None:
-            return None
-        since = conn.execute(
-            sa.select(snapshots.c.created_at)
-            .join(models, models.c.snapshot_id == snapshots.c.id)
-            .where(models.c.id == row.id)
-        ).scalar_one()
-        new = conn.execute(
-            sa.select(labels.c.id)
-            .where(labels.c.labeler.in_((LLM, HUMAN)))
-            .where(labels.c.created_at > since)
-            .limit(1)
-        ).first()
-    if new is None:
-        manifest = Path(row.snapshot) / "snapshot.json"
+        new = row is not None and labels_since(conn, row.since) > 0
+    if row is None:
+        return None
+    if not new:
+        manifest = Path(row.snapshot) / MANIFEST
         before = json.loads(manifest.read_text()).get("warm_start") if manifest.is_file() else None
         if not before:
             return None

@@ -81,7 +81,7 @@ from training.model import (
     predict_at_least,
     save_checkpoint,
 )
-from training.snapshot import CLASS_NAMES, SEEN, latest_snapshot, load_snapshot
+from training.snapshot import CLASS_NAMES, MANIFEST, SEEN, latest_snapshot, load_snapshot
 from training.splits import UNLABELLED
 
 Progress = Callable[[dict[str, Any]], None]  # called with each epoch's history entry
@@ -248,7 +248,7 @@ def train(
         last = _last_checkpoints(folder)[0]
         start = Init(**torch.load(last, weights_only=False).get("init", {}))
     else:
-        warm = json.loads((snapshot_path / "snapshot.json").read_text()).get("warm_start")
+        warm = json.loads((snapshot_path / MANIFEST).read_text()).get("warm_start")
         start = resolve_init(settings, catalog, init, pretrained, warm)
         if head_only and start.kind == "scratch":
             raise TrainError(
