@@ -158,6 +158,20 @@ def holdout_pr_auc(model_path: Path, held: Any) -> float:
     )
 
 
+def own_weights_pr_auc(model_path: Path, held: Any) -> float:
+    """The round's run alone (its `best.pt`), where the model it ships is a soup of rounds."""
+    import torch
+
+    from training.soup import OWN
+
+    model = load_checkpoint(model_path / "model.pt")
+    own = torch.load(model_path / OWN, map_location="cpu", weights_only=False)["state_dict"]
+    model.model.load_state_dict(own)
+    return metrics.average_precision(
+        held.labels, predict(model.model, eval_batches(held, model.spec))
+    )
+
+
 def last_weights_pr_auc(model_path: Path, held: Any) -> float | None:
     """The same run's other rule (train.keep): the weights' average where training ended."""
     model = load_checkpoint(model_path / "model.pt")
@@ -228,6 +242,7 @@ def train_round(settings: Settings, truth: dict[int, tuple[bool, str]]) -> dict[
             "test_pr_auc": trained.test["pr_auc"],
             "steps": trained.steps_done,
             "init": trained.init.get("kind"),
+            "soup": trained.soup,
             # How well the run's early scores told its real positives from false alarms.
             "early_auc_real_vs_false": separation(
                 [seen[i] for i in judged], [truth[i][0] for i in judged]
@@ -574,6 +589,9 @@ def main(argv: list[str] | None = None) -> int:
                 folder = Path(round_out["train"]["path"])
                 round_out["holdout_pr_auc"] = holdout_pr_auc(folder, held)
                 round_out["holdout_pr_auc_last"] = last_weights_pr_auc(folder, held)
+                round_out["soup"] = round_out["train"].get("soup", [])
+                if len(round_out["soup"]) > 1:
+                    round_out["holdout_pr_auc_own"] = own_weights_pr_auc(folder, held)
             if round_out.get("promoted") or r > 0:
                 try:
                     round_out["review"] = review_round(settings, truth, args.reviews)
@@ -600,6 +618,8 @@ def main(argv: list[str] | None = None) -> int:
             weak = round_out.get("snapshot", {})
             print(
                 f"  trained model, last weights: {round_out.get('holdout_pr_auc_last')}; "
+                f"a soup of {len(round_out.get('soup', []))} runs, the run alone: "
+                f"{round_out.get('holdout_pr_auc_own', round_out.get('holdout_pr_auc'))}; "
                 f"screened negatives: {weak.get('screened_negatives', {}).get('kept')} "
                 f"({weak.get('screened_negatives_really_positive')} really positive); "
                 f"training positives (really positive, all) "

@@ -33,6 +33,7 @@ def write_card(
     source = f" ({init['source']})" if init.get("source") else ""
     started = f"Weights started from {init['kind']}{source}: {init.get('note', '')}"
     teachers = int(meta.get("teachers") or 1)  # older checkpoints recorded none
+    souped = list(meta.get("soup") or [])
     nan = float("nan")
     threshold = float(meta.get("threshold", 0.5))
     card: dict[str, Any] = {
@@ -52,6 +53,7 @@ def write_card(
         "init": init,
         "head_only": bool(meta.get("head_only", False)),
         "teachers": teachers,
+        "soup": souped,
         "data": {
             "snapshot_id": manifest["id"],
             "rubric_version": manifest["rubric_version"],
@@ -92,6 +94,12 @@ def write_card(
             "that start (seeds in turn) taught this model, a student trained beside the labels "
             "on their mean scores of unlabelled sprites."
             if teachers > 1
+            else ""
+        )
+        + (
+            f" Its weights are the average of {len(souped)} grow rounds' runs from that start "
+            f"(a model soup, newest first: {', '.join(souped)})."
+            if len(souped) > 1
             else ""
         ),
         "",

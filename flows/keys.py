@@ -73,16 +73,16 @@ def snapshot(context: Any, parameters: Parameters) -> str:
         settings.snapshot.model_dump(),
         # The train setting the snapshot reads: whether validation could use its positives.
         settings.train.threshold_positives,
-        _warm_start(settings),  # the promoted model training continues from keeps its images
+        _builds_on(settings),  # the promoted model training builds on keeps its images
     )
 
 
-def _warm_start(settings: Settings) -> str | None:
-    from training.init import warm_start_model
+def _builds_on(settings: Settings) -> str | None:
+    from training.init import builds_on_model
 
     with open_workspace(settings) as ws:
-        warm = warm_start_model(ws.catalog, settings)
-    return None if warm is None else warm.model_id
+        base = builds_on_model(ws.catalog, settings)
+    return None if base is None else base.model_id
 
 
 def train(context: Any, parameters: Parameters) -> str:
@@ -96,8 +96,8 @@ def train(context: Any, parameters: Parameters) -> str:
         backbone = found[0] if found else None
     return "train-" + _digest(
         settings,
-        parameters["snapshot_id"],  # names the model a warm start continues from
-        settings.train.model_dump(exclude={"warm_start"}),  # the snapshot's to decide
+        parameters["snapshot_id"],  # names the model a round builds on
+        settings.train.model_dump(),
         settings.canonical.model_dump(),  # the preprocessing's background and scale limit
         backbone,
     )

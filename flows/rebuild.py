@@ -3,7 +3,8 @@ every candidate (content-keyed: an unchanged corpus costs nothing) while the lab
 beside it, snapshot and, when the snapshot has enough labels, train, export and verify (which
 promotes the model only when the gate passes); a promoted model refreshes the review queue.
 Runs without a Prefect server (Prefect starts a temporary local API). A rebuild starts its
-model from the backbone, never from the promoted model (`train.warm_start` is for `grow`).
+model from the backbone and ships it alone: it never builds on the promoted model
+(`train.warm_start` and `train.soup` are for `grow`).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def rebuild(
     """Rebuild from `sources` (default: the configured ones). `force` promotes a model that
     passes the gate even when it is worse than the promoted one on the same test split."""
     overrides = overrides or {}
-    overrides = overrides | {"train": {**overrides.get("train", {}), "warm_start": False}}
+    fresh = {"warm_start": False, "soup": 1}  # one model of its own, from the backbone
+    overrides = overrides | {"train": {**overrides.get("train", {}), **fresh}}
     ingested = ingest_task(config, overrides, sources)
     deduped = dedupe_task(config, overrides, wait_for=[ingested])
     pretrained, labelled = pretrain_and_label(config, overrides)

@@ -370,10 +370,10 @@ def snapshot_command(config: ConfigOpt = None, as_json: JsonOpt = False) -> None
         f"training: {report.train_dropped} negatives downsampled away, pos_weight "
         f"{report.pos_weight:.2f}; left out: {dict(report.excluded) or 0}"
     )
-    if report.warm_start:
+    if report.builds_on:
         out.print(
-            f"training continues from the promoted model {report.warm_start['model_id']}: "
-            f"{report.warm_start['kept_in_training']} labelled images it trained on stay in "
+            f"training builds on the promoted model {report.builds_on['model_id']}: "
+            f"{report.builds_on['kept_in_training']} labelled images it trained on stay in "
             "training"
         )
     out.print(f"written to {report.path}")

@@ -352,9 +352,9 @@ def test_a_round_continues_from_the_promoted_model_and_its_images_keep_training(
         # Another split order (snapshot.seed) would put images the model trained on into
         # validation and test; continuing from it, they stay in training instead.
         reshuffled = _with(settings, snapshot={"seed": 7})
-        cold = _with(reshuffled, train={"warm_start": False})
+        cold = _with(reshuffled, train={"warm_start": False, "soup": 1})
         # Nothing labelled since the promoted model's snapshot: nothing to continue on.
-        assert not snapshot(ws.catalog, ws.blobs, reshuffled).warm_start
+        assert not snapshot(ws.catalog, ws.blobs, reshuffled).builds_on
         with ws.catalog.write() as conn:  # a person agrees with one LLM label
             said = conn.execute(sa.select(labels).where(labels.c.labeler == LLM).limit(1)).one()
             conn.execute(
@@ -374,11 +374,11 @@ def test_a_round_continues_from_the_promoted_model_and_its_images_keep_training(
             return set(data["validation"]["image_id"]) | set(data["test"]["image_id"])
 
         plain = snapshot(ws.catalog, ws.blobs, cold)
-        assert not plain.warm_start and evaluated(plain) & seen  # the leak the rule prevents
+        assert not plain.builds_on and evaluated(plain) & seen  # the leak the rule prevents
         warm = snapshot(ws.catalog, ws.blobs, reshuffled)
         assert warm.status == "ok" and warm.snapshot_id != plain.snapshot_id
-        assert warm.warm_start["model_id"] == first.model_id
-        assert warm.warm_start["kept_in_training"] >= len(seen)
+        assert warm.builds_on["model_id"] == first.model_id
+        assert warm.builds_on["kept_in_training"] >= len(seen)
         assert not evaluated(warm) & seen
         assert evaluated(warm), "validation and test still hold images"
 
@@ -408,6 +408,93 @@ def test_a_round_continues_from_the_promoted_model_and_its_images_keep_training(
 
         # An explicit init, or no warm start, starts from the backbone on the same snapshot.
         assert train(ws.catalog, reshuffled, warm.snapshot_id, init="ssl").init["kind"] == "ssl"
+
+
+def _agree_with_one_llm_label(ws: Any, skip: int = 0) -> None:
+    """A person agrees with one LLM label: something new to train on."""
+    with ws.catalog.write() as conn:
+        said = conn.execute(
+            sa.select(labels).where(labels.c.labeler == LLM).offset(skip).limit(1)
+        ).one()
+        conn.execute(
+            labels.insert().values(
+                image_id=said.image_id,
+                labeler=HUMAN,
+                model="a person",
+                model_digest="",
+                rubric_version=said.rubric_version,
+                category=said.category,
+                created_at=utcnow(),
+            )
+        )
+
+
+def test_a_round_ships_the_soup_of_its_run_and_the_last_rounds(small) -> None:  # type: ignore[no-untyped-def]
+    import datasets
+    import torch
+
+    from export.stage import export_model, verify_model
+    from tests.learning import LENIENT
+    from training.snapshot import SEEN, trained_on
+    from training.soup import OWN
+
+    settings = _with(
+        small,
+        export={"calibration_images": 64, "unlabelled_sample": 0, **LENIENT},
+        train={"teachers": 1, "soup": 3},
+    )
+
+    def own(report: Any) -> dict[str, Any]:
+        return torch.load(Path(report.path) / OWN, weights_only=False)["state_dict"]  # type: ignore[no-any-return]
+
+    def shipped(report: Any) -> dict[str, Any]:
+        return load_checkpoint(Path(report.path) / "model.pt").model.state_dict()
+
+    with open_workspace(settings) as ws:
+        pretrain(ws.catalog, ws.blobs, settings)
+        first = train(ws.catalog, settings)  # nothing promoted yet: its own weights ship
+        assert first.soup == [first.model_id]
+        assert all(torch.equal(shipped(first)[k], v) for k, v in own(first).items())
+        export_model(ws.catalog, settings)
+        assert verify_model(ws.catalog, ws.blobs, settings).promoted
+        reshuffled = _with(settings, snapshot={"seed": 7})
+        _agree_with_one_llm_label(ws)
+        built = snapshot(ws.catalog, ws.blobs, reshuffled)
+        assert built.builds_on["model_id"] == first.model_id  # its images stay in training
+        evaluated = datasets.load_from_disk(built.path)
+        seen = set(np.load(Path(first.path) / SEEN).tolist())
+        assert (
+            not (set(evaluated["validation"]["image_id"]) | set(evaluated["test"]["image_id"]))
+            & seen
+        )
+
+        second = train(ws.catalog, reshuffled, built.snapshot_id)
+        assert second.init["kind"] == "ssl" and second.soup == [second.model_id, first.model_id]
+        # What ships is the average of the two runs' own weights; the scores are the soup's.
+        mine, theirs, soup = own(second), own(first), shipped(second)
+        conv = "conv_stem.weight"
+        assert torch.allclose(soup[conv], (mine[conv] + theirs[conv]) / 2, atol=1e-6)
+        assert not torch.equal(soup[conv], mine[conv])
+        assert set(np.load(Path(second.path) / SEEN).tolist()) >= seen
+        assert trained_on(ws.catalog, second.model_id) >= seen
+        assert (
+            "average this run's with 1 earlier rounds' runs"
+            in (Path(second.path) / "report.md").read_text()
+        )
+        export_model(ws.catalog, reshuffled)
+        assert verify_model(ws.catalog, ws.blobs, reshuffled, force=True).promoted
+        card = json.loads(next(Path(second.path).rglob("card.json")).read_text())
+        assert card["soup"] == [second.model_id, first.model_id]
+
+        # The soup holds `train.soup` runs at most, the newest; an explicit init ships its own.
+        _agree_with_one_llm_label(ws, skip=1)
+        two = _with(reshuffled, train={"soup": 2})
+        later = snapshot(ws.catalog, ws.blobs, two)
+        assert later.builds_on["model_id"] == second.model_id
+        third = train(ws.catalog, two, later.snapshot_id)
+        assert third.soup == [third.model_id, second.model_id]
+        scratch = train(ws.catalog, two, later.snapshot_id, init="scratch")
+        assert scratch.soup == [scratch.model_id]
 
 
 def test_a_probe_started_head_scores_as_the_probe_at_the_trained_share() -> None:

@@ -120,11 +120,11 @@ def test_evaluation_splits_take_enough_positives_and_weigh_them_to_the_rate() ->
     )
 
 
-def test_clusters_a_warm_start_has_trained_on_stay_in_training_and_sizes_hold() -> None:
+def test_clusters_a_model_built_on_has_trained_on_stay_in_training_and_sizes_hold() -> None:
     items = _items([(1, 0)] * 200 + [(0, 1)] * 1000)
     plain = assign_splits(items, 0.02, 0.15, 0.15, seed=0, min_positives=20)
-    # The start model trained on half of what this split order puts in evaluation (another
-    # round's order put them in training).
+    # The model built on trained on half of what this split order puts in evaluation
+    # (another round's order put them in training).
     kept = frozenset(sorted(i.cluster for i in items if plain[i.id] != TRAIN)[::2])
     split_of = assign_splits(items, 0.02, 0.15, 0.15, seed=0, min_positives=20, train_only=kept)
     assert all(split_of[i.id] == TRAIN for i in items if i.cluster in kept)

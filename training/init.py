@@ -10,12 +10,13 @@
 - `--pretrained PATH` (a local timm checkpoint, or a `backbone.pt`) overrides all of them.
 The choice (`Init`) goes into the checkpoint, the ONNX metadata and the model card.
 
-Warm starts (`train.warm_start`): a grow round fine-tunes from the promoted model instead of
-the backbone, so each round builds on the last. Its weights have seen every image in its
-lineage's training splits (`SEEN` in its folder), so the snapshot keeps those images' clusters
-in training (never validation or test) and names the model in its manifest (`warm_start`);
-training under `auto` starts from it only then. A newer backbone (the corpus grew and
-pretraining ran again) starts a new lineage.
+A grow round builds on the promoted model: it averages its weights into the model it ships
+(`train.soup`, training.soup) and, with `train.warm_start`, fine-tunes from them instead of
+the backbone. Either way those weights have seen every image in their lineage's training
+splits (`SEEN` in the model's folder), so the snapshot keeps those images' clusters in
+training (never validation or test) and names the model in its manifest (`builds_on`);
+training builds on it only then. A newer backbone (the corpus grew and pretraining ran
+again) starts a new lineage.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class Init:
     source: str = ""  # the model id, the pretrain id, the timm weights' id, or the file
     path: str = ""  # the weights file, when there is one
     note: str = ""  # one line for people: where the weights came from, or why scratch
-    root: str = ""  # the pretrain id the weights descend from (ssl, and models warm-started)
+    root: str = ""  # the pretrain id the weights descend from (ssl, and models built on it)
 
     def as_dict(self) -> dict[str, Any]:
         return as_dict(self)
@@ -85,8 +86,8 @@ def newest_backbone(catalog: Catalog, settings: Settings) -> tuple[str, Path] | 
 
 
 @dataclass(frozen=True)
-class WarmStart:
-    """The promoted model a snapshot lets training continue from."""
+class BuildsOn:
+    """The promoted model a snapshot lets training build on (soup, warm start)."""
 
     model_id: str
     path: Path  # its model.pt
@@ -97,19 +98,20 @@ class WarmStart:
         return {"model_id": self.model_id, "path": str(self.path), "root": self.root}
 
 
-def warm_start_model(catalog: Catalog, settings: Settings) -> WarmStart | None:
-    """The promoted model, when training under `auto` may continue from it: the same
-    architecture and canonical pixels, descended from the newest backbone, its seen images
-    on file. None otherwise (then training starts from the backbone as before).
+def builds_on_model(catalog: Catalog, settings: Settings) -> BuildsOn | None:
+    """The promoted model, when training under `auto` may build on it (`train.soup` > 1 or
+    `train.warm_start`): the same architecture and canonical pixels, descended from the
+    newest backbone, its seen images on file. None otherwise (then training starts from the
+    backbone and ships its own weights).
 
     With no LLM or human label since the promoted model's snapshot there is nothing new to
-    continue on: the answer is that snapshot's own start, so the same labels freeze into the
+    build on: the answer is what that snapshot built on, so the same labels freeze into the
     same snapshot and a forced re-run finds its model already trained."""
     from corpus.catalog import exports, models, snapshots
     from training.due import labels_since
 
     config = settings.train
-    if not config.warm_start or config.init != "auto":
+    if not (config.warm_start or config.soup > 1) or config.init != "auto":
         return None
     backbone = newest_backbone(catalog, settings)
     if backbone is None:
@@ -134,16 +136,16 @@ def warm_start_model(catalog: Catalog, settings: Settings) -> WarmStart | None:
         return None
     if not new:
         manifest = Path(row.snapshot) / MANIFEST
-        before = json.loads(manifest.read_text()).get("warm_start") if manifest.is_file() else None
+        before = json.loads(manifest.read_text()).get("builds_on") if manifest.is_file() else None
         if not before:
             return None
         return _eligible(before["model_id"], Path(before["path"]), backbone[0], settings)
     return _eligible(str(row.id), Path(row.path) / "model.pt", backbone[0], settings)
 
 
-def _eligible(model_id: str, path: Path, backbone: str, settings: Settings) -> WarmStart | None:
-    """The model at `path` as a warm start, if it descends from `backbone`, reads the
-    settings' pixels and has its seen images on file."""
+def _eligible(model_id: str, path: Path, backbone: str, settings: Settings) -> BuildsOn | None:
+    """The model at `path` to build on, if it descends from `backbone`, reads the settings'
+    pixels and has its seen images on file."""
     seen_file = path.parent / SEEN
     if not path.is_file() or not seen_file.is_file():
         return None
@@ -157,7 +159,7 @@ def _eligible(model_id: str, path: Path, backbone: str, settings: Settings) -> W
     if root != backbone or spec != want:
         return None
     seen = frozenset(int(i) for i in np.load(seen_file))
-    return WarmStart(model_id, path, root, seen)
+    return BuildsOn(model_id, path, root, seen)
 
 
 def _hub_reachable(timeout: float = 5.0) -> bool:
@@ -220,10 +222,11 @@ def resolve_init(
     catalog: Catalog | None = None,
     mode: str | None = None,
     pretrained: Path | None = None,
-    warm: dict[str, str] | None = None,
+    builds_on: dict[str, str] | None = None,
 ) -> Init:
-    """Decide where training starts (see the module docstring); `warm` is the snapshot
-    manifest's `warm_start` (WarmStart.as_dict), when it was made to continue a model."""
+    """Decide where training starts (see the module docstring); `builds_on` is the snapshot
+    manifest's (BuildsOn.as_dict), when it was made to build on a model: with
+    `train.warm_start` under `auto`, training starts from its weights."""
     if pretrained is not None:
         if not pretrained.is_file():
             raise InitError(f"pretrained checkpoint not found: {pretrained}")
@@ -231,6 +234,7 @@ def resolve_init(
     mode = mode or settings.train.init
     if mode == "scratch":
         return Init("scratch", note="random weights, as asked (train.init = scratch)")
+    warm = builds_on if settings.train.warm_start else None
     if mode == "auto" and warm and Path(warm["path"]).is_file():
         note = "fine-tuned further from the promoted model (its training images train here too)"
         return Init("model", warm["model_id"], warm["path"], note, warm["root"])
@@ -292,13 +296,14 @@ def load_init_weights(model: torch.nn.Module, init: Init, arch: str) -> int:
     return len(usable)
 
 
-def seen_images(snapshot_path: Path, start: Init) -> np.ndarray:
-    """The ids of every image a model trained on `snapshot_path` from `start` has trained on:
-    the snapshot's training split, and its start model's. (The unlabelled sprites a student
+def seen_images(snapshot_path: Path, built_on: Path | None) -> np.ndarray:
+    """The ids of every image a model trained on `snapshot_path` has trained on: the
+    snapshot's training split, and those of the model it built on (`built_on`, its model.pt:
+    the start of a warm start, the soup it joined). (The unlabelled sprites a student
     distils on carry no label and stay out of sample, as they always were.)"""
     import datasets
 
     ids = [np.asarray(datasets.load_from_disk(str(snapshot_path))["train"]["image_id"])]
-    if start.kind == "model":
-        ids.append(np.load(Path(start.path).parent / SEEN))
+    if built_on is not None:
+        ids.append(np.load(built_on.parent / SEEN))
     return np.unique(np.concatenate(ids).astype(np.int64))

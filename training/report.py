@@ -146,6 +146,15 @@ def _judged(judged: dict[str, Any]) -> str:
     )
 
 
+def _souped(members: list[str]) -> str:
+    if len(members) < 2:
+        return ""
+    return (
+        f" The weights it ships average this run's with {len(members) - 1} earlier rounds' runs "
+        f"(a soup: {', '.join(members[1:])}); the scores below are the soup's."
+    )
+
+
 def _markdown(summary: dict[str, Any], history: list[dict[str, Any]]) -> str:
     init = summary.get("init") or {}
     source = f" ({init['source']})" if init.get("source") else ""
@@ -168,7 +177,7 @@ def _markdown(summary: dict[str, Any], history: list[dict[str, Any]]) -> str:
         f"Snapshot `{summary['snapshot_id']}` (balance: {summary.get('balance', '')}), device "
         f"{summary['device']}; weights from {init.get('kind', 'unknown')}{source}: "
         f"{init.get('note', '')}{start}; {how}; {summary['train_images_per_s']} training images/s."
-        f"{_judged(summary.get('judged') or {})}",
+        f"{_judged(summary.get('judged') or {})}{_souped(summary.get('soup') or [])}",
         f"Validation and test hold the realistic base rate {summary['base_rate']:.4f}: "
         "a random scorer's PR-AUC equals it.",
         "",

@@ -103,9 +103,9 @@ class SnapshotReport:
     pruned: dict[str, Any] = field(default_factory=dict)
     # Unlabelled candidates written as the `unlabelled` split (few positives: distillation).
     unlabelled: dict[str, Any] = field(default_factory=dict)
-    # The promoted model training may continue from (training.init.warm_start_model), and how
-    # many labelled images stay in training because its weights have seen them.
-    warm_start: dict[str, Any] = field(default_factory=dict)
+    # The promoted model training builds on (training.init.builds_on_model: soup, warm
+    # start), and how many labelled images stay in training because its weights saw them.
+    builds_on: dict[str, Any] = field(default_factory=dict)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> sfw/nsfw
     train_dropped: int = 0  # negatives downsampled away from training
     pos_weight: float = 1.0
@@ -362,7 +362,7 @@ def _snapshot(
     )
     # Validation positives training would not use (too few to select or threshold by) train.
     ranking = settings.train.threshold_positives
-    train_only = _warm_start(catalog, settings, items, report)
+    train_only = _builds_on(catalog, settings, items, report)
     split_of = _split_and_balance(
         items, estimate.rate, config, report, suspects, ranking, train_only
     )
@@ -721,19 +721,19 @@ def _unlabelled_split(
     return chosen
 
 
-def _warm_start(
+def _builds_on(
     catalog: Catalog, settings: Settings, items: list[Item], report: SnapshotReport
 ) -> frozenset[str]:
-    """The clusters that must train because the promoted model training will continue from
-    has seen them (none without a warm start); the model goes into `report.warm_start`."""
-    from training.init import warm_start_model  # torch: only when a snapshot is made
+    """The clusters that must train because the promoted model training will build on has
+    seen them (none when it builds on none); the model goes into `report.builds_on`."""
+    from training.init import builds_on_model  # torch: only when a snapshot is made
 
-    warm = warm_start_model(catalog, settings)
-    if warm is None:
+    base = builds_on_model(catalog, settings)
+    if base is None:
         return frozenset()
-    clusters = frozenset(i.cluster for i in items if i.id in warm.seen)
+    clusters = frozenset(i.cluster for i in items if i.id in base.seen)
     held = sum(i.cluster in clusters for i in items)
-    report.warm_start = warm.as_dict() | {"seen": len(warm.seen), "kept_in_training": held}
+    report.builds_on = base.as_dict() | {"seen": len(base.seen), "kept_in_training": held}
     return clusters
 
 
@@ -799,8 +799,8 @@ def _persist(
     config = settings.snapshot
     positive = config.positive
     snapshot_settings = config.model_dump(mode="json") | {"base_rate": round(estimate.rate, 6)}
-    if report.warm_start:  # another start model, another snapshot (the same splits or not)
-        snapshot_settings["warm_start"] = report.warm_start["model_id"]
+    if report.builds_on:  # another model built on, another snapshot (same splits or not)
+        snapshot_settings["builds_on"] = report.builds_on["model_id"]
     rows = [
         (
             c.sha256,
@@ -882,7 +882,7 @@ def _manifest(
         "probe_negatives": report.probe_negatives,
         "pruned": report.pruned,
         "unlabelled": report.unlabelled,
-        "warm_start": report.warm_start or None,
+        "builds_on": report.builds_on or None,
         "sources": dict(Counter(c.source for c in frozen).most_common()),
         "settings": snapshot_settings,
     }

@@ -27,6 +27,9 @@ data as in SimCLRv2's semi-supervised step (Chen et al. 2020). With many LLM pos
 LLM's positives out of fold first, and those they reject are left out (`_judge`).
 
 Every epoch writes `last.pt` (for `--resume`) and, when the criterion improves, `best.pt`.
+When the snapshot builds on the promoted model (a grow round), the model the run ships is the
+soup of its own kept weights and the last rounds' (`train.soup`, training.soup), and its
+threshold and metrics are the soup's.
 Validation and test sit at the realistic base rate (training.snapshot), so the PR-AUC and
 the threshold chosen on validation mean what they will mean in production; with too few
 validation positives to rank, the threshold comes from the scores' calibration at the base
@@ -63,7 +66,7 @@ from spritesafe import levels as ordinal
 from spritesafe.config import Settings, TrainSettings
 from spritesafe.preprocess import PreprocessSpec
 from spritesafe.reports import as_dict
-from training import early, metrics
+from training import early, metrics, soup
 from training.data import (
     SplitData,
     batch_shape,
@@ -119,6 +122,7 @@ class TrainReport:
     levels: dict[str, dict[str, Any]] = field(default_factory=dict)
     selection: str = ""  # how the kept weights were chosen
     teachers: int = 1  # runs whose mean scores the kept model learnt (1: it is one run)
+    soup: list[str] = field(default_factory=list)  # runs whose weights it averages, newest first
     head_start: dict[str, Any] = field(default_factory=dict)  # the classifier's first weights
     judged: dict[str, Any] = field(default_factory=dict)  # LLM positives the judges left out
     validation: dict[str, Any] = field(default_factory=dict)
@@ -248,8 +252,8 @@ def train(
         last = _last_checkpoints(folder)[0]
         start = Init(**torch.load(last, weights_only=False).get("init", {}))
     else:
-        warm = json.loads((snapshot_path / MANIFEST).read_text()).get("warm_start")
-        start = resolve_init(settings, catalog, init, pretrained, warm)
+        built_on = json.loads((snapshot_path / MANIFEST).read_text()).get("builds_on")
+        start = resolve_init(settings, catalog, init, pretrained, built_on)
         if head_only and start.kind == "scratch":
             raise TrainError(
                 "--head-only fits a classifier on pretrained features, and there are none: "
@@ -534,8 +538,16 @@ def _finish(
 
     model, device, spec = setup.model, setup.device, setup.spec
     val_data, test_data = setup.val_data, setup.test_data
-    best = torch.load(folder / "best.pt", map_location=device, weights_only=False)
-    model.load_state_dict(best["state_dict"])
+    built_on = _built_on(snapshot_path, setup.base["init"])
+    start = Init(**setup.base["init"])
+    members = (
+        [folder]
+        if report.head_only or not built_on
+        else soup.members(folder, built_on, config.soup)
+    )
+    report.soup = [m.name for m in members]
+    state = soup.blend(members, device)
+    model.load_state_dict(state)
     val_cum = predict_at_least(model, eval_batches(val_data, spec), device)
     test_cum = predict_at_least(model, eval_batches(test_data, spec), device)
     column = report.positive_level - 1
@@ -566,9 +578,10 @@ def _finish(
     report.validation = _summary(val_data, val_scores, report.threshold)
     report.test = _summary(test_data, test_scores, report.threshold)
     final = setup.base | {
-        "state_dict": best["state_dict"],
+        "state_dict": state,
         "epoch": report.best_epoch,
         "teachers": report.teachers,
+        "soup": report.soup,
         "threshold": report.threshold,
         "threshold_rule": report.threshold_rule,
         "thresholds": {name: part["threshold"] for name, part in report.levels.items()},
@@ -590,8 +603,9 @@ def _finish(
         test_levels=test_data.levels,
     )
     shutil.copyfile(snapshot_path / "snapshot.json", folder / "snapshot.json")
-    # What a warm start from this model keeps in training.
-    np.save(folder / SEEN, seen_images(snapshot_path, Init(**setup.base["init"])))
+    # What a round building on this model keeps in training: its lineage's training images.
+    lineage = built_on if start.kind == "model" or len(members) > 1 else None
+    np.save(folder / SEEN, seen_images(snapshot_path, lineage))
     write_report(  # after scores.npz: the error gallery is drawn from it
         folder,
         report.as_dict(),
@@ -601,6 +615,17 @@ def _finish(
         snapshot=snapshot_path,
         spec=spec,
     )
+
+
+def _built_on(snapshot_path: Path, init: dict[str, Any]) -> Path | None:
+    """The model.pt of the promoted model the snapshot builds on (training.init.BuildsOn),
+    when it is still there and this run's weights descend from the same backbone (not a
+    file, timm's weights or scratch given explicitly)."""
+    named = json.loads((snapshot_path / MANIFEST).read_text()).get("builds_on")
+    if not named or init.get("root") != named["root"]:
+        return None
+    path = Path(named["path"])
+    return path if path.is_file() else None
 
 
 def _fit_head(
