@@ -1,7 +1,7 @@
 """Cache keys built from content, so a re-run of a flow skips work that is already done.
 
 Each key hashes what the stage's output depends on, read from the catalog: the candidates'
-image hashes (dedupe), the label rows, the rubric version and the warm start's model
+image hashes (dedupe), the label rows, the rubric version and the model a round builds on
 (snapshot), the snapshot id, the training settings and the newest pretrained backbone (train),
 the model id and export settings (export, verify), the promoted model and the catalog's images
 and labels (review queue). Same content, same key: Prefect returns the stored result instead
@@ -87,6 +87,7 @@ def _builds_on(settings: Settings) -> str | None:
 
 def train(context: Any, parameters: Parameters) -> str:
     from training.init import newest_backbone
+    from training.snapshot import MANIFEST
 
     settings = _settings(parameters)
     backbone = None
@@ -94,10 +95,14 @@ def train(context: Any, parameters: Parameters) -> str:
         with open_workspace(settings) as ws:
             found = newest_backbone(ws.catalog, settings)
         backbone = found[0] if found else None
+    # Soup and warm start act only on a snapshot that builds on a model (its id names it):
+    # on any other, a grow round and a rebuild train the same model.
+    manifest = settings.snapshots_path / str(parameters["snapshot_id"]) / MANIFEST
+    builds = manifest.is_file() and json.loads(manifest.read_text()).get("builds_on")
     return "train-" + _digest(
         settings,
-        parameters["snapshot_id"],  # names the model a round builds on
-        settings.train.model_dump(),
+        parameters["snapshot_id"],
+        settings.train.model_dump(exclude=None if builds else {"soup", "warm_start"}),
         settings.canonical.model_dump(),  # the preprocessing's background and scale limit
         backbone,
     )
