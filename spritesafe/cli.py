@@ -533,6 +533,11 @@ def train_command(
         f"model {report.model_id}: {how}, {report.train_images_per_s} img/s on {report.device}; "
         f"init {report.init['kind']}{f' ({source})' if source else ''}"
     )
+    if len(report.soup) > 1:
+        out.print(
+            f"ships the soup of {len(report.soup)} runs' weights (this one and "
+            f"{', '.join(report.soup[1:])}); the figures below are the soup's"
+        )
     out.print(
         f"test at base rate {report.base_rate:.4f}: PR-AUC {test['pr_auc']:.4f}; threshold "
         f"{report.threshold:.4f}: precision {at['precision']:.3f}, recall {at['recall']:.3f} "
