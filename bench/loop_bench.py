@@ -151,22 +151,14 @@ def found_positives(
     return sum(truth[i][0] for i in said), len(said), verdicts
 
 
-def holdout_pr_auc(model_path: Path, held: Any) -> float:
+def holdout_pr_auc(model_path: Path, held: Any, own: bool = False) -> float:
+    """The model's holdout PR-AUC; `own`: the round's run alone (its `best.pt`), where the
+    model it ships is a soup of rounds."""
     model = load_checkpoint(model_path / "model.pt")
-    return metrics.average_precision(
-        held.labels, predict(model.model, eval_batches(held, model.spec))
-    )
+    if own:
+        from training.soup import blend
 
-
-def own_weights_pr_auc(model_path: Path, held: Any) -> float:
-    """The round's run alone (its `best.pt`), where the model it ships is a soup of rounds."""
-    import torch
-
-    from training.soup import OWN
-
-    model = load_checkpoint(model_path / "model.pt")
-    own = torch.load(model_path / OWN, map_location="cpu", weights_only=False)["state_dict"]
-    model.model.load_state_dict(own)
+        model.model.load_state_dict(blend([model_path]))
     return metrics.average_precision(
         held.labels, predict(model.model, eval_batches(held, model.spec))
     )
@@ -591,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
                 round_out["holdout_pr_auc_last"] = last_weights_pr_auc(folder, held)
                 round_out["soup"] = round_out["train"].get("soup", [])
                 if len(round_out["soup"]) > 1:
-                    round_out["holdout_pr_auc_own"] = own_weights_pr_auc(folder, held)
+                    round_out["holdout_pr_auc_own"] = holdout_pr_auc(folder, held, own=True)
             if round_out.get("promoted") or r > 0:
                 try:
                     round_out["review"] = review_round(settings, truth, args.reviews)

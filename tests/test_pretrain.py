@@ -355,19 +355,7 @@ def test_a_round_continues_from_the_promoted_model_and_its_images_keep_training(
         cold = _with(reshuffled, train={"warm_start": False, "soup": 1})
         # Nothing labelled since the promoted model's snapshot: nothing to continue on.
         assert not snapshot(ws.catalog, ws.blobs, reshuffled).builds_on
-        with ws.catalog.write() as conn:  # a person agrees with one LLM label
-            said = conn.execute(sa.select(labels).where(labels.c.labeler == LLM).limit(1)).one()
-            conn.execute(
-                labels.insert().values(
-                    image_id=said.image_id,
-                    labeler=HUMAN,
-                    model="a person",
-                    model_digest="",
-                    rubric_version=said.rubric_version,
-                    category=said.category,
-                    created_at=utcnow(),
-                )
-            )
+        _agree_with_one_llm_label(ws)
 
         def evaluated(report: Any) -> set[int]:
             data = datasets.load_from_disk(report.path)

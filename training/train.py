@@ -539,12 +539,8 @@ def _finish(
     model, device, spec = setup.model, setup.device, setup.spec
     val_data, test_data = setup.val_data, setup.test_data
     built_on = _built_on(snapshot_path, setup.base["init"])
-    start = Init(**setup.base["init"])
-    members = (
-        [folder]
-        if report.head_only or not built_on
-        else soup.members(folder, built_on, config.soup)
-    )
+    # A head-only fit keeps the backbone frozen: it joins no soup.
+    members = soup.members(folder, None if report.head_only else built_on, config.soup)
     report.soup = [m.name for m in members]
     state = soup.blend(members, device)
     model.load_state_dict(state)
@@ -604,7 +600,8 @@ def _finish(
     )
     shutil.copyfile(snapshot_path / "snapshot.json", folder / "snapshot.json")
     # What a round building on this model keeps in training: its lineage's training images.
-    lineage = built_on if start.kind == "model" or len(members) > 1 else None
+    warm = setup.base["init"].get("kind") == "model"
+    lineage = built_on if warm or len(members) > 1 else None
     np.save(folder / SEEN, seen_images(snapshot_path, lineage))
     write_report(  # after scores.npz: the error gallery is drawn from it
         folder,
